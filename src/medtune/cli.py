@@ -1,0 +1,200 @@
+"""Thin command line: each subcommand parses, builds a config, and calls one function.
+
+Errors a user can fix are MedtuneError: printed as one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+DEFAULT_MEDQUAD = "../shared/medquad"
+
+
+def _add_model(p, default="smollm2-135m"):
+    p.add_argument("--model", default=default, help="hub id, local HF folder, .gguf file, or alias (smollm2-135m, llama-3.2-1b, tiny-random-llama)")
+
+
+def _add_overrides(p):
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=1 or method_args.r=16 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="medtune", description="Fine-tune small Llama-family models on medical QA and compare methods.")
+    ap.add_argument("--version", action="version", version=f"medtune {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="raw data -> clean, leakage-free splits + stats.json")
+    p.add_argument("--data", help="MedQuAD XML folder or .zip, CSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", choices=["grouped", "random"], default="grouped")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-examples", type=int)
+    p.add_argument("--max-length", type=int, default=512, help="for the truncation statistics")
+    p.add_argument("--question-column")
+    p.add_argument("--answer-column")
+    p.add_argument("--source-column")
+    p.add_argument("--focus-column")
+    p.add_argument("--template", choices=["plain", "chat"], default="plain")
+    _add_model(p)
+    p.add_argument("--no-tokenize", action="store_true", help="skip token-length statistics (no model needed)")
+
+    p = sub.add_parser("train", help="fine-tune one method; leaves a run folder")
+    p.add_argument("--method", help="selective, lora, boft, oft, ia3, full")
+    p.add_argument("--data", help="prepared data folder (from medtune prepare)")
+    _add_model(p, default=None)
+    p.add_argument("--out", default="runs", help="parent folder of run folders")
+    p.add_argument("--name", help="run folder name (default: the method)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    _add_overrides(p)
+
+    p = sub.add_parser("evaluate", help="perplexity and next-token accuracy with 95%% intervals")
+    _add_model(p, default=None)
+    p.add_argument("--run", help="a trained run folder (its weights on its base model)")
+    p.add_argument("--data", required=True, help="prepared data folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--per-example", help="write one JSON line per example here (ids, scored positions, sums)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--max-length", type=int, help="truncate sequences (default: the run's, else 512)")
+    p.add_argument("--max-examples", type=int)
+
+    p = sub.add_parser("compare", help="the study end to end: prepare, train each method, evaluate, report")
+    p.add_argument("--preset", required=True, help="preset name in configs/ (paper, cpu-demo) or a YAML path")
+    p.add_argument("--data")
+    _add_model(p, default=None)
+    p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
+    p.add_argument("--out", help="output folder (default: the preset's)")
+    p.add_argument("--force", action="store_true", help="redo finished stages / replace a comparison with another config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("report", help="rebuild report.md, results.json and figures from a comparison folder")
+    p.add_argument("dir")
+
+    p = sub.add_parser("ask", help="answer a question with a trained model (not medical advice)")
+    p.add_argument("target", help="a run folder, or a comparison folder with --method")
+    p.add_argument("question")
+    p.add_argument("--method", help="which method's run in a comparison folder (default: base model when absent)")
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    return ap
+
+
+def _version() -> str:
+    from medtune import __version__
+
+    return __version__
+
+
+def cmd_prepare(a) -> None:
+    from medtune.config import DataConfig, FormatConfig
+    from medtune.data.prepare import prepare
+
+    data = DataConfig(source=a.data, question_column=a.question_column, answer_column=a.answer_column, source_column=a.source_column,
+                      focus_column=a.focus_column, split=a.split, test_fraction=a.test_fraction, val_fraction=a.val_fraction,
+                      seed=a.seed, max_examples=a.max_examples)
+    fmt = FormatConfig(max_length=a.max_length, template=a.template)
+    tok = None
+    if not a.no_tokenize:
+        from medtune import models
+
+        tok = models.load_tokenizer(models.resolve(a.model))
+    stats = prepare(data, Path(a.out), fmt, tok, a.model if tok else "")
+    from medtune.report.tables import print_prepare_stats
+
+    print_prepare_stats(stats, a.out)
+
+
+def _run_config(a):
+    from medtune.config import RunConfig, apply_overrides, from_dict, read_yaml
+
+    data = read_yaml(a.config) if a.config else {}
+    data.pop("data_dir", None)
+    if a.method:
+        if data.get("method") not in (None, a.method):
+            data.pop("method_args", None)
+        data["method"] = a.method
+    if a.model:
+        data.setdefault("model", {})["spec"] = a.model
+    apply_overrides(data, a.overrides)
+    return from_dict(RunConfig, data, "config")
+
+
+def cmd_train(a) -> None:
+    from medtune.train import train
+
+    if a.resume:
+        from medtune.runs import load_config
+
+        cfg, data_dir = load_config(Path(a.resume))
+        train(cfg, Path(data_dir), Path(a.resume), resume=True)
+        return
+    if not a.method and not a.config:
+        raise MedtuneError("train needs --method (selective, lora, boft, oft, ia3, full) or --config")
+    if not a.data:
+        raise MedtuneError("train needs --data PREPARED_FOLDER (from medtune prepare)")
+    cfg = _run_config(a)
+    train(cfg, Path(a.data), Path(a.out) / (a.name or cfg.method))
+
+
+def cmd_evaluate(a) -> None:
+    from medtune.evaluate_cli import evaluate_command
+
+    evaluate_command(a)
+
+
+def cmd_compare(a) -> None:
+    from medtune.compare import compare_command
+
+    compare_command(a)
+
+
+def cmd_report(a) -> None:
+    from medtune.report.writer import rebuild
+
+    rebuild(Path(a.dir))
+
+
+def cmd_ask(a) -> None:
+    from medtune.generate import ask_command
+
+    ask_command(a)
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "ask": cmd_ask}
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except MedtuneError as e:
+        print(f"medtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medtune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        from medtune.train import Interrupted
+
+        if isinstance(e, Interrupted):
+            print(f"medtune: {e}", file=sys.stderr)
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Typed, validated configuration.
+
+Every value a run depends on lives in a dataclass here. Configs load from YAML, take
+`section.key=value` overrides, and validate up front (in `__post_init__`), so a bad value
+fails before any data is read or weights are loaded, with the bad value in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+from medtune.errors import MedtuneError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise MedtuneError(msg)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """Where the question-answer pairs come from and how they are split."""
+
+    source: Optional[str] = None  # MedQuAD XML folder/.zip, CSV/JSONL/Parquet, hub id; None = download
+    question_column: Optional[str] = None  # for CSV/JSONL/Parquet/hub sources with other column names
+    answer_column: Optional[str] = None
+    source_column: Optional[str] = None
+    focus_column: Optional[str] = None
+    split: str = "grouped"  # grouped: no question text or focus entity in two splits; random: the study
+    test_fraction: float = 0.2
+    val_fraction: float = 0.05  # taken from what is left after the test split; 0 = no validation slice
+    seed: int = 0
+    max_examples: Optional[int] = None  # subsample after cleaning (per split, proportionally)
+
+    def __post_init__(self) -> None:
+        _one_of("data.split", self.split, ("grouped", "random"))
+        _check(0 < self.test_fraction < 1, f"data.test_fraction must be in (0, 1); got {self.test_fraction}")
+        _check(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1); got {self.val_fraction}")
+        _check(
+            self.max_examples is None or self.max_examples > 0,
+            f"data.max_examples must be positive; got {self.max_examples}",
+        )
+
+
+@dataclass
+class FormatConfig:
+    """How one question-answer pair becomes one token sequence, and which tokens are scored."""
+
+    template: str = "plain"  # plain: question + separator + answer + EOS; chat: the model's chat template
+    separator: str = "\n"
+    max_length: int = 512
+    padding: str = "dynamic"  # dynamic: pad to the longest in a length-grouped batch; fixed: pad to max_length (the study)
+    loss_scope: str = "answer"  # answer: loss on answer tokens + EOS; all: every real token (the study)
+
+    def __post_init__(self) -> None:
+        _one_of("format.template", self.template, ("plain", "chat"))
+        _one_of("format.padding", self.padding, ("dynamic", "fixed"))
+        _one_of("format.loss_scope", self.loss_scope, ("answer", "all"))
+        _check(self.max_length >= 8, f"format.max_length must be >= 8; got {self.max_length}")
+
+
+@dataclass
+class ModelConfig:
+    spec: str = "smollm2-135m"  # hub id, local HF folder, .gguf file, or a built-in alias
+    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32; or fp32 / bf16 / fp16
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of("model.dtype", self.dtype, ("auto", "fp32", "bf16", "fp16"))
+        _check(bool(self.spec), "model.spec must not be empty")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    max_steps: Optional[int] = None  # overrides epochs when set
+    lr: Optional[float] = None  # None = the method's default
+    weight_decay: float = 0.0  # applied to matrices only, never to norms or biases
+    schedule: str = "linear"  # linear | cosine | constant
+    warmup_ratio: float = 0.03
+    batch_size: int = 8  # examples per optimizer step, across all processes
+    micro_batch_tokens: int = 4096  # padded tokens per forward pass; bigger batches are split (gradient accumulation)
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    seed: int = 0
+    eval_every: int = 0  # steps between validation-loss evaluations; 0 = once per epoch
+    log_every: int = 1
+    cache_prefix: str = "auto"  # reuse the frozen prefix's hidden states across epochs: auto | on | off
+    cache_memory_gb: float = 4.0  # past this the prefix cache spills to disk
+    threads: Optional[int] = None  # torch CPU threads; None = torch's default
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, f"train.epochs must be > 0; got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps > 0, f"train.max_steps must be > 0; got {self.max_steps}")
+        _check(self.lr is None or self.lr > 0, f"train.lr must be > 0; got {self.lr}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0; got {self.weight_decay}")
+        _one_of("train.schedule", self.schedule, ("linear", "cosine", "constant"))
+        _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1; got {self.batch_size}")
+        _check(self.micro_batch_tokens >= 8, f"train.micro_batch_tokens must be >= 8; got {self.micro_batch_tokens}")
+        _check(self.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0; got {self.max_grad_norm}")
+        _one_of("train.cache_prefix", self.cache_prefix, ("auto", "on", "off"))
+
+
+@dataclass
+class EvalConfig:
+    batch_tokens: int = 8192  # padded tokens per forward pass
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
+    seed: int = 0
+    max_examples: Optional[int] = None  # score only the first N examples of the split
+
+    def __post_init__(self) -> None:
+        _check(self.batch_tokens >= 8, f"eval.batch_tokens must be >= 8; got {self.batch_tokens}")
+        _check(self.bootstrap >= 10, f"eval.bootstrap must be >= 10; got {self.bootstrap}")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run depends on."""
+
+    method: str = "lora"
+    method_args: dict = field(default_factory=dict)  # validated by the method's own config class
+    model: ModelConfig = field(default_factory=ModelConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        from medtune.methods import get_method
+
+        spec = get_method(self.method)  # raises on an unknown method
+        spec.make_config(self.method_args)  # raises on bad method arguments
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def method_config(self):
+        from medtune.methods import get_method
+
+        return get_method(self.method).make_config(self.method_args)
+
+    def learning_rate(self) -> float:
+        from medtune.methods import get_method
+
+        return self.train.lr if self.train.lr is not None else get_method(self.method).default_lr
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def from_dict(cls, data: Any, where: str = ""):
+    """Build dataclass `cls` from a plain dict, naming unknown keys and wrong types."""
+    if dataclasses.is_dataclass(data):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MedtuneError(f"{where or cls.__name__} must be a mapping; got {data!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MedtuneError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where or cls.__name__}"
+            f" (known: {', '.join(sorted(known))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - guarded by the key check above
+        raise MedtuneError(f"{where or cls.__name__}: {e}") from None
+
+
+def _coerce(tp, value, where):
+    origin = get_origin(tp)
+    if origin is Optional or (origin is not None and type(None) in get_args(tp)):
+        if value is None:
+            return None
+        tp = next(a for a in get_args(tp) if a is not type(None))
+        origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise MedtuneError(f"{where} must be true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise MedtuneError(f"{where} must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MedtuneError(f"{where} must be a number; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise MedtuneError(f"{where} must be a string; got {value!r}")
+        return value
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise MedtuneError(f"{where} must be a list; got {value!r}")
+        return list(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise MedtuneError(f"{where} must be a mapping; got {value!r}")
+        return dict(value)
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise MedtuneError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise MedtuneError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MedtuneError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise MedtuneError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MedtuneError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able object: used to decide whether a stage can be skipped."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

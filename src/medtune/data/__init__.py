@@ -1,0 +1,1 @@
+"""Data: sources -> clean -> split -> tokenize -> batches."""

@@ -1,0 +1,269 @@
+"""Read question-answer pairs from any supported source into one record type.
+
+Supported: the official MedQuAD XML folder (or the same as a .zip), the Kaggle CSV
+(`question,answer,source,focus_area`), any CSV / JSONL / Parquet with a column mapping,
+a model-hub dataset (optional `datasets` extra), and, with no source named, the official
+archive downloaded once into a cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from medtune.errors import MedtuneError
+
+MEDQUAD_URL = "https://github.com/abachaa/MedQuAD/archive/refs/heads/master.zip"
+
+
+@dataclass
+class Record:
+    id: str
+    question: str
+    answer: str
+    source: str = ""
+    focus: str = ""
+    qtype: str = ""
+    document_id: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
+
+
+# --------------------------------------------------------------------------- MedQuAD XML
+
+
+_ROOT_TAGS = {"document", "diseasefile", "doc"}  # the release uses all three (NINDS and CDC files vary)
+
+
+def _child(el, *names):
+    for c in el:
+        if c.tag.lower() in names:
+            return c
+    return None
+
+
+def _parse_medquad_xml(blob: bytes, name: str) -> list[Record]:
+    try:
+        root = ET.fromstring(blob)
+    except ET.ParseError as e:
+        raise MedtuneError(f"malformed MedQuAD XML file {name}: {e}") from None
+    if root.tag.lower() not in _ROOT_TAGS:
+        raise MedtuneError(f"{name} is not a MedQuAD document (root element <{root.tag}>, expected <Document>)")
+    doc_id = root.get("id") or root.get("fid") or root.get("docid") or ""
+    source = root.get("source") or root.get("corpus") or ""
+    focus_el = _child(root, "focus", "doctitle-focus")
+    focus = (focus_el.text or "").strip() if focus_el is not None else ""
+    out = []
+    pairs = [el for el in root.iter() if el.tag.lower() in ("qapair", "pair")]
+    for i, pair in enumerate(pairs):
+        q = _child(pair, "question")
+        a = _child(pair, "answer")
+        qid = (q.get("qid") if q is not None else None) or f"{doc_id}-{pair.get('pid', i + 1)}"
+        out.append(
+            Record(
+                id=qid,
+                question=(q.text or "") if q is not None else "",
+                answer=(a.text or "") if a is not None else "",
+                source=source,
+                focus=focus,
+                qtype=(q.get("qtype", "") if q is not None else ""),
+                document_id=doc_id,
+            )
+        )
+    return out
+
+
+def read_medquad_folder(folder: Path) -> list[Record]:
+    files = sorted(folder.glob("*/*.xml")) or sorted(folder.glob("*.xml"))
+    if not files:
+        files = sorted(folder.rglob("*.xml"))
+    if not files:
+        raise MedtuneError(f"no MedQuAD XML files under {folder} (expected collection folders like 1_CancerGov_QA/*.xml)")
+    records: list[Record] = []
+    for f in _progress(files, "read XML"):
+        records.extend(_parse_medquad_xml(f.read_bytes(), str(f)))
+    return records
+
+
+def read_medquad_zip(path: Path) -> list[Record]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise MedtuneError(f"cannot open zip {path}: {e}") from None
+    with zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".xml") and "/__MACOSX" not in n and not n.startswith("__MACOSX"))
+        if not names:
+            raise MedtuneError(f"no MedQuAD XML files inside {path}")
+        records: list[Record] = []
+        for n in _progress(names, "read XML"):
+            records.extend(_parse_medquad_xml(zf.read(n), f"{path}:{n}"))
+    return records
+
+
+# --------------------------------------------------------------------------- tables
+
+KAGGLE_COLUMNS = {"question": "question", "answer": "answer", "source": "source", "focus": "focus_area"}
+
+
+@dataclass
+class ColumnMap:
+    question: Optional[str] = None
+    answer: Optional[str] = None
+    source: Optional[str] = None
+    focus: Optional[str] = None
+
+
+def _resolve_columns(columns: list[str], cmap: ColumnMap, where: str) -> dict:
+    chosen = {
+        "question": cmap.question or "question",
+        "answer": cmap.answer or "answer",
+        "source": cmap.source or ("source" if "source" in columns else None),
+        "focus": cmap.focus or ("focus_area" if "focus_area" in columns else ("focus" if "focus" in columns else None)),
+    }
+    missing = [c for k, c in chosen.items() if c is not None and c not in columns]
+    if missing:
+        raise MedtuneError(
+            f"{where} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (it has: {', '.join(columns) or 'none'});"
+            " name them with --question-column / --answer-column"
+        )
+    return chosen
+
+
+def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str) -> list[Record]:
+    out = []
+    for i, row in enumerate(rows):
+        def get(key):
+            col = chosen[key]
+            v = row.get(col) if col else None
+            return "" if v is None else str(v)
+
+        out.append(Record(id=f"{prefix}-{i}", question=get("question"), answer=get("answer"), source=get("source"), focus=get("focus")))
+    return out
+
+
+def read_csv(path: Path, cmap: ColumnMap) -> list[Record]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            chosen = _resolve_columns(columns, cmap, str(path))
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise MedtuneError(f"malformed CSV {path}: {e}") from None
+    return _rows_to_records(rows, chosen, path.stem)
+
+
+def read_jsonl(path: Path, cmap: ColumnMap) -> list[Record]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MedtuneError(f"malformed JSON on line {n} of {path}: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise MedtuneError(f"line {n} of {path} is not a JSON object")
+            rows.append(row)
+    columns = sorted({k for r in rows for k in r})
+    chosen = _resolve_columns(columns, cmap, str(path))
+    return _rows_to_records(rows, chosen, path.stem)
+
+
+def read_parquet(path: Path, cmap: ColumnMap) -> list[Record]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MedtuneError("reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise MedtuneError(f"malformed Parquet file {path}: {e}") from None
+    chosen = _resolve_columns(table.column_names, cmap, str(path))
+    return _rows_to_records(table.to_pylist(), chosen, path.stem)
+
+
+def read_hub(dataset_id: str, cmap: ColumnMap) -> list[Record]:
+    try:
+        import datasets
+    except ImportError:
+        raise MedtuneError(
+            f"{dataset_id!r} is not a local path; loading a hub dataset needs the 'hub' extra: pip install 'medtune[hub]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(dataset_id, split="train")
+    except Exception as e:
+        raise MedtuneError(
+            f"cannot load hub dataset {dataset_id!r} ({type(e).__name__}); offline, pass a local path to the data instead"
+        ) from None
+    chosen = _resolve_columns(list(ds.column_names), cmap, dataset_id)
+    return _rows_to_records(ds, chosen, dataset_id.replace("/", "_"))
+
+
+def download_medquad() -> Path:
+    """Fetch the official archive once into the cache; offline, say how to pass a local path."""
+    target = cache_dir() / "data" / "medquad.zip"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(MEDQUAD_URL, timeout=30) as resp, open(tmp, "wb") as fh:
+            fh.write(resp.read())
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        raise MedtuneError(
+            f"could not download MedQuAD ({getattr(e, 'reason', e)}); pass a local copy with --data PATH "
+            "(the official XML folder, its .zip, or a CSV)"
+        ) from None
+    tmp.rename(target)
+    return target
+
+
+def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> list[Record]:
+    """Dispatch on what `source` is. Every branch returns the same Record type."""
+    cmap = cmap or ColumnMap()
+    if source is None:
+        return read_medquad_zip(download_medquad())
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise MedtuneError(f"data folder {path} is empty")
+        return read_medquad_folder(path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".zip":
+            return read_medquad_zip(path)
+        if suffix == ".csv":
+            return read_csv(path, cmap)
+        if suffix in (".jsonl", ".json"):
+            return read_jsonl(path, cmap)
+        if suffix in (".parquet", ".pq"):
+            return read_parquet(path, cmap)
+        if suffix == ".xml":
+            return _parse_medquad_xml(path.read_bytes(), str(path))
+        raise MedtuneError(f"unsupported data file {path} (use a MedQuAD folder or .zip, .csv, .jsonl or .parquet)")
+    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).suffix
+    if looks_like_hub_id:
+        return read_hub(source, cmap)
+    raise MedtuneError(f"data not found: {source}")
+
+
+def _progress(items, desc):
+    from medtune.progress import track
+
+    return track(items, desc)

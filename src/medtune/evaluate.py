@@ -1,0 +1,178 @@
+"""Perplexity and next-token accuracy, from sums, with bootstrap intervals.
+
+For every example we keep three sums per scope: NLL (nats), scored tokens, correct argmax
+predictions. Every metric is a ratio of sums over examples, so it does not depend on batch
+size or padding:
+    perplexity = exp(sum NLL / sum tokens),  accuracy = sum correct / sum tokens.
+Scopes: `answer` (answer tokens + EOS, the headline) and `all` (every real next token of
+question + answer, what the study most likely scored). Padding is never scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medtune.data.batching import collate, micro_batches
+from medtune.data.tokenize import Example, scored_masks
+from medtune.forward import final_hidden, parts, scored_predictions
+from medtune.progress import bar
+
+SCOPES = ("answer", "all")
+METRICS = {
+    "perplexity": {"higher_is_better": False, "aggregation": "exp(sum nll / sum tokens)"},
+    "accuracy": {"higher_is_better": True, "aggregation": "sum correct / sum tokens"},
+}
+
+
+@dataclass
+class Scores:
+    """Per-example sums, shape (E,) each, per scope."""
+
+    ids: list[str]
+    nll: dict[str, np.ndarray]
+    tokens: dict[str, np.ndarray]
+    correct: dict[str, np.ndarray]
+
+    def subset(self, idx) -> "Scores":
+        return Scores([self.ids[i] for i in idx], {s: v[idx] for s, v in self.nll.items()}, {s: v[idx] for s, v in self.tokens.items()}, {s: v[idx] for s, v in self.correct.items()})
+
+
+@torch.inference_mode()
+def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: int = 8192, autocast=None, desc: str = "evaluate", per_example_fh=None, left_pad: bool = False) -> Scores:
+    """Score every example; batches are length-sorted so little padding is computed."""
+    model.eval()
+    device = next(model.parameters()).device
+    _, head = parts(model)
+    E = len(examples)
+    nll = {s: np.zeros(E, dtype=np.float64) for s in SCOPES}
+    tok = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
+    cor = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
+    lengths = [len(e) for e in examples]
+    groups = micro_batches(list(range(E)), lengths, batch_tokens)
+    progress = bar(sum(lengths), desc, unit="tok")
+    for group in groups:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in group], pad_id, left_pad=left_pad).items()}
+        ctx = autocast() if autocast else torch.autocast(device.type, enabled=False)
+        with ctx:
+            hidden, _ = final_hidden(model, batch)
+            masks = scored_masks(batch["lengths"], batch["answer_start"], batch["input_ids"].shape[1], batch["offsets"])
+            # The head runs once, on the `all` positions; `answer` is a subset of them.
+            nll_pos, cor_pos, rows = scored_predictions(head, hidden, batch["input_ids"], masks["all"], chunk=2048)
+        in_answer = masks["answer"][:, :-1][masks["all"][:, :-1]]
+        nll_pos = nll_pos.double().cpu()
+        cor_pos = cor_pos.cpu()
+        rows = rows.cpu()
+        in_answer = in_answer.cpu()
+        for scope, sel in (("all", torch.ones_like(in_answer)), ("answer", in_answer)):
+            r = rows[sel]
+            n = len(group)
+            idx = torch.tensor(group)
+            nll[scope][idx.numpy()] += torch.zeros(n, dtype=torch.float64).index_add_(0, r, nll_pos[sel]).numpy()
+            tok[scope][idx.numpy()] += torch.bincount(r, minlength=n).numpy()
+            cor[scope][idx.numpy()] += torch.bincount(r, weights=cor_pos[sel].double(), minlength=n).long().numpy()
+        if per_example_fh is not None:
+            _write_per_example(per_example_fh, examples, group, masks, batch, nll, tok, cor)
+        progress.update(sum(lengths[i] for i in group))
+    progress.close()
+    return Scores([e.id for e in examples], nll, tok, cor)
+
+
+def _write_per_example(fh, examples, group, masks, batch, nll, tok, cor) -> None:
+    for row, i in enumerate(group):
+        e = examples[i]
+        off = int(batch["offsets"][row])
+        rec = {"id": e.id, "input_ids": e.input_ids}
+        for s in SCOPES:
+            # positions p inside the example whose next token (p + 1) is scored
+            rec[f"scored_positions_{s}"] = [p - off for p in torch.nonzero(masks[s][row, :-1]).flatten().tolist()]
+            rec[f"nll_{s}"] = float(nll[s][i])
+            rec[f"tokens_{s}"] = int(tok[s][i])
+            rec[f"correct_{s}"] = int(cor[s][i])
+        fh.write(json.dumps(rec) + "\n")
+
+
+def _ratio_stats(nll, tok, cor) -> tuple[float, float]:
+    n = tok.sum()
+    if n == 0:
+        return float("nan"), float("nan")
+    return math.exp(nll.sum() / n), cor.sum() / n
+
+
+def bootstrap_indices(n: int, count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(count, n))
+
+
+def summarize(scores: Scores, n_boot: int = 1000, seed: int = 0, idx: np.ndarray | None = None) -> dict:
+    """Point estimates and 95% percentile-bootstrap intervals, resampling examples."""
+    E = len(scores.ids)
+    idx = bootstrap_indices(E, n_boot, seed) if idx is None else idx
+    out = {"examples": E}
+    for s in SCOPES:
+        nll, tok, cor = scores.nll[s], scores.tokens[s], scores.correct[s]
+        ppl, acc = _ratio_stats(nll, tok, cor)
+        bn, bt, bc = nll[idx].sum(1), tok[idx].sum(1), cor[idx].sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bppl = np.exp(bn / bt)
+            bacc = bc / bt
+        out[s] = {
+            "perplexity": ppl,
+            "perplexity_ci": _interval(bppl),
+            "accuracy": acc,
+            "accuracy_ci": _interval(bacc),
+            "nll_sum": float(nll.sum()),
+            "tokens": int(tok.sum()),
+            "correct": int(cor.sum()),
+            "mean_nll": float(nll.sum() / tok.sum()) if tok.sum() else float("nan"),
+        }
+    return out
+
+
+def paired_difference(a: Scores, b: Scores, n_boot: int = 1000, seed: int = 0) -> dict:
+    """b minus a on the same examples (same ids, same token sequences), with paired intervals."""
+    if a.ids != b.ids:
+        raise ValueError("paired difference needs the same examples in the same order")
+    idx = bootstrap_indices(len(a.ids), n_boot, seed)
+    out = {}
+    for s in SCOPES:
+        if not np.array_equal(a.tokens[s], b.tokens[s]):
+            raise ValueError(f"scope {s}: models were scored on different tokens")
+        pa, aa = _ratio_stats(a.nll[s], a.tokens[s], a.correct[s])
+        pb, ab = _ratio_stats(b.nll[s], b.tokens[s], b.correct[s])
+        t = a.tokens[s][idx].sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dppl = np.exp(b.nll[s][idx].sum(1) / t) - np.exp(a.nll[s][idx].sum(1) / t)
+            dacc = (b.correct[s][idx].sum(1) - a.correct[s][idx].sum(1)) / t
+        out[s] = {"perplexity": pb - pa, "perplexity_ci": _interval(dppl), "accuracy": ab - aa, "accuracy_ci": _interval(dacc)}
+    return out
+
+
+def _interval(samples: np.ndarray) -> list[float]:
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return [float("nan"), float("nan")]
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def save_scores(scores: Scores, path: Path) -> None:
+    """Per-example sums as JSON (compact), so reports and paired differences need no rerun."""
+    data = {"ids": scores.ids}
+    for s in SCOPES:
+        data[s] = {"nll": scores.nll[s].tolist(), "tokens": scores.tokens[s].tolist(), "correct": scores.correct[s].tolist()}
+    Path(path).write_text(json.dumps(data))
+
+
+def load_scores(path: Path) -> Scores:
+    data = json.loads(Path(path).read_text())
+    return Scores(
+        data["ids"],
+        {s: np.array(data[s]["nll"], dtype=np.float64) for s in SCOPES},
+        {s: np.array(data[s]["tokens"], dtype=np.int64) for s in SCOPES},
+        {s: np.array(data[s]["correct"], dtype=np.int64) for s in SCOPES},
+    )

@@ -1,0 +1,139 @@
+"""Fine-tuning methods behind one interface: `apply(model, cfg) -> (model, TrainableReport)`.
+
+A method is one module that calls `register(...)`. `select_trainable` is the single place
+where requires_grad is decided for methods that do not go through PEFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from medtune.errors import MedtuneError
+
+
+@dataclass
+class TrainableReport:
+    method: str
+    trainable: int  # parameters that receive gradients, a tied tensor counted once
+    total: int  # all parameters of the model as trained (base + adapters), deduplicated
+    base_total: int  # parameters of the unmodified base model
+    trained_modules: list[str]
+    notes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # method-specific facts (e.g. BOFT factor actually used)
+
+    @property
+    def share(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["share"] = self.share
+        return d
+
+    def summary(self) -> str:
+        lines = [
+            f"method {self.method}: {self.trainable:,} trainable of {self.total:,} parameters ({100 * self.share:.3f}%)",
+            f"  trained: {', '.join(self.trained_modules) if len(self.trained_modules) <= 8 else ', '.join(self.trained_modules[:8]) + f', ... ({len(self.trained_modules)} modules)'}",
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    config_cls: type
+    apply: Callable[..., Any]
+    default_lr: float
+    uses_peft: bool
+    description: str
+
+    def make_config(self, args: dict | None):
+        from medtune.config import from_dict
+
+        return from_dict(self.config_cls, args or {}, f"method_args for {self.name}")
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_builtin()
+    if name not in REGISTRY:
+        raise MedtuneError(f"unknown method {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    _load_builtin()
+    return sorted(REGISTRY)
+
+
+def _load_builtin() -> None:
+    from medtune.methods import full, peft_methods, selective  # noqa: F401  (registration side effect)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def unique_params(model: torch.nn.Module):
+    """(name, param) once per tensor: tied weights share one Parameter and count once."""
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        yield name, p
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for _, p in unique_params(model) if p.requires_grad or not trainable_only)
+
+
+def select_trainable(model: torch.nn.Module, predicate: Callable[[str], bool]) -> list[str]:
+    """The one function that sets requires_grad for non-PEFT methods. Returns trained names."""
+    names = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        p.requires_grad_(False)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if predicate(name):
+            p.requires_grad_(True)
+    for name, p in unique_params(model):
+        if p.requires_grad:
+            names.append(name)
+    return names
+
+
+def module_names(param_names: list[str]) -> list[str]:
+    """Collapse parameter names to module names, keeping order: 'model.layers.29.mlp.up_proj'."""
+    out: list[str] = []
+    for n in param_names:
+        mod = n.rsplit(".", 1)[0]
+        if mod not in out:
+            out.append(mod)
+    return out
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a Llama-family model (plain or PEFT-wrapped)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise MedtuneError(f"{type(base).__name__} is not a Llama-family model (no model.layers); medtune supports decoder-only Llama-style models")
+    return layers
+
+
+def is_tied(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    emb = base.get_input_embeddings()
+    return head is not None and head.weight is emb.weight
