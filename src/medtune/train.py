@@ -125,7 +125,8 @@ def plan(n_examples: int, cfg: RunConfig, world: int) -> Plan:
     return Plan(per_epoch, total, math.ceil(total / per_epoch))
 
 
-def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, quiet: bool = False) -> dict:
+def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> dict:
+    """Train one method; `stop_after` acts like Ctrl-C after that step (tests, time-boxed runs)."""
     from accelerate import Accelerator
 
     data_dir, run_dir = Path(data_dir), Path(run_dir)
@@ -144,7 +145,9 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
 
     dtype = models.resolve_dtype(cfg.model.dtype)
     mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-    accelerator = Accelerator(mixed_precision=mixed)
+    # cpu=True on a machine without CUDA: only then does Accelerate read torchrun's WORLD_SIZE
+    # as MULTI_CPU (gloo); without it every process silently trains alone.
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     log = (lambda *a: None) if (quiet or not accelerator.is_main_process) else (lambda *a: print(*a, flush=True))
 
@@ -269,6 +272,8 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
                     append_metrics(run_dir, {"step": state["step"], "epoch": epoch + b_idx / len(batches), "loss": last_loss, "lr": optimizer.param_groups[0]["lr"], "tokens": state["tokens"], "tokens_per_s": tps, "time": state["train_seconds"]})
                 if cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0 and val_ex:
                     _validate(model, val_ex, tok, cfg, autocast, run_dir, state, accelerator)
+                if stop_after is not None and state["step"] >= stop_after:
+                    stop["flag"] = True
                 if stop["flag"]:
                     save_ckpt()
                     raise Interrupted(f"interrupted at step {state['step']}; resume with: medtune train --resume {run_dir}")

@@ -1,0 +1,44 @@
+"""`medtune evaluate`: score a base model or a trained run on a prepared split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from medtune.data.prepare import read_split
+from medtune.data.tokenize import encode_records
+from medtune.errors import MedtuneError
+from medtune.evaluate import METRICS, score_examples, summarize
+from medtune.inference import autocast_for, load_for_inference
+
+
+def evaluate_command(a) -> dict:
+    records = read_split(Path(a.data), a.split)
+    if not records:
+        raise MedtuneError(f"split {a.split!r} of {a.data} is empty")
+    if a.max_examples:
+        records = records[: a.max_examples]
+    if a.bootstrap < 10:
+        raise MedtuneError(f"--bootstrap must be >= 10; got {a.bootstrap}")
+    model, tok, fmt, label = load_for_inference(a.model, a.run)
+    if a.max_length:
+        fmt = replace(fmt, max_length=a.max_length)
+    examples = encode_records(tok, records, fmt)
+    fh = open(a.per_example, "w") if a.per_example else None
+    try:
+        scores = score_examples(model, examples, tok.pad_token_id, a.batch_tokens, autocast_for(model), desc=f"evaluate {label}", per_example_fh=fh)
+    finally:
+        if fh:
+            fh.close()
+    summary = summarize(scores, a.bootstrap, 0)
+    result = {
+        "model": a.model, "run": a.run, "label": label, "data": a.data, "split": a.split,
+        "max_length": fmt.max_length, "template": fmt.template, "metrics": METRICS, **summary,
+    }
+    from medtune.report.tables import print_metrics
+
+    print_metrics(label, summary)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2))
+    return result

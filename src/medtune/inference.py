@@ -1,0 +1,43 @@
+"""Load a model for scoring or generation: a base model, or a run's weights on its base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from medtune import models
+from medtune.config import FormatConfig
+from medtune.errors import MedtuneError
+
+
+def load_for_inference(model_spec: str | None, run_dir: str | Path | None, device: str | None = None):
+    """Returns (model, tokenizer, FormatConfig, label). The run's format wins over defaults."""
+    fmt = FormatConfig()
+    label = "base"
+    if run_dir:
+        from medtune.runs import load_config
+
+        cfg, _ = load_config(Path(run_dir))
+        if not (Path(run_dir) / "weights.json").is_file():
+            raise MedtuneError(f"run {run_dir} is incomplete: no trained weights (resume it with medtune train --resume {run_dir})")
+        model_spec = model_spec or cfg.model.spec
+        fmt = cfg.format
+        label = cfg.method
+    if not model_spec:
+        raise MedtuneError("name a model with --model SPEC (or a trained run with --run DIR)")
+    model, tok, _ = models.load(model_spec)
+    if run_dir:
+        from medtune.weights import load_trained
+
+        model = load_trained(model, Path(run_dir))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tok, fmt, label
+
+
+def autocast_for(model):
+    device = next(model.parameters()).device
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return None

@@ -1,0 +1,67 @@
+"""The study's Figures 1-2 (perplexity and accuracy bars, with 95% whiskers) and loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"answer": "#3b6ea8", "all": "#e0883b"}
+LABELS = {"answer": "answer tokens", "all": "all tokens (study)"}
+
+
+def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> None:
+    models = results["models"]
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 4.2), dpi=120)
+    width = 0.38
+    for k, scope in enumerate(("answer", "all")):
+        xs = [i + (k - 0.5) * width for i in range(len(names))]
+        vals = [models[n]["metrics"][scope][metric] for n in names]
+        ci = [models[n]["metrics"][scope][f"{metric}_ci"] for n in names]
+        err = [[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]]
+        bars = ax.bar(xs, vals, width, yerr=err, capsize=4, color=COLORS[scope], label=LABELS[scope])
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v:.3f}" if metric == "accuracy" else f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def perplexity_figure(results: dict, path: Path) -> None:
+    _bars(results, "perplexity", "perplexity (lower is better)", f"Test perplexity, {results['config']['model']} (95% CI)", path)
+
+
+def accuracy_figure(results: dict, path: Path) -> None:
+    _bars(results, "accuracy", "next-token accuracy (higher is better)", f"Test next-token accuracy, {results['config']['model']} (95% CI)", path)
+
+
+def loss_figure(results: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, m in results["models"].items():
+        curve = m.get("loss_curve")
+        if not curve:
+            continue
+        line = None
+        if curve["train"]:
+            s, v = zip(*curve["train"])
+            (line,) = ax.plot(s, v, label=f"{name} train", alpha=0.85)
+        if curve["val"]:
+            s, v = zip(*curve["val"])
+            ax.plot(s, v, "o--", color=line.get_color() if line else None, label=f"{name} validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean NLL per scored token, nats)")
+    ax.set_title("Training and validation loss")
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

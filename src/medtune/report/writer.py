@@ -1,0 +1,214 @@
+"""results.json (machine-readable, schema-versioned) and report.md + figures built from it.
+
+`build_results` gathers a comparison folder's saved artifacts (per-example score sums,
+run summaries, trainable reports, samples); `write_report` renders only from that dict, so
+`medtune report DIR` reproduces report.md exactly without training or scoring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+from medtune.evaluate import METRICS, load_scores, paired_difference, summarize
+from medtune.runs import environment, read_json, read_metrics
+
+SCHEMA_VERSION = 1
+
+# The study's Table 1 (Llama-3.2-1B on MedQuAD, all-token scope most likely, random split).
+PAPER = {
+    "model": "meta-llama/Llama-3.2-1B",
+    "rows": {
+        "base": {"perplexity": 6.1104, "accuracy": 0.5907},
+        "selective": {"perplexity": 2.9599, "accuracy": 0.7329},
+        "boft": {"perplexity": 3.2522, "accuracy": 0.7146},
+        "lora": {"perplexity": 4.6205, "accuracy": 0.6433},
+    },
+    "protocol": "random 80/20 split; question + separator + answer padded/truncated to a fixed length; 3 epochs; AdamW; bf16; one A100; scored tokens not stated",
+}
+
+
+def build_results(out: Path) -> dict:
+    out = Path(out)
+    meta = read_json(out / "compare.json")
+    cfg = meta["config"]
+    n_boot, seed = cfg["eval"]["bootstrap"], cfg["eval"]["seed"]
+    names = ["base", *meta["methods"]]
+    scores = {}
+    for name in names:
+        p = out / "eval" / f"{name}.json"
+        if p.is_file():
+            scores[name] = load_scores(p)
+    if "base" not in scores:
+        raise MedtuneError(f"{out} has no evaluation of the base model yet; run medtune compare first")
+    models = {}
+    for name in names:
+        if name not in scores:
+            continue
+        entry = {"metrics": summarize(scores[name], n_boot, seed)}
+        timing = out / "eval" / f"{name}.timing.json"
+        if timing.is_file():
+            entry["eval_timing"] = read_json(timing)
+        if name != "base":
+            entry["diff_vs_base"] = paired_difference(scores["base"], scores[name], n_boot, seed)
+            run = out / "runs" / name
+            entry["trainable"] = read_json(run / "trainable.json")
+            entry["train"] = read_json(run / "summary.json")
+            rows = read_metrics(run)
+            entry["loss_curve"] = {
+                "train": [[r["step"], r["loss"]] for r in rows if "loss" in r],
+                "val": [[r["step"], r["val_loss"]] for r in rows if "val_loss" in r],
+            }
+        samples = out / "samples" / f"{name}.json"
+        if samples.is_file():
+            entry["samples"] = json.loads(samples.read_text())
+        models[name] = entry
+    stats = read_json(out / "prepared" / "stats.json")
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "config": cfg,
+        "data": stats,
+        "metrics_definition": METRICS,
+        "models": models,
+        "paper": PAPER,
+        "environment": environment(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def rebuild(out: Path) -> None:
+    out = Path(out)
+    if not out.is_dir():
+        raise MedtuneError(f"comparison folder not found: {out}")
+    p = out / "results.json"
+    if not p.is_file():
+        raise MedtuneError(f"{out} has no results.json (run medtune compare first)")
+    write_report(out, read_json(p))
+    print(f"report: {out / 'report.md'}")
+
+
+def _ci(v, ci, fmt):
+    return f"{fmt.format(v)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def _signed(v, ci, fmt):
+    f = "{:+" + fmt[2:]
+    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def write_report(out: Path, results: dict) -> None:
+    from medtune.report.figures import accuracy_figure, loss_figure, perplexity_figure
+
+    out = Path(out)
+    cfg, models, data = results["config"], results["models"], results["data"]
+    L = []
+    L.append(f"# medtune comparison: {cfg['model']} on MedQuAD\n")
+    if cfg.get("description"):
+        L.append(cfg["description"].strip() + "\n")
+    test = next(iter(models.values()))["metrics"]
+    L.append(f"Test split: {test['examples']:,} held-out examples; {data['split']} split (seed {data['seed']}); "
+             f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are 95% bootstrap intervals over examples "
+             f"({cfg['eval']['bootstrap']} resamples); differences vs base are paired (same examples, same tokens).\n")
+    for scope, title in (("answer", "answer tokens + EOS (headline)"), ("all", "every real token of question + answer (the study's likely scope)")):
+        L.append(f"## Table 1: perplexity and next-token accuracy, scored on {title}\n")
+        L.append("| model | perplexity [95% CI] | next-token accuracy [95% CI] | Δ perplexity vs base | Δ accuracy vs base | scored tokens |")
+        L.append("|---|---|---|---|---|---|")
+        for name, m in models.items():
+            s = m["metrics"][scope]
+            d = m.get("diff_vs_base", {}).get(scope)
+            L.append(f"| {name} | {_ci(s['perplexity'], s['perplexity_ci'], '{:.3f}')} | {_ci(s['accuracy'], s['accuracy_ci'], '{:.4f}')} | "
+                     f"{_signed(d['perplexity'], d['perplexity_ci'], '{:.3f}') if d else '-'} | {_signed(d['accuracy'], d['accuracy_ci'], '{:.4f}') if d else '-'} | {s['tokens']:,} |")
+        L.append("")
+    L.append("![perplexity](perplexity.png) ![accuracy](accuracy.png)\n")
+
+    L.append("## Efficiency\n")
+    L.append("| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS (MB) | peak GPU (MB) | saved weights |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for name, m in models.items():
+        if name == "base":
+            continue
+        t, tr = m["trainable"], m["train"]
+        what = "; ".join(t.get("notes") or []) or _what(t)
+        gpu = f"{tr['peak_gpu_mb']:.0f}" if tr.get("peak_gpu_mb") else "-"
+        L.append(f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} | {tr['steps']} | {tr['tokens_per_s']:.0f} | "
+                 f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} |")
+    L.append("")
+    boft = models.get("boft", {}).get("trainable", {}).get("details", {})
+    if boft:
+        L.append(f"BOFT butterfly factor: requested {boft.get('butterfly_factor_requested')}, used {boft.get('butterfly_factor_used')} "
+                 f"(PEFT's CUDA extension {'built' if boft.get('cuda_extension') else 'did not build; PEFT fell back'}); blocks (number, size): {boft.get('block_num_and_size')}.\n")
+    L.append("![loss curves](loss_curves.png)\n")
+
+    L.append("## Setup\n")
+    tr = cfg["train"]
+    L.append(f"- Model: `{cfg['model']}`; methods: {', '.join(n for n in models if n != 'base')}")
+    L.append(f"- Data: `{data.get('source')}`: {data['rows_read']:,} pairs read, {data['rows_kept']:,} kept "
+             f"(dropped: {', '.join(f'{k} {v:,}' for k, v in data['dropped'].items())}); "
+             + ", ".join(f"{k} {v['count']:,}" for k, v in data["splits"].items())
+             + f"; overlap between splits: {data['overlap']['questions_in_several_splits']} questions, {data['overlap']['focus_entities_in_several_splits']} focus entities")
+    L.append(f"- Format: template `{cfg['format']['template']}`, separator {cfg['format']['separator']!r}, max length {cfg['format']['max_length']}, "
+             f"padding `{cfg['format']['padding']}`, training loss on `{cfg['format']['loss_scope']}` tokens")
+    L.append(f"- Training: epochs {tr['epochs']}{', max steps ' + str(tr['max_steps']) if tr['max_steps'] else ''}, batch {tr['batch_size']} examples, AdamW "
+             f"(weight decay {tr['weight_decay']} on matrices), {tr['schedule']} schedule, warmup {tr['warmup_ratio']}, clip {tr['max_grad_norm']}, seed {tr['seed']}")
+    for name, args in cfg["methods"].items():
+        t = models.get(name, {}).get("trainable", {})
+        L.append(f"- `{name}`: {json.dumps(args) if args else 'defaults'}; learning rate {_lr(name, args, tr)}" + (f"; {json.dumps(t.get('details'))}" if t.get("details") else ""))
+    env = results["environment"]
+    L.append(f"- Environment: {env['device']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + f"; git {env['git']}")
+    L.append("")
+
+    L.append("## The study's numbers beside ours\n")
+    L.append(f"The study: {results['paper']['model']}; {results['paper']['protocol']}.\n")
+    L.append("| model | study perplexity | study accuracy | ours, all tokens: perplexity | ours, all tokens: accuracy |")
+    L.append("|---|---|---|---|---|")
+    for name, row in results["paper"]["rows"].items():
+        ours = models.get(name, {}).get("metrics", {}).get("all")
+        L.append(f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | {ours['perplexity']:.2f} | {ours['accuracy']:.3f} |" if ours else
+                 f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | - | - |")
+    L.append("")
+    L.append(f"Differences in setup: model `{cfg['model']}` vs Llama-3.2-1B; {data['split']} split vs the study's random split "
+             f"(a random split puts repeated questions on both sides); {data['splits']['train']['count']:,} training examples vs ~13,100; "
+             f"{tr['epochs']} epoch(s) vs 3; max length {cfg['format']['max_length']}; the study does not say which tokens it scored.\n")
+
+    with_samples = [n for n, m in models.items() if m.get("samples")]
+    if with_samples:
+        L.append("## Sample answers (greedy, stops at EOS, at most %d new tokens)\n" % cfg["max_new_tokens"])
+        L.append("Not medical advice: these are outputs of small experimental models.\n")
+        base_samples = models[with_samples[0]]["samples"]
+        for i, s in enumerate(base_samples):
+            L.append(f"### Q{i + 1}. {s['question']}\n")
+            L.append(f"**Reference:** {_short(s['reference'])}\n")
+            for n in with_samples:
+                L.append(f"**{n}:** {_short(models[n]['samples'][i]['answer']) or '(empty)'}\n")
+    (out / "report.md").write_text("\n".join(L))
+    perplexity_figure(results, out / "perplexity.png")
+    accuracy_figure(results, out / "accuracy.png")
+    loss_figure(results, out / "loss_curves.png")
+
+
+def _what(t: dict) -> str:
+    mods = t.get("trained_modules", [])
+    return f"{len(mods)} modules"
+
+
+def _lr(name, args, tr):
+    from medtune.methods import get_method
+
+    if isinstance(args, dict) and args.get("lr") is not None:
+        return args["lr"]
+    return tr["lr"] if tr.get("lr") is not None else get_method(name).default_lr
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _short(text: str, limit: int = 600) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " …"

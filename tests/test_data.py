@@ -1,0 +1,158 @@
+import json
+import zipfile
+
+import pytest
+
+from conftest import MEDQUAD, run_cli
+from medtune.data.clean import clean_records, clean_text
+from medtune.data.sources import ColumnMap, Record, load_records
+from medtune.data.split import overlap, split_records
+from medtune.errors import MedtuneError
+
+XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Document id="0001" source="GARD" url="http://x">
+<Focus>Gout &amp; Friends</Focus>
+<QAPairs>
+<QAPair pid="1"><Question qid="0001-1" qtype="symptoms">What are the symptoms of gout &lt;acute&gt; ?</Question>
+<Answer>Pain   in the toe.    - Swelling here.    - Redness &amp; heat.</Answer></QAPair>
+<QAPair pid="2"><Question qid="0001-2" qtype="treatment">How to treat gout ?</Question><Answer>   </Answer></QAPair>
+<QAPair pid="3"><Question qid="0001-3" qtype="treatment">How to treat gout ?</Question></QAPair>
+</QAPairs></Document>"""
+
+
+def make_medquad(tmp_path, extra=None):
+    root = tmp_path / "mq"
+    (root / "2_GARD_QA").mkdir(parents=True)
+    (root / "2_GARD_QA" / "0001.xml").write_text(XML)
+    for name, text in (extra or {}).items():
+        (root / "2_GARD_QA" / name).write_text(text)
+    return root
+
+
+def test_xml_entities_missing_answers_and_lists(tmp_path):
+    recs = load_records(str(make_medquad(tmp_path)))
+    assert len(recs) == 3
+    kept, dropped = clean_records(recs)
+    assert len(kept) == 1 and dropped["empty answer"] == 2
+    r = kept[0]
+    assert r.question == "What are the symptoms of gout <acute> ?"
+    assert r.answer == "Pain in the toe.\n- Swelling here.\n- Redness & heat."  # list structure kept
+    assert (r.focus, r.qtype, r.source, r.document_id, r.id) == ("Gout & Friends", "symptoms", "GARD", "0001", "0001-1")
+
+
+def test_zip_source_matches_folder(tmp_path):
+    root = make_medquad(tmp_path)
+    z = tmp_path / "mq.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(root / "2_GARD_QA" / "0001.xml", "MedQuAD-master/2_GARD_QA/0001.xml")
+    assert load_records(str(z)) == load_records(str(root))
+
+
+def test_malformed_xml_is_named(tmp_path):
+    root = make_medquad(tmp_path, {"0002.xml": "<Document><QAPairs>"})
+    with pytest.raises(MedtuneError, match="0002.xml"):
+        load_records(str(root))
+
+
+def test_csv_kaggle_and_mapping(tmp_path):
+    p = tmp_path / "k.csv"
+    p.write_text('question,answer,source,focus_area\n"What is (are) Glaucoma ?","Glaucoma is a group...",NIHSeniorHealth,Glaucoma\n')
+    (r,) = load_records(str(p))
+    assert (r.question, r.answer, r.source, r.focus) == ("What is (are) Glaucoma ?", "Glaucoma is a group...", "NIHSeniorHealth", "Glaucoma")
+    bad = tmp_path / "b.csv"
+    bad.write_text("q,a\nx,y\n")
+    with pytest.raises(MedtuneError, match="lacks column"):
+        load_records(str(bad))
+    (r,) = load_records(str(bad), ColumnMap(question="q", answer="a"))
+    assert (r.question, r.answer) == ("x", "y")
+
+
+def test_jsonl_with_mapping(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"Q": "What is gout?", "A": "A kind of arthritis.", "topic": "Gout"}) + "\n")
+    (r,) = load_records(str(p), ColumnMap(question="Q", answer="A", focus="topic"))
+    assert (r.question, r.answer, r.focus) == ("What is gout?", "A kind of arthritis.", "Gout")
+    with pytest.raises(MedtuneError, match="lacks column"):
+        load_records(str(p))
+
+
+def test_clean_drops_exact_duplicates():
+    recs = [Record("1", "Q?", "A."), Record("2", " Q? ", "A. "), Record("3", "Q?", "B."), Record("4", "", "x")]
+    kept, dropped = clean_records(recs)
+    assert [r.id for r in kept] == ["1", "3"]
+    assert dropped == {"exact duplicate pair": 1, "empty question": 1}
+    assert clean_text("a\n\n\n\nb  c") == "a\n\nb c"
+
+
+def test_grouped_split_has_no_overlap_and_is_deterministic():
+    recs = []
+    for i in range(200):
+        focus = f"f{i % 37}"
+        recs.append(Record(str(i), f"What is {focus} ?" if i % 3 else f"Question {i}", f"ans {i}", focus=focus))
+    a = split_records(recs, "grouped", 0.2, 0.1, seed=3)
+    b = split_records(recs, "grouped", 0.2, 0.1, seed=3)
+    assert a == b
+    assert overlap(a) == {"questions_in_several_splits": 0, "focus_entities_in_several_splits": 0}
+    assert sum(len(v) for v in a.values()) == 200
+    assert 20 <= len(a["test"]) <= 60
+    r = split_records(recs, "random", 0.2, 0.0, seed=3)
+    assert len(r["test"]) == 40 and not r["val"]
+    assert overlap(r)["focus_entities_in_several_splits"] > 0  # why random leaks
+
+
+@pytest.mark.skipif(not MEDQUAD.is_dir(), reason="needs ../shared/medquad")
+def test_real_medquad_counts_and_grouped_split():
+    recs = load_records(str(MEDQUAD))
+    # 47,441 pairs in <Document>/<QAPair> files + 16 in 4 NINDS files of the older <doc>/<pair> layout = 47,457,
+    # the count the dataset's own readme gives.
+    assert len(recs) == 47_457
+    non_empty = [r for r in recs if clean_text(r.question) and clean_text(r.answer)]
+    assert len(non_empty) == 16_423  # 16,407 in the <QAPair> layout + 16 in the <doc> layout
+    kept, dropped = clean_records(recs)
+    assert dropped["exact duplicate pair"] == 48
+    assert len(kept) == len(non_empty) - 48
+    splits = split_records(kept, "grouped", 0.2, 0.05, seed=0)
+    assert overlap(splits) == {"questions_in_several_splits": 0, "focus_entities_in_several_splits": 0}
+    assert abs(len(splits["test"]) / len(kept) - 0.2) < 0.01
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "empty", "noxml", "malformed", "csvcols", "fraction"],
+)
+def test_prepare_bad_input_one_line_no_output(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["prepare", "--out", out, "--no-tokenize"]
+    if case == "missing":
+        args += ["--data", tmp_path / "nope"]
+    elif case == "empty":
+        (tmp_path / "e").mkdir()
+        args += ["--data", tmp_path / "e"]
+    elif case == "noxml":
+        (tmp_path / "n").mkdir()
+        (tmp_path / "n" / "readme.txt").write_text("hi")
+        args += ["--data", tmp_path / "n"]
+    elif case == "malformed":
+        args += ["--data", make_medquad(tmp_path, {"0009.xml": "<Document><oops></Document>"})]
+    elif case == "csvcols":
+        (tmp_path / "c.csv").write_text("a,b\n1,2\n")
+        args += ["--data", tmp_path / "c.csv"]
+    elif case == "fraction":
+        args += ["--data", make_medquad(tmp_path), "--test-fraction", "1.5"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medtune: error:"), err
+    assert "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_prepare_writes_splits_and_stats(tmp_path, capsys, tiny):
+    root = make_medquad(tmp_path, {f"1{i}.xml": XML.replace("0001", f"1{i}").replace("Gout &amp; Friends", f"Focus {i}").replace("gout", f"g{i}") for i in range(9)})
+    code, out, err = run_cli(["prepare", "--data", root, "--out", tmp_path / "p", "--model", tiny, "--max-length", "16"], capsys)
+    assert code == 0, err
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert stats["rows_read"] == 30 and stats["rows_kept"] == 10 and stats["dropped"] == {"empty answer": 20}
+    assert sum(s["count"] for s in stats["splits"].values()) == 10
+    assert stats["splits"]["train"]["tokens"]["truncated_share"] > 0
+    assert stats["overlap"]["questions_in_several_splits"] == 0

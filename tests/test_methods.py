@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from medtune import models
+from medtune.errors import MedtuneError
+from medtune.forward import LossModule
+from medtune.methods import count_params, get_method, unique_params
+
+
+def fresh(tiny):
+    m, tok, _ = models.load(tiny)
+    return m, tok
+
+
+def one_step(model, tok, scope="all"):
+    from medtune.data.batching import collate
+    from medtune.data.tokenize import Example
+
+    torch.manual_seed(0)
+    ex = [Example("a", [5, 9, 17, 33, 2, 71, tok.eos_token_id], 2, False), Example("b", [8, 44, 3, tok.eos_token_id], 1, False)]
+    batch = collate(ex, tok.pad_token_id)
+    module = LossModule(model, scope)
+    params = [p for _, p in unique_params(model) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    nll, n, _, _ = module(batch)
+    (nll / n).backward()
+    opt.step()
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+CASES = {
+    "lora": ({}, lambda n: "lora_" in n),
+    "boft": ({"block_size": 16}, lambda n: "boft_" in n),
+    "oft": ({"block_size": 16}, lambda n: "oft_" in n),
+    "ia3": ({}, lambda n: "ia3_" in n),
+    "full": ({}, lambda n: True),
+    "selective": ({"layers": 1, "head": "untied"}, lambda n: ".layers.3." in n or n.startswith("lm_head")),
+}
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_exactly_intended_parameters_change(method, tiny):
+    args, intended = CASES[method]
+    model, tok = fresh(tiny)
+    spec = get_method(method)
+    model, report = spec.apply(model, spec.make_config(args))
+    before = snapshot(model)
+    one_step(model, tok)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed, "nothing trained"
+    assert changed <= trainable
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p, before[n]), f"frozen {n} changed"
+        else:
+            assert intended(n), f"{n} trainable but not intended"
+    assert report.trainable == sum(p.numel() for _, p in unique_params(model) if p.requires_grad)
+
+
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_selective_tied_vs_untied_input_embeddings(head, tiny):
+    model, tok = fresh(tiny)
+    emb_before = model.get_input_embeddings().weight.detach().clone()
+    spec = get_method("selective")
+    model, report = spec.apply(model, spec.make_config({"head": head}))
+    one_step(model, tok)
+    emb_changed = not torch.equal(model.get_input_embeddings().weight, emb_before)
+    assert emb_changed == (head == "tied")
+    assert any(head in n for n in report.notes)
+
+
+def test_tied_parameters_counted_once(tiny):
+    model, _ = fresh(tiny)
+    raw = sum(p.numel() for p in model.parameters(remove_duplicate=False)) if "remove_duplicate" in model.parameters.__code__.co_varnames else None
+    emb = model.get_input_embeddings().weight
+    spec = get_method("selective")
+    model, report = spec.apply(model, spec.make_config({"head": "tied", "layers": 1}))
+    layer = sum(p.numel() for p in model.model.layers[-1].parameters())
+    assert report.trainable == layer + emb.numel()  # the shared matrix counted once, not twice
+    assert report.total == count_params(model)
+
+
+def test_boft_block_size_checked_against_width(tiny):
+    spec = get_method("boft")
+    cfg = spec.make_config({"block_size": 7})
+    with pytest.raises(MedtuneError, match="block_size=7"):
+        cfg.check_against_model(models.read_model_config(tiny))
+    # SmolLM2's width: 576 = 2^6 x 9
+    with pytest.raises(MedtuneError, match="576"):
+        cfg.check_against_model({"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536})
+
+
+def test_boft_records_butterfly_factor_used(tiny):
+    model, _ = fresh(tiny)
+    spec = get_method("boft")
+    _, report = spec.apply(model, spec.make_config({"block_size": 8, "butterfly_factor": 2}))
+    d = report.details
+    assert d["butterfly_factor_requested"] == 2
+    assert d["butterfly_factor_used"] in (1, 2)
+    if d["butterfly_factor_used"] != 2:
+        assert any("butterfly factor" in n for n in report.notes)
+
+
+def test_unknown_method_and_bad_args():
+    with pytest.raises(MedtuneError, match="unknown method"):
+        get_method("prefix")
+    with pytest.raises(MedtuneError, match="unknown key"):
+        get_method("lora").make_config({"rank": 4})
+    with pytest.raises(MedtuneError, match="r must be"):
+        get_method("lora").make_config({"r": 0})

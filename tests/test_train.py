@@ -1,0 +1,185 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_cli
+from medtune import models
+from medtune.config import RunConfig, from_dict
+from medtune.data.batching import collate
+from medtune.data.tokenize import Example
+from medtune.forward import LossModule, final_hidden, parts, scored_predictions
+from medtune.data.tokenize import scored_masks
+from medtune.train import Interrupted, train
+from medtune.weights import load_trained
+
+
+def cfg(tiny, method="lora", **over):
+    d = {"method": method, "model": {"spec": tiny}, "format": {"max_length": 64}, "train": {"epochs": 2, "batch_size": 4, "seed": 1, "micro_batch_tokens": 128}}
+    for k, v in over.items():
+        if "__" not in k:
+            d[k] = v
+            continue
+        sec, key = k.split("__")
+        d.setdefault(sec, {})[key] = v
+    return from_dict(RunConfig, d)
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits
+
+
+IDS = [5, 9, 17, 33, 2, 71, 1]
+
+
+@pytest.mark.parametrize("method,args", [("lora", {}), ("boft", {"block_size": 16}), ("ia3", {})])
+def test_peft_run_folder_and_plain_peft_reload(method, args, tiny, prepared, tmp_path):
+    run = tmp_path / "run"
+    c = cfg(tiny, method, method_args={"dropout": 0.0} if method in ("lora", "boft") else {})
+    c = from_dict(RunConfig, {**c.to_dict(), "method_args": {**c.method_args, **args}})
+    summary = train(c, prepared, run, quiet=True)
+    for f in ("config.yaml", "env.json", "metrics.jsonl", "trainable.json", "summary.json", "weights.json", "adapter/adapter_model.safetensors"):
+        assert (run / f).exists(), f
+    assert not (run / "checkpoint").exists()
+    assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt"))  # no pickle
+    assert summary["steps"] == 12 and summary["tokens"] > 0
+    # plain PEFT reload, no medtune involved
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path = models.resolve(tiny).path
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), run / "adapter").eval()
+    ours = load_trained(models.load(tiny)[0], run).eval()
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert torch.equal(logits_of(plain, IDS), logits_of(ours, IDS))
+    assert not torch.allclose(logits_of(plain, IDS), logits_of(base, IDS))  # training did something
+
+
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_selective_weights_reload_identical(head, tiny, prepared, tmp_path):
+    run = tmp_path / "run"
+    c = cfg(tiny, "selective", method_args={"head": head})
+    train(c, prepared, run, quiet=True)
+    saved = load_file(run / "trained.safetensors")
+    assert ("lm_head.weight" in saved) == (head == "untied")
+    assert ("model.embed_tokens.weight" in saved) == (head == "tied")
+    a = load_trained(models.load(tiny)[0], run)
+    b = load_trained(models.load(tiny)[0], run)
+    base = models.load(tiny)[0]
+    assert torch.equal(logits_of(a, IDS), logits_of(b, IDS))
+    assert not torch.allclose(logits_of(a, IDS), logits_of(base, IDS))
+
+
+@pytest.mark.parametrize("method,args", [("lora", {"dropout": 0.1}), ("selective", {"head": "untied"})])
+def test_resume_gives_same_weights(method, args, tiny, prepared, tmp_path):
+    c = cfg(tiny, method, method_args=args)
+    train(c, prepared, tmp_path / "a", quiet=True)
+    with pytest.raises(Interrupted):
+        train(c, prepared, tmp_path / "b", quiet=True, stop_after=5)  # mid-epoch 1 (6 steps per epoch)
+    assert (tmp_path / "b" / "checkpoint" / "state.json").is_file()
+    train(c, prepared, tmp_path / "b", resume=True, quiet=True)
+    wa = _weights(tmp_path / "a")
+    wb = _weights(tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert la == pytest.approx(lb, abs=1e-6)
+
+
+def _weights(run):
+    p = run / "trained.safetensors"
+    return load_file(p) if p.is_file() else load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def test_prefix_cache_matches_uncached(tiny, prepared, tmp_path):
+    base = {"method_args": {"head": "untied", "layers": 1}}
+    on = cfg(tiny, "selective", train__cache_prefix="on", **base)
+    off = cfg(tiny, "selective", train__cache_prefix="off", **base)
+    s_on = train(on, prepared, tmp_path / "on", quiet=True)
+    train(off, prepared, tmp_path / "off", quiet=True)
+    assert s_on["prefix_cache"] and s_on["frozen_prefix_blocks"] == 3
+    a, b = _weights(tmp_path / "on"), _weights(tmp_path / "off")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+
+
+def test_padded_batch_gives_each_example_its_own_losses(tiny):
+    """No compute on padding must not change any example's per-token losses."""
+    model, tok, _ = models.load(tiny)
+    ex = [Example("a", [5, 9, 17, 33, 2, 71, 1], 2, False), Example("b", [8, 44, 1], 1, False), Example("c", [7, 7, 7, 7, 1], 3, False)]
+    _, head = parts(model)
+    batch = collate(ex, tok.pad_token_id)
+    with torch.no_grad():
+        h, _ = final_hidden(model, batch)
+        m = scored_masks(batch["lengths"], batch["answer_start"], h.shape[1])
+        nll, _, rows = scored_predictions(head, h, batch["input_ids"], m["all"])
+        for i, e in enumerate(ex):
+            solo = collate([e], tok.pad_token_id)
+            hs, _ = final_hidden(model, solo)
+            ms = scored_masks(solo["lengths"], solo["answer_start"], hs.shape[1])
+            nll_solo, _, _ = scored_predictions(head, hs, solo["input_ids"], ms["all"])
+            torch.testing.assert_close(nll[rows == i], nll_solo, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_goes_down_on_tiny(tiny, prepared, tmp_path):
+    c = cfg(tiny, "full", train__epochs=4, train__lr=3e-3)
+    train(c, prepared, tmp_path / "r", quiet=True)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert sum(losses[-4:]) < sum(losses[:4])
+    assert len(vals) == 4 and vals[-1] < vals[0]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "prefix"], "unknown method"),
+        (["--method", "boft", "--set", "method_args.block_size=7"], "block_size=7"),
+        (["--method", "lora", "--set", "train.lr=0"], "train.lr must be > 0"),
+        (["--method", "lora", "--set", "method_args.targets=[qkv_proj]"], "qkv_proj"),
+        (["--method", "lora", "--set", "train.epochs=-1"], "train.epochs"),
+    ],
+)
+def test_train_bad_input(extra, message, tiny, prepared, tmp_path, capsys):
+    code, _, err = run_cli(["train", "--data", prepared, "--model", tiny, "--out", tmp_path / "runs", *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_unreadable_data(tiny, tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train.jsonl").write_text("{not json\n")
+    for data in (tmp_path / "missing", tmp_path / "bad"):
+        code, _, err = run_cli(["train", "--method", "lora", "--data", data, "--model", tiny, "--out", tmp_path / "runs"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_processes_match_one(tiny, prepared, tmp_path):
+    """torchrun --nproc_per_node 2 (MULTI_CPU over gloo) == one process, same global batch."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    common = ["train", "--method", "lora", "--data", str(prepared), "--model", "tiny-random-llama",
+              "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "method_args.dropout=0.0", "--set", "format.max_length=64"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MEDTUNE_PROGRESS="0")
+    one = subprocess.run([sys.executable, "-m", "medtune.cli", *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "medtune.cli", *common, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "lora" / "summary.json").read_text())["world_size"] == 2
+    l1 = [json.loads(x)["loss"] for x in (tmp_path / "one" / "lora" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    l2 = [json.loads(x)["loss"] for x in (tmp_path / "two" / "lora" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(l1) == len(l2) == 6
+    assert l1 == pytest.approx(l2, abs=1e-5)
