@@ -177,6 +177,10 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         timing = {"seconds": time.perf_counter() - t0, "tokens": sum(len(e) for e in examples)}
         (out / "eval" / f"{name}.timing.json").write_text(json.dumps(timing))
         if cfg.samples:
+            if hasattr(model, "merge_and_unload"):
+                # Decoding is one token per forward: PEFT's BOFT would rebuild its orthogonal
+                # matrices at every step (~10x slower). Merged weights give the same function.
+                model = model.merge_and_unload()
             _samples(model, tok, test[: cfg.samples], cfg, out / "samples" / f"{name}.json")
         stages.mark(f"eval:{name}", k)
 

@@ -90,7 +90,10 @@ class TrainConfig:
     schedule: str = "linear"  # linear | cosine | constant
     warmup_ratio: float = 0.03
     batch_size: int = 8  # examples per optimizer step, across all processes
-    micro_batch_tokens: int = 4096  # padded tokens per forward pass; bigger batches are split (gradient accumulation)
+    # Padded tokens per forward pass; a bigger batch is split (gradient accumulation), each part
+    # padded only to its own longest row. 0 = auto: 512 on CPU (measured fastest on 2 cores:
+    # less padding, matmuls still ~100 GFLOP/s), 16384 on GPU.
+    micro_batch_tokens: int = 0
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 0
     eval_every: int = 0  # steps between validation-loss evaluations; 0 = once per epoch
@@ -107,20 +110,20 @@ class TrainConfig:
         _one_of("train.schedule", self.schedule, ("linear", "cosine", "constant"))
         _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1; got {self.batch_size}")
-        _check(self.micro_batch_tokens >= 8, f"train.micro_batch_tokens must be >= 8; got {self.micro_batch_tokens}")
+        _check(self.micro_batch_tokens == 0 or self.micro_batch_tokens >= 8, f"train.micro_batch_tokens must be 0 (auto) or >= 8; got {self.micro_batch_tokens}")
         _check(self.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0; got {self.max_grad_norm}")
         _one_of("train.cache_prefix", self.cache_prefix, ("auto", "on", "off"))
 
 
 @dataclass
 class EvalConfig:
-    batch_tokens: int = 8192  # padded tokens per forward pass
+    batch_tokens: int = 0  # padded tokens per forward pass; 0 = auto: 1024 on CPU (measured fastest), 16384 on GPU
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
     seed: int = 0
     max_examples: Optional[int] = None  # score only the first N examples of the split
 
     def __post_init__(self) -> None:
-        _check(self.batch_tokens >= 8, f"eval.batch_tokens must be >= 8; got {self.batch_tokens}")
+        _check(self.batch_tokens == 0 or self.batch_tokens >= 8, f"eval.batch_tokens must be 0 (auto) or >= 8; got {self.batch_tokens}")
         _check(self.bootstrap >= 10, f"eval.bootstrap must be >= 10; got {self.bootstrap}")
 
 

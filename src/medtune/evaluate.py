@@ -44,7 +44,7 @@ class Scores:
 
 
 @torch.inference_mode()
-def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: int = 8192, autocast=None, desc: str = "evaluate", per_example_fh=None, left_pad: bool = False) -> Scores:
+def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: int = 0, autocast=None, desc: str = "evaluate", per_example_fh=None, left_pad: bool = False) -> Scores:
     """Score every example; batches are length-sorted so little padding is computed."""
     model.eval()
     device = next(model.parameters()).device
@@ -54,6 +54,7 @@ def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: in
     tok = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
     cor = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
     lengths = [len(e) for e in examples]
+    batch_tokens = batch_tokens or (16384 if device.type == "cuda" else 1024)
     groups = micro_batches(list(range(E)), lengths, batch_tokens)
     progress = bar(sum(lengths), desc, unit="tok")
     for group in groups:

@@ -19,5 +19,5 @@ def track(items, desc: str, total=None, unit="it"):
     return tqdm(items, desc=desc, total=total, unit=unit, disable=not enabled(), dynamic_ncols=True, leave=False)
 
 
-def bar(total, desc: str, unit="it"):
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), dynamic_ncols=True)
+def bar(total, desc: str, unit="it", disable: bool = False):
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable or not enabled(), dynamic_ncols=True)

@@ -113,12 +113,29 @@ def select_trainable(model: torch.nn.Module, predicate: Callable[[str], bool]) -
 
 
 def module_names(param_names: list[str]) -> list[str]:
-    """Collapse parameter names to module names, keeping order: 'model.layers.29.mlp.up_proj'."""
-    out: list[str] = []
+    """Collapse parameter names to readable module patterns, keeping order:
+    'base_model.model.model.layers.3.self_attn.q_proj.lora_A.default.weight' x 30 layers
+    -> 'model.layers.{0-29}.self_attn.q_proj.lora_A'."""
+    import re
+
+    by_pattern: dict[str, list[int]] = {}
     for n in param_names:
         mod = n.rsplit(".", 1)[0]
-        if mod not in out:
-            out.append(mod)
+        mod = re.sub(r"^base_model\.model\.", "", mod)
+        mod = re.sub(r"\.default$", "", mod)
+        m = re.search(r"\.layers\.(\d+)\.", mod)
+        key = mod[: m.start()] + ".layers.{}." + mod[m.end():] if m else mod
+        idx = by_pattern.setdefault(key, [])
+        if m and int(m.group(1)) not in idx:
+            idx.append(int(m.group(1)))
+    out = []
+    for key, idx in by_pattern.items():
+        if "{}" not in key:
+            out.append(key)
+            continue
+        idx = sorted(idx)
+        span = str(idx[0]) if len(idx) == 1 else (f"{idx[0]}-{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) else ",".join(map(str, idx)))
+        out.append(key.replace("{}", span if len(idx) == 1 else "{" + span + "}"))
     return out
 
 

@@ -130,7 +130,7 @@ def write_report(out: Path, results: dict) -> None:
         if name == "base":
             continue
         t, tr = m["trainable"], m["train"]
-        what = "; ".join(t.get("notes") or []) or _what(t)
+        what = "; ".join([_what(t), *(t.get("notes") or [])])
         gpu = f"{tr['peak_gpu_mb']:.0f}" if tr.get("peak_gpu_mb") else "-"
         L.append(f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} | {tr['steps']} | {tr['tokens_per_s']:.0f} | "
                  f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} |")
@@ -190,7 +190,7 @@ def write_report(out: Path, results: dict) -> None:
 
 def _what(t: dict) -> str:
     mods = t.get("trained_modules", [])
-    return f"{len(mods)} modules"
+    return ", ".join(f"`{m}`" for m in mods) if len(mods) <= 6 else f"{len(mods)} module groups"
 
 
 def _lr(name, args, tr):

@@ -1,0 +1,196 @@
+"""medtune vs the study's pipeline (HF Trainer + PEFT, every sequence padded to 512), in one run.
+
+Same machine, model, MedQuAD subset and method on both sides. Prints a table last and writes
+JSON. Real tokens = non-pad tokens; MFU = useful training FLOPs/s over the matmul rate
+measured in this same run.
+
+    python benchmarks/bench_train.py --data ../shared/medquad            (make bench)
+    python benchmarks/bench_train.py --examples 32 --methods lora --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MEDTUNE_PROGRESS", "0")
+
+
+def matmul_rate(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def model_flops_per_token(model_cfg: dict, trainable_from: int, trainable_params: int, train: bool) -> float:
+    """Dense FLOPs per token: forward 2N; backward to activations 2N over the part gradients
+    flow through; weight gradients 2 x trainable. N counts every matmul weight (head included,
+    embedding lookup excluded). Attention scores are added separately per sequence."""
+    h, L, V = model_cfg["hidden_size"], model_cfg["num_hidden_layers"], model_cfg["vocab_size"]
+    heads, kv = model_cfg["num_attention_heads"], model_cfg.get("num_key_value_heads", model_cfg["num_attention_heads"])
+    hd = h // heads
+    per_layer = h * h + 2 * h * kv * hd + h * h + 3 * h * model_cfg["intermediate_size"]
+    n = L * per_layer + V * h
+    if not train:
+        return 2 * n
+    n_grad = (L - trainable_from) * per_layer + V * h
+    return 2 * n + 2 * n_grad + 2 * trainable_params
+
+
+def attention_flops(lengths, model_cfg, factor: float) -> float:
+    h, L = model_cfg["hidden_size"], model_cfg["num_hidden_layers"]
+    return factor * sum(2 * 2 * n * n * h * L / 2 for n in lengths)  # QK^T and AV, causal half
+
+
+# --------------------------------------------------------------------------- the study's pipeline
+
+
+def hf_baseline(model_path, records, method, method_args, max_length, epochs, batch_size, lr, work):
+    """HF Trainer + PEFT as the study ran it: pad/truncate to max_length, collator masks pad id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from medtune.methods import get_method
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.pad_token = tok.eos_token
+    texts = [r.question + "\n" + r.answer + tok.eos_token for r in records]
+    enc = tok(texts, padding="max_length", truncation=True, max_length=max_length)
+    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    real = sum(sum(m) for m in enc["attention_mask"])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    spec = get_method(method)
+    model, _ = spec.apply(model, spec.make_config(method_args))
+    args = TrainingArguments(output_dir=str(work), per_device_train_batch_size=batch_size, num_train_epochs=epochs, learning_rate=lr,
+                             optim="adamw_torch", report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    t = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "real_tokens": real * epochs, "tokens_per_s": real * epochs / seconds, "trainer": trainer, "dataset": ds}
+
+
+def hf_evaluate(trainer, ds):
+    trainer.args.per_device_eval_batch_size = 8
+    t = time.perf_counter()
+    trainer.evaluate(eval_dataset=ds)
+    return time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- medtune
+
+
+def medtune_train(model_spec, prep, method, method_args, max_length, epochs, batch_size, lr, work, name):
+    from medtune.config import RunConfig, from_dict
+    from medtune.train import train
+
+    cfg = from_dict(RunConfig, {
+        "method": method, "method_args": method_args, "model": {"spec": model_spec},
+        # scope `all` = the same loss the baseline computes (every real token)
+        "format": {"max_length": max_length, "padding": "dynamic", "loss_scope": "all"},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": 0, "warmup_ratio": 0.0},
+    })
+    t = time.perf_counter()
+    s = train(cfg, prep, work / name, quiet=True)
+    s["wall_seconds"] = time.perf_counter() - t
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/medquad")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--examples", type=int, default=16, help="training pairs (the same for both sides)")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--methods", default="lora,boft,selective")
+    ap.add_argument("--skip-selective-protocol", action="store_true", help="skip the 3-epoch selective comparison")
+    ap.add_argument("--out", default="bench-results.json")
+    a = ap.parse_args(argv)
+
+    from medtune import models
+    from medtune.config import DataConfig, FormatConfig
+    from medtune.data.prepare import prepare, read_split
+    from medtune.data.tokenize import encode_records
+    from medtune.evaluate import score_examples
+
+    work = Path(tempfile.mkdtemp(prefix="medtune-bench-"))
+    rows, extra = [], {}
+    try:
+        resolved = models.resolve(a.model)
+        model_cfg = models.read_model_config(a.model)
+        prep = work / "prep"
+        prepare(DataConfig(source=a.data, max_examples=None, val_fraction=0.0, seed=0), prep, FormatConfig(max_length=a.max_length))
+        import random
+
+        records = random.Random(0).sample(read_split(prep, "train"), a.examples)  # seeded, representative lengths
+        sub = work / "sub"
+        sub.mkdir()
+        (sub / "train.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        rate = matmul_rate()
+        print(f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s; {len(records)} MedQuAD pairs, max length {a.max_length}", flush=True)
+        tok = models.load_tokenizer(resolved)
+        lengths = [len(e) for e in encode_records(tok, records, FormatConfig(max_length=a.max_length))]
+        real = sum(lengths)
+        print(f"real tokens per epoch: {real:,}; positions computed at fixed padding: {len(records) * a.max_length:,} ({100 * real / (len(records) * a.max_length):.0f}% real)", flush=True)
+
+        setups = {"lora": ({}, 2e-4), "boft": ({"block_size": 32}, 2e-4), "selective": ({"head": "tied"}, 5e-5)}
+        for method in [m for m in a.methods.split(",") if m]:
+            args, lr = setups[method]
+            base = hf_baseline(resolved.path, records, method, args, a.max_length, 1, a.batch_size, lr, work / f"hf-{method}")
+            print(f"  baseline {method}: {base['tokens_per_s']:.1f} real tok/s", flush=True)
+            ours = medtune_train(a.model, sub, method, args, a.max_length, 1, a.batch_size, lr, work, method)
+            print(f"  medtune  {method}: {ours['tokens_per_s']:.1f} real tok/s", flush=True)
+            trainable = json.loads((work / method / "trainable.json").read_text())["trainable"]
+            frm = ours["frozen_prefix_blocks"]
+            flops = model_flops_per_token(model_cfg, frm, trainable, True) * real + attention_flops(lengths, model_cfg, 3.0)
+            rows.append({"what": f"train {method}", "baseline_tok_s": base["tokens_per_s"], "medtune_tok_s": ours["tokens_per_s"],
+                         "speedup": ours["tokens_per_s"] / base["tokens_per_s"], "medtune_mfu": flops / ours["train_seconds"] / rate,
+                         "baseline_mfu": flops / base["seconds"] / rate})
+            if method == "lora":
+                # evaluation: Trainer.evaluate on the padded data vs medtune's scorer, same pairs
+                t_hf = hf_evaluate(base["trainer"], base["dataset"])
+                model, tk, _ = models.load(a.model)
+                exs = encode_records(tk, records, FormatConfig(max_length=a.max_length))
+                t = time.perf_counter()
+                score_examples(model, exs, tk.pad_token_id)
+                t_ours = time.perf_counter() - t
+                eflops = model_flops_per_token(model_cfg, 0, 0, False) * real + attention_flops(lengths, model_cfg, 1.0)
+                rows.append({"what": "evaluate", "baseline_tok_s": real / t_hf, "medtune_tok_s": real / t_ours, "speedup": t_hf / t_ours,
+                             "medtune_mfu": eflops / t_ours / rate, "baseline_mfu": eflops / t_hf / rate})
+            del base
+        if not a.skip_selective_protocol:
+            # the 3-epoch selective protocol: study (tied head, padded) vs medtune (untied head, cached prefix)
+            base = hf_baseline(resolved.path, records, "selective", {"head": "tied"}, a.max_length, 3, a.batch_size, 5e-5, work / "hf-sel3")
+            ours = medtune_train(a.model, sub, "selective", {"head": "untied"}, a.max_length, 3, a.batch_size, 5e-5, work, "sel3")
+            rows.append({"what": "selective 3 epochs, end to end", "baseline_tok_s": base["tokens_per_s"], "medtune_tok_s": ours["tokens_per_s"],
+                         "speedup": base["seconds"] / ours["wall_seconds"], "medtune_mfu": None, "baseline_mfu": None,
+                         "baseline_seconds": base["seconds"], "medtune_seconds": ours["wall_seconds"]})
+        extra = {"matmul_gflops": rate / 1e9, "examples": len(records), "real_tokens_per_epoch": real, "max_length": a.max_length,
+                 "threads": torch.get_num_threads(), "model": a.model}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(a.out).write_text(json.dumps({"setup": extra, "rows": rows}, indent=2))
+    print()
+    print(f"{'':34} {'baseline tok/s':>14} {'medtune tok/s':>14} {'speedup':>8} {'MFU base':>9} {'MFU medtune':>12}")
+    for r in rows:
+        mfu = lambda v: f"{100 * v:.0f}%" if v is not None else "-"
+        print(f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} {r['speedup']:7.2f}x {mfu(r['baseline_mfu']):>9} {mfu(r['medtune_mfu']):>12}")
+    print(f"\n(real = non-pad tokens; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from medtune import models
+from medtune.data.tokenize import Example
+from medtune.evaluate import Scores, paired_difference, score_examples, summarize
+
+
+def examples(n=10, seed=0, eos=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        L = int(torch.randint(4, 30, (1,), generator=g))
+        ids = torch.randint(3, 300, (L - 1,), generator=g).tolist() + [eos]
+        out.append(Example(f"e{i}", ids, int(torch.randint(1, L - 1, (1,), generator=g)), False))
+    return out
+
+
+def reference(model, exs):
+    """A plain per-example loop in float64 with the model's own forward."""
+    nll = {"answer": 0.0, "all": 0.0}
+    tok = {"answer": 0, "all": 0}
+    cor = {"answer": 0, "all": 0}
+    with torch.no_grad():
+        for e in exs:
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            for p in range(len(e) - 1):
+                t = e.input_ids[p + 1]
+                scopes = ["all"] + (["answer"] if p + 1 >= e.answer_start else [])
+                for s in scopes:
+                    nll[s] += float(-logp[p, t])
+                    tok[s] += 1
+                    cor[s] += int(logits[p].argmax() == t)
+    return {s: (math.exp(nll[s] / tok[s]), cor[s] / tok[s], tok[s]) for s in nll}
+
+
+def test_metrics_equal_plain_float64_loop(tiny):
+    model, tok, _ = models.load(tiny)
+    exs = examples(12)
+    summary = summarize(score_examples(model, exs, tok.pad_token_id), 50)
+    ref = reference(model, exs)
+    for s in ("answer", "all"):
+        ppl, acc, n = ref[s]
+        assert summary[s]["tokens"] == n
+        assert summary[s]["perplexity"] == pytest.approx(ppl, rel=1e-6)
+        assert summary[s]["accuracy"] == pytest.approx(acc, rel=1e-6)
+
+
+def test_batch_size_and_padding_side_do_not_matter(tiny):
+    model, tok, _ = models.load(tiny)
+    exs = examples(16, seed=1)
+    runs = [
+        summarize(score_examples(model, exs, tok.pad_token_id, batch_tokens=bt, left_pad=left), 20)
+        for bt in (30, 8 * 30, 10_000) for left in (False, True)
+    ]
+    for r in runs[1:]:
+        for s in ("answer", "all"):
+            assert r[s]["tokens"] == runs[0][s]["tokens"]
+            assert r[s]["perplexity"] == pytest.approx(runs[0][s]["perplexity"], rel=1e-5)
+            assert r[s]["accuracy"] == pytest.approx(runs[0][s]["accuracy"], rel=1e-5)
+
+
+def test_known_perplexity_and_accuracy(tiny):
+    """A zero head makes every next token uniform: perplexity == vocab size exactly, and
+    argmax (ties -> token 0) is right exactly where the target is token 0."""
+    model, tok, _ = models.load(tiny)
+    from medtune.methods.selective import untie_head
+
+    untie_head(model)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    V = model.lm_head.out_features
+    exs = [Example("a", [5, 0, 7, 0, 1], 2, False), Example("b", [9, 9, 0, 1], 1, False)]
+    s = summarize(score_examples(model, exs, tok.pad_token_id), 20)
+    assert s["all"]["tokens"] == 4 + 3 and s["answer"]["tokens"] == (5 - 2) + (4 - 1)
+    assert s["all"]["perplexity"] == pytest.approx(V, rel=1e-6)
+    assert s["answer"]["perplexity"] == pytest.approx(V, rel=1e-6)
+    assert s["all"]["accuracy"] == pytest.approx(3 / 7)  # targets 0 at a[1], a[3], b[2]
+    assert s["answer"]["accuracy"] == pytest.approx(2 / 6)  # a[3] and b[2] are answer tokens
+
+
+def test_bootstrap_contains_point_and_narrows():
+    rng = np.random.default_rng(0)
+
+    def fake(n):
+        tok = rng.integers(5, 50, n)
+        nll = tok * rng.uniform(0.5, 2.0, n)
+        cor = (tok * rng.uniform(0.2, 0.8, n)).astype(int)
+        d = lambda v: {"answer": v, "all": v}
+        return Scores([str(i) for i in range(n)], d(nll), d(tok), d(cor))
+
+    small, big = summarize(fake(30), 500), summarize(fake(3000), 500)
+    for s in (small, big):
+        lo, hi = s["answer"]["perplexity_ci"]
+        assert lo <= s["answer"]["perplexity"] <= hi
+        lo, hi = s["answer"]["accuracy_ci"]
+        assert lo <= s["answer"]["accuracy"] <= hi
+    width = lambda s, k: s["answer"][k][1] - s["answer"][k][0]
+    assert width(big, "perplexity_ci") < width(small, "perplexity_ci") / 3
+    assert width(big, "accuracy_ci") < width(small, "accuracy_ci") / 3
+
+
+def test_paired_difference_of_identical_models_is_zero():
+    n = 40
+    v = {"answer": np.ones(n) * 2.0, "all": np.ones(n) * 3.0}
+    t = {"answer": np.ones(n, dtype=int), "all": np.ones(n, dtype=int) * 2}
+    c = {"answer": np.zeros(n, dtype=int), "all": np.ones(n, dtype=int)}
+    a = Scores([str(i) for i in range(n)], v, t, c)
+    d = paired_difference(a, a, 100)
+    assert d["answer"]["perplexity"] == 0 and d["answer"]["perplexity_ci"] == [0.0, 0.0]
+
+
+def test_evaluate_cli_per_example_is_recomputable(tiny, prepared, tmp_path, capsys):
+    out, per = tmp_path / "r.json", tmp_path / "per.jsonl"
+    code, _, err = run_cli(["evaluate", "--model", tiny, "--data", prepared, "--out", out, "--per-example", per, "--bootstrap", 50], capsys)
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    rows = [json.loads(x) for x in per.read_text().splitlines()]
+    assert len(rows) == res["examples"] == 8
+    # recompute the headline from the audit file with plain Transformers
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models.resolve(tiny).path).eval()
+    nll = n = 0
+    with torch.no_grad():
+        for r in rows:
+            logp = torch.log_softmax(model(input_ids=torch.tensor([r["input_ids"]])).logits[0].double(), -1)
+            for p in r["scored_positions_answer"]:
+                nll += float(-logp[p, r["input_ids"][p + 1]])
+                n += 1
+    assert n == res["answer"]["tokens"]
+    assert math.exp(nll / n) == pytest.approx(res["answer"]["perplexity"], rel=1e-6)
+
+
+def test_evaluate_bad_input(tiny, prepared, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "test.jsonl").write_text("")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("method: lora\n")
+    cases = [
+        ["--model", tiny, "--data", tmp_path / "empty"],
+        ["--model", tiny, "--data", tmp_path / "nope"],
+        ["--run", tmp_path / "missing", "--data", prepared],
+        ["--run", tmp_path / "half", "--data", prepared],
+    ]
+    for args in cases:
+        code, _, err = run_cli(["evaluate", *args], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
+
+
+def test_evaluate_rejects_other_base_model(tiny, prepared, tmp_path, capsys):
+    from medtune.config import RunConfig, from_dict
+    from medtune.train import train
+
+    c = from_dict(RunConfig, {"method": "lora", "model": {"spec": tiny}, "train": {"max_steps": 1, "batch_size": 4}})
+    train(c, prepared, tmp_path / "run", quiet=True)
+    other = models.build_tiny_llama(tmp_path / "other-tiny", seed=1)
+    code, _, err = run_cli(["evaluate", "--model", other, "--run", tmp_path / "run", "--data", prepared], capsys)
+    assert code == 2 and "does not match" in err
