@@ -156,3 +156,28 @@ def test_prepare_writes_splits_and_stats(tmp_path, capsys, tiny):
     assert sum(s["count"] for s in stats["splits"].values()) == 10
     assert stats["splits"]["train"]["tokens"]["truncated_share"] > 0
     assert stats["overlap"]["questions_in_several_splits"] == 0
+
+
+def test_parquet_with_mapping(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"q": ["What is gout?"], "a": ["Arthritis."]}), p)
+    (r,) = load_records(str(p), ColumnMap(question="q", answer="a"))
+    assert (r.question, r.answer) == ("What is gout?", "Arthritis.")
+
+
+def test_default_download_offline_says_how_to_pass_a_path(tmp_path, monkeypatch):
+    from medtune.data import sources
+
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "MEDQUAD_URL", "http://127.0.0.1:9/medquad.zip")  # nothing listens there
+    with pytest.raises(MedtuneError, match="--data PATH"):
+        load_records(None)
+    assert not (tmp_path / "cache" / "data" / "medquad.zip").exists()
+
+
+def test_hub_dataset_without_datasets_or_offline_is_one_clear_error():
+    with pytest.raises(MedtuneError, match="hub|offline|local path"):
+        load_records("someone/medquad-copy")

@@ -163,3 +163,22 @@ def test_evaluate_rejects_other_base_model(tiny, prepared, tmp_path, capsys):
     other = models.build_tiny_llama(tmp_path / "other-tiny", seed=1)
     code, _, err = run_cli(["evaluate", "--model", other, "--run", tmp_path / "run", "--data", prepared], capsys)
     assert code == 2 and "does not match" in err
+
+
+def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
+    from medtune.config import RunConfig, from_dict
+    from medtune.train import train
+
+    c = from_dict(RunConfig, {"method": "full", "model": {"spec": tiny}, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}})
+    train(c, prepared, tmp_path / "run", quiet=True)
+    base = tmp_path / "base.scores.json"
+    code, _, err = run_cli(["evaluate", "--model", tiny, "--data", prepared, "--scores", base, "--bootstrap", 50], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["evaluate", "--run", tmp_path / "run", "--data", prepared, "--paired-with", base, "--out", tmp_path / "r.json", "--bootstrap", 50], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "r.json").read_text())
+    d = res["paired_difference"]["answer"]
+    assert d["perplexity"] != 0 and d["perplexity_ci"][0] <= d["perplexity"] <= d["perplexity_ci"][1]
+    # pairing with scores of other examples is refused
+    code, _, err = run_cli(["evaluate", "--run", tmp_path / "run", "--data", prepared, "--max-examples", "3", "--paired-with", base], capsys)
+    assert code == 2 and "other examples" in err

@@ -9,7 +9,7 @@ from pathlib import Path
 from medtune.data.prepare import read_split
 from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
-from medtune.evaluate import METRICS, score_examples, summarize
+from medtune.evaluate import METRICS, load_scores, paired_difference, save_scores, score_examples, summarize
 from medtune.inference import autocast_for, load_for_inference
 
 
@@ -32,13 +32,31 @@ def evaluate_command(a) -> dict:
         if fh:
             fh.close()
     summary = summarize(scores, a.bootstrap, 0)
+    if a.scores:
+        save_scores(scores, Path(a.scores))
+    paired = None
+    if a.paired_with:
+        other = load_scores(Path(a.paired_with))
+        if other.ids != scores.ids:
+            raise MedtuneError(f"{a.paired_with} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); use the same --data, --split and --max-examples")
+        try:
+            paired = paired_difference(other, scores, a.bootstrap, 0)
+        except ValueError as e:
+            raise MedtuneError(f"cannot pair with {a.paired_with}: {e}") from None
     result = {
         "model": a.model, "run": a.run, "label": label, "data": a.data, "split": a.split,
         "max_length": fmt.max_length, "template": fmt.template, "metrics": METRICS, **summary,
     }
+    if paired is not None:
+        result["paired_difference"] = {"against": a.paired_with, **paired}
     from medtune.report.tables import print_metrics
 
     print_metrics(label, summary)
+    if paired is not None:
+        for scope in ("answer", "all"):
+            d = paired[scope]
+            print(f"paired difference vs {a.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
+                  f"accuracy {d['accuracy']:+.4f} [{d['accuracy_ci'][0]:+.4f}, {d['accuracy_ci'][1]:+.4f}]")
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
     return result

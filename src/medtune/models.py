@@ -44,6 +44,7 @@ def _quiet_transformers():
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # offline retries would print one warning each
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 

@@ -231,6 +231,8 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     def autocast():
         return accelerator.autocast()
 
+    if val_ex and not resume:
+        _validate(model, val_ex, tok, cfg, autocast, run_dir, state, accelerator)  # step 0: the curve's starting point
     progress = bar(p.total_steps, f"train {cfg.method}", unit="step", disable=quiet or not accelerator.is_main_process)
     progress.update(state["step"])
     last_loss = float("nan")

@@ -67,7 +67,8 @@ def apply(model, cfg: SelectiveConfig):
         trainable=count_params(model, trainable_only=True),
         total=count_params(model),
         base_total=base_total,
-        trained_modules=module_names(trained),
+        # whole blocks train, so name the blocks rather than their 9 sub-modules each
+        trained_modules=[f"model.layers.{i}" for i in range(first, n_layers)] + [m for m in module_names(trained) if not m.startswith("model.layers.")],
         notes=notes,
         details={"layers": list(range(first, n_layers)), "head": cfg.head if tied else "separate", "tied_in_base": tied},
     )
