@@ -175,7 +175,12 @@ def test_two_processes_match_one(tiny, prepared, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MEDTUNE_PROGRESS="0")
     one = subprocess.run([sys.executable, "-m", "medtune.cli", *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "medtune.cli", *common, "--out", str(tmp_path / "two")],
+    import socket
+
+    with socket.socket() as sock:  # a free port, so parallel CI jobs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "medtune.cli", *common, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert json.loads((tmp_path / "two" / "lora" / "summary.json").read_text())["world_size"] == 2
