@@ -49,6 +49,9 @@ def evaluate_command(a) -> dict:
     }
     if paired is not None:
         result["paired_difference"] = {"against": a.paired_with, **paired}
+    from medtune.runs import environment
+
+    result["environment"] = environment()
     from medtune.report.tables import print_metrics
 
     print_metrics(label, summary)

@@ -110,6 +110,15 @@ class PrefixCache:
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
 
+def current_rss_mb() -> float:
+    """Resident memory now (Linux /proc); elsewhere the process's lifetime peak."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def auto_micro_tokens(device) -> int:
     """Padded tokens per forward pass when the config says 0 (auto).
 
@@ -236,6 +245,10 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     progress = bar(p.total_steps, f"train {cfg.method}", unit="step", disable=quiet or not accelerator.is_main_process)
     progress.update(state["step"])
     last_loss = float("nan")
+    # Sampled per step, so each run in a multi-run process (compare) reports its own peak.
+    peak_rss = current_rss_mb()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     try:
         while state["step"] < p.total_steps:
             epoch = state["epoch"]
@@ -280,6 +293,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
                 state["tokens"] += sum(lengths[i] for i in gbatch)
                 state["scored"] += n_scored
                 state["train_seconds"] += time.perf_counter() - t0
+                peak_rss = max(peak_rss, current_rss_mb())
                 tps = state["tokens"] / max(state["train_seconds"], 1e-9)
                 progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}", tok_s=f"{tps:.0f}")
                 progress.update(1)
@@ -329,7 +343,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
         "world_size": world,
         "frozen_prefix_blocks": frozen_prefix,
         "prefix_cache": use_cache,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
     }
     if accelerator.is_main_process:

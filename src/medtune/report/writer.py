@@ -124,7 +124,7 @@ def write_report(out: Path, results: dict) -> None:
     L.append("![perplexity](perplexity.png) ![accuracy](accuracy.png)\n")
 
     L.append("## Efficiency\n")
-    L.append("| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS (MB) | peak GPU (MB) | saved weights |")
+    L.append("| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in models.items():
         if name == "base":
