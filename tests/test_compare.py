@@ -1,10 +1,9 @@
 import json
-import re
 import struct
 
 import pytest
 
-from conftest import ROOT, run_cli, write_records
+from conftest import ROOT, run_cli
 from medtune.compare import load_compare_config, run_compare
 
 
@@ -31,7 +30,7 @@ def png_size(path):
 
 def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     cfg, out = tiny_compare
-    results = run_compare(cfg, quiet=True)
+    run_compare(cfg, quiet=True)
     for f in ("report.md", "results.json", "perplexity.png", "accuracy.png", "loss_curves.png", "runs/lora/adapter", "runs/selective/trained.safetensors"):
         assert (out / f).exists(), f
     for f in ("perplexity.png", "accuracy.png", "loss_curves.png"):
@@ -87,7 +86,7 @@ def test_compare_bad_input(args, msg, tmp_path, capsys):
 
 def test_presets_are_valid_and_documented():
     for name in ("paper", "cpu-demo", "tiny"):
-        cfg = load_compare_config(name)
+        load_compare_config(name)  # validates every value and method argument
         text = (ROOT / "configs" / f"{name}.yaml").read_text()
         assert text.startswith("#") and "medtune compare --preset" in text
     paper = load_compare_config("paper")

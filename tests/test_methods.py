@@ -75,7 +75,6 @@ def test_selective_tied_vs_untied_input_embeddings(head, tiny):
 
 def test_tied_parameters_counted_once(tiny):
     model, _ = fresh(tiny)
-    raw = sum(p.numel() for p in model.parameters(remove_duplicate=False)) if "remove_duplicate" in model.parameters.__code__.co_varnames else None
     emb = model.get_input_embeddings().weight
     spec = get_method("selective")
     model, report = spec.apply(model, spec.make_config({"head": "tied", "layers": 1}))

@@ -1,5 +1,3 @@
-import torch
-
 from medtune import models
 from medtune.config import FormatConfig
 from medtune.data.batching import collate, micro_batches

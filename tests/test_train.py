@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from medtune import models
 from medtune.config import RunConfig, from_dict
 from medtune.data.batching import collate
 from medtune.data.tokenize import Example
-from medtune.forward import LossModule, final_hidden, parts, scored_predictions
+from medtune.forward import final_hidden, parts, scored_predictions
 from medtune.data.tokenize import scored_masks
 from medtune.train import Interrupted, train
 from medtune.weights import load_trained

@@ -6,7 +6,6 @@ Errors a user can fix are MedtuneError: printed as one line on stderr, exit code
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings

@@ -103,10 +103,10 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     from medtune import models
     from medtune.data.prepare import prepare, read_split
     from medtune.data.tokenize import encode_records
-    from medtune.evaluate import load_scores, save_scores, score_examples
+    from medtune.evaluate import save_scores, score_examples
     from medtune.report.writer import build_results, write_report
     from medtune.runs import is_complete
-    from medtune.train import train, validate
+    from medtune.train import train
 
     say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
     out = Path(cfg.out)
@@ -131,7 +131,6 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     meta = {"identity": identity, "config": whole, "model": cfg.model, "format": asdict(cfg.format), "methods": list(cfg.methods)}
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
     stages = Stages(out, force)
-    names = ["base", *cfg.methods]
     total = 3 + 2 * len(cfg.methods)
     n = 0
     t_start = time.perf_counter()
@@ -197,8 +196,7 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         else:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            validate(rc, prep)
-            train(rc, prep, run_dir, quiet=quiet)
+            train(rc, prep, run_dir, quiet=quiet)  # train() validates before it creates the folder
             stages.mark(f"train:{name}", k)
         evaluate_stage(name, run_dir)
     # 4. report
