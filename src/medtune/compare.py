@@ -16,7 +16,6 @@ from typing import Optional
 
 from medtune.config import DataConfig, EvalConfig, FormatConfig, RunConfig, TrainConfig, apply_overrides, config_hash, from_dict, read_yaml
 from medtune.errors import MedtuneError
-from medtune.methods import get_method
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -37,7 +36,7 @@ class CompareConfig:
     def __post_init__(self):
         if not self.methods:
             raise MedtuneError("a comparison needs at least one method")
-        for name, args in self.methods.items():
+        for name in self.methods:
             self.run_config(name)  # validates the method name and its arguments
         if self.samples < 0:
             raise MedtuneError(f"samples must be >= 0; got {self.samples}")
@@ -46,7 +45,6 @@ class CompareConfig:
         args = dict(self.methods.get(name) or {})
         lr = args.pop("lr", None)
         train = TrainConfig(**{**asdict(self.train), **({"lr": float(lr)} if lr is not None else {})})
-        get_method(name)
         return from_dict(RunConfig, {"method": name, "method_args": args, "model": {"spec": self.model}, "format": asdict(self.format), "train": asdict(train), "eval": asdict(self.eval)})
 
 

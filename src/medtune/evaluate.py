@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtune.data.batching import collate, micro_batches
+from medtune.data.batching import auto_batch_tokens, collate, micro_batches
 from medtune.data.tokenize import Example, scored_masks
 from medtune.forward import final_hidden, parts, scored_predictions
 from medtune.progress import bar
@@ -54,7 +54,7 @@ def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: in
     tok = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
     cor = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
     lengths = [len(e) for e in examples]
-    batch_tokens = batch_tokens or (16384 if device.type == "cuda" else 1024)
+    batch_tokens = batch_tokens or auto_batch_tokens(device, training=False)
     groups = micro_batches(list(range(E)), lengths, batch_tokens)
     progress = bar(sum(lengths), desc, unit="tok")
     for group in groups:

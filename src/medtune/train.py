@@ -25,7 +25,7 @@ import torch
 from medtune import models
 from medtune.checkpoint import load_checkpoint, save_checkpoint
 from medtune.config import RunConfig
-from medtune.data.batching import collate, global_batches, micro_batches, shard
+from medtune.data.batching import auto_batch_tokens, collate, global_batches, micro_batches, shard
 from medtune.data.prepare import read_split
 from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
@@ -119,17 +119,6 @@ def current_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def auto_micro_tokens(device) -> int:
-    """Padded tokens per forward pass when the config says 0 (auto).
-
-    CPU: small micro-batches pad less and still run matmuls near peak. Measured on 2 cores,
-    SmolLM2, LoRA, max length 512: 512 tokens -> 124 real tok/s, 1024 -> 115, 4096 -> 99;
-    BOFT too was faster at 512 (83) than at 4096 (79) despite rebuilding its orthogonal
-    matrices on every call.
-    """
-    return 16384 if device.type == "cuda" else 512
-
-
 @dataclass
 class Plan:
     steps_per_epoch: int
@@ -206,7 +195,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     module, optimizer = accelerator.prepare(module, optimizer)
     device = accelerator.device
     warmup = int(cfg.train.warmup_ratio * p.total_steps)
-    micro_tokens = cfg.train.micro_batch_tokens or auto_micro_tokens(device)
+    micro_tokens = cfg.train.micro_batch_tokens or auto_batch_tokens(device, training=True)
 
     # ---- run folder (created only now: every check above passed)
     state = {"epoch": 0, "batch": 0, "step": 0, "tokens": 0, "scored": 0, "train_seconds": 0.0}

@@ -32,6 +32,19 @@ def global_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, g
     return batches
 
 
+def auto_batch_tokens(device, training: bool) -> int:
+    """Padded tokens per forward pass when a config says 0 (auto).
+
+    CPU: small batches pad less and still run matmuls near peak. Measured on 2 cores,
+    SmolLM2, max length 512: LoRA training 512 tokens -> 124 real tok/s, 1024 -> 115,
+    4096 -> 99 (BOFT too was faster at 512: 83 vs 79 at 4096, despite rebuilding its
+    orthogonal matrices on every call); evaluation 1024 -> 258 tok/s, 8192 -> 164.
+    """
+    if device.type == "cuda":
+        return 16384
+    return 512 if training else 1024
+
+
 def shard(batch: list[int], rank: int, world: int) -> list[int]:
     return batch[rank::world]
 
