@@ -100,7 +100,7 @@ def medtune_train(model_spec, prep, method, method_args, max_length, epochs, bat
     cfg = from_dict(RunConfig, {
         "method": method, "method_args": method_args, "model": {"spec": model_spec},
         # scope `all` = the same loss the baseline computes (every real token)
-        "format": {"max_length": max_length, "padding": "dynamic", "loss_scope": "all"},
+        "format": {"max_length": max_length, "loss_scope": "all"},  # default layout: packed
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": 0, "warmup_ratio": 0.0},
     })
     t = time.perf_counter()

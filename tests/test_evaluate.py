@@ -52,12 +52,12 @@ def test_metrics_equal_plain_float64_loop(tiny):
         assert summary[s]["accuracy"] == pytest.approx(acc, rel=1e-6)
 
 
-def test_batch_size_and_padding_side_do_not_matter(tiny):
+def test_batch_size_and_layout_do_not_matter(tiny):
     model, tok, _ = models.load(tiny)
     exs = examples(16, seed=1)
     runs = [
-        summarize(score_examples(model, exs, tok.pad_token_id, batch_tokens=bt, left_pad=left), 20)
-        for bt in (30, 8 * 30, 10_000) for left in (False, True)
+        summarize(score_examples(model, exs, tok.pad_token_id, batch_tokens=bt, layout=layout), 20)
+        for bt in (30, 8 * 30, 10_000) for layout in ("packed", "right", "left")
     ]
     for r in runs[1:]:
         for s in ("answer", "all"):

@@ -22,8 +22,8 @@ def one_step(model, tok, scope="all"):
     module = LossModule(model, scope)
     params = [p for _, p in unique_params(model) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
-    nll, n, _, _ = module(batch)
-    (nll / n).backward()
+    nll, _ = module(batch)
+    (nll / int(batch[f"scored_{scope}"].sum())).backward()
     opt.step()
 
 

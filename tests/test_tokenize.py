@@ -1,8 +1,8 @@
 from medtune import models
 from medtune.config import FormatConfig
-from medtune.data.batching import collate, micro_batches
+from medtune.data.batching import collate, collate_packed, micro_batches, pack
 from medtune.data.sources import Record
-from medtune.data.tokenize import encode_records, scored_masks
+from medtune.data.tokenize import encode_records
 
 
 def _tok(tiny):
@@ -16,8 +16,7 @@ def test_pad_is_eos_yet_eos_is_scored_and_padding_never(tiny):
     ex = encode_records(tok, recs, FormatConfig())
     assert all(e.input_ids[-1] == tok.eos_token_id for e in ex)
     b = collate(ex, tok.pad_token_id)
-    T = b["input_ids"].shape[1]
-    m = scored_masks(b["lengths"], b["answer_start"], T)
+    m = {"all": b["scored_all"], "answer": b["scored_answer"]}
     for row, e in enumerate(ex):
         n = len(e)
         # position n-2 predicts the EOS at n-1: scored in both scopes
@@ -34,6 +33,24 @@ def test_pad_is_eos_yet_eos_is_scored_and_padding_never(tiny):
     assert (b["input_ids"][short, len(ex[short]) :] == tok.eos_token_id).all()
 
 
+def test_packed_row_scores_each_example_as_alone(tiny):
+    tok = _tok(tiny)
+    recs = [Record("a", "What is gout?", "A kind of arthritis."), Record("b", "Why?", "Because."), Record("c", "Is it rare?", "No.")]
+    ex = encode_records(tok, recs, FormatConfig())
+    b = collate_packed(ex)
+    assert b["input_ids"].shape == (1, sum(len(e) for e in ex))
+    assert b["segments"] == [(0, len(ex[0])), (len(ex[0]), len(ex[0]) + len(ex[1])), (len(ex[0]) + len(ex[1]), b["input_ids"].shape[1])]
+    for k, (e, (start, end)) in enumerate(zip(ex, b["segments"])):
+        assert b["input_ids"][0, start:end].tolist() == e.input_ids
+        assert b["position_ids"][0, start:end].tolist() == list(range(len(e)))  # rotary restarts per example
+        assert (b["example"][0, start:end] == k).all()
+        solo = collate([e], tok.pad_token_id)
+        # the last token of an example predicts nothing: never the next example's first token
+        for scope in ("all", "answer"):
+            assert b[f"scored_{scope}"][0, start:end].tolist() == solo[f"scored_{scope}"][0].tolist()
+        assert not b["scored_all"][0, end - 1]
+
+
 def test_truncation_is_counted_and_keeps_prompt(tiny):
     tok = _tok(tiny)
     ex = encode_records(tok, [Record("a", "What is gout?", "word " * 200)], FormatConfig(max_length=16))
@@ -48,3 +65,12 @@ def test_fixed_padding_and_micro_batches():
         assert max(lengths[i] for i in g) * len(g) <= 20 or len(g) == 1
     fixed = micro_batches(list(range(5)), lengths, max_tokens=32, pad_to=16)
     assert all(len(g) <= 2 for g in fixed)
+
+
+def test_pack_fills_rows_without_splitting_examples():
+    lengths = [5, 9, 3, 12, 7, 30]
+    rows = pack(list(range(6)), lengths, max_tokens=20)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    for r in rows:
+        assert sum(lengths[i] for i in r) <= 20 or len(r) == 1  # an over-long example gets its own row
+    assert [[lengths[i] for i in r] for r in rows] == [[30], [12, 7], [9, 5, 3]]  # first-fit decreasing

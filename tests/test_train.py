@@ -11,10 +11,9 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from medtune import models
 from medtune.config import RunConfig, from_dict
-from medtune.data.batching import collate
+from medtune.data.batching import collate, collate_packed
 from medtune.data.tokenize import Example
-from medtune.forward import final_hidden, parts, scored_predictions
-from medtune.data.tokenize import scored_masks
+from medtune.forward import final_hidden, head_rows, nll_sum, parts, score_positions, scored_inputs
 from medtune.train import Interrupted, train
 from medtune.weights import load_trained
 
@@ -111,22 +110,44 @@ def test_prefix_cache_matches_uncached(tiny, prepared, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
 
 
-def test_padded_batch_gives_each_example_its_own_losses(tiny):
-    """No compute on padding must not change any example's per-token losses."""
+@pytest.mark.parametrize("layout", ["packed", "right", "left"])
+def test_every_layout_gives_each_example_its_own_losses(tiny, layout):
+    """Packing (attention kept inside each example) and padding must not change any example's
+    per-token losses: each equals the example computed alone, through plain HF `model(...)`."""
     model, tok, _ = models.load(tiny)
     ex = [Example("a", [5, 9, 17, 33, 2, 71, 1], 2, False), Example("b", [8, 44, 1], 1, False), Example("c", [7, 7, 7, 7, 1], 3, False)]
     _, head = parts(model)
-    batch = collate(ex, tok.pad_token_id)
+    batch = collate_packed(ex) if layout == "packed" else collate(ex, tok.pad_token_id, left_pad=layout == "left")
     with torch.no_grad():
         h, _ = final_hidden(model, batch)
-        m = scored_masks(batch["lengths"], batch["answer_start"], h.shape[1])
-        nll, _, rows = scored_predictions(head, h, batch["input_ids"], m["all"])
+        hs, targets = scored_inputs(h, batch["input_ids"], batch["scored_all"])
+        nll, _ = score_positions(head, hs, targets)
+        owner = batch["example"][:, :-1][batch["scored_all"][:, :-1]]
         for i, e in enumerate(ex):
-            solo = collate([e], tok.pad_token_id)
-            hs, _ = final_hidden(model, solo)
-            ms = scored_masks(solo["lengths"], solo["answer_start"], hs.shape[1])
-            nll_solo, _, _ = scored_predictions(head, hs, solo["input_ids"], ms["all"])
-            torch.testing.assert_close(nll[rows == i], nll_solo, atol=1e-5, rtol=1e-5)
+            ids = torch.tensor([e.input_ids])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            alone = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+            torch.testing.assert_close(nll[owner == i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_head_loss_and_gradients_match_plain_cross_entropy():
+    """The chunked, fused head (softmax gradient computed in forward) = F.cross_entropy + autograd."""
+    torch.manual_seed(0)
+    vocab = 50_000
+    head = torch.nn.Linear(8, vocab, bias=False)
+    h = torch.randn(3 * head_rows(vocab) + 5, 8, requires_grad=True)  # four chunks, the last one short
+    t = torch.randint(0, vocab, (h.shape[0],))
+    plain = torch.nn.functional.cross_entropy(head(h), t, reduction="sum")
+    g_plain = torch.autograd.grad(plain * 0.37, (h, head.weight))
+    fused = nll_sum(head, h, t)
+    g_fused = torch.autograd.grad(fused * 0.37, (h, head.weight))
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-3)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    nll, correct = score_positions(head, h.detach(), t)
+    logits = head(h.detach())
+    torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(logits, t, reduction="none"), rtol=1e-5, atol=1e-5)
+    assert torch.equal(correct, logits.argmax(-1) == t)
 
 
 def test_loss_goes_down_on_tiny(tiny, prepared, tmp_path):

@@ -60,12 +60,14 @@ class FormatConfig:
     template: str = "plain"  # plain: question + separator + answer + EOS; chat: the model's chat template
     separator: str = "\n"
     max_length: int = 512
-    padding: str = "dynamic"  # dynamic: pad to the longest in a length-grouped batch; fixed: pad to max_length (the study)
+    # packed: examples end to end, attention kept inside each (no padding); dynamic: one
+    # example per row, length-grouped; fixed: every row padded to max_length (the study)
+    padding: str = "packed"
     loss_scope: str = "answer"  # answer: loss on answer tokens + EOS; all: every real token (the study)
 
     def __post_init__(self) -> None:
         _one_of("format.template", self.template, ("plain", "chat"))
-        _one_of("format.padding", self.padding, ("dynamic", "fixed"))
+        _one_of("format.padding", self.padding, ("packed", "dynamic", "fixed"))
         _one_of("format.loss_scope", self.loss_scope, ("answer", "all"))
         _check(self.max_length >= 8, f"format.max_length must be >= 8; got {self.max_length}")
 

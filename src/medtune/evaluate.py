@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtune.data.batching import auto_batch_tokens, collate, micro_batches
-from medtune.data.tokenize import Example, scored_masks
-from medtune.forward import final_hidden, parts, scored_predictions
+from medtune.data.batching import auto_batch_tokens, collate, collate_packed, micro_batches, pack, to_device
+from medtune.data.tokenize import Example
+from medtune.forward import final_hidden, parts, score_positions, scored_inputs
 from medtune.progress import bar
 
 SCOPES = ("answer", "all")
@@ -44,8 +44,8 @@ class Scores:
 
 
 @torch.inference_mode()
-def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: int = 0, autocast=None, desc: str = "evaluate", per_example_fh=None, left_pad: bool = False) -> Scores:
-    """Score every example; batches are length-sorted so little padding is computed."""
+def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: int = 0, autocast=None, desc: str = "evaluate", per_example_fh=None, layout: str = "packed") -> Scores:
+    """Score every example. layout: packed (default: no padding), right or left (padded rows)."""
     model.eval()
     device = next(model.parameters()).device
     _, head = parts(model)
@@ -55,43 +55,48 @@ def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: in
     cor = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
     lengths = [len(e) for e in examples]
     batch_tokens = batch_tokens or auto_batch_tokens(device, training=False)
-    groups = micro_batches(list(range(E)), lengths, batch_tokens)
+    if layout == "packed":
+        groups = pack(list(range(E)), lengths, batch_tokens)
+    else:
+        groups = micro_batches(list(range(E)), lengths, batch_tokens)
     progress = bar(sum(lengths), desc, unit="tok")
     for group in groups:
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in group], pad_id, left_pad=left_pad).items()}
+        exs = [examples[i] for i in group]
+        batch = collate_packed(exs) if layout == "packed" else collate(exs, pad_id, left_pad=layout == "left")
+        batch = to_device(batch, device)
         ctx = autocast() if autocast else torch.autocast(device.type, enabled=False)
         with ctx:
             hidden, _ = final_hidden(model, batch)
-            masks = scored_masks(batch["lengths"], batch["answer_start"], batch["input_ids"].shape[1], batch["offsets"])
             # The head runs once, on the `all` positions; `answer` is a subset of them.
-            nll_pos, cor_pos, rows = scored_predictions(head, hidden, batch["input_ids"], masks["all"], chunk=2048)
-        in_answer = masks["answer"][:, :-1][masks["all"][:, :-1]]
-        nll_pos = nll_pos.double().cpu()
-        cor_pos = cor_pos.cpu()
-        rows = rows.cpu()
-        in_answer = in_answer.cpu()
+            h, targets = scored_inputs(hidden, batch["input_ids"], batch["scored_all"])
+            nll_pos, cor_pos = score_positions(head, h, targets)
+        owner = batch["example"][:, :-1][batch["scored_all"][:, :-1]].cpu()  # (N,) example of each scored position
+        in_answer = batch["scored_answer"][:, :-1][batch["scored_all"][:, :-1]].cpu()
+        nll_pos, cor_pos = nll_pos.double().cpu(), cor_pos.cpu()
+        idx = np.asarray(group)
+        n = len(group)
         for scope, sel in (("all", torch.ones_like(in_answer)), ("answer", in_answer)):
-            r = rows[sel]
-            n = len(group)
-            idx = torch.tensor(group)
-            nll[scope][idx.numpy()] += torch.zeros(n, dtype=torch.float64).index_add_(0, r, nll_pos[sel]).numpy()
-            tok[scope][idx.numpy()] += torch.bincount(r, minlength=n).numpy()
-            cor[scope][idx.numpy()] += torch.bincount(r, weights=cor_pos[sel].double(), minlength=n).long().numpy()
+            r = owner[sel]
+            nll[scope][idx] += torch.zeros(n, dtype=torch.float64).index_add_(0, r, nll_pos[sel]).numpy()
+            tok[scope][idx] += torch.bincount(r, minlength=n).numpy()
+            cor[scope][idx] += torch.bincount(r, weights=cor_pos[sel].double(), minlength=n).long().numpy()
         if per_example_fh is not None:
-            _write_per_example(per_example_fh, examples, group, masks, batch, nll, tok, cor)
+            _write_per_example(per_example_fh, examples, group, batch, nll, tok, cor)
         progress.update(sum(lengths[i] for i in group))
     progress.close()
     return Scores([e.id for e in examples], nll, tok, cor)
 
 
-def _write_per_example(fh, examples, group, masks, batch, nll, tok, cor) -> None:
-    for row, i in enumerate(group):
+def _write_per_example(fh, examples, group, batch, nll, tok, cor) -> None:
+    example = batch["example"].cpu()
+    for k, i in enumerate(group):
         e = examples[i]
-        off = int(batch["offsets"][row])
+        row, start = int(batch["rows"][k]), int(batch["starts"][k])
         rec = {"id": e.id, "input_ids": e.input_ids}
         for s in SCOPES:
             # positions p inside the example whose next token (p + 1) is scored
-            rec[f"scored_positions_{s}"] = [p - off for p in torch.nonzero(masks[s][row, :-1]).flatten().tolist()]
+            mine = batch[f"scored_{s}"][row].cpu() & (example[row] == k)
+            rec[f"scored_positions_{s}"] = [p - start for p in torch.nonzero(mine).flatten().tolist()]
             rec[f"nll_{s}"] = float(nll[s][i])
             rec[f"tokens_{s}"] = int(tok[s][i])
             rec[f"correct_{s}"] = int(cor[s][i])

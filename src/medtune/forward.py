@@ -1,20 +1,69 @@
 """The forward pass medtune trains and evaluates with.
 
-Instead of `model(**batch).logits` (B, T, V) we run the blocks ourselves and project only
-the *scored* positions through the head: for answer-only loss that is a fraction of the
-sequence, and the head (V=49152 x 576 for SmolLM2) is ~21% of the model's FLOPs. Running
-the blocks ourselves also lets a frozen prefix run under no_grad (or come from a cache).
+Instead of `model(**batch).logits` (B, T, V) we run the blocks ourselves, which buys three
+things the plain call cannot do:
+  * packed rows: several examples end to end in one row, attention kept inside each
+    example (`segments`), so no position is padding and short examples share one forward;
+  * a frozen prefix of blocks runs under no_grad (or comes from a cache);
+  * the head runs only on *scored* positions, in row chunks that never hold the full
+    (N, V) logits: V=49152 x 576 for SmolLM2 is ~21% of the model's FLOPs, and the
+    softmax over 49152 columns is memory-bound, so it is fused with its own gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from medtune.data.tokenize import scored_masks
 from medtune.errors import MedtuneError
+
+PACKED_ATTENTION = "medtune_packed"
+
+
+def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, segments=None, **kwargs):
+    """Causal attention inside each (start, end) segment of a packed row; SDPA otherwise.
+
+    query (1, Hq, T, D), key/value (1, Hkv, T, D). One SDPA call per segment computes
+    exactly the causal triangle of that example: no (T, T) block-diagonal mask, no work
+    across examples (a 1,800-token row of eight examples costs 1/8 of its full square).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if segments is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    outs = [
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
+        for s, e in segments
+    ]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+
+
+_register()
+
+
+@contextlib.contextmanager
+def packed_attention(config):
+    """Route the model's attention through `_packed_attention` for one forward.
+
+    Switched per call (not at load time) so generation, saving and plain HF calls on the
+    same model see the configured implementation untouched.
+    """
+    old = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = old
 
 
 def base_model(model):
@@ -50,18 +99,26 @@ class Context:
     mask: object
     position_embeddings: tuple
     position_ids: torch.Tensor
+    segments: list | None
 
 
-def make_context(inner, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> Context:
-    from transformers.masking_utils import create_causal_mask
+def make_context(inner, hidden: torch.Tensor, batch: dict) -> Context:
+    position_ids = batch["position_ids"]
+    segments = batch.get("segments")
+    if segments is not None:
+        mask = None  # attention is bounded by the segments instead
+    else:
+        from transformers.masking_utils import create_causal_mask
 
-    mask = create_causal_mask(config=inner.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=position_ids)
-    return Context(mask, inner.rotary_emb(hidden, position_ids=position_ids), position_ids)
+        mask = create_causal_mask(config=inner.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"], cache=None, position_ids=position_ids)
+    return Context(mask, inner.rotary_emb(hidden, position_ids=position_ids), position_ids, segments)
 
 
 def run_blocks(inner, hidden: torch.Tensor, ctx: Context, start: int, end: int) -> torch.Tensor:
-    for layer in inner.layers[start:end]:
-        hidden = layer(hidden, attention_mask=ctx.mask, position_embeddings=ctx.position_embeddings, position_ids=ctx.position_ids)
+    extra = {"segments": ctx.segments} if ctx.segments is not None else {}
+    with packed_attention(inner.config) if ctx.segments is not None else contextlib.nullcontext():
+        for layer in inner.layers[start:end]:
+            hidden = layer(hidden, attention_mask=ctx.mask, position_embeddings=ctx.position_embeddings, position_ids=ctx.position_ids, **extra)
     return hidden
 
 
@@ -71,13 +128,12 @@ def final_hidden(model, batch: dict, frozen_prefix: int = 0, prefix_hidden: torc
     Blocks [0, frozen_prefix) run under no_grad; with `prefix_hidden` given they are skipped.
     """
     inner, _ = parts(model)
-    ids = batch["input_ids"]
     if prefix_hidden is None:
         with torch.set_grad_enabled(torch.is_grad_enabled() and frozen_prefix == 0):
-            hidden = inner.embed_tokens(ids)
+            hidden = inner.embed_tokens(batch["input_ids"])
     else:
         hidden = prefix_hidden
-    ctx = make_context(inner, hidden, batch["attention_mask"], batch["position_ids"])
+    ctx = make_context(inner, hidden, batch)
     if prefix_hidden is None and frozen_prefix > 0:
         with torch.no_grad():
             hidden = run_blocks(inner, hidden, ctx, 0, frozen_prefix)
@@ -86,32 +142,96 @@ def final_hidden(model, batch: dict, frozen_prefix: int = 0, prefix_hidden: torc
     return inner.norm(hidden), prefix_out
 
 
-def scored_predictions(head, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, chunk: int = 0):
-    """NLL and argmax-correctness at the positions in `mask` (B, T), each predicting the next token.
+def scored_inputs(hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+    """(N, H) hidden states at the scored positions and the (N,) next tokens they predict."""
+    pos = mask[:, :-1]  # the last position of a row predicts nothing
+    return hidden[:, :-1][pos], input_ids[:, 1:][pos]
 
-    Returns (nll (N,), correct (N,) bool, row (N,)) for the N scored positions, in fp32.
-    `chunk` > 0 bounds the (chunk, V) logits held at once (evaluation only: no graph kept).
+
+def head_rows(vocab: int) -> int:
+    """Rows per head chunk: (rows, V) fp32 logits stay near 128 MB (682 rows for SmolLM2)."""
+    return max(64, (1 << 25) // vocab)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i NLL(softmax(h_i W^T), target_i), with its gradient computed chunk by chunk in forward.
+
+    For each chunk of rows: logits = h W^T (c, V); p = softmax in place; p[target] -= 1 is
+    d(NLL)/d(logits); then dh = p W and dW += p^T h. Only (c, V) is ever held and the
+    softmax is computed once (a plain cross_entropy computes log_softmax forward and again
+    backward, plus a zero-filled (N, V) gradient). The loss is a sum, so backward only scales
+    the stored gradients by the incoming scalar. Same matmuls as the unfused head.
     """
-    pos = mask[:, :-1]  # the last position predicts nothing
-    h = hidden[:, :-1][pos]  # (N, H)
-    targets = input_ids[:, 1:][pos]  # (N,)
-    rows = torch.nonzero(pos, as_tuple=True)[0]
-    if chunk <= 0 or h.shape[0] <= chunk:
-        logits = head(h).float()  # (N, V)
-        nll = F.cross_entropy(logits, targets, reduction="none")
-        correct = logits.argmax(-1) == targets
-        return nll, correct, rows
-    nlls, corrects = [], []
-    for i in range(0, h.shape[0], chunk):
-        logits = head(h[i : i + chunk]).float()
-        t = targets[i : i + chunk]
-        nlls.append(F.cross_entropy(logits, t, reduction="none"))
-        corrects.append(logits.argmax(-1) == t)
-    return torch.cat(nlls), torch.cat(corrects), rows
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        dtype = _compute_dtype(h)
+        w = weight.to(dtype)
+        dh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        step = head_rows(weight.shape[0])
+        with torch.autocast(h.device.type, enabled=False):
+            for i in range(0, h.shape[0], step):
+                hc, t = h[i : i + step].to(dtype), targets[i : i + step, None]
+                p = (hc @ w.t()).float()  # (c, V) logits, softmaxed in place below
+                top = p.amax(dim=1, keepdim=True)
+                target_logit = p.gather(1, t)
+                p.sub_(top).exp_()
+                z = p.sum(dim=1, keepdim=True)
+                total += (top + z.log() - target_logit).sum()
+                p.div_(z).scatter_add_(1, t, torch.full_like(target_logit, -1.0))
+                g = p.to(dtype)
+                if dh is not None:
+                    dh[i : i + step] = g @ w
+                if dw is not None:
+                    dw.addmm_(g.t(), hc)
+        ctx.save_for_backward(dh, dw)
+        ctx.dtypes = (h.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dw = ctx.saved_tensors
+        gh = (dh * grad).to(ctx.dtypes[0]) if dh is not None else None
+        gw = (dw * grad).to(ctx.dtypes[1]) if dw is not None else None
+        return gh, gw, None
+
+
+def nll_sum(head, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of (N, H) hidden states; fused when the head is a plain Linear."""
+    if type(head) is torch.nn.Linear and head.bias is None:
+        return LinearCrossEntropy.apply(h, head.weight, targets)
+    return F.cross_entropy(head(h).float(), targets, reduction="sum")  # e.g. an adapter on lm_head
+
+
+@torch.no_grad()
+def score_positions(head, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL (N,) fp32 and argmax-correct (N,) bool, chunked: evaluation only."""
+    nll, correct = [], []
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else head.out_features
+    step = head_rows(vocab)
+    for i in range(0, h.shape[0], step):
+        logits = head(h[i : i + step]).float()
+        t = targets[i : i + step, None]
+        top, arg = logits.max(dim=1, keepdim=True)  # one pass gives the max and the argmax
+        target_logit = logits.gather(1, t)
+        z = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
+        nll.append((top + z.log() - target_logit).squeeze(1))
+        correct.append((arg == t).squeeze(1))
+    if not nll:
+        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
+    return torch.cat(nll), torch.cat(correct)
 
 
 class LossModule(torch.nn.Module):
-    """Wraps the model so DDP/FSDP see our whole forward (hidden states -> scored NLL sums)."""
+    """Wraps the model so DDP/FSDP see our whole forward (hidden states -> summed scored NLL)."""
 
     def __init__(self, model, scope: str, frozen_prefix: int = 0):
         super().__init__()
@@ -121,7 +241,6 @@ class LossModule(torch.nn.Module):
 
     def forward(self, batch: dict, prefix_hidden: torch.Tensor | None = None):
         hidden, prefix_out = final_hidden(self.model, batch, self.frozen_prefix, prefix_hidden)
-        masks = scored_masks(batch["lengths"], batch["answer_start"], batch["input_ids"].shape[1], batch.get("offsets"))
+        h, targets = scored_inputs(hidden, batch["input_ids"], batch[f"scored_{self.scope}"])
         _, head = parts(self.model)
-        nll, correct, _ = scored_predictions(head, hidden, batch["input_ids"], masks[self.scope])
-        return nll.sum(), nll.numel(), correct.sum(), prefix_out
+        return nll_sum(head, h, targets), prefix_out

@@ -25,7 +25,7 @@ import torch
 from medtune import models
 from medtune.checkpoint import load_checkpoint, save_checkpoint
 from medtune.config import RunConfig
-from medtune.data.batching import auto_batch_tokens, collate, global_batches, micro_batches, shard
+from medtune.data.batching import auto_batch_tokens, collate, collate_packed, global_batches, micro_batches, pack, shard, to_device
 from medtune.data.prepare import read_split
 from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
@@ -99,12 +99,18 @@ class PrefixCache:
             return self.mem[idx]
         return torch.from_numpy(np.load(self.spill_dir / f"{idx}.npy"))
 
-    def batch(self, idxs: list[int], width: int, device, dtype) -> torch.Tensor:
+    def assemble(self, idxs: list[int], batch: dict, device) -> torch.Tensor:
+        """(B, T, H) prefix output laid out like `batch` (packed or padded)."""
+        B, T = batch["input_ids"].shape
         hs = [self.get(i) for i in idxs]
-        out = torch.zeros(len(hs), width, hs[0].shape[-1], dtype=dtype)
-        for r, h in enumerate(hs):
-            out[r, : h.shape[0]] = h
+        out = torch.zeros(B, T, hs[0].shape[-1], dtype=torch.float32)
+        for h, r, s in zip(hs, batch["rows"].tolist(), batch["starts"].tolist()):
+            out[r, s : s + h.shape[0]] = h
         return out.to(device)
+
+    def put_batch(self, idxs: list[int], batch: dict, prefix_out: torch.Tensor) -> None:
+        for i, r, s, n in zip(idxs, batch["rows"].tolist(), batch["starts"].tolist(), batch["lengths"].tolist()):
+            self.put(i, prefix_out[r, s : s + n])
 
     def close(self) -> None:
         shutil.rmtree(self.spill_dir, ignore_errors=True)
@@ -169,7 +175,8 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     train_ex = encode_records(tok, train_recs, cfg.format)
     val_ex = encode_records(tok, val_recs, cfg.format)
     lengths = [len(e) for e in train_ex]
-    pad_to = cfg.format.max_length if cfg.format.padding == "fixed" else None
+    layout = cfg.format.padding
+    pad_to = cfg.format.max_length if layout == "fixed" else None
     scope = cfg.format.loss_scope
 
     # ---- method
@@ -195,7 +202,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     module, optimizer = accelerator.prepare(module, optimizer)
     device = accelerator.device
     warmup = int(cfg.train.warmup_ratio * p.total_steps)
-    micro_tokens = cfg.train.micro_batch_tokens or auto_batch_tokens(device, training=True)
+    micro_tokens = cfg.train.micro_batch_tokens or auto_batch_tokens(device, training=True, packed=layout == "packed")
 
     # ---- run folder (created only now: every check above passed)
     state = {"epoch": 0, "batch": 0, "step": 0, "tokens": 0, "scored": 0, "train_seconds": 0.0}
@@ -241,7 +248,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     try:
         while state["step"] < p.total_steps:
             epoch = state["epoch"]
-            batches = global_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, group_by_length=pad_to is None)
+            batches = global_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, group_by_length=layout == "dynamic")
             batches = [b for b in batches if len(b) >= world]
             model.train()
             for b_idx in range(state["batch"], len(batches)):
@@ -253,22 +260,23 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
                 gbatch = batches[b_idx]
                 n_scored = sum(scored_count(train_ex[i], scope) for i in gbatch)
                 mine = shard(gbatch, rank, world)
-                micro = micro_batches(mine, lengths, micro_tokens, pad_to)
+                micro = pack(mine, lengths, micro_tokens) if layout == "packed" else micro_batches(mine, lengths, micro_tokens, pad_to)
                 nll_total = torch.zeros((), dtype=torch.float64)
                 for m_idx, mb in enumerate(micro):
-                    batch = {k: v.to(device) for k, v in collate([train_ex[i] for i in mb], tok.pad_token_id, pad_to).items()}
+                    exs = [train_ex[i] for i in mb]
+                    batch = collate_packed(exs) if layout == "packed" else collate(exs, tok.pad_token_id, pad_to)
                     cached = None
                     if cache is not None and all(i in cache for i in mb):
-                        cached = cache.batch(mb, batch["input_ids"].shape[1], device, torch.float32)
+                        cached = cache.assemble(mb, batch, device)
+                    batch = to_device(batch, device)
                     sync = contextlib.nullcontext() if m_idx == len(micro) - 1 else accelerator.no_sync(module)
                     with sync, autocast():
-                        nll_sum, _, _, prefix_out = module(batch, cached)
+                        nll_sum, prefix_out = module(batch, cached)
                         # Normalise by the *global* scored-token count; DDP averages over `world`.
                         loss = nll_sum / max(n_scored, 1) * world
                     accelerator.backward(loss)
                     if cache is not None and cached is None:
-                        for r, i in enumerate(mb):
-                            cache.put(i, prefix_out[r, : len(train_ex[i])])
+                        cache.put_batch(mb, batch, prefix_out)
                     nll_total += nll_sum.detach().double().cpu()
                 if cfg.train.max_grad_norm > 0:
                     accelerator.clip_grad_norm_([q for _, q in named], cfg.train.max_grad_norm)

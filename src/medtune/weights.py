@@ -48,7 +48,7 @@ def fingerprint(model) -> dict:
         "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
         "vocab_size": getattr(cfg, "vocab_size", None),
         # a cheap checksum of real weights: differs between checkpoints of the same architecture
-        "embedding_checksum": round(float(emb[: min(64, emb.shape[0])].double().sum()), 4),
+        "embedding_checksum": round(float(emb[: min(64, emb.shape[0])].detach().double().sum()), 4),
     }
 
 

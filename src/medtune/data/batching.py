@@ -1,10 +1,13 @@
-"""Batches that compute (almost) no padding.
+"""Batches that compute no padding.
 
 A *global batch* is the set of examples behind one optimizer step, the same whatever the
 number of processes; each process takes its share and splits it into *micro-batches* of
-at most `max_tokens` padded tokens. Examples are grouped by length (shuffled megabatches,
-sorted inside) so a micro-batch pads little. `fixed` padding reproduces the study: random
-order, every row padded to max_length.
+at most `max_tokens` tokens. Three layouts:
+  packed  (default) examples end to end in one row, attention kept inside each example:
+          no padding at all, and one forward per micro-batch however short the examples.
+  dynamic one example per row, length-grouped so rows pad little.
+  fixed   the study: random order, every row padded to max_length.
+Every layout gives each example the same per-token losses (tests/test_train.py checks it).
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ def global_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, g
     return batches
 
 
-def auto_batch_tokens(device, training: bool) -> int:
-    """Padded tokens per forward pass when a config says 0 (auto).
+def auto_batch_tokens(device, training: bool, packed: bool = True) -> int:
+    """Tokens per forward pass when a config says 0 (auto).
 
-    CPU: small batches pad less and still run matmuls near peak. Measured on 2 cores,
-    SmolLM2, max length 512: LoRA training 512 tokens -> 124 real tok/s, 1024 -> 115,
-    4096 -> 99 (BOFT too was faster at 512: 83 vs 79 at 4096, despite rebuilding its
-    orthogonal matrices on every call); evaluation 1024 -> 258 tok/s, 8192 -> 164.
+    GPU: 16384. CPU, measured on 2 cores with SmolLM2 at max length 512 (tok/s, median of
+    3 interleaved runs, benchmarks/ab notes in the README): packed rows of 4096 tokens hold
+    a whole 8-example step, so per-forward costs are paid once per step (BOFT rebuilds its
+    orthogonal matrices on every forward: 126 tok/s packed 4096, 110 packed 1024, 79 padded
+    512). Padded rows pad less when small: LoRA 124 tok/s at 512 vs 99 at 4096.
     """
     if device.type == "cuda":
         return 16384
+    if packed:
+        return 4096 if training else 4096
     return 512 if training else 1024
 
 
@@ -66,22 +72,83 @@ def micro_batches(indices: list[int], lengths: list[int], max_tokens: int, pad_t
     return out
 
 
-def collate(examples: list[Example], pad_id: int, pad_to: int | None = None, left_pad: bool = False) -> dict[str, torch.Tensor]:
-    """Right padding by default. `lengths` and `answer_start` define every mask downstream."""
-    width = pad_to or max(len(e) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
+def pack(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """First-fit decreasing: groups of examples whose summed length fits max_tokens.
+
+    Each group becomes one packed row (no padding at all). An example longer than the
+    budget gets a row of its own.
+    """
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(indices, key=lambda j: -lengths[j]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(max_tokens - lengths[i])
+    return bins
+
+
+def _placed(examples: list[Example], rows: list[int], starts: list[int], shape: tuple[int, int], fill: int) -> dict[str, torch.Tensor]:
+    """Token ids, positions and score masks for examples placed at (row, start) in a (B, T) grid.
+
+    Position p is *scored* when the token at p + 1 belongs to the same example:
+      scored_all:    every real next token (question + answer, the study's scope)
+      scored_answer: next tokens inside the answer (index >= answer_start), EOS included
+    so padding and example boundaries are never scored, whatever the pad token id.
+    `example` maps each position to its example's index in the batch (-1: padding).
+    """
+    ids = torch.full(shape, fill, dtype=torch.long)
+    pos = torch.zeros(shape, dtype=torch.long)
+    example = torch.full(shape, -1, dtype=torch.long)
+    score_all = torch.zeros(shape, dtype=torch.bool)
+    score_answer = torch.zeros(shape, dtype=torch.bool)
+    for k, (e, r, s) in enumerate(zip(examples, rows, starts)):
         n = len(e)
-        sl = slice(width - n, width) if left_pad else slice(0, n)
-        ids[row, sl] = torch.tensor(e.input_ids, dtype=torch.long)
-        attn[row, sl] = 1
+        ids[r, s : s + n] = torch.tensor(e.input_ids, dtype=torch.long)
+        # positions restart at 0 for every example: rotary phases as if it were alone
+        pos[r, s : s + n] = torch.arange(n)
+        example[r, s : s + n] = k
+        score_all[r, s : s + n - 1] = True
+        score_answer[r, s + max(e.answer_start, 1) - 1 : s + n - 1] = True
     return {
         "input_ids": ids,
-        "attention_mask": attn,
+        "position_ids": pos,
+        "example": example,
+        "scored_all": score_all,
+        "scored_answer": score_answer,
+        "rows": torch.tensor(rows, dtype=torch.long),
+        "starts": torch.tensor(starts, dtype=torch.long),
         "lengths": torch.tensor([len(e) for e in examples], dtype=torch.long),
-        "answer_start": torch.tensor([e.answer_start for e in examples], dtype=torch.long),
-        "offsets": torch.tensor([width - len(e) if left_pad else 0 for e in examples], dtype=torch.long),
-        # Positions count real tokens only, so left padding does not shift the rotary phases.
-        "position_ids": (attn.cumsum(1) - 1).clamp(min=0),
     }
+
+
+def collate(examples: list[Example], pad_id: int, pad_to: int | None = None, left_pad: bool = False) -> dict:
+    """One example per row, padded on the right (or left) to the longest or to `pad_to`."""
+    width = pad_to or max(len(e) for e in examples)
+    starts = [width - len(e) if left_pad else 0 for e in examples]
+    batch = _placed(examples, list(range(len(examples))), starts, (len(examples), width), pad_id)
+    batch["attention_mask"] = (batch["example"] >= 0).long()
+    return batch
+
+
+def collate_packed(examples: list[Example]) -> dict:
+    """All examples end to end in one row (1, sum of lengths): no padding.
+
+    Attention must not cross example boundaries: `segments` [(start, end), ...] tells the
+    forward pass to attend within each example only (see medtune.forward).
+    """
+    starts, s = [], 0
+    for e in examples:
+        starts.append(s)
+        s += len(e)
+    batch = _placed(examples, [0] * len(examples), starts, (1, s), 0)
+    batch["segments"] = [(a, a + len(e)) for a, e in zip(starts, examples)]
+    return batch
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,15 +1,15 @@
 """One example = prompt (question + separator, or the chat template's user turn) + answer + EOS.
 
 Labels are not stored: an example is its token ids and the index where the answer starts.
-Which positions are scored is derived from (length, answer_start), so padding can never
-be scored and the EOS always is, whatever the pad token id (SmolLM2's pad token *is* its EOS).
+Which positions are scored is derived from (length, answer_start) when a batch is built
+(data/batching.py), so padding can never be scored and the EOS always is, whatever the pad
+token id (SmolLM2's pad token *is* its EOS).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from medtune.config import FormatConfig
 from medtune.data.sources import Record
@@ -57,20 +57,3 @@ def encode_records(tokenizer, records: list[Record], fmt: FormatConfig) -> list[
         truncated = len(ids) > fmt.max_length
         out.append(Example(id=r.id, input_ids=ids[: fmt.max_length], answer_start=min(len(p), fmt.max_length), truncated=truncated))
     return out
-
-
-def scored_masks(
-    lengths: torch.Tensor, answer_start: torch.Tensor, seq_len: int, offsets: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """Boolean (B, T) masks over *input* positions p; position p predicts token p + 1.
-
-    all:    every real next token: question and answer, the study's scope.
-    answer: only next tokens inside the answer (index >= answer_start), EOS included.
-    Padding is in neither. `offsets` (B,) is where each row's tokens begin (left padding).
-    """
-    rel = torch.arange(seq_len, device=lengths.device).unsqueeze(0)  # (1, T)
-    if offsets is not None:
-        rel = rel - offsets.unsqueeze(1)  # (B, T): index inside the example
-    nxt = rel + 1
-    real = (rel >= 0) & (nxt < lengths.unsqueeze(1))
-    return {"all": real, "answer": real & (nxt >= answer_start.unsqueeze(1))}
