@@ -135,7 +135,7 @@ def test_fused_head_loss_and_gradients_match_plain_cross_entropy():
     torch.manual_seed(0)
     vocab = 50_000
     head = torch.nn.Linear(8, vocab, bias=False)
-    h = torch.randn(3 * head_rows(vocab) + 5, 8, requires_grad=True)  # four chunks, the last one short
+    h = torch.randn(3 * head_rows(vocab) + 5, 8, requires_grad=True)  # four row chunks, the last one short
     t = torch.randint(0, vocab, (h.shape[0],))
     plain = torch.nn.functional.cross_entropy(head(h), t, reduction="sum")
     g_plain = torch.autograd.grad(plain * 0.37, (h, head.weight))

@@ -149,7 +149,7 @@ def scored_inputs(hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Ten
 
 
 def head_rows(vocab: int) -> int:
-    """Rows per head chunk: (rows, V) fp32 logits stay near 128 MB (682 rows for SmolLM2)."""
+    """Rows per head chunk in training: (rows, V) fp32 logits stay near 128 MB (682 rows for SmolLM2)."""
     return max(64, (1 << 25) // vocab)
 
 
@@ -204,27 +204,56 @@ class LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None
 
 
+def _plain_head(head) -> bool:
+    return type(head) is torch.nn.Linear and head.bias is None
+
+
 def nll_sum(head, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL of (N, H) hidden states; fused when the head is a plain Linear."""
-    if type(head) is torch.nn.Linear and head.bias is None:
+    if _plain_head(head):
         return LinearCrossEntropy.apply(h, head.weight, targets)
     return F.cross_entropy(head(h).float(), targets, reduction="sum")  # e.g. an adapter on lm_head
 
 
+def score_chunks(device: torch.device, vocab: int) -> tuple[int, int]:
+    """(rows, vocabulary columns) per head matmul when scoring.
+
+    CPU: 256 x 2048 blocks, reduced online (running max, sum of exp, argmax), so each
+    (256, 2048) block of logits is used while still in cache. Measured on 2 cores, SmolLM2
+    head over 3,566 positions: 100 GFLOP/s vs 73 for 682-row chunks over the whole
+    vocabulary (median of 6 interleaved runs). GPU: whole vocabulary per matmul.
+    """
+    if device.type == "cuda":
+        return head_rows(vocab), vocab
+    return 256, 2048
+
+
 @torch.no_grad()
 def score_positions(head, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position NLL (N,) fp32 and argmax-correct (N,) bool, chunked: evaluation only."""
+    """Per-position NLL (N,) fp32 and argmax-correct (N,) bool: evaluation only."""
+    weight = head.weight if _plain_head(head) else None
+    vocab = head.weight.shape[0]
+    rows, cols = score_chunks(h.device, vocab)
+    if weight is None:
+        cols = vocab  # an adapter on lm_head: call it whole
     nll, correct = [], []
-    vocab = head.weight.shape[0] if hasattr(head, "weight") else head.out_features
-    step = head_rows(vocab)
-    for i in range(0, h.shape[0], step):
-        logits = head(h[i : i + step]).float()
-        t = targets[i : i + step, None]
-        top, arg = logits.max(dim=1, keepdim=True)  # one pass gives the max and the argmax
-        target_logit = logits.gather(1, t)
-        z = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
-        nll.append((top + z.log() - target_logit).squeeze(1))
-        correct.append((arg == t).squeeze(1))
+    for i in range(0, h.shape[0], rows):
+        hc, t = h[i : i + rows], targets[i : i + rows]
+        top = torch.full(t.shape, -torch.inf, dtype=torch.float32, device=h.device)
+        total = torch.zeros(t.shape, dtype=torch.float32, device=h.device)  # sum exp(logit - top)
+        arg = torch.zeros_like(t)
+        target_logit = torch.zeros(t.shape, dtype=torch.float32, device=h.device)
+        for j in range(0, vocab, cols):
+            logits = (hc @ weight[j : j + cols].t() if weight is not None else head(hc)).float()  # (r, c)
+            block_top, block_arg = logits.max(dim=1)
+            here = (t >= j) & (t < j + logits.shape[1])
+            target_logit = torch.where(here, logits.gather(1, (t - j).clamp(0, logits.shape[1] - 1)[:, None]).squeeze(1), target_logit)
+            new_top = torch.maximum(top, block_top)
+            total = total * torch.exp(top - new_top) + logits.sub_(new_top[:, None]).exp_().sum(dim=1)
+            arg = torch.where(block_top > top, block_arg + j, arg)  # strict: the first maximum wins, as in argmax
+            top = new_top
+        nll.append(top + total.log() - target_logit)
+        correct.append(arg == t)
     if not nll:
         return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
     return torch.cat(nll), torch.cat(correct)

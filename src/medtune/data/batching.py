@@ -47,7 +47,7 @@ def auto_batch_tokens(device, training: bool, packed: bool = True) -> int:
     if device.type == "cuda":
         return 16384
     if packed:
-        return 4096 if training else 4096
+        return 4096 if training else 2048
     return 512 if training else 1024
 
 
