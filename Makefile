@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python benchmarks/bench_train.py --data $(DATA) --examples 10
+	$(BIN)/python benchmarks/bench_train.py --data $(DATA) --examples 10 --repeats 2
 
 clean:
 	rm -rf $(VENV) compare-* runs .pytest_cache

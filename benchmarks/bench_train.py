@@ -2,10 +2,14 @@
 
 Same machine, model, MedQuAD subset and method on both sides. Prints a table last and writes
 JSON. Real tokens = non-pad tokens; MFU = useful training FLOPs/s over the matmul rate
-measured in this same run.
+measured in this same run (the best of a measurement at the start and one at the end).
+
+Shared machines drift (we saw the same 2048^3 matmul at 110 and at 163 GFLOP/s hours
+apart), so with --repeats 2 each comparison runs baseline, medtune, medtune, baseline and
+divides total tokens by total time per side: a linear drift cancels out.
 
     python benchmarks/bench_train.py --data ../shared/medquad            (make bench)
-    python benchmarks/bench_train.py --examples 32 --methods lora --out bench.json
+    python benchmarks/bench_train.py --examples 32 --methods lora --repeats 1 --out bench.json
 """
 
 from __future__ import annotations
@@ -80,14 +84,47 @@ def hf_baseline(model_path, records, method, method_args, max_length, epochs, ba
     t = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "real_tokens": real * epochs, "tokens_per_s": real * epochs / seconds, "trainer": trainer, "dataset": ds}
+    return {"seconds": seconds, "real_tokens": real * epochs, "tokens_per_s": real * epochs / seconds}
 
 
-def hf_evaluate(trainer, ds):
-    trainer.args.per_device_eval_batch_size = 8
+def hf_evaluate(model_path, records, max_length, work):
+    """Trainer.evaluate on the padded data (eval batch 8, HF's default), base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.pad_token = tok.eos_token
+    enc = tok([r.question + "\n" + r.answer + tok.eos_token for r in records], padding="max_length", truncation=True, max_length=max_length)
+    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    args = TrainingArguments(output_dir=str(work), per_device_eval_batch_size=8, report_to=[], disable_tqdm=True,
+                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     t = time.perf_counter()
     trainer.evaluate(eval_dataset=ds)
     return time.perf_counter() - t
+
+
+def medtune_evaluate(model_spec, examples):
+    from medtune import models
+    from medtune.evaluate import score_examples
+
+    model, tok, _ = models.load(model_spec)
+    t = time.perf_counter()
+    score_examples(model, examples, tok.pad_token_id)
+    return time.perf_counter() - t
+
+
+def interleaved(repeats: int, first, second) -> tuple[list, list]:
+    """Run first/second `repeats` times in ABBA order; returns both lists of results."""
+    a, b = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a.append(first())
+            b.append(second())
+        else:
+            b.append(second())
+            a.append(first())
+    return a, b
 
 
 # --------------------------------------------------------------------------- medtune
@@ -106,6 +143,8 @@ def medtune_train(model_spec, prep, method, method_args, max_length, epochs, bat
     t = time.perf_counter()
     s = train(cfg, prep, work / name, quiet=True)
     s["wall_seconds"] = time.perf_counter() - t
+    s["trainable"] = json.loads((work / name / "trainable.json").read_text())["trainable"]
+    shutil.rmtree(work / name, ignore_errors=True)
     return s
 
 
@@ -117,6 +156,7 @@ def main(argv=None):
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--methods", default="lora,boft,selective")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved ABBA (2 cancels a linear drift)")
     ap.add_argument("--skip-selective-protocol", action="store_true", help="skip the 3-epoch selective comparison")
     ap.add_argument("--out", default="bench-results.json")
     a = ap.parse_args(argv)
@@ -125,7 +165,6 @@ def main(argv=None):
     from medtune.config import DataConfig, FormatConfig
     from medtune.data.prepare import prepare, read_split
     from medtune.data.tokenize import encode_records
-    from medtune.evaluate import score_examples
 
     work = Path(tempfile.mkdtemp(prefix="medtune-bench-"))
     rows, extra = [], {}
@@ -141,45 +180,53 @@ def main(argv=None):
         sub.mkdir()
         (sub / "train.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
         rate = matmul_rate()
-        print(f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s; {len(records)} MedQuAD pairs, max length {a.max_length}", flush=True)
+        print(f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s at the start; {len(records)} MedQuAD pairs, max length {a.max_length}, {a.repeats} run(s) per side", flush=True)
         tok = models.load_tokenizer(resolved)
         lengths = [len(e) for e in encode_records(tok, records, FormatConfig(max_length=a.max_length))]
         real = sum(lengths)
         print(f"real tokens per epoch: {real:,}; positions computed at fixed padding: {len(records) * a.max_length:,} ({100 * real / (len(records) * a.max_length):.0f}% real)", flush=True)
 
         setups = {"lora": ({}, 2e-4), "boft": ({"block_size": 32}, 2e-4), "selective": ({"head": "tied"}, 5e-5)}
+        runs = iter(range(10_000))
         for method in [m for m in a.methods.split(",") if m]:
             args, lr = setups[method]
-            base = hf_baseline(resolved.path, records, method, args, a.max_length, 1, a.batch_size, lr, work / f"hf-{method}")
-            print(f"  baseline {method}: {base['tokens_per_s']:.1f} real tok/s", flush=True)
-            ours = medtune_train(a.model, sub, method, args, a.max_length, 1, a.batch_size, lr, work, method)
-            print(f"  medtune  {method}: {ours['tokens_per_s']:.1f} real tok/s", flush=True)
-            trainable = json.loads((work / method / "trainable.json").read_text())["trainable"]
-            frm = ours["frozen_prefix_blocks"]
+            bases, ours = interleaved(
+                a.repeats,
+                lambda: hf_baseline(resolved.path, records, method, args, a.max_length, 1, a.batch_size, lr, work / f"hf-{method}-{next(runs)}"),
+                lambda: medtune_train(a.model, sub, method, args, a.max_length, 1, a.batch_size, lr, work, f"{method}-{next(runs)}"),
+            )
+            base_s = sum(b["seconds"] for b in bases)
+            ours_s = sum(o["train_seconds"] for o in ours)
+            base_tps, ours_tps = real * len(bases) / base_s, real * len(ours) / ours_s
+            print(f"  {method}: baseline {base_tps:.1f} real tok/s {[round(b['tokens_per_s'], 1) for b in bases]}, "
+                  f"medtune {ours_tps:.1f} {[round(o['tokens_per_s'], 1) for o in ours]}", flush=True)
+            trainable = ours[0]["trainable"]
+            frm = ours[0]["frozen_prefix_blocks"]
             flops = model_flops_per_token(model_cfg, frm, trainable, True) * real + attention_flops(lengths, model_cfg, 3.0)
-            rows.append({"what": f"train {method}", "baseline_tok_s": base["tokens_per_s"], "medtune_tok_s": ours["tokens_per_s"],
-                         "speedup": ours["tokens_per_s"] / base["tokens_per_s"], "medtune_mfu": flops / ours["train_seconds"] / rate,
-                         "baseline_mfu": flops / base["seconds"] / rate})
-            if method == "lora":
-                # evaluation: Trainer.evaluate on the padded data vs medtune's scorer, same pairs
-                t_hf = hf_evaluate(base["trainer"], base["dataset"])
-                model, tk, _ = models.load(a.model)
-                exs = encode_records(tk, records, FormatConfig(max_length=a.max_length))
-                t = time.perf_counter()
-                score_examples(model, exs, tk.pad_token_id)
-                t_ours = time.perf_counter() - t
-                eflops = model_flops_per_token(model_cfg, 0, 0, False) * real + attention_flops(lengths, model_cfg, 1.0)
-                rows.append({"what": "evaluate", "baseline_tok_s": real / t_hf, "medtune_tok_s": real / t_ours, "speedup": t_hf / t_ours,
-                             "medtune_mfu": eflops / t_ours / rate, "baseline_mfu": eflops / t_hf / rate})
-            del base
+            rows.append({"what": f"train {method}", "baseline_tok_s": base_tps, "medtune_tok_s": ours_tps, "speedup": ours_tps / base_tps,
+                         "flops_per_epoch": flops, "baseline_seconds": base_s / len(bases), "medtune_seconds": ours_s / len(ours)})
+            del bases, ours
+        # evaluation: Trainer.evaluate on the padded data vs medtune's scorer, same base model and pairs
+        exs = encode_records(tok, records, FormatConfig(max_length=a.max_length))
+        t_hf, t_ours = interleaved(a.repeats, lambda: hf_evaluate(resolved.path, records, a.max_length, work / "hf-eval"), lambda: medtune_evaluate(a.model, exs))
+        print(f"  evaluate: baseline {[round(real / t, 1) for t in t_hf]} real tok/s, medtune {[round(real / t, 1) for t in t_ours]}", flush=True)
+        eflops = model_flops_per_token(model_cfg, 0, 0, False) * real + attention_flops(lengths, model_cfg, 1.0)
+        rows.append({"what": "evaluate", "baseline_tok_s": real * len(t_hf) / sum(t_hf), "medtune_tok_s": real * len(t_ours) / sum(t_ours),
+                     "speedup": sum(t_hf) / sum(t_ours) * len(t_ours) / len(t_hf), "flops_per_epoch": eflops,
+                     "baseline_seconds": sum(t_hf) / len(t_hf), "medtune_seconds": sum(t_ours) / len(t_ours)})
         if not a.skip_selective_protocol:
-            # the 3-epoch selective protocol: study (tied head, padded) vs medtune (untied head, cached prefix)
+            # the 3-epoch selective protocol, end to end, once: study (tied head, padded) vs medtune (untied head, cached prefix)
             base = hf_baseline(resolved.path, records, "selective", {"head": "tied"}, a.max_length, 3, a.batch_size, 5e-5, work / "hf-sel3")
             ours = medtune_train(a.model, sub, "selective", {"head": "untied"}, a.max_length, 3, a.batch_size, 5e-5, work, "sel3")
             rows.append({"what": "selective 3 epochs, end to end", "baseline_tok_s": base["tokens_per_s"], "medtune_tok_s": ours["tokens_per_s"],
-                         "speedup": base["seconds"] / ours["wall_seconds"], "medtune_mfu": None, "baseline_mfu": None,
-                         "baseline_seconds": base["seconds"], "medtune_seconds": ours["wall_seconds"]})
-        extra = {"matmul_gflops": rate / 1e9, "examples": len(records), "real_tokens_per_epoch": real, "max_length": a.max_length,
+                         "speedup": base["seconds"] / ours["wall_seconds"], "baseline_seconds": base["seconds"], "medtune_seconds": ours["wall_seconds"]})
+            print(f"  selective 3 epochs: baseline {base['seconds']:.1f}s (tied, padded), medtune {ours['wall_seconds']:.1f}s (untied, cached prefix, incl. loading)", flush=True)
+        rate = max(rate, matmul_rate())  # the machine's best of start and end
+        for r in rows:
+            if "flops_per_epoch" in r:
+                r["medtune_mfu"] = r["flops_per_epoch"] / r["medtune_seconds"] / rate
+                r["baseline_mfu"] = r["flops_per_epoch"] / r["baseline_seconds"] / rate
+        extra = {"matmul_gflops": rate / 1e9, "repeats": a.repeats, "examples": len(records), "real_tokens_per_epoch": real, "max_length": a.max_length,
                  "threads": torch.get_num_threads(), "model": a.model}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -187,9 +234,9 @@ def main(argv=None):
     print()
     print(f"{'':34} {'baseline tok/s':>14} {'medtune tok/s':>14} {'speedup':>8} {'MFU base':>9} {'MFU medtune':>12}")
     for r in rows:
-        mfu = lambda v: f"{100 * v:.0f}%" if v is not None else "-"
-        print(f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} {r['speedup']:7.2f}x {mfu(r['baseline_mfu']):>9} {mfu(r['medtune_mfu']):>12}")
-    print(f"\n(real = non-pad tokens; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})")
+        mfu = lambda v: f"{100 * v:.0f}%" if v is not None else "-"  # noqa: E731
+        print(f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} {r['speedup']:7.2f}x {mfu(r.get('baseline_mfu')):>9} {mfu(r.get('medtune_mfu')):>12}")
+    print(f"\n(real = non-pad tokens; matmul rate {rate / 1e9:.1f} GFLOP/s, best of start and end; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})")
 
 
 if __name__ == "__main__":
