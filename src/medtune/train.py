@@ -197,7 +197,9 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
         {"params": [q for _, q in named if q.ndim < 2], "weight_decay": 0.0},
     ]
     lr = cfg.learning_rate()
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    # fused: one kernel over all tensors. Measured on 2 cores, 31.5M trainable parameters
+    # (selective, tied head): 29 ms per step vs 146 ms for the default foreach kernel.
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     module = LossModule(model, scope, frozen_prefix)
     module, optimizer = accelerator.prepare(module, optimizer)
     device = accelerator.device
