@@ -92,9 +92,9 @@ class TrainConfig:
     schedule: str = "linear"  # linear | cosine | constant
     warmup_ratio: float = 0.03
     batch_size: int = 8  # examples per optimizer step, across all processes
-    # Padded tokens per forward pass; a bigger batch is split (gradient accumulation), each part
-    # padded only to its own longest row. 0 = auto: 512 on CPU (measured fastest on 2 cores:
-    # less padding, matmuls still ~100 GFLOP/s), 16384 on GPU.
+    # Tokens per forward pass (padding included for padded layouts); a bigger batch is split
+    # (gradient accumulation). 0 = auto: on CPU 4096 packed / 512 padded (measured fastest on
+    # 2 cores, see data/batching.py auto_batch_tokens), 16384 on GPU.
     micro_batch_tokens: int = 0
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 0
@@ -119,7 +119,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_tokens: int = 0  # padded tokens per forward pass; 0 = auto: 1024 on CPU (measured fastest), 16384 on GPU
+    batch_tokens: int = 0  # tokens per forward pass; 0 = auto: 2048 packed on CPU (measured fastest), 16384 on GPU
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
     seed: int = 0
     max_examples: Optional[int] = None  # score only the first N examples of the split

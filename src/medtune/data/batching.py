@@ -38,11 +38,12 @@ def global_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, g
 def auto_batch_tokens(device, training: bool, packed: bool = True) -> int:
     """Tokens per forward pass when a config says 0 (auto).
 
-    GPU: 16384. CPU, measured on 2 cores with SmolLM2 at max length 512 (tok/s, median of
-    3 interleaved runs, benchmarks/ab notes in the README): packed rows of 4096 tokens hold
-    a whole 8-example step, so per-forward costs are paid once per step (BOFT rebuilds its
-    orthogonal matrices on every forward: 126 tok/s packed 4096, 110 packed 1024, 79 padded
-    512). Padded rows pad less when small: LoRA 124 tok/s at 512 vs 99 at 4096.
+    GPU: 16384. CPU, measured on 2 cores with SmolLM2 at max length 512 (real tok/s, median
+    of 3 interleaved runs): packed training rows of 4096 tokens hold a whole 8-example step,
+    so per-forward costs are paid once per step (BOFT rebuilds its orthogonal matrices on
+    every forward: 126 tok/s packed 4096, 110 packed 1024, 79 padded 512). Packed
+    evaluation: 314 tok/s at 2048, 308 at 1024, 299 at 4096 (padded 1024: 277). Padded
+    rows pad less when small: LoRA 124 tok/s at 512 vs 99 at 4096.
     """
     if device.type == "cuda":
         return 16384
