@@ -61,19 +61,27 @@ def attention_flops(lengths, model_cfg, factor: float) -> float:
 # --------------------------------------------------------------------------- the study's pipeline
 
 
+def padded_dataset(model_path, records, max_length):
+    """The study's data: question + "\\n" + answer + EOS, padded/truncated to max_length, pad = EOS.
+
+    Returns (tokenizer, rows of input_ids/attention_mask, real tokens)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.pad_token = tok.eos_token
+    enc = tok([r.question + "\n" + r.answer + tok.eos_token for r in records], padding="max_length", truncation=True, max_length=max_length)
+    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    return tok, ds, sum(sum(m) for m in enc["attention_mask"])
+
+
 def hf_baseline(model_path, records, method, method_args, max_length, epochs, batch_size, lr, work):
     """HF Trainer + PEFT as the study ran it: pad/truncate to max_length, collator masks pad id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from medtune.methods import get_method
 
     t_setup = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(model_path)
-    tok.pad_token = tok.eos_token
-    texts = [r.question + "\n" + r.answer + tok.eos_token for r in records]
-    enc = tok(texts, padding="max_length", truncation=True, max_length=max_length)
-    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
-    real = sum(sum(m) for m in enc["attention_mask"])
+    tok, ds, real = padded_dataset(model_path, records, max_length)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     spec = get_method(method)
@@ -91,12 +99,9 @@ def hf_baseline(model_path, records, method, method_args, max_length, epochs, ba
 
 def hf_evaluate(model_path, records, max_length, work):
     """Trainer.evaluate on the padded data (eval batch 8, HF's default), base model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    tok.pad_token = tok.eos_token
-    enc = tok([r.question + "\n" + r.answer + tok.eos_token for r in records], padding="max_length", truncation=True, max_length=max_length)
-    ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
+    tok, ds, _ = padded_dataset(model_path, records, max_length)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     args = TrainingArguments(output_dir=str(work), per_device_eval_batch_size=8, report_to=[], disable_tqdm=True,
                              use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)

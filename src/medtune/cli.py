@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="write per-example sums (JSON) here, for later paired comparisons")
     p.add_argument("--paired-with", help="a --scores file of another model on the same split: report the paired difference (this minus that)")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--batch-tokens", type=int, default=0, help="padded tokens per forward pass (0 = auto)")
+    p.add_argument("--batch-tokens", type=int, default=0, help="tokens per forward pass (0 = auto)")
     p.add_argument("--max-length", type=int, help="truncate sequences (default: the run's, else 512)")
     p.add_argument("--max-examples", type=int)
 

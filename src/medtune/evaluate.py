@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtune.data.batching import auto_batch_tokens, collate, collate_packed, micro_batches, pack, to_device
+from medtune.data.batching import auto_batch_tokens, layout_batch, layout_groups, to_device
 from medtune.data.tokenize import Example
 from medtune.forward import final_hidden, parts, score_positions, scored_inputs
 from medtune.progress import bar
@@ -55,15 +55,11 @@ def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: in
     cor = {s: np.zeros(E, dtype=np.int64) for s in SCOPES}
     lengths = [len(e) for e in examples]
     batch_tokens = batch_tokens or auto_batch_tokens(device, training=False)
-    if layout == "packed":
-        groups = pack(list(range(E)), lengths, batch_tokens)
-    else:
-        groups = micro_batches(list(range(E)), lengths, batch_tokens)
+    packed = layout == "packed"
+    groups = layout_groups(list(range(E)), lengths, batch_tokens, packed)
     progress = bar(sum(lengths), desc, unit="tok")
     for group in groups:
-        exs = [examples[i] for i in group]
-        batch = collate_packed(exs) if layout == "packed" else collate(exs, pad_id, left_pad=layout == "left")
-        batch = to_device(batch, device)
+        batch = to_device(layout_batch([examples[i] for i in group], pad_id, packed, left_pad=layout == "left"), device)
         ctx = autocast() if autocast else torch.autocast(device.type, enabled=False)
         with ctx:
             hidden, _ = final_hidden(model, batch)

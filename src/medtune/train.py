@@ -25,7 +25,7 @@ import torch
 from medtune import models
 from medtune.checkpoint import load_checkpoint, save_checkpoint
 from medtune.config import RunConfig
-from medtune.data.batching import auto_batch_tokens, collate, collate_packed, global_batches, micro_batches, pack, shard, to_device
+from medtune.data.batching import auto_batch_tokens, global_batches, layout_batch, layout_groups, shard, to_device
 from medtune.data.prepare import read_split
 from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
@@ -176,6 +176,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     val_ex = encode_records(tok, val_recs, cfg.format)
     lengths = [len(e) for e in train_ex]
     layout = cfg.format.padding
+    packed = layout == "packed"
     pad_to = cfg.format.max_length if layout == "fixed" else None
     scope = cfg.format.loss_scope
 
@@ -204,7 +205,7 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     module, optimizer = accelerator.prepare(module, optimizer)
     device = accelerator.device
     warmup = int(cfg.train.warmup_ratio * p.total_steps)
-    micro_tokens = cfg.train.micro_batch_tokens or auto_batch_tokens(device, training=True, packed=layout == "packed")
+    micro_tokens = cfg.train.micro_batch_tokens or auto_batch_tokens(device, training=True, packed=packed)
 
     # ---- run folder (created only now: every check above passed)
     state = {"epoch": 0, "batch": 0, "step": 0, "tokens": 0, "scored": 0, "train_seconds": 0.0}
@@ -262,11 +263,10 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
                 gbatch = batches[b_idx]
                 n_scored = sum(scored_count(train_ex[i], scope) for i in gbatch)
                 mine = shard(gbatch, rank, world)
-                micro = pack(mine, lengths, micro_tokens) if layout == "packed" else micro_batches(mine, lengths, micro_tokens, pad_to)
+                micro = layout_groups(mine, lengths, micro_tokens, packed, pad_to)
                 nll_total = torch.zeros((), dtype=torch.float64)
                 for m_idx, mb in enumerate(micro):
-                    exs = [train_ex[i] for i in mb]
-                    batch = collate_packed(exs) if layout == "packed" else collate(exs, tok.pad_token_id, pad_to)
+                    batch = layout_batch([train_ex[i] for i in mb], tok.pad_token_id, packed, pad_to)
                     cached = None
                     if cache is not None and all(i in cache for i in mb):
                         cached = cache.assemble(mb, batch, device)

@@ -151,5 +151,15 @@ def collate_packed(examples: list[Example]) -> dict:
     return batch
 
 
+def layout_groups(indices: list[int], lengths: list[int], max_tokens: int, packed: bool, pad_to: int | None = None) -> list[list[int]]:
+    """The examples of each forward pass: packed rows, or padded micro-batches."""
+    return pack(indices, lengths, max_tokens) if packed else micro_batches(indices, lengths, max_tokens, pad_to)
+
+
+def layout_batch(examples: list[Example], pad_id: int, packed: bool, pad_to: int | None = None, left_pad: bool = False) -> dict:
+    """One forward pass's batch: a packed row, or padded rows."""
+    return collate_packed(examples) if packed else collate(examples, pad_id, pad_to, left_pad)
+
+
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
