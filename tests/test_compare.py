@@ -17,8 +17,17 @@ def tiny_compare(tmp_path, tiny):
         w = csv.writer(fh)
         w.writerow(["question", "answer", "source", "focus_area"])
         for i in range(60):
-            w.writerow([f"What are the symptoms of disease {i} ?", f"Disease {i} causes pain and fever in {i % 5 + 1} ways.", "SYN", f"disease {i}"])
-    cfg = load_compare_config("tiny", data=str(p), out=str(tmp_path / "cmp"), overrides=["samples=2", "max_new_tokens=8"])
+            w.writerow(
+                [
+                    f"What are the symptoms of disease {i} ?",
+                    f"Disease {i} causes pain and fever in {i % 5 + 1} ways.",
+                    "SYN",
+                    f"disease {i}",
+                ]
+            )
+    cfg = load_compare_config(
+        "tiny", data=str(p), out=str(tmp_path / "cmp"), overrides=["samples=2", "max_new_tokens=8"]
+    )
     return cfg, tmp_path / "cmp"
 
 
@@ -31,7 +40,15 @@ def png_size(path):
 def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     cfg, out = tiny_compare
     run_compare(cfg, quiet=True)
-    for f in ("report.md", "results.json", "perplexity.png", "accuracy.png", "loss_curves.png", "runs/lora/adapter", "runs/selective/trained.safetensors"):
+    for f in (
+        "report.md",
+        "results.json",
+        "perplexity.png",
+        "accuracy.png",
+        "loss_curves.png",
+        "runs/lora/adapter",
+        "runs/selective/trained.safetensors",
+    ):
         assert (out / f).exists(), f
     for f in ("perplexity.png", "accuracy.png", "loss_curves.png"):
         w, h = png_size(out / f)
@@ -60,7 +77,9 @@ def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     assert code == 0, err
     assert (out / "report.md").read_text() == before
     # ask: answers with a notice
-    code, stdout, err = run_cli(["ask", out, "What is disease 3 ?", "--method", "lora", "--max-new-tokens", "5"], capsys)
+    code, stdout, err = run_cli(
+        ["ask", out, "What is disease 3 ?", "--method", "lora", "--max-new-tokens", "5"], capsys
+    )
     assert code == 0 and "Not medical advice" in stdout and stdout.startswith("[lora]")
 
 
@@ -68,16 +87,21 @@ def test_compare_refuses_other_config_without_force(tiny_compare, capsys):
     cfg, out = tiny_compare
     run_compare(cfg, quiet=True)
     before = (out / "results.json").read_text()
-    code, _, err = run_cli(["compare", "--preset", "tiny", "--data", cfg.data.source, "--out", out, "--set", "train.epochs=2"], capsys)
+    code, _, err = run_cli(
+        ["compare", "--preset", "tiny", "--data", cfg.data.source, "--out", out, "--set", "train.epochs=2"], capsys
+    )
     assert code == 2 and "different config" in err
     assert (out / "results.json").read_text() == before
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--preset", "nope"], "unknown preset"),
-    (["--preset", "tiny", "--methods", "lora,prefix"], "unknown method"),
-    (["--preset", "tiny", "--data", "/no/such/data"], "data not found"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--preset", "nope"], "unknown preset"),
+        (["--preset", "tiny", "--methods", "lora,prefix"], "unknown method"),
+        (["--preset", "tiny", "--data", "/no/such/data"], "data not found"),
+    ],
+)
 def test_compare_bad_input(args, msg, tmp_path, capsys):
     code, _, err = run_cli(["compare", *args, "--out", tmp_path / "o"], capsys)
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
@@ -87,7 +111,7 @@ def test_compare_bad_input(args, msg, tmp_path, capsys):
 def test_presets_are_valid_and_documented():
     for name in ("paper", "cpu-demo", "tiny"):
         load_compare_config(name)  # validates every value and method argument
-        text = (ROOT / "configs" / f"{name}.yaml").read_text()
+        text = (ROOT / "src" / "medtune" / "presets" / f"{name}.yaml").read_text()
         assert text.startswith("#") and "medtune compare --preset" in text
     paper = load_compare_config("paper")
     assert paper.data.split == "random" and paper.format.padding == "fixed" and paper.format.loss_scope == "all"

@@ -56,9 +56,16 @@ def test_malformed_xml_is_named(tmp_path):
 
 def test_csv_kaggle_and_mapping(tmp_path):
     p = tmp_path / "k.csv"
-    p.write_text('question,answer,source,focus_area\n"What is (are) Glaucoma ?","Glaucoma is a group...",NIHSeniorHealth,Glaucoma\n')
+    p.write_text(
+        'question,answer,source,focus_area\n"What is (are) Glaucoma ?","Glaucoma is a group...",NIHSeniorHealth,Glaucoma\n'
+    )
     (r,) = load_records(str(p))
-    assert (r.question, r.answer, r.source, r.focus) == ("What is (are) Glaucoma ?", "Glaucoma is a group...", "NIHSeniorHealth", "Glaucoma")
+    assert (r.question, r.answer, r.source, r.focus) == (
+        "What is (are) Glaucoma ?",
+        "Glaucoma is a group...",
+        "NIHSeniorHealth",
+        "Glaucoma",
+    )
     bad = tmp_path / "b.csv"
     bad.write_text("q,a\nx,y\n")
     with pytest.raises(MedtuneError, match="lacks column"):
@@ -148,8 +155,18 @@ def test_prepare_bad_input_one_line_no_output(case, tmp_path, capsys):
 
 
 def test_prepare_writes_splits_and_stats(tmp_path, capsys, tiny):
-    root = make_medquad(tmp_path, {f"1{i}.xml": XML.replace("0001", f"1{i}").replace("Gout &amp; Friends", f"Focus {i}").replace("gout", f"g{i}") for i in range(9)})
-    code, out, err = run_cli(["prepare", "--data", root, "--out", tmp_path / "p", "--model", tiny, "--max-length", "16"], capsys)
+    root = make_medquad(
+        tmp_path,
+        {
+            f"1{i}.xml": XML.replace("0001", f"1{i}")
+            .replace("Gout &amp; Friends", f"Focus {i}")
+            .replace("gout", f"g{i}")
+            for i in range(9)
+        },
+    )
+    code, out, err = run_cli(
+        ["prepare", "--data", root, "--out", tmp_path / "p", "--model", tiny, "--max-length", "16"], capsys
+    )
     assert code == 0, err
     stats = json.loads((tmp_path / "p" / "stats.json").read_text())
     assert stats["rows_read"] == 30 and stats["rows_kept"] == 10 and stats["dropped"] == {"empty answer": 20}

@@ -57,7 +57,8 @@ def test_batch_size_and_layout_do_not_matter(tiny):
     exs = examples(16, seed=1)
     runs = [
         summarize(score_examples(model, exs, tok.pad_token_id, batch_tokens=bt, layout=layout), 20)
-        for bt in (30, 8 * 30, 10_000) for layout in ("packed", "right", "left")
+        for bt in (30, 8 * 30, 10_000)
+        for layout in ("packed", "right", "left")
     ]
     for r in runs[1:]:
         for s in ("answer", "all"):
@@ -118,7 +119,9 @@ def test_paired_difference_of_identical_models_is_zero():
 
 def test_evaluate_cli_per_example_is_recomputable(tiny, prepared, tmp_path, capsys):
     out, per = tmp_path / "r.json", tmp_path / "per.jsonl"
-    code, _, err = run_cli(["evaluate", "--model", tiny, "--data", prepared, "--out", out, "--per-example", per, "--bootstrap", 50], capsys)
+    code, _, err = run_cli(
+        ["evaluate", "--model", tiny, "--data", prepared, "--out", out, "--per-example", per, "--bootstrap", 50], capsys
+    )
     assert code == 0, err
     res = json.loads(out.read_text())
     rows = [json.loads(x) for x in per.read_text().splitlines()]
@@ -169,16 +172,38 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
     from medtune.config import RunConfig, from_dict
     from medtune.train import train
 
-    c = from_dict(RunConfig, {"method": "full", "model": {"spec": tiny}, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}})
+    c = from_dict(
+        RunConfig, {"method": "full", "model": {"spec": tiny}, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}}
+    )
     train(c, prepared, tmp_path / "run", quiet=True)
     base = tmp_path / "base.scores.json"
-    code, _, err = run_cli(["evaluate", "--model", tiny, "--data", prepared, "--scores", base, "--bootstrap", 50], capsys)
+    code, _, err = run_cli(
+        ["evaluate", "--model", tiny, "--data", prepared, "--scores", base, "--bootstrap", 50], capsys
+    )
     assert code == 0, err
-    code, _, err = run_cli(["evaluate", "--run", tmp_path / "run", "--data", prepared, "--paired-with", base, "--out", tmp_path / "r.json", "--bootstrap", 50], capsys)
+    code, _, err = run_cli(
+        [
+            "evaluate",
+            "--run",
+            tmp_path / "run",
+            "--data",
+            prepared,
+            "--paired-with",
+            base,
+            "--out",
+            tmp_path / "r.json",
+            "--bootstrap",
+            50,
+        ],
+        capsys,
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "r.json").read_text())
     d = res["paired_difference"]["answer"]
     assert d["perplexity"] != 0 and d["perplexity_ci"][0] <= d["perplexity"] <= d["perplexity_ci"][1]
     # pairing with scores of other examples is refused
-    code, _, err = run_cli(["evaluate", "--run", tmp_path / "run", "--data", prepared, "--max-examples", "3", "--paired-with", base], capsys)
+    code, _, err = run_cli(
+        ["evaluate", "--run", tmp_path / "run", "--data", prepared, "--max-examples", "3", "--paired-with", base],
+        capsys,
+    )
     assert code == 2 and "other examples" in err

@@ -55,9 +55,32 @@ def test_lora_loss_goes_down_on_real_data(medquad_prepared, tmp_path, capsys):
     small = tmp_path / "p"
     small.mkdir()
     (small / "train.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in recs))
-    code, _, err = run_cli(["train", "--method", "lora", "--data", small, "--model", "smollm2-135m", "--out", tmp_path / "runs",
-                            "--set", "train.max_steps=5", "--set", "train.batch_size=8", "--set", "train.lr=2e-3", "--set", "train.warmup_ratio=0",
-                            "--set", "format.max_length=96", "--set", "method_args.dropout=0.0"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--method",
+            "lora",
+            "--data",
+            small,
+            "--model",
+            "smollm2-135m",
+            "--out",
+            tmp_path / "runs",
+            "--set",
+            "train.max_steps=5",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "train.lr=2e-3",
+            "--set",
+            "train.warmup_ratio=0",
+            "--set",
+            "format.max_length=96",
+            "--set",
+            "method_args.dropout=0.0",
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = [json.loads(x) for x in (tmp_path / "runs" / "lora" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows]

@@ -17,7 +17,10 @@ def one_step(model, tok, scope="all"):
     from medtune.data.tokenize import Example
 
     torch.manual_seed(0)
-    ex = [Example("a", [5, 9, 17, 33, 2, 71, tok.eos_token_id], 2, False), Example("b", [8, 44, 3, tok.eos_token_id], 1, False)]
+    ex = [
+        Example("a", [5, 9, 17, 33, 2, 71, tok.eos_token_id], 2, False),
+        Example("b", [8, 44, 3, tok.eos_token_id], 1, False),
+    ]
     batch = collate(ex, tok.pad_token_id)
     module = LossModule(model, scope)
     params = [p for _, p in unique_params(model) if p.requires_grad]
@@ -90,7 +93,9 @@ def test_boft_block_size_checked_against_width(tiny):
         cfg.check_against_model(models.read_model_config(tiny))
     # SmolLM2's width: 576 = 2^6 x 9
     with pytest.raises(MedtuneError, match="576"):
-        cfg.check_against_model({"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536})
+        cfg.check_against_model(
+            {"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536}
+        )
 
 
 def test_boft_records_butterfly_factor_used(tiny):

@@ -35,11 +35,19 @@ def test_pad_is_eos_yet_eos_is_scored_and_padding_never(tiny):
 
 def test_packed_row_scores_each_example_as_alone(tiny):
     tok = _tok(tiny)
-    recs = [Record("a", "What is gout?", "A kind of arthritis."), Record("b", "Why?", "Because."), Record("c", "Is it rare?", "No.")]
+    recs = [
+        Record("a", "What is gout?", "A kind of arthritis."),
+        Record("b", "Why?", "Because."),
+        Record("c", "Is it rare?", "No."),
+    ]
     ex = encode_records(tok, recs, FormatConfig())
     b = collate_packed(ex)
     assert b["input_ids"].shape == (1, sum(len(e) for e in ex))
-    assert b["segments"] == [(0, len(ex[0])), (len(ex[0]), len(ex[0]) + len(ex[1])), (len(ex[0]) + len(ex[1]), b["input_ids"].shape[1])]
+    assert b["segments"] == [
+        (0, len(ex[0])),
+        (len(ex[0]), len(ex[0]) + len(ex[1])),
+        (len(ex[0]) + len(ex[1]), b["input_ids"].shape[1]),
+    ]
     for k, (e, (start, end)) in enumerate(zip(ex, b["segments"])):
         assert b["input_ids"][0, start:end].tolist() == e.input_ids
         assert b["position_ids"][0, start:end].tolist() == list(range(len(e)))  # rotary restarts per example

@@ -19,7 +19,12 @@ from medtune.weights import load_trained
 
 
 def cfg(tiny, method="lora", **over):
-    d = {"method": method, "model": {"spec": tiny}, "format": {"max_length": 64}, "train": {"epochs": 2, "batch_size": 4, "seed": 1, "micro_batch_tokens": 128}}
+    d = {
+        "method": method,
+        "model": {"spec": tiny},
+        "format": {"max_length": 64},
+        "train": {"epochs": 2, "batch_size": 4, "seed": 1, "micro_batch_tokens": 128},
+    }
     for k, v in over.items():
         if "__" not in k:
             d[k] = v
@@ -43,7 +48,15 @@ def test_peft_run_folder_and_plain_peft_reload(method, args, tiny, prepared, tmp
     c = cfg(tiny, method, method_args={"dropout": 0.0} if method in ("lora", "boft") else {})
     c = from_dict(RunConfig, {**c.to_dict(), "method_args": {**c.method_args, **args}})
     summary = train(c, prepared, run, quiet=True)
-    for f in ("config.yaml", "env.json", "metrics.jsonl", "trainable.json", "summary.json", "weights.json", "adapter/adapter_model.safetensors"):
+    for f in (
+        "config.yaml",
+        "env.json",
+        "metrics.jsonl",
+        "trainable.json",
+        "summary.json",
+        "weights.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (run / f).exists(), f
     assert not (run / "checkpoint").exists()
     assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt"))  # no pickle
@@ -115,7 +128,11 @@ def test_every_layout_gives_each_example_its_own_losses(tiny, layout):
     """Packing (attention kept inside each example) and padding must not change any example's
     per-token losses: each equals the example computed alone, through plain HF `model(...)`."""
     model, tok, _ = models.load(tiny)
-    ex = [Example("a", [5, 9, 17, 33, 2, 71, 1], 2, False), Example("b", [8, 44, 1], 1, False), Example("c", [7, 7, 7, 7, 1], 3, False)]
+    ex = [
+        Example("a", [5, 9, 17, 33, 2, 71, 1], 2, False),
+        Example("b", [8, 44, 1], 1, False),
+        Example("c", [7, 7, 7, 7, 1], 3, False),
+    ]
     _, head = parts(model)
     batch = collate_packed(ex) if layout == "packed" else collate(ex, tok.pad_token_id, left_pad=layout == "left")
     with torch.no_grad():
@@ -146,7 +163,9 @@ def test_fused_head_loss_and_gradients_match_plain_cross_entropy():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     nll, correct = score_positions(head, h.detach(), t)
     logits = head(h.detach())
-    torch.testing.assert_close(nll, torch.nn.functional.cross_entropy(logits, t, reduction="none"), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        nll, torch.nn.functional.cross_entropy(logits, t, reduction="none"), rtol=1e-5, atol=1e-5
+    )
     assert torch.equal(correct, logits.argmax(-1) == t)
 
 
@@ -180,7 +199,9 @@ def test_train_unreadable_data(tiny, tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train.jsonl").write_text("{not json\n")
     for data in (tmp_path / "missing", tmp_path / "bad"):
-        code, _, err = run_cli(["train", "--method", "lora", "--data", data, "--model", tiny, "--out", tmp_path / "runs"], capsys)
+        code, _, err = run_cli(
+            ["train", "--method", "lora", "--data", data, "--model", tiny, "--out", tmp_path / "runs"], capsys
+        )
         assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
 
@@ -190,21 +211,68 @@ def test_two_processes_match_one(tiny, prepared, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
-    common = ["train", "--method", "lora", "--data", str(prepared), "--model", "tiny-random-llama",
-              "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "method_args.dropout=0.0", "--set", "format.max_length=64"]
+    common = [
+        "train",
+        "--method",
+        "lora",
+        "--data",
+        str(prepared),
+        "--model",
+        "tiny-random-llama",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "method_args.dropout=0.0",
+        "--set",
+        "format.max_length=64",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MEDTUNE_PROGRESS="0")
-    one = subprocess.run([sys.executable, "-m", "medtune.cli", *common, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "medtune.cli", *common, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     import socket
 
     with socket.socket() as sock:  # a free port, so parallel CI jobs do not collide
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "medtune.cli", *common, "--out", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "medtune.cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert json.loads((tmp_path / "two" / "lora" / "summary.json").read_text())["world_size"] == 2
-    l1 = [json.loads(x)["loss"] for x in (tmp_path / "one" / "lora" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    l2 = [json.loads(x)["loss"] for x in (tmp_path / "two" / "lora" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    l1 = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "one" / "lora" / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in x
+    ]
+    l2 = [
+        json.loads(x)["loss"]
+        for x in (tmp_path / "two" / "lora" / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in x
+    ]
     assert len(l1) == len(l2) == 6
     assert l1 == pytest.approx(l2, abs=1e-5)

@@ -17,21 +17,36 @@ DEFAULT_MEDQUAD = "../shared/medquad"
 
 
 def _add_model(p, default="smollm2-135m"):
-    p.add_argument("--model", default=default, help="hub id, local HF folder, .gguf file, or alias (smollm2-135m, llama-3.2-1b, tiny-random-llama)")
+    p.add_argument(
+        "--model",
+        default=default,
+        help="hub id, local HF folder, .gguf file, or alias (smollm2-135m, llama-3.2-1b, tiny-random-llama)",
+    )
 
 
 def _add_overrides(p):
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=1 or method_args.r=16 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.epochs=1 or method_args.r=16 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="medtune", description="Fine-tune small Llama-family models on medical QA and compare methods.")
+    ap = argparse.ArgumentParser(
+        prog="medtune", description="Fine-tune small Llama-family models on medical QA and compare methods."
+    )
     ap.add_argument("--version", action="version", version=f"medtune {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="raw data -> clean, leakage-free splits + stats.json")
-    p.add_argument("--data", help="MedQuAD XML folder or .zip, CSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)")
+    p.add_argument(
+        "--data", help="MedQuAD XML folder or .zip, CSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", choices=["grouped", "random"], default="grouped")
     p.add_argument("--test-fraction", type=float, default=0.2)
@@ -64,19 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--per-example", help="write one JSON line per example here (ids, scored positions, sums)")
     p.add_argument("--scores", help="write per-example sums (JSON) here, for later paired comparisons")
-    p.add_argument("--paired-with", help="a --scores file of another model on the same split: report the paired difference (this minus that)")
+    p.add_argument(
+        "--paired-with",
+        help="a --scores file of another model on the same split: report the paired difference (this minus that)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--batch-tokens", type=int, default=0, help="tokens per forward pass (0 = auto)")
     p.add_argument("--max-length", type=int, help="truncate sequences (default: the run's, else 512)")
     p.add_argument("--max-examples", type=int)
 
     p = sub.add_parser("compare", help="the study end to end: prepare, train each method, evaluate, report")
-    p.add_argument("--preset", required=True, help="preset name in configs/ (paper, cpu-demo) or a YAML path")
+    p.add_argument(
+        "--preset",
+        required=True,
+        help="a preset shipped with medtune (cpu-demo, cpu-study, paper, tiny) or a YAML path",
+    )
     p.add_argument("--data")
     _add_model(p, default=None)
     p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
     p.add_argument("--out", help="output folder (default: the preset's)")
-    p.add_argument("--force", action="store_true", help="redo finished stages / replace a comparison with another config")
+    p.add_argument(
+        "--force", action="store_true", help="redo finished stages / replace a comparison with another config"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("report", help="rebuild report.md, results.json and figures from a comparison folder")
@@ -100,9 +124,18 @@ def cmd_prepare(a) -> None:
     from medtune.config import DataConfig, FormatConfig
     from medtune.data.prepare import prepare
 
-    data = DataConfig(source=a.data, question_column=a.question_column, answer_column=a.answer_column, source_column=a.source_column,
-                      focus_column=a.focus_column, split=a.split, test_fraction=a.test_fraction, val_fraction=a.val_fraction,
-                      seed=a.seed, max_examples=a.max_examples)
+    data = DataConfig(
+        source=a.data,
+        question_column=a.question_column,
+        answer_column=a.answer_column,
+        source_column=a.source_column,
+        focus_column=a.focus_column,
+        split=a.split,
+        test_fraction=a.test_fraction,
+        val_fraction=a.val_fraction,
+        seed=a.seed,
+        max_examples=a.max_examples,
+    )
     fmt = FormatConfig(max_length=a.max_length, template=a.template)
     tok = None
     if not a.no_tokenize:
@@ -171,7 +204,14 @@ def cmd_ask(a) -> None:
     ask_command(a)
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "ask": cmd_ask}
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
+    "report": cmd_report,
+    "ask": cmd_ask,
+}
 
 
 def main(argv=None) -> int:

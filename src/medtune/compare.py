@@ -7,6 +7,7 @@ scored on the same token sequences, so paired differences against the base are v
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import shutil
 import time
@@ -14,10 +15,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from medtune.config import DataConfig, EvalConfig, FormatConfig, RunConfig, TrainConfig, apply_overrides, config_hash, from_dict, read_yaml
+from medtune.config import (
+    DataConfig,
+    EvalConfig,
+    FormatConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    config_hash,
+    from_dict,
+    read_yaml,
+)
 from medtune.errors import MedtuneError
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESETS = importlib.resources.files("medtune") / "presets"
 
 
 @dataclass
@@ -27,7 +38,9 @@ class CompareConfig:
     format: FormatConfig = field(default_factory=FormatConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    methods: dict = field(default_factory=lambda: {"selective": {}, "lora": {}, "boft": {}})  # name -> method_args (+ optional lr)
+    methods: dict = field(
+        default_factory=lambda: {"selective": {}, "lora": {}, "boft": {}}
+    )  # name -> method_args (+ optional lr)
     samples: int = 5  # held-out questions answered by every model in the report
     max_new_tokens: int = 160
     out: str = "compare-out"
@@ -45,24 +58,40 @@ class CompareConfig:
         args = dict(self.methods.get(name) or {})
         lr = args.pop("lr", None)
         train = TrainConfig(**{**asdict(self.train), **({"lr": float(lr)} if lr is not None else {})})
-        return from_dict(RunConfig, {"method": name, "method_args": args, "model": {"spec": self.model}, "format": asdict(self.format), "train": asdict(train), "eval": asdict(self.eval)})
+        return from_dict(
+            RunConfig,
+            {
+                "method": name,
+                "method_args": args,
+                "model": {"spec": self.model},
+                "format": asdict(self.format),
+                "train": asdict(train),
+                "eval": asdict(self.eval),
+            },
+        )
 
 
-def preset_path(name: str) -> Path:
+def preset_names() -> list[str]:
+    """Presets shipped as package data (src/medtune/presets/*.yaml)."""
+    return sorted(p.name[: -len(".yaml")] for p in PRESETS.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict:
+    """A preset by name (package data, read with importlib.resources) or a YAML file path."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise MedtuneError(f"preset file not found: {p}")
-        return p
-    p = CONFIGS_DIR / f"{name}.yaml"
-    if not p.is_file():
-        known = sorted(q.stem for q in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
-        raise MedtuneError(f"unknown preset {name!r} (known: {', '.join(known) or 'none'})")
-    return p
+        return read_yaml(p)
+    res = PRESETS / f"{name}.yaml"
+    if not res.is_file():
+        raise MedtuneError(f"unknown preset {name!r} (known: {', '.join(preset_names()) or 'none'})")
+    with importlib.resources.as_file(res) as path:
+        return read_yaml(path)
 
 
 def load_compare_config(preset: str, data=None, model=None, methods=None, out=None, overrides=()) -> CompareConfig:
-    raw = read_yaml(preset_path(preset))
+    raw = read_preset(preset)
     if data:
         raw.setdefault("data", {})["source"] = data
     if model:
@@ -109,13 +138,17 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
     out = Path(cfg.out)
     whole = asdict(cfg)
-    identity = config_hash({k: v for k, v in whole.items() if k not in ("methods", "out", "description", "samples", "max_new_tokens")})
+    identity = config_hash(
+        {k: v for k, v in whole.items() if k not in ("methods", "out", "description", "samples", "max_new_tokens")}
+    )
     meta_path = out / "compare.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
         if old.get("identity") != identity:
             if not force:
-                raise MedtuneError(f"{out} holds a comparison with a different config; use another --out, or --force to replace it")
+                raise MedtuneError(
+                    f"{out} holds a comparison with a different config; use another --out, or --force to replace it"
+                )
             shutil.rmtree(out)
     # Validate every method against the model before any stage runs.
     model_cfg = models.read_model_config(cfg.model)
@@ -126,7 +159,13 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     if cfg.data.source is not None and not Path(cfg.data.source).exists():
         raise MedtuneError(f"data not found: {cfg.data.source}")
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"identity": identity, "config": whole, "model": cfg.model, "format": asdict(cfg.format), "methods": list(cfg.methods)}
+    meta = {
+        "identity": identity,
+        "config": whole,
+        "model": cfg.model,
+        "format": asdict(cfg.format),
+        "methods": list(cfg.methods),
+    }
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
     stages = Stages(out, force)
     total = 3 + 2 * len(cfg.methods)
@@ -168,7 +207,9 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         model, tok, _, _ = load_for_inference(cfg.model, run_dir)
         examples = encode_records(tok, test, cfg.format)
         t0 = time.perf_counter()
-        scores = score_examples(model, examples, tok.pad_token_id, cfg.eval.batch_tokens, autocast_for(model), desc=f"evaluate {name}")
+        scores = score_examples(
+            model, examples, tok.pad_token_id, cfg.eval.batch_tokens, autocast_for(model), desc=f"evaluate {name}"
+        )
         path.parent.mkdir(exist_ok=True)
         save_scores(scores, path)
         timing = {"seconds": time.perf_counter() - t0, "tokens": sum(len(e) for e in examples)}

@@ -7,25 +7,16 @@ fails before any data is read or weights are loaded, with the bad value in the m
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Optional
 
 import yaml
 
 from medtune.errors import MedtuneError
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise MedtuneError(msg)
-
-
-def _one_of(name: str, value: Any, allowed: tuple) -> None:
-    _check(value in allowed, f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+from medtune.schema import _check, _one_of, from_dict  # noqa: F401  (from_dict re-exported)
 
 
 @dataclass
@@ -112,7 +103,10 @@ class TrainConfig:
         _one_of("train.schedule", self.schedule, ("linear", "cosine", "constant"))
         _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1; got {self.batch_size}")
-        _check(self.micro_batch_tokens == 0 or self.micro_batch_tokens >= 8, f"train.micro_batch_tokens must be 0 (auto) or >= 8; got {self.micro_batch_tokens}")
+        _check(
+            self.micro_batch_tokens == 0 or self.micro_batch_tokens >= 8,
+            f"train.micro_batch_tokens must be 0 (auto) or >= 8; got {self.micro_batch_tokens}",
+        )
         _check(self.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0; got {self.max_grad_norm}")
         _one_of("train.cache_prefix", self.cache_prefix, ("auto", "on", "off"))
 
@@ -125,7 +119,10 @@ class EvalConfig:
     max_examples: Optional[int] = None  # score only the first N examples of the split
 
     def __post_init__(self) -> None:
-        _check(self.batch_tokens == 0 or self.batch_tokens >= 8, f"eval.batch_tokens must be 0 (auto) or >= 8; got {self.batch_tokens}")
+        _check(
+            self.batch_tokens == 0 or self.batch_tokens >= 8,
+            f"eval.batch_tokens must be 0 (auto) or >= 8; got {self.batch_tokens}",
+        )
         _check(self.bootstrap >= 10, f"eval.bootstrap must be >= 10; got {self.bootstrap}")
 
 
@@ -158,79 +155,6 @@ class RunConfig:
         from medtune.methods import get_method
 
         return self.train.lr if self.train.lr is not None else get_method(self.method).default_lr
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def from_dict(cls, data: Any, where: str = ""):
-    """Build dataclass `cls` from a plain dict, naming unknown keys and wrong types."""
-    if dataclasses.is_dataclass(data):
-        return data
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise MedtuneError(f"{where or cls.__name__} must be a mapping; got {data!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise MedtuneError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {where or cls.__name__}"
-            f" (known: {', '.join(sorted(known))})"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - guarded by the key check above
-        raise MedtuneError(f"{where or cls.__name__}: {e}") from None
-
-
-def _coerce(tp, value, where):
-    origin = get_origin(tp)
-    if origin is Optional or (origin is not None and type(None) in get_args(tp)):
-        if value is None:
-            return None
-        tp = next(a for a in get_args(tp) if a is not type(None))
-        origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise MedtuneError(f"{where} must be true or false; got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise MedtuneError(f"{where} must be an integer; got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MedtuneError(f"{where} must be a number; got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise MedtuneError(f"{where} must be a string; got {value!r}")
-        return value
-    if tp is list or origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise MedtuneError(f"{where} must be a list; got {value!r}")
-        return list(value)
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise MedtuneError(f"{where} must be a mapping; got {value!r}")
-        return dict(value)
-    return value
 
 
 def read_yaml(path: str | Path) -> dict:

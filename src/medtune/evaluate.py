@@ -39,12 +39,26 @@ class Scores:
     tokens: dict[str, np.ndarray]
     correct: dict[str, np.ndarray]
 
-    def subset(self, idx) -> "Scores":
-        return Scores([self.ids[i] for i in idx], {s: v[idx] for s, v in self.nll.items()}, {s: v[idx] for s, v in self.tokens.items()}, {s: v[idx] for s, v in self.correct.items()})
+    def subset(self, idx) -> Scores:
+        return Scores(
+            [self.ids[i] for i in idx],
+            {s: v[idx] for s, v in self.nll.items()},
+            {s: v[idx] for s, v in self.tokens.items()},
+            {s: v[idx] for s, v in self.correct.items()},
+        )
 
 
 @torch.inference_mode()
-def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: int = 0, autocast=None, desc: str = "evaluate", per_example_fh=None, layout: str = "packed") -> Scores:
+def score_examples(
+    model,
+    examples: list[Example],
+    pad_id: int,
+    batch_tokens: int = 0,
+    autocast=None,
+    desc: str = "evaluate",
+    per_example_fh=None,
+    layout: str = "packed",
+) -> Scores:
     """Score every example. layout: packed (default: no padding), right or left (padded rows)."""
     model.eval()
     device = next(model.parameters()).device
@@ -150,7 +164,12 @@ def paired_difference(a: Scores, b: Scores, n_boot: int = 1000, seed: int = 0) -
         with np.errstate(divide="ignore", invalid="ignore"):
             dppl = np.exp(b.nll[s][idx].sum(1) / t) - np.exp(a.nll[s][idx].sum(1) / t)
             dacc = (b.correct[s][idx].sum(1) - a.correct[s][idx].sum(1)) / t
-        out[s] = {"perplexity": pb - pa, "perplexity_ci": _interval(dppl), "accuracy": ab - aa, "accuracy_ci": _interval(dacc)}
+        out[s] = {
+            "perplexity": pb - pa,
+            "perplexity_ci": _interval(dppl),
+            "accuracy": ab - aa,
+            "accuracy_ci": _interval(dacc),
+        }
     return out
 
 
@@ -166,7 +185,11 @@ def save_scores(scores: Scores, path: Path) -> None:
     """Per-example sums as JSON (compact), so reports and paired differences need no rerun."""
     data = {"ids": scores.ids}
     for s in SCOPES:
-        data[s] = {"nll": scores.nll[s].tolist(), "tokens": scores.tokens[s].tolist(), "correct": scores.correct[s].tolist()}
+        data[s] = {
+            "nll": scores.nll[s].tolist(),
+            "tokens": scores.tokens[s].tolist(),
+            "correct": scores.correct[s].tolist(),
+        }
     Path(path).write_text(json.dumps(data))
 
 

@@ -27,7 +27,15 @@ def evaluate_command(a) -> dict:
     examples = encode_records(tok, records, fmt)
     fh = open(a.per_example, "w") if a.per_example else None
     try:
-        scores = score_examples(model, examples, tok.pad_token_id, a.batch_tokens, autocast_for(model), desc=f"evaluate {label}", per_example_fh=fh)
+        scores = score_examples(
+            model,
+            examples,
+            tok.pad_token_id,
+            a.batch_tokens,
+            autocast_for(model),
+            desc=f"evaluate {label}",
+            per_example_fh=fh,
+        )
     finally:
         if fh:
             fh.close()
@@ -38,14 +46,23 @@ def evaluate_command(a) -> dict:
     if a.paired_with:
         other = load_scores(Path(a.paired_with))
         if other.ids != scores.ids:
-            raise MedtuneError(f"{a.paired_with} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); use the same --data, --split and --max-examples")
+            raise MedtuneError(
+                f"{a.paired_with} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); use the same --data, --split and --max-examples"
+            )
         try:
             paired = paired_difference(other, scores, a.bootstrap, 0)
         except ValueError as e:
             raise MedtuneError(f"cannot pair with {a.paired_with}: {e}") from None
     result = {
-        "model": a.model, "run": a.run, "label": label, "data": a.data, "split": a.split,
-        "max_length": fmt.max_length, "template": fmt.template, "metrics": METRICS, **summary,
+        "model": a.model,
+        "run": a.run,
+        "label": label,
+        "data": a.data,
+        "split": a.split,
+        "max_length": fmt.max_length,
+        "template": fmt.template,
+        "metrics": METRICS,
+        **summary,
     }
     if paired is not None:
         result["paired_difference"] = {"against": a.paired_with, **paired}
@@ -58,8 +75,10 @@ def evaluate_command(a) -> dict:
     if paired is not None:
         for scope in ("answer", "all"):
             d = paired[scope]
-            print(f"paired difference vs {a.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
-                  f"accuracy {d['accuracy']:+.4f} [{d['accuracy_ci'][0]:+.4f}, {d['accuracy_ci'][1]:+.4f}]")
+            print(
+                f"paired difference vs {a.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
+                f"accuracy {d['accuracy']:+.4f} [{d['accuracy_ci'][0]:+.4f}, {d['accuracy_ci'][1]:+.4f}]"
+            )
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
     return result

@@ -33,10 +33,20 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     gqa = query.shape[1] != key.shape[1]
     outs = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
+        F.scaled_dot_product_attention(
+            query[:, :, s:e],
+            key[:, :, s:e],
+            value[:, :, s:e],
+            is_causal=True,
+            scale=scaling,
+            dropout_p=dropout,
+            enable_gqa=gqa,
+        )
         for s, e in segments
     ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
@@ -76,7 +86,9 @@ def parts(model):
     base = base_model(model)
     inner = getattr(base, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
-        raise MedtuneError(f"{type(base).__name__} is not a Llama-family model; medtune's fast path needs model.layers and rotary embeddings")
+        raise MedtuneError(
+            f"{type(base).__name__} is not a Llama-family model; medtune's fast path needs model.layers and rotary embeddings"
+        )
     return inner, base.lm_head
 
 
@@ -110,7 +122,13 @@ def make_context(inner, hidden: torch.Tensor, batch: dict) -> Context:
     else:
         from transformers.masking_utils import create_causal_mask
 
-        mask = create_causal_mask(config=inner.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"], cache=None, position_ids=position_ids)
+        mask = create_causal_mask(
+            config=inner.config,
+            inputs_embeds=hidden,
+            attention_mask=batch["attention_mask"],
+            cache=None,
+            position_ids=position_ids,
+        )
     return Context(mask, inner.rotary_emb(hidden, position_ids=position_ids), position_ids, segments)
 
 
@@ -118,7 +136,13 @@ def run_blocks(inner, hidden: torch.Tensor, ctx: Context, start: int, end: int) 
     extra = {"segments": ctx.segments} if ctx.segments is not None else {}
     with packed_attention(inner.config) if ctx.segments is not None else contextlib.nullcontext():
         for layer in inner.layers[start:end]:
-            hidden = layer(hidden, attention_mask=ctx.mask, position_embeddings=ctx.position_embeddings, position_ids=ctx.position_ids, **extra)
+            hidden = layer(
+                hidden,
+                attention_mask=ctx.mask,
+                position_embeddings=ctx.position_embeddings,
+                position_ids=ctx.position_ids,
+                **extra,
+            )
     return hidden
 
 
@@ -247,7 +271,9 @@ def score_positions(head, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch
             logits = (hc @ weight[j : j + cols].t() if weight is not None else head(hc)).float()  # (r, c)
             block_top, block_arg = logits.max(dim=1)
             here = (t >= j) & (t < j + logits.shape[1])
-            target_logit = torch.where(here, logits.gather(1, (t - j).clamp(0, logits.shape[1] - 1)[:, None]).squeeze(1), target_logit)
+            target_logit = torch.where(
+                here, logits.gather(1, (t - j).clamp(0, logits.shape[1] - 1)[:, None]).squeeze(1), target_logit
+            )
             new_top = torch.maximum(top, block_top)
             total = total * torch.exp(top - new_top) + logits.sub_(new_top[:, None]).exp_().sum(dim=1)
             arg = torch.where(block_top > top, block_arg + j, arg)  # strict: the first maximum wins, as in argmax

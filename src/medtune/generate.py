@@ -29,8 +29,15 @@ def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     model.eval()
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, eos_token_id=eos_id(tok), pad_token_id=tok.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        eos_token_id=eos_id(tok),
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out[:, enc["input_ids"].shape[1] :]
     return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
 
 

@@ -20,7 +20,9 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
 
         cfg, _ = load_config(Path(run_dir))
         if not (Path(run_dir) / "weights.json").is_file():
-            raise MedtuneError(f"run {run_dir} is incomplete: no trained weights (resume it with medtune train --resume {run_dir})")
+            raise MedtuneError(
+                f"run {run_dir} is incomplete: no trained weights (resume it with medtune train --resume {run_dir})"
+            )
         model_spec = model_spec or cfg.model.spec
         fmt = cfg.format
         label = cfg.method

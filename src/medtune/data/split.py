@@ -66,7 +66,10 @@ def split_records(
     assigned: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for g in groups:
         # Give the group to the split furthest below its target (relative), test first on ties.
-        name = max(("test", "val", "train"), key=lambda s: (targets[s] - len(assigned[s])) / max(targets[s], 1e-9) if targets[s] > 0 else -1e18)
+        name = max(
+            ("test", "val", "train"),
+            key=lambda s: (targets[s] - len(assigned[s])) / max(targets[s], 1e-9) if targets[s] > 0 else -1e18,
+        )
         assigned[name].extend(g)
     return {k: [records[i] for i in sorted(v)] for k, v in assigned.items()}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from medtune.config import FormatConfig
 from medtune.data.sources import Record
 
@@ -32,7 +31,9 @@ def prompt_text(tokenizer, question: str, fmt: FormatConfig) -> str:
             from medtune.errors import MedtuneError
 
             raise MedtuneError("format.template=chat but the tokenizer has no chat template; use format.template=plain")
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
     return question + fmt.separator
 
 
@@ -55,5 +56,9 @@ def encode_records(tokenizer, records: list[Record], fmt: FormatConfig) -> list[
     for r, p, a in zip(records, p_ids, a_ids):
         ids = list(p) + list(a) + [eos]
         truncated = len(ids) > fmt.max_length
-        out.append(Example(id=r.id, input_ids=ids[: fmt.max_length], answer_start=min(len(p), fmt.max_length), truncated=truncated))
+        out.append(
+            Example(
+                id=r.id, input_ids=ids[: fmt.max_length], answer_start=min(len(p), fmt.max_length), truncated=truncated
+            )
+        )
     return out

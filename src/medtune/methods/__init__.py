@@ -6,12 +6,14 @@ where requires_grad is decided for methods that do not go through PEFT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from medtune.errors import MedtuneError
+from medtune.schema import from_dict
 
 
 @dataclass
@@ -52,8 +54,6 @@ class MethodSpec:
     description: str
 
     def make_config(self, args: dict | None):
-        from medtune.config import from_dict
-
         return from_dict(self.config_cls, args or {}, f"method_args for {self.name}")
 
 
@@ -101,7 +101,7 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 def select_trainable(model: torch.nn.Module, predicate: Callable[[str], bool]) -> list[str]:
     """The one function that sets requires_grad for non-PEFT methods. Returns trained names."""
     names = []
-    for name, p in model.named_parameters(remove_duplicate=False):
+    for _, p in model.named_parameters(remove_duplicate=False):
         p.requires_grad_(False)
     for name, p in model.named_parameters(remove_duplicate=False):
         if predicate(name):
@@ -124,7 +124,7 @@ def module_names(param_names: list[str]) -> list[str]:
         mod = re.sub(r"^base_model\.model\.", "", mod)
         mod = re.sub(r"\.default$", "", mod)
         m = re.search(r"\.layers\.(\d+)\.", mod)
-        key = mod[: m.start()] + ".layers.{}." + mod[m.end():] if m else mod
+        key = mod[: m.start()] + ".layers.{}." + mod[m.end() :] if m else mod
         idx = by_pattern.setdefault(key, [])
         if m and int(m.group(1)) not in idx:
             idx.append(int(m.group(1)))
@@ -134,7 +134,11 @@ def module_names(param_names: list[str]) -> list[str]:
             out.append(key)
             continue
         idx = sorted(idx)
-        span = str(idx[0]) if len(idx) == 1 else (f"{idx[0]}-{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) else ",".join(map(str, idx)))
+        span = (
+            str(idx[0])
+            if len(idx) == 1
+            else (f"{idx[0]}-{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) else ",".join(map(str, idx)))
+        )
         out.append(key.replace("{}", span if len(idx) == 1 else "{" + span + "}"))
     return out
 
@@ -145,7 +149,9 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     inner = getattr(base, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
-        raise MedtuneError(f"{type(base).__name__} is not a Llama-family model (no model.layers); medtune supports decoder-only Llama-style models")
+        raise MedtuneError(
+            f"{type(base).__name__} is not a Llama-family model (no model.layers); medtune supports decoder-only Llama-style models"
+        )
     return layers
 
 

@@ -22,7 +22,11 @@ def linear_in_features(model_cfg: dict) -> dict[str, int]:
     head_dim = model_cfg.get("head_dim") or (h // heads if h and heads else None)
     inter = model_cfg.get("intermediate_size")
     return {
-        "q_proj": h, "k_proj": h, "v_proj": h, "gate_proj": h, "up_proj": h,
+        "q_proj": h,
+        "k_proj": h,
+        "v_proj": h,
+        "gate_proj": h,
+        "up_proj": h,
         "o_proj": heads * head_dim if heads and head_dim else None,
         "down_proj": inter,
     }
@@ -34,7 +38,9 @@ def _check_targets(targets: list[str], model_cfg: dict, method: str) -> None:
         return  # other architectures: PEFT checks when the model loads
     missing = [t for t in targets if t not in known]
     if missing:
-        raise MedtuneError(f"{method} target module{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the model (it has {', '.join(LLAMA_LINEARS)})")
+        raise MedtuneError(
+            f"{method} target module{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the model (it has {', '.join(LLAMA_LINEARS)})"
+        )
 
 
 def _check_layers(layers: Optional[list[int]], model_cfg: dict, method: str) -> None:
@@ -94,8 +100,13 @@ def apply_lora(model, cfg: LoraArgs):
     from peft import LoraConfig
 
     pc = LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets),
-        use_dora=cfg.use_dora, layers_to_transform=cfg.layers, task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        use_dora=cfg.use_dora,
+        layers_to_transform=cfg.layers,
+        task_type="CAUSAL_LM",
     )
     model, report = _wrap(model, pc, "lora", {"r": cfg.r, "alpha": cfg.alpha, "use_dora": cfg.use_dora})
     if cfg.use_dora:
@@ -118,7 +129,9 @@ class BoftArgs:
 
     def __post_init__(self):
         if (self.block_size > 0) == (self.block_num > 0):
-            raise MedtuneError(f"boft needs exactly one of block_size and block_num > 0; got block_size={self.block_size}, block_num={self.block_num}")
+            raise MedtuneError(
+                f"boft needs exactly one of block_size and block_num > 0; got block_size={self.block_size}, block_num={self.block_num}"
+            )
         if self.butterfly_factor < 1:
             raise MedtuneError(f"boft butterfly_factor must be >= 1; got {self.butterfly_factor}")
         if not 0 <= self.dropout < 1:
@@ -141,7 +154,9 @@ class BoftArgs:
                         f"; try one of {', '.join(str(d) for d in _divisors(width // f) if d % 2 == 0 and 4 <= d <= 128) or 'none'}"
                     )
             elif width % self.block_num or self.block_num % f:
-                raise MedtuneError(f"boft block_num={self.block_num} does not fit {t}: its width {width} must be a multiple of it")
+                raise MedtuneError(
+                    f"boft block_num={self.block_num} does not fit {t}: its width {width} must be a multiple of it"
+                )
 
 
 def _divisors(n: int) -> list[int]:
@@ -154,8 +169,13 @@ def apply_boft(model, cfg: BoftArgs):
     from peft import BOFTConfig
 
     pc = BOFTConfig(
-        boft_block_size=cfg.block_size, boft_block_num=cfg.block_num, boft_n_butterfly_factor=cfg.butterfly_factor,
-        boft_dropout=cfg.dropout, target_modules=list(cfg.targets), layers_to_transform=cfg.layers, task_type="CAUSAL_LM",
+        boft_block_size=cfg.block_size,
+        boft_block_num=cfg.block_num,
+        boft_n_butterfly_factor=cfg.butterfly_factor,
+        boft_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        layers_to_transform=cfg.layers,
+        task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -173,7 +193,9 @@ def apply_boft(model, cfg: BoftArgs):
         "layers": cfg.layers,
     }
     if used and used != [cfg.butterfly_factor]:
-        report.notes.append(f"PEFT used butterfly factor {used[0]}, not the {cfg.butterfly_factor} asked for (its CUDA extension did not build)")
+        report.notes.append(
+            f"PEFT used butterfly factor {used[0]}, not the {cfg.butterfly_factor} asked for (its CUDA extension did not build)"
+        )
     return model, report
 
 
@@ -203,7 +225,14 @@ class OftArgs:
 def apply_oft(model, cfg: OftArgs):
     from peft import OFTConfig
 
-    pc = OFTConfig(r=0, oft_block_size=cfg.block_size, module_dropout=cfg.dropout, target_modules=list(cfg.targets), layers_to_transform=cfg.layers, task_type="CAUSAL_LM")
+    pc = OFTConfig(
+        r=0,
+        oft_block_size=cfg.block_size,
+        module_dropout=cfg.dropout,
+        target_modules=list(cfg.targets),
+        layers_to_transform=cfg.layers,
+        task_type="CAUSAL_LM",
+    )
     return _wrap(model, pc, "oft", {"block_size": cfg.block_size})
 
 
@@ -228,7 +257,23 @@ def apply_ia3(model, cfg: Ia3Args):
     return _wrap(model, pc, "ia3")
 
 
-register(MethodSpec("lora", LoraArgs, apply_lora, default_lr=2e-4, uses_peft=True, description="PEFT LoRA (DoRA with use_dora)"))
-register(MethodSpec("boft", BoftArgs, apply_boft, default_lr=2e-4, uses_peft=True, description="PEFT BOFT, orthogonal butterfly"))
-register(MethodSpec("oft", OftArgs, apply_oft, default_lr=2e-4, uses_peft=True, description="PEFT OFT, block-diagonal orthogonal"))
-register(MethodSpec("ia3", Ia3Args, apply_ia3, default_lr=3e-3, uses_peft=True, description="PEFT IA3, learned rescaling vectors"))
+register(
+    MethodSpec(
+        "lora", LoraArgs, apply_lora, default_lr=2e-4, uses_peft=True, description="PEFT LoRA (DoRA with use_dora)"
+    )
+)
+register(
+    MethodSpec(
+        "boft", BoftArgs, apply_boft, default_lr=2e-4, uses_peft=True, description="PEFT BOFT, orthogonal butterfly"
+    )
+)
+register(
+    MethodSpec(
+        "oft", OftArgs, apply_oft, default_lr=2e-4, uses_peft=True, description="PEFT OFT, block-diagonal orthogonal"
+    )
+)
+register(
+    MethodSpec(
+        "ia3", Ia3Args, apply_ia3, default_lr=3e-3, uses_peft=True, description="PEFT IA3, learned rescaling vectors"
+    )
+)

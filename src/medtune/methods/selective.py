@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import torch
 
 from medtune.errors import MedtuneError
-from medtune.methods import MethodSpec, TrainableReport, count_params, decoder_layers, is_tied, module_names, register, select_trainable
+from medtune.methods import (
+    MethodSpec,
+    TrainableReport,
+    count_params,
+    decoder_layers,
+    is_tied,
+    module_names,
+    register,
+    select_trainable,
+)
 
 
 @dataclass
@@ -33,7 +42,13 @@ class SelectiveConfig:
 def untie_head(model) -> None:
     """Give lm_head its own copy of the (tied) embedding matrix."""
     head = model.get_output_embeddings()
-    new = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, dtype=head.weight.dtype, device=head.weight.device)
+    new = torch.nn.Linear(
+        head.in_features,
+        head.out_features,
+        bias=head.bias is not None,
+        dtype=head.weight.dtype,
+        device=head.weight.device,
+    )
     with torch.no_grad():
         new.weight.copy_(head.weight)
         if head.bias is not None:
@@ -54,9 +69,13 @@ def apply(model, cfg: SelectiveConfig):
     notes = []
     if tied and cfg.head == "untied":
         untie_head(model)
-        notes.append("head untied: lm_head trains its own copy; input embeddings frozen, backward stops at the first unfrozen block")
+        notes.append(
+            "head untied: lm_head trains its own copy; input embeddings frozen, backward stops at the first unfrozen block"
+        )
     elif tied:
-        notes.append("head tied: lm_head shares its matrix with the input embeddings, so the input embeddings train too and backward runs through every block")
+        notes.append(
+            "head tied: lm_head shares its matrix with the input embeddings, so the input embeddings train too and backward runs through every block"
+        )
     first = n_layers - cfg.layers
     prefixes = [f"model.layers.{i}." for i in range(first, n_layers)] + ["lm_head."]
     if cfg.norm:
@@ -68,11 +87,20 @@ def apply(model, cfg: SelectiveConfig):
         total=count_params(model),
         base_total=base_total,
         # whole blocks train, so name the blocks rather than their 9 sub-modules each
-        trained_modules=[f"model.layers.{i}" for i in range(first, n_layers)] + [m for m in module_names(trained) if not m.startswith("model.layers.")],
+        trained_modules=[f"model.layers.{i}" for i in range(first, n_layers)]
+        + [m for m in module_names(trained) if not m.startswith("model.layers.")],
         notes=notes,
-        details={"layers": list(range(first, n_layers)), "head": cfg.head if tied else "separate", "tied_in_base": tied},
+        details={
+            "layers": list(range(first, n_layers)),
+            "head": cfg.head if tied else "separate",
+            "tied_in_base": tied,
+        },
     )
     return model, report
 
 
-register(MethodSpec("selective", SelectiveConfig, apply, default_lr=5e-5, uses_peft=False, description="last N blocks + output head"))
+register(
+    MethodSpec(
+        "selective", SelectiveConfig, apply, default_lr=5e-5, uses_peft=False, description="last N blocks + output head"
+    )
+)

@@ -25,7 +25,15 @@ def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> No
         err = [[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]]
         bars = ax.bar(xs, vals, width, yerr=err, capsize=4, color=COLORS[scope], label=LABELS[scope])
         for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.3f}" if metric == "accuracy" else f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                f"{v:.3f}" if metric == "accuracy" else f"{v:.2f}",
+                (b.get_x() + b.get_width() / 2, v),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -37,11 +45,23 @@ def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> No
 
 
 def perplexity_figure(results: dict, path: Path) -> None:
-    _bars(results, "perplexity", "perplexity (lower is better)", f"Test perplexity, {results['config']['model']} (95% CI)", path)
+    _bars(
+        results,
+        "perplexity",
+        "perplexity (lower is better)",
+        f"Test perplexity, {results['config']['model']} (95% CI)",
+        path,
+    )
 
 
 def accuracy_figure(results: dict, path: Path) -> None:
-    _bars(results, "accuracy", "next-token accuracy (higher is better)", f"Test next-token accuracy, {results['config']['model']} (95% CI)", path)
+    _bars(
+        results,
+        "accuracy",
+        "next-token accuracy (higher is better)",
+        f"Test next-token accuracy, {results['config']['model']} (95% CI)",
+        path,
+    )
 
 
 def loss_figure(results: dict, path: Path) -> None:

@@ -10,17 +10,29 @@ console = Console()
 
 def print_prepare_stats(stats: dict, out) -> None:
     dropped = ", ".join(f"{k}: {v:,}" for k, v in stats["dropped"].items()) or "none"
-    console.print(f"[bold]{stats['rows_read']:,}[/] pairs read, [bold]{stats['rows_kept']:,}[/] kept (dropped: {dropped})")
-    console.print(f"split: {stats['split']} (seed {stats['seed']}); overlap between splits: "
-                  f"{stats['overlap']['questions_in_several_splits']} questions, {stats['overlap']['focus_entities_in_several_splits']} focus entities")
+    console.print(
+        f"[bold]{stats['rows_read']:,}[/] pairs read, [bold]{stats['rows_kept']:,}[/] kept (dropped: {dropped})"
+    )
+    console.print(
+        f"split: {stats['split']} (seed {stats['seed']}); overlap between splits: "
+        f"{stats['overlap']['questions_in_several_splits']} questions, {stats['overlap']['focus_entities_in_several_splits']} focus entities"
+    )
     t = Table(title=f"prepared -> {out}")
     for col in ("split", "examples", "sources", "tokens mean", "median", "p90", "max", f"> {stats['max_length']}"):
         t.add_column(col, justify="right" if col not in ("split", "sources") else "left")
     for name, s in stats["splits"].items():
         tk = s.get("tokens", {})
         top = ", ".join(f"{k} {v}" for k, v in list(s["by_source"].items())[:3])
-        t.add_row(name, f"{s['count']:,}", top, str(tk.get("mean", "-")), str(tk.get("median", "-")), str(tk.get("p90", "-")), str(tk.get("max", "-")),
-                  f"{100 * tk['truncated_share']:.1f}%" if tk else "-")
+        t.add_row(
+            name,
+            f"{s['count']:,}",
+            top,
+            str(tk.get("mean", "-")),
+            str(tk.get("median", "-")),
+            str(tk.get("p90", "-")),
+            str(tk.get("max", "-")),
+            f"{100 * tk['truncated_share']:.1f}%" if tk else "-",
+        )
     console.print(t)
 
 
@@ -30,6 +42,12 @@ def print_metrics(name: str, summary: dict) -> None:
         t.add_column(col, justify="right")
     for scope in ("answer", "all"):
         m = summary[scope]
-        t.add_row(scope, f"{m['perplexity']:.3f}", f"{m['perplexity_ci'][0]:.3f}-{m['perplexity_ci'][1]:.3f}", f"{m['accuracy']:.4f}",
-                  f"{m['accuracy_ci'][0]:.4f}-{m['accuracy_ci'][1]:.4f}", f"{m['tokens']:,}")
+        t.add_row(
+            scope,
+            f"{m['perplexity']:.3f}",
+            f"{m['perplexity_ci'][0]:.3f}-{m['perplexity_ci'][1]:.3f}",
+            f"{m['accuracy']:.4f}",
+            f"{m['accuracy_ci'][0]:.4f}-{m['accuracy_ci'][1]:.4f}",
+            f"{m['tokens']:,}",
+        )
     console.print(t)

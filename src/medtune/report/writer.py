@@ -108,23 +108,34 @@ def write_report(out: Path, results: dict) -> None:
     if cfg.get("description"):
         L.append(cfg["description"].strip() + "\n")
     test = next(iter(models.values()))["metrics"]
-    L.append(f"Test split: {test['examples']:,} held-out examples; {data['split']} split (seed {data['seed']}); "
-             f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are 95% bootstrap intervals over examples "
-             f"({cfg['eval']['bootstrap']} resamples); differences vs base are paired (same examples, same tokens).\n")
-    for scope, title in (("answer", "answer tokens + EOS (headline)"), ("all", "every real token of question + answer (the study's likely scope)")):
+    L.append(
+        f"Test split: {test['examples']:,} held-out examples; {data['split']} split (seed {data['seed']}); "
+        f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are 95% bootstrap intervals over examples "
+        f"({cfg['eval']['bootstrap']} resamples); differences vs base are paired (same examples, same tokens).\n"
+    )
+    for scope, title in (
+        ("answer", "answer tokens + EOS (headline)"),
+        ("all", "every real token of question + answer (the study's likely scope)"),
+    ):
         L.append(f"## Table 1: perplexity and next-token accuracy, scored on {title}\n")
-        L.append("| model | perplexity [95% CI] | next-token accuracy [95% CI] | Δ perplexity vs base | Δ accuracy vs base | scored tokens |")
+        L.append(
+            "| model | perplexity [95% CI] | next-token accuracy [95% CI] | Δ perplexity vs base | Δ accuracy vs base | scored tokens |"
+        )
         L.append("|---|---|---|---|---|---|")
         for name, m in models.items():
             s = m["metrics"][scope]
             d = m.get("diff_vs_base", {}).get(scope)
-            L.append(f"| {name} | {_ci(s['perplexity'], s['perplexity_ci'], '{:.3f}')} | {_ci(s['accuracy'], s['accuracy_ci'], '{:.4f}')} | "
-                     f"{_signed(d['perplexity'], d['perplexity_ci'], '{:.3f}') if d else '-'} | {_signed(d['accuracy'], d['accuracy_ci'], '{:.4f}') if d else '-'} | {s['tokens']:,} |")
+            L.append(
+                f"| {name} | {_ci(s['perplexity'], s['perplexity_ci'], '{:.3f}')} | {_ci(s['accuracy'], s['accuracy_ci'], '{:.4f}')} | "
+                f"{_signed(d['perplexity'], d['perplexity_ci'], '{:.3f}') if d else '-'} | {_signed(d['accuracy'], d['accuracy_ci'], '{:.4f}') if d else '-'} | {s['tokens']:,} |"
+            )
         L.append("")
     L.append("![perplexity](perplexity.png) ![accuracy](accuracy.png)\n")
 
     L.append("## Efficiency\n")
-    L.append("| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights |")
+    L.append(
+        "| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights |"
+    )
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in models.items():
         if name == "base":
@@ -132,49 +143,73 @@ def write_report(out: Path, results: dict) -> None:
         t, tr = m["trainable"], m["train"]
         what = "; ".join([_what(t), *(t.get("notes") or [])])
         gpu = f"{tr['peak_gpu_mb']:.0f}" if tr.get("peak_gpu_mb") else "-"
-        L.append(f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} | {tr['steps']} | {tr['tokens_per_s']:.0f} | "
-                 f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} |")
+        L.append(
+            f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} | {tr['steps']} | {tr['tokens_per_s']:.0f} | "
+            f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} |"
+        )
     L.append("")
     boft = models.get("boft", {}).get("trainable", {}).get("details", {})
     if boft:
-        L.append(f"BOFT butterfly factor: requested {boft.get('butterfly_factor_requested')}, used {boft.get('butterfly_factor_used')} "
-                 f"(PEFT's CUDA extension {'built' if boft.get('cuda_extension') else 'did not build; PEFT fell back'}); blocks (number, size): {boft.get('block_num_and_size')}.\n")
+        L.append(
+            f"BOFT butterfly factor: requested {boft.get('butterfly_factor_requested')}, used {boft.get('butterfly_factor_used')} "
+            f"(PEFT's CUDA extension {'built' if boft.get('cuda_extension') else 'did not build; PEFT fell back'}); blocks (number, size): {boft.get('block_num_and_size')}.\n"
+        )
     L.append("![loss curves](loss_curves.png)\n")
 
     L.append("## Setup\n")
     tr = cfg["train"]
     L.append(f"- Model: `{cfg['model']}`; methods: {', '.join(n for n in models if n != 'base')}")
-    L.append(f"- Data: `{data.get('source')}`: {data['rows_read']:,} pairs read, {data['rows_kept']:,} kept "
-             f"(dropped: {', '.join(f'{k} {v:,}' for k, v in data['dropped'].items())}); "
-             + ", ".join(f"{k} {v['count']:,}" for k, v in data["splits"].items())
-             + f"; overlap between splits: {data['overlap']['questions_in_several_splits']} questions, {data['overlap']['focus_entities_in_several_splits']} focus entities")
-    L.append(f"- Format: template `{cfg['format']['template']}`, separator {cfg['format']['separator']!r}, max length {cfg['format']['max_length']}, "
-             f"padding `{cfg['format']['padding']}`, training loss on `{cfg['format']['loss_scope']}` tokens")
-    L.append(f"- Training: epochs {tr['epochs']}{', max steps ' + str(tr['max_steps']) if tr['max_steps'] else ''}, batch {tr['batch_size']} examples, AdamW "
-             f"(weight decay {tr['weight_decay']} on matrices), {tr['schedule']} schedule, warmup {tr['warmup_ratio']}, clip {tr['max_grad_norm']}, seed {tr['seed']}")
+    L.append(
+        f"- Data: `{data.get('source')}`: {data['rows_read']:,} pairs read, {data['rows_kept']:,} kept "
+        f"(dropped: {', '.join(f'{k} {v:,}' for k, v in data['dropped'].items())}); "
+        + ", ".join(f"{k} {v['count']:,}" for k, v in data["splits"].items())
+        + f"; overlap between splits: {data['overlap']['questions_in_several_splits']} questions, {data['overlap']['focus_entities_in_several_splits']} focus entities"
+    )
+    L.append(
+        f"- Format: template `{cfg['format']['template']}`, separator {cfg['format']['separator']!r}, max length {cfg['format']['max_length']}, "
+        f"padding `{cfg['format']['padding']}`, training loss on `{cfg['format']['loss_scope']}` tokens"
+    )
+    L.append(
+        f"- Training: epochs {tr['epochs']}{', max steps ' + str(tr['max_steps']) if tr['max_steps'] else ''}, batch {tr['batch_size']} examples, AdamW "
+        f"(weight decay {tr['weight_decay']} on matrices), {tr['schedule']} schedule, warmup {tr['warmup_ratio']}, clip {tr['max_grad_norm']}, seed {tr['seed']}"
+    )
     for name, args in cfg["methods"].items():
         t = models.get(name, {}).get("trainable", {})
-        L.append(f"- `{name}`: {json.dumps(args) if args else 'defaults'}; learning rate {_lr(name, args, tr)}" + (f"; {json.dumps(t.get('details'))}" if t.get("details") else ""))
+        L.append(
+            f"- `{name}`: {json.dumps(args) if args else 'defaults'}; learning rate {_lr(name, args, tr)}"
+            + (f"; {json.dumps(t.get('details'))}" if t.get("details") else "")
+        )
     env = results["environment"]
-    L.append(f"- Environment: {env['device']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + f"; git {env['git']}")
+    L.append(
+        f"- Environment: {env['device']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+        + f"; git {env['git']}"
+    )
     L.append("")
 
     L.append("## The study's numbers beside ours\n")
     L.append(f"The study: {results['paper']['model']}; {results['paper']['protocol']}.\n")
-    L.append("| model | study perplexity | study accuracy | ours, all tokens: perplexity | ours, all tokens: accuracy |")
+    L.append(
+        "| model | study perplexity | study accuracy | ours, all tokens: perplexity | ours, all tokens: accuracy |"
+    )
     L.append("|---|---|---|---|---|")
     for name, row in results["paper"]["rows"].items():
         ours = models.get(name, {}).get("metrics", {}).get("all")
-        L.append(f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | {ours['perplexity']:.2f} | {ours['accuracy']:.3f} |" if ours else
-                 f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | - | - |")
+        L.append(
+            f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | {ours['perplexity']:.2f} | {ours['accuracy']:.3f} |"
+            if ours
+            else f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | - | - |"
+        )
     L.append("")
-    L.append(f"Differences in setup: model `{cfg['model']}` vs Llama-3.2-1B; {data['split']} split vs the study's random split "
-             f"(a random split puts repeated questions on both sides); {data['splits']['train']['count']:,} training examples vs ~13,100; "
-             f"{tr['epochs']} epoch(s) vs 3; max length {cfg['format']['max_length']}; the study does not say which tokens it scored.\n")
+    L.append(
+        f"Differences in setup: model `{cfg['model']}` vs Llama-3.2-1B; {data['split']} split vs the study's random split "
+        f"(a random split puts repeated questions on both sides); {data['splits']['train']['count']:,} training examples vs ~13,100; "
+        f"{tr['epochs']} epoch(s) vs 3; max length {cfg['format']['max_length']}; the study does not say which tokens it scored.\n"
+    )
 
     with_samples = [n for n, m in models.items() if m.get("samples")]
     if with_samples:
-        L.append("## Sample answers (greedy, stops at EOS, at most %d new tokens)\n" % cfg["max_new_tokens"])
+        L.append(f"## Sample answers (greedy, stops at EOS, at most {cfg['max_new_tokens']} new tokens)\n")
         L.append("Not medical advice: these are outputs of small experimental models.\n")
         base_samples = models[with_samples[0]]["samples"]
         for i, s in enumerate(base_samples):
