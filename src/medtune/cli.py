@@ -13,8 +13,6 @@ from pathlib import Path
 
 from medtune.errors import MedtuneError
 
-DEFAULT_MEDQUAD = "../shared/medquad"
-
 
 def _add_model(p, default="smollm2-135m"):
     p.add_argument(
@@ -120,88 +118,88 @@ def _version() -> str:
     return __version__
 
 
-def cmd_prepare(a) -> None:
+def cmd_prepare(args) -> None:
     from medtune.config import DataConfig, FormatConfig
     from medtune.data.prepare import prepare
 
     data = DataConfig(
-        source=a.data,
-        question_column=a.question_column,
-        answer_column=a.answer_column,
-        source_column=a.source_column,
-        focus_column=a.focus_column,
-        split=a.split,
-        test_fraction=a.test_fraction,
-        val_fraction=a.val_fraction,
-        seed=a.seed,
-        max_examples=a.max_examples,
+        source=args.data,
+        question_column=args.question_column,
+        answer_column=args.answer_column,
+        source_column=args.source_column,
+        focus_column=args.focus_column,
+        split=args.split,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        max_examples=args.max_examples,
     )
-    fmt = FormatConfig(max_length=a.max_length, template=a.template)
+    fmt = FormatConfig(max_length=args.max_length, template=args.template)
     tok = None
-    if not a.no_tokenize:
+    if not args.no_tokenize:
         from medtune import models
 
-        tok = models.load_tokenizer(models.resolve(a.model))
-    stats = prepare(data, Path(a.out), fmt, tok, a.model if tok else "")
+        tok = models.load_tokenizer(models.resolve(args.model))
+    stats = prepare(data, Path(args.out), fmt, tok, args.model if tok else "")
     from medtune.report.tables import print_prepare_stats
 
-    print_prepare_stats(stats, a.out)
+    print_prepare_stats(stats, args.out)
 
 
-def _run_config(a):
+def _run_config(args):
     from medtune.config import RunConfig, apply_overrides, from_dict, read_yaml
 
-    data = read_yaml(a.config) if a.config else {}
+    data = read_yaml(args.config) if args.config else {}
     data.pop("data_dir", None)
-    if a.method:
-        if data.get("method") not in (None, a.method):
+    if args.method:
+        if data.get("method") not in (None, args.method):
             data.pop("method_args", None)
-        data["method"] = a.method
-    if a.model:
-        data.setdefault("model", {})["spec"] = a.model
-    apply_overrides(data, a.overrides)
+        data["method"] = args.method
+    if args.model:
+        data.setdefault("model", {})["spec"] = args.model
+    apply_overrides(data, args.overrides)
     return from_dict(RunConfig, data, "config")
 
 
-def cmd_train(a) -> None:
+def cmd_train(args) -> None:
     from medtune.train import train
 
-    if a.resume:
+    if args.resume:
         from medtune.runs import load_config
 
-        cfg, data_dir = load_config(Path(a.resume))
-        train(cfg, Path(data_dir), Path(a.resume), resume=True)
+        cfg, data_dir = load_config(Path(args.resume))
+        train(cfg, Path(data_dir), Path(args.resume), resume=True)
         return
-    if not a.method and not a.config:
+    if not args.method and not args.config:
         raise MedtuneError("train needs --method (selective, lora, boft, oft, ia3, full) or --config")
-    if not a.data:
+    if not args.data:
         raise MedtuneError("train needs --data PREPARED_FOLDER (from medtune prepare)")
-    cfg = _run_config(a)
-    train(cfg, Path(a.data), Path(a.out) / (a.name or cfg.method))
+    cfg = _run_config(args)
+    train(cfg, Path(args.data), Path(args.out) / (args.name or cfg.method))
 
 
-def cmd_evaluate(a) -> None:
+def cmd_evaluate(args) -> None:
     from medtune.evaluate_cli import evaluate_command
 
-    evaluate_command(a)
+    evaluate_command(args)
 
 
-def cmd_compare(a) -> None:
+def cmd_compare(args) -> None:
     from medtune.compare import compare_command
 
-    compare_command(a)
+    compare_command(args)
 
 
-def cmd_report(a) -> None:
+def cmd_report(args) -> None:
     from medtune.report.writer import rebuild
 
-    rebuild(Path(a.dir))
+    rebuild(Path(args.dir))
 
 
-def cmd_ask(a) -> None:
+def cmd_ask(args) -> None:
     from medtune.generate import ask_command
 
-    ask_command(a)
+    ask_command(args)
 
 
 COMMANDS = {

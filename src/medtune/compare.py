@@ -121,9 +121,9 @@ class Stages:
         self.path.write_text(json.dumps(self.done, indent=2))
 
 
-def compare_command(a) -> None:
-    cfg = load_compare_config(a.preset, a.data, a.model, a.methods, a.out, a.overrides)
-    run_compare(cfg, force=a.force)
+def compare_command(args) -> None:
+    cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, args.overrides)
+    run_compare(cfg, force=args.force)
 
 
 def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) -> dict:

@@ -94,6 +94,12 @@ class TrainConfig:
     cache_prefix: str = "auto"  # reuse the frozen prefix's hidden states across epochs: auto | on | off
     cache_memory_gb: float = 4.0  # past this the prefix cache spills to disk
     threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    # Periodic checkpoints: every N optimizer steps, and at least every M minutes of training
+    # (0 disables either); a kill loses at most that much work. Epoch ends always checkpoint.
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
+    skip_nonfinite: int = 0  # optimizer steps with a NaN/inf loss or gradient that may be skipped before stopping
+    seeds: int = 1  # compare: each method is retrained with this many seeds (seed, seed+1, ...)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be > 0; got {self.epochs}")

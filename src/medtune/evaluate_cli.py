@@ -13,25 +13,25 @@ from medtune.evaluate import METRICS, load_scores, paired_difference, save_score
 from medtune.inference import autocast_for, load_for_inference
 
 
-def evaluate_command(a) -> dict:
-    records = read_split(Path(a.data), a.split)
+def evaluate_command(args) -> dict:
+    records = read_split(Path(args.data), args.split)
     if not records:
-        raise MedtuneError(f"split {a.split!r} of {a.data} is empty")
-    if a.max_examples:
-        records = records[: a.max_examples]
-    if a.bootstrap < 10:
-        raise MedtuneError(f"--bootstrap must be >= 10; got {a.bootstrap}")
-    model, tok, fmt, label = load_for_inference(a.model, a.run)
-    if a.max_length:
-        fmt = replace(fmt, max_length=a.max_length)
+        raise MedtuneError(f"split {args.split!r} of {args.data} is empty")
+    if args.max_examples:
+        records = records[: args.max_examples]
+    if args.bootstrap < 10:
+        raise MedtuneError(f"--bootstrap must be >= 10; got {args.bootstrap}")
+    model, tok, fmt, label = load_for_inference(args.model, args.run)
+    if args.max_length:
+        fmt = replace(fmt, max_length=args.max_length)
     examples = encode_records(tok, records, fmt)
-    fh = open(a.per_example, "w") if a.per_example else None
+    fh = open(args.per_example, "w") if args.per_example else None
     try:
         scores = score_examples(
             model,
             examples,
             tok.pad_token_id,
-            a.batch_tokens,
+            args.batch_tokens,
             autocast_for(model),
             desc=f"evaluate {label}",
             per_example_fh=fh,
@@ -39,33 +39,33 @@ def evaluate_command(a) -> dict:
     finally:
         if fh:
             fh.close()
-    summary = summarize(scores, a.bootstrap, 0)
-    if a.scores:
-        save_scores(scores, Path(a.scores))
+    summary = summarize(scores, args.bootstrap, 0)
+    if args.scores:
+        save_scores(scores, Path(args.scores))
     paired = None
-    if a.paired_with:
-        other = load_scores(Path(a.paired_with))
+    if args.paired_with:
+        other = load_scores(Path(args.paired_with))
         if other.ids != scores.ids:
             raise MedtuneError(
-                f"{a.paired_with} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); use the same --data, --split and --max-examples"
+                f"{args.paired_with} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); use the same --data, --split and --max-examples"
             )
         try:
-            paired = paired_difference(other, scores, a.bootstrap, 0)
+            paired = paired_difference(other, scores, args.bootstrap, 0)
         except ValueError as e:
-            raise MedtuneError(f"cannot pair with {a.paired_with}: {e}") from None
+            raise MedtuneError(f"cannot pair with {args.paired_with}: {e}") from None
     result = {
-        "model": a.model,
-        "run": a.run,
+        "model": args.model,
+        "run": args.run,
         "label": label,
-        "data": a.data,
-        "split": a.split,
+        "data": args.data,
+        "split": args.split,
         "max_length": fmt.max_length,
         "template": fmt.template,
         "metrics": METRICS,
         **summary,
     }
     if paired is not None:
-        result["paired_difference"] = {"against": a.paired_with, **paired}
+        result["paired_difference"] = {"against": args.paired_with, **paired}
     from medtune.runs import environment
 
     result["environment"] = environment()
@@ -76,9 +76,9 @@ def evaluate_command(a) -> dict:
         for scope in ("answer", "all"):
             d = paired[scope]
             print(
-                f"paired difference vs {a.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
+                f"paired difference vs {args.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
                 f"accuracy {d['accuracy']:+.4f} [{d['accuracy_ci'][0]:+.4f}, {d['accuracy_ci'][1]:+.4f}]"
             )
-    if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return result

@@ -45,10 +45,10 @@ def greedy_answer(model, tok, question: str, fmt, max_new_tokens: int = 160) -> 
     return greedy_answers(model, tok, [question], fmt, max_new_tokens)[0]
 
 
-def ask_command(a) -> None:
+def ask_command(args) -> None:
     from medtune.inference import load_for_inference
 
-    target = Path(a.target)
+    target = Path(args.target)
     if not target.exists():
         raise MedtuneError(f"not found: {target} (give a run folder or a comparison folder)")
     if (target / "config.yaml").is_file():
@@ -57,10 +57,10 @@ def ask_command(a) -> None:
         import json
 
         meta = json.loads((target / "compare.json").read_text())
-        if a.method and a.method != "base":
-            run = target / "runs" / a.method
+        if args.method and args.method != "base":
+            run = target / "runs" / args.method
             if not run.is_dir():
-                raise MedtuneError(f"no {a.method!r} run in {target} (it has: {', '.join(meta['methods'])})")
+                raise MedtuneError(f"no {args.method!r} run in {target} (it has: {', '.join(meta['methods'])})")
             model, tok, fmt, label = load_for_inference(None, run)
         else:
             from medtune.config import FormatConfig
@@ -69,6 +69,6 @@ def ask_command(a) -> None:
             fmt = FormatConfig(**meta["format"])
     else:
         raise MedtuneError(f"{target} is neither a run folder nor a comparison folder")
-    answer = greedy_answer(model, tok, a.question, fmt, a.max_new_tokens)
+    answer = greedy_answer(model, tok, args.question, fmt, args.max_new_tokens)
     print(f"[{label}] {answer}")
     print(NOTICE)
