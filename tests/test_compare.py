@@ -114,5 +114,5 @@ def test_presets_are_valid_and_documented():
         text = (ROOT / "src" / "medtune" / "presets" / f"{name}.yaml").read_text()
         assert text.startswith("#") and "medtune compare --preset" in text
     paper = load_compare_config("paper")
-    assert paper.data.split == "random" and paper.format.padding == "fixed" and paper.format.loss_scope == "all"
+    assert paper.data.split == "random" and paper.format.layout == "fixed" and paper.format.loss_scope == "all"
     assert paper.train.epochs == 3 and paper.methods["selective"]["head"] == "tied"

@@ -90,12 +90,10 @@ def test_boft_block_size_checked_against_width(tiny):
     spec = get_method("boft")
     cfg = spec.make_config({"block_size": 7})
     with pytest.raises(MedtuneError, match="block_size=7"):
-        cfg.check_against_model(models.read_model_config(tiny))
+        cfg.check(models.read_model_config(tiny))
     # SmolLM2's width: 576 = 2^6 x 9
     with pytest.raises(MedtuneError, match="576"):
-        cfg.check_against_model(
-            {"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536}
-        )
+        cfg.check({"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536})
 
 
 def test_boft_records_butterfly_factor_used(tiny):

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,86 @@ def test_two_processes_match_one(tiny, prepared, tmp_path):
     ]
     assert len(l1) == len(l2) == 6
     assert l1 == pytest.approx(l2, abs=1e-5)
+
+
+def test_fused_adamw_resume_puts_step_where_torch_does(tiny, prepared, tmp_path):
+    """Resuming a fused AdamW: every state tensor (step included) lands where torch's own
+    Optimizer.load_state_dict puts it. On CPU that is the CPU; on a GPU, the parameter's device."""
+    from medtune.checkpoint import find_checkpoint, load_checkpoint
+    from medtune.train import setup
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = tmp_path / "run"
+    c = cfg(tiny, "lora", train__max_steps=4, train__epochs=1)
+    with pytest.raises(Interrupted):
+        train(c, prepared, run, quiet=True, stop_after=2)
+    s = setup(c, prepared, run, quiet=True)
+    assert any(g.get("fused") for g in s.optimizer.param_groups)
+    load_checkpoint(find_checkpoint(run), s.named, s.optimizer)
+    groups = [
+        {"params": [torch.nn.Parameter(p.detach().clone()) for p in g["params"]]} for g in s.optimizer.param_groups
+    ]
+    reference = torch.optim.AdamW(groups, fused=True)
+    reference.load_state_dict(s.optimizer.state_dict())  # torch's own placement policy
+    ours_params = [p for g in s.optimizer.param_groups for p in g["params"]]
+    theirs_params = [q for g in reference.param_groups for q in g["params"]]
+    assert len(ours_params) == len(theirs_params) == len(s.named)
+    for p, q in zip(ours_params, theirs_params):
+        ours, theirs = s.optimizer.state[p], reference.state[q]
+        for key in ours:
+            assert ours[key].device == theirs[key].device, key
+            assert ours[key].dtype == theirs[key].dtype, key
+        assert ours["step"].device.type == p.device.type == device
+    # and a resumed run actually steps with it
+    summary = train(c, prepared, run, resume=True, quiet=True)
+    assert summary["steps"] == 4
+
+
+def _fake_checkpoint(run, name, step, truncate=False):
+    from medtune.checkpoint import FILES
+
+    folder = run / name
+    folder.mkdir(parents=True)
+    sizes = {}
+    for f in FILES:
+        text = json.dumps({"step": step}) if f == "state.json" else "x" * 10
+        (folder / f).write_text(text)
+        sizes[f] = len(text)
+    (folder / "manifest.json").write_text(json.dumps(sizes))
+    if truncate:
+        (folder / "optimizer.safetensors").write_text("x")
+
+
+def test_find_checkpoint_prefers_the_complete_newest(tmp_path):
+    from medtune.checkpoint import find_checkpoint
+
+    run = tmp_path / "r"
+    run.mkdir()
+    assert find_checkpoint(run) is None
+    # killed between "old renamed aside" and "new renamed in": .old and .tmp are both complete
+    _fake_checkpoint(run, "checkpoint.old", 3)
+    _fake_checkpoint(run, "checkpoint.tmp", 6)
+    assert find_checkpoint(run) == run / "checkpoint.tmp"
+    # killed while writing .tmp: its files do not match the manifest, the old one is used
+    _fake_checkpoint(run, "checkpoint", 3)
+    shutil.rmtree(run / "checkpoint.tmp")
+    _fake_checkpoint(run, "checkpoint.tmp", 9, truncate=True)
+    assert find_checkpoint(run) in (run / "checkpoint", run / "checkpoint.old")
+    (run / "checkpoint.tmp" / "manifest.json").unlink()
+    assert find_checkpoint(run) in (run / "checkpoint", run / "checkpoint.old")
+
+
+def test_run_folder_without_checkpoint_says_what_to_do(tiny, prepared, tmp_path, capsys):
+    run = tmp_path / "runs" / "lora"
+    run.mkdir(parents=True)
+    from medtune.runs import save_config
+
+    save_config(run, cfg(tiny, "lora"), str(prepared))  # a run killed before its first checkpoint
+    base = ["train", "--data", prepared, "--model", tiny, "--method", "lora", "--out", tmp_path / "runs"]
+    code, _, err = run_cli([*base, "--set", "train.max_steps=1"], capsys)
+    assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(["train", "--resume", run], capsys)
+    assert code == 2 and "interrupted before its first checkpoint" in err and "--force" in err, err
+    code, _, err = run_cli([*base, "--set", "train.max_steps=1", "--force"], capsys)
+    assert code == 0, err
+    assert (run / "summary.json").is_file()

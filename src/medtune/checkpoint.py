@@ -1,11 +1,20 @@
-"""Resumable training state in safetensors + JSON (no pickle).
+"""Resumable training state in safetensors + JSON (no pickle), swapped in atomically.
 
 checkpoint/
   trainable.safetensors   every trainable tensor, by name
   optimizer.safetensors   AdamW moments and step per trainable tensor ("<name>::exp_avg", ...)
   rng.safetensors         torch CPU (and CUDA) generator states
   state.json              where in the data order we stopped, counters, python RNG state
+  manifest.json           written last: every file above with its size (a checkpoint without
+                          it, or whose files differ from it, is incomplete and never used)
 Data order is a pure function of (seed, epoch), so (epoch, batch index) restores it.
+
+Save order (a SIGKILL at any point leaves at least one complete checkpoint):
+  1. write checkpoint.tmp/ completely (manifest last)
+  2. rename checkpoint/ -> checkpoint.old/
+  3. rename checkpoint.tmp/ -> checkpoint/
+  4. delete checkpoint.old/
+`find_checkpoint` picks the complete one with the most steps among the three names.
 """
 
 from __future__ import annotations
@@ -16,20 +25,24 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medtune.errors import MedtuneError
+from medtune.faults import fault_point
+
+NAMES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
+FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
 
 
-def save_checkpoint(folder: Path, named_params: list, optimizer, state: dict) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
+def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict) -> None:
+    final, tmp, old = (run_dir / n for n in NAMES)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().contiguous().cpu() for n, p in named_params}, tmp / "trainable.safetensors")
     opt = {}
     for n, p in named_params:
-        st = optimizer.state.get(p, {})
-        for k, v in st.items():
+        for k, v in optimizer.state.get(p, {}).items():
             opt[f"{n}::{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
     save_file(opt, tmp / "optimizer.safetensors")
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -40,28 +53,68 @@ def save_checkpoint(folder: Path, named_params: list, optimizer, state: dict) ->
     py_state = random.getstate()
     state = dict(state, python_rng=[py_state[0], list(py_state[1]), py_state[2]])
     (tmp / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    (tmp / "manifest.json").write_text(json.dumps({f: (tmp / f).stat().st_size for f in FILES}))
+    fault_point("checkpoint_written")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        fault_point("checkpoint_swap")
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _complete_step(folder: Path) -> int | None:
+    """The checkpoint's step if every file is there, has its recorded size and parses; else None."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if set(manifest) != set(FILES) or any((folder / f).stat().st_size != n for f, n in manifest.items()):
+            return None
+        return int(json.loads((folder / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint with the most steps (checkpoint/, .tmp/ or .old/), or None."""
+    found = [(step, run_dir / n) for n in NAMES if (step := _complete_step(run_dir / n)) is not None]
+    return max(found, key=lambda t: t[0])[1] if found else None
+
+
+def has_checkpoint_files(run_dir: Path) -> bool:
+    return any((run_dir / n).exists() for n in NAMES)
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    for n in NAMES:
+        shutil.rmtree(run_dir / n, ignore_errors=True)
+
+
+def _load(path: Path) -> dict:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MedtuneError(f"checkpoint file {path} is unreadable ({e}); rerun with --force to start over") from None
 
 
 def load_checkpoint(folder: Path, named_params: list, optimizer) -> dict:
-    if not (folder / "state.json").is_file():
-        raise MedtuneError(f"no checkpoint to resume from in {folder.parent} (checkpoint/state.json missing)")
     device = named_params[0][1].device if named_params else torch.device("cpu")
-    params = load_file(folder / "trainable.safetensors")
+    params = _load(folder / "trainable.safetensors")
     names = {n for n, _ in named_params}
     if set(params) != names:
         raise MedtuneError(f"checkpoint in {folder} does not match this run's trainable parameters")
     with torch.no_grad():
         for n, p in named_params:
             p.copy_(params[n].to(device))
-    opt = load_file(folder / "optimizer.safetensors")
+    opt = _load(folder / "optimizer.safetensors")
+    on_device = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
     for n, p in named_params:
         st = {k.split("::", 1)[1]: v for k, v in opt.items() if k.split("::", 1)[0] == n}
         if st:
-            # AdamW keeps `step` on the CPU unless capturable/fused; moments live with the parameter.
-            optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in st.items()}
-    rng = load_file(folder / "rng.safetensors")
+            # Moments live with the parameter. `step` stays on the CPU for the default (foreach)
+            # AdamW, but fused and capturable kernels read it on the parameter's device: torch's
+            # own Optimizer.load_state_dict moves it there, and so must we (a GPU resume would fail).
+            optimizer.state[p] = {k: (v.to(device) if k != "step" or on_device else v) for k, v in st.items()}
+    rng = _load(folder / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]

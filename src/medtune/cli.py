@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
     _add_model(p)
     p.add_argument("--no-tokenize", action="store_true", help="skip token-length statistics (no model needed)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an --out folder made by an earlier medtune prepare (other non-empty folders are always refused)",
+    )
 
     p = sub.add_parser("train", help="fine-tune one method; leaves a run folder")
     p.add_argument("--method", help="selective, lora, boft, oft, ia3, full")
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="run folder name (default: the method)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
     _add_overrides(p)
 
     p = sub.add_parser("evaluate", help="perplexity and next-token accuracy with 95%% intervals")
@@ -85,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=int, default=0, help="tokens per forward pass (0 = auto)")
     p.add_argument("--max-length", type=int, help="truncate sequences (default: the run's, else 512)")
     p.add_argument("--max-examples", type=int)
+    p.add_argument(
+        "--generate",
+        type=int,
+        metavar="N",
+        help="also answer N seeded questions of the split (greedy) and score the answers: ROUGE-L, similarity, ...",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit for --generate")
+    p.add_argument("--generate-batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--generations", help="JSONL of the answers (default: generations/<model or run>.jsonl)")
 
     p = sub.add_parser("compare", help="the study end to end: prepare, train each method, evaluate, report")
     p.add_argument(
@@ -135,12 +150,15 @@ def cmd_prepare(args) -> None:
         max_examples=args.max_examples,
     )
     fmt = FormatConfig(max_length=args.max_length, template=args.template)
+    from medtune.data.prepare import check_output
+
+    check_output(Path(args.out), args.data, args.force)  # before the tokenizer loads
     tok = None
     if not args.no_tokenize:
         from medtune import models
 
         tok = models.load_tokenizer(models.resolve(args.model))
-    stats = prepare(data, Path(args.out), fmt, tok, args.model if tok else "")
+    stats = prepare(data, Path(args.out), fmt, tok, args.model if tok else "", replace=args.force)
     from medtune.report.tables import print_prepare_stats
 
     print_prepare_stats(stats, args.out)
@@ -168,6 +186,7 @@ def cmd_train(args) -> None:
         from medtune.runs import load_config
 
         cfg, data_dir = load_config(Path(args.resume))
+        cfg = _resume_overrides(cfg, args.overrides)
         train(cfg, Path(data_dir), Path(args.resume), resume=True)
         return
     if not args.method and not args.config:
@@ -175,7 +194,34 @@ def cmd_train(args) -> None:
     if not args.data:
         raise MedtuneError("train needs --data PREPARED_FOLDER (from medtune prepare)")
     cfg = _run_config(args)
-    train(cfg, Path(args.data), Path(args.out) / (args.name or cfg.method))
+    train(cfg, Path(args.data), Path(args.out) / (args.name or cfg.method), force=args.force)
+
+
+# What a resumed run may change: how long it runs and how often it logs or checkpoints.
+# Anything else (learning rate, method, data, format, seed) would silently make the resumed
+# run a different experiment from the one its first steps belong to.
+RESUME_SAFE = (
+    "train.max_steps",
+    "train.epochs",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.checkpoint_minutes",
+)
+
+
+def _resume_overrides(cfg, overrides: list[str]):
+    from medtune.config import RunConfig, apply_overrides, from_dict
+
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    unsafe = [k for k in keys if k not in RESUME_SAFE]
+    if unsafe:
+        raise MedtuneError(
+            f"--resume cannot change {', '.join(unsafe)}: a resumed run keeps its config "
+            f"(only {', '.join(RESUME_SAFE)} may change); start a new run instead"
+        )
+    if args_given := list(overrides):
+        return from_dict(RunConfig, apply_overrides(cfg.to_dict(), args_given), "config")
+    return cfg
 
 
 def cmd_evaluate(args) -> None:

@@ -27,6 +27,7 @@ from medtune.config import (
     read_yaml,
 )
 from medtune.errors import MedtuneError
+from medtune.quality import QualityConfig
 
 PRESETS = importlib.resources.files("medtune") / "presets"
 
@@ -43,6 +44,7 @@ class CompareConfig:
     )  # name -> method_args (+ optional lr)
     samples: int = 5  # held-out questions answered by every model in the report
     max_new_tokens: int = 160
+    quality: QualityConfig = field(default_factory=QualityConfig)  # answer quality (ROUGE-L, similarity, ...)
     out: str = "compare-out"
     description: str = ""
 
@@ -127,7 +129,7 @@ def compare_command(args) -> None:
 
 
 def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) -> dict:
-    from medtune import models
+    from medtune import models, quality
     from medtune.data.prepare import prepare, read_split
     from medtune.data.tokenize import encode_records
     from medtune.evaluate import save_scores, score_examples
@@ -139,7 +141,11 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     out = Path(cfg.out)
     whole = asdict(cfg)
     identity = config_hash(
-        {k: v for k, v in whole.items() if k not in ("methods", "out", "description", "samples", "max_new_tokens")}
+        {
+            k: v
+            for k, v in whole.items()
+            if k not in ("methods", "out", "description", "samples", "max_new_tokens", "quality")
+        }
     )
     meta_path = out / "compare.json"
     if meta_path.is_file():
@@ -151,11 +157,10 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
                 )
             shutil.rmtree(out)
     # Validate every method against the model before any stage runs.
-    model_cfg = models.read_model_config(cfg.model)
+    from medtune.checks import check_run
+
     for name in cfg.methods:
-        mc = cfg.run_config(name).method_config()
-        if hasattr(mc, "check_against_model"):
-            mc.check_against_model(model_cfg)
+        check_run(cfg.run_config(name))
     if cfg.data.source is not None and not Path(cfg.data.source).exists():
         raise MedtuneError(f"data not found: {cfg.data.source}")
     out.mkdir(parents=True, exist_ok=True)
@@ -197,9 +202,10 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
 
     def evaluate_stage(name: str, run_dir: Optional[Path]):
         path = out / "eval" / f"{name}.json"
-        k = config_hash({"prep": key, "eval": asdict(cfg.eval), "run": stages.done.get(f"train:{name}", "base")})
+        run_key = stages.done.get(f"train:{name}", "base")
+        k = config_hash({"prep": key, "eval": asdict(cfg.eval), "run": run_key, "quality": quality.stage_key(cfg)})
         stage(f"evaluate {name}")
-        if stages.finished(f"eval:{name}", k, path):
+        if stages.finished(f"eval:{name}", k, path, *quality.artifacts(cfg, out, name)):
             say("  done earlier, skipped")
             return
         from medtune.inference import autocast_for, load_for_inference
@@ -214,12 +220,7 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         save_scores(scores, path)
         timing = {"seconds": time.perf_counter() - t0, "tokens": sum(len(e) for e in examples)}
         (out / "eval" / f"{name}.timing.json").write_text(json.dumps(timing))
-        if cfg.samples:
-            if hasattr(model, "merge_and_unload"):
-                # Decoding is one token per forward: PEFT's BOFT would rebuild its orthogonal
-                # matrices at every step (~10x slower). Merged weights give the same function.
-                model = model.merge_and_unload()
-            _samples(model, tok, test[: cfg.samples], cfg, out / "samples" / f"{name}.json")
+        quality.compare_stage(model, tok, test, cfg, out, name, say)  # answers, their scores, samples
         stages.mark(f"eval:{name}", k)
 
     # 2. base model
@@ -244,12 +245,3 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     write_report(out, results)
     say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - t_start:.0f}s in all)")
     return results
-
-
-def _samples(model, tok, records, cfg: CompareConfig, path: Path) -> None:
-    from medtune.generate import greedy_answers
-
-    answers = greedy_answers(model, tok, [r.question for r in records], cfg.format, cfg.max_new_tokens)
-    rows = [{"id": r.id, "question": r.question, "reference": r.answer, "answer": a} for r, a in zip(records, answers)]
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -53,14 +54,24 @@ class FormatConfig:
     max_length: int = 512
     # packed: examples end to end, attention kept inside each (no padding); dynamic: one
     # example per row, length-grouped; fixed: every row padded to max_length (the study)
-    padding: str = "packed"
+    layout: str = "packed"
     loss_scope: str = "answer"  # answer: loss on answer tokens + EOS; all: every real token (the study)
 
     def __post_init__(self) -> None:
         _one_of("format.template", self.template, ("plain", "chat"))
-        _one_of("format.padding", self.padding, ("packed", "dynamic", "fixed"))
+        _one_of("format.layout", self.layout, ("packed", "dynamic", "fixed"))
         _one_of("format.loss_scope", self.loss_scope, ("answer", "all"))
         _check(self.max_length >= 8, f"format.max_length must be >= 8; got {self.max_length}")
+
+    @property
+    def packed(self) -> bool:
+        """Examples end to end in one row per micro-batch (no padding computed)."""
+        return self.layout == "packed"
+
+    @property
+    def pad_to(self) -> Optional[int]:
+        """Row length for the study's fixed layout; None: rows as long as their longest example."""
+        return self.max_length if self.layout == "fixed" else None
 
 
 @dataclass
@@ -102,7 +113,21 @@ class TrainConfig:
     seeds: int = 1  # compare: each method is retrained with this many seeds (seed, seed+1, ...)
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, f"train.epochs must be > 0; got {self.epochs}")
+        _check(
+            math.isfinite(self.epochs) and self.epochs > 0,
+            f"train.epochs must be a finite number > 0; got {self.epochs}",
+        )
+        for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "cache_memory_gb", "checkpoint_minutes"):
+            v = getattr(self, name)
+            _check(v is None or math.isfinite(v), f"train.{name} must be a finite number; got {v}")
+        _check(self.log_every >= 1, f"train.log_every must be >= 1 (steps between log lines); got {self.log_every}")
+        _check(self.eval_every >= 0, f"train.eval_every must be >= 0 (0 = once per epoch); got {self.eval_every}")
+        _check(self.threads is None or self.threads >= 1, f"train.threads must be >= 1 (or unset); got {self.threads}")
+        _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0; got {self.checkpoint_every}")
+        _check(self.checkpoint_minutes >= 0, f"train.checkpoint_minutes must be >= 0; got {self.checkpoint_minutes}")
+        _check(self.skip_nonfinite >= 0, f"train.skip_nonfinite must be >= 0; got {self.skip_nonfinite}")
+        _check(self.seeds >= 1, f"train.seeds must be >= 1; got {self.seeds}")
+        _check(self.cache_memory_gb >= 0, f"train.cache_memory_gb must be >= 0; got {self.cache_memory_gb}")
         _check(self.max_steps is None or self.max_steps > 0, f"train.max_steps must be > 0; got {self.max_steps}")
         _check(self.lr is None or self.lr > 0, f"train.lr must be > 0; got {self.lr}")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0; got {self.weight_decay}")
@@ -163,14 +188,26 @@ class RunConfig:
         return self.train.lr if self.train.lr is not None else get_method(self.method).default_lr
 
 
+def yaml_error(e: Exception) -> str:
+    """One line for a YAML error: what is wrong and where (1-based line and column)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    if context:
+        what = f"{what} ({context})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else what
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise MedtuneError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise MedtuneError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise MedtuneError(f"config file {p} is not valid YAML: {yaml_error(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MedtuneError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,13 @@ def evaluate_command(args) -> dict:
         records = records[: args.max_examples]
     if args.bootstrap < 10:
         raise MedtuneError(f"--bootstrap must be >= 10; got {args.bootstrap}")
+    if args.generate is not None and min(args.generate, args.max_new_tokens, args.generate_batch_size) < 1:
+        raise MedtuneError("--generate, --max-new-tokens and --generate-batch-size must be >= 1")
+    from medtune.runs import ensure_writable
+
+    for flag, path in (("--out", args.out), ("--per-example", args.per_example), ("--scores", args.scores)):
+        if path:  # before the model loads and the split is scored, not after
+            ensure_writable(Path(path), is_file=True, what=flag)
     model, tok, fmt, label = load_for_inference(args.model, args.run)
     if args.max_length:
         fmt = replace(fmt, max_length=args.max_length)
@@ -79,6 +85,12 @@ def evaluate_command(args) -> dict:
                 f"paired difference vs {args.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
                 f"accuracy {d['accuracy']:+.4f} [{d['accuracy_ci'][0]:+.4f}, {d['accuracy_ci'][1]:+.4f}]"
             )
+    if args.generate is not None:
+        from medtune.quality import evaluate_generate
+
+        result["quality"] = evaluate_generate(model, tok, records, fmt, args, label)
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        from medtune.runs import write_json
+
+        write_json(Path(args.out), result)  # strict JSON: a NaN metric becomes null + "nonfinite"
     return result

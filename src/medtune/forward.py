@@ -1,26 +1,60 @@
 """The forward pass medtune trains and evaluates with.
 
-Instead of `model(**batch).logits` (B, T, V) we run the blocks ourselves, which buys three
-things the plain call cannot do:
+Fast path. Instead of `model(**batch).logits` (B, T, V) we run the blocks ourselves, which
+buys three things the plain call cannot do:
   * packed rows: several examples end to end in one row, attention kept inside each
     example (`segments`), so no position is padding and short examples share one forward;
   * a frozen prefix of blocks runs under no_grad (or comes from a cache);
   * the head runs only on *scored* positions, in row chunks that never hold the full
     (N, V) logits: V=49152 x 576 for SmolLM2 is ~21% of the model's FLOPs, and the
     softmax over 49152 columns is memory-bound, so it is fused with its own gradient.
+What each architecture needs (masks per layer type, rotary per layer type, final softcap)
+comes from its family (medtune.families); `fast_path_reason(model)` says why a model has none.
+
+Plain path, for every other causal LM: the model's own forward on padded rows, the head on
+all positions, cross-entropy on the scored ones. Same sums, no prefix skipping.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from medtune.errors import MedtuneError
+from medtune.families import FULL, SLIDING, base_model, family_for, family_of, not_supported
 
 PACKED_ATTENTION = "medtune_packed"
+
+
+def _segment_attention(q, k, v, scaling, dropout, window, softcap):
+    """Causal attention of one example: q (1, Hq, L, D), k/v (1, Hkv, L, D) -> (1, Hq, L, D).
+
+    Sliding window as transformers defines it: key j is visible to query i when
+    i - window < j <= i. Softcap (Gemma 2 style) needs the scores, so it runs eagerly.
+    """
+    n = q.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if softcap is None and (window is None or window >= n):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
+    i = torch.arange(n, device=q.device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed &= i[None, :] > i[:, None] - window
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, scale=scaling, dropout_p=dropout, enable_gqa=gqa
+        )
+    if gqa:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = (q @ k.transpose(2, 3)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    return F.dropout(probs, p=dropout, training=dropout > 0) @ v
 
 
 def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, segments=None, **kwargs):
@@ -29,6 +63,7 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     query (1, Hq, T, D), key/value (1, Hkv, T, D). One SDPA call per segment computes
     exactly the causal triangle of that example: no (T, T) block-diagonal mask, no work
     across examples (a 1,800-token row of eight examples costs 1/8 of its full square).
+    `sliding_window` / `softcap` come from the attention module, as for transformers' own kernels.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -36,17 +71,9 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    gqa = query.shape[1] != key.shape[1]
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     outs = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e],
-            key[:, :, s:e],
-            value[:, :, s:e],
-            is_causal=True,
-            scale=scaling,
-            dropout_p=dropout,
-            enable_gqa=gqa,
-        )
+        _segment_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scaling, dropout, window, softcap)
         for s, e in segments
     ]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
@@ -76,25 +103,43 @@ def packed_attention(config):
         config._attn_implementation = old
 
 
-def base_model(model):
-    """The transformers model under a PEFT wrapper (PEFT injects adapters in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+def fast_path_reason(model) -> str | None:
+    """None when the fast path can run `model`; otherwise why not (the plain path runs it instead)."""
+    return not_supported(model)
+
+
+def fast_path_notice(model) -> str | None:
+    """The one line train/evaluate print when a model runs on the plain path, or None."""
+    why = fast_path_reason(model)
+    if why is None:
+        return None
+    return (
+        f"medtune: fast path unavailable for this architecture ({why}); using the model's own forward "
+        "on padded, length-grouped rows (head on all positions, no frozen-prefix skipping)"
+    )
 
 
 def parts(model):
-    """(inner LlamaModel, lm_head) of a Llama-family causal LM."""
+    """(inner decoder model, lm_head) of a model the fast path runs; MedtuneError otherwise."""
+    why = fast_path_reason(model)
+    if why is not None:
+        raise MedtuneError(f"medtune's fast path cannot run this model: {why}")
     base = base_model(model)
-    inner = getattr(base, "model", None)
-    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
-        raise MedtuneError(
-            f"{type(base).__name__} is not a Llama-family model; medtune's fast path needs model.layers and rotary embeddings"
-        )
-    return inner, base.lm_head
+    return base.model, base.lm_head
+
+
+def final_softcap(model) -> float | None:
+    """c in logits = c * tanh(logits / c) (Gemma 2/3 configs may set it), or None."""
+    family = family_of(model)
+    return family.final_softcap(base_model(model).config) if family is not None else None
 
 
 def first_trainable_block(model) -> int:
     """Blocks before this index have no trainable parameter and nothing before them does either
-    (embeddings frozen), so they can run under no_grad and their output can be cached."""
+    (embeddings frozen), so they can run under no_grad and their output can be cached.
+    0 on the plain path: the model's own forward cannot start in the middle."""
+    if fast_path_reason(model) is not None:
+        return 0
     inner, _ = parts(model)
     if any(p.requires_grad for p in inner.embed_tokens.parameters()):
         return 0
@@ -106,40 +151,63 @@ def first_trainable_block(model) -> int:
 
 @dataclass
 class Context:
-    """What every block needs besides the hidden states: computed once per batch."""
+    """What every block needs besides the hidden states: computed once per batch, per layer type."""
 
-    mask: object
-    position_embeddings: tuple
+    layer_types: list[str]  # attention kind of each block
+    masks: dict  # layer type -> mask (None when packed: attention is bounded by the segments)
+    position_embeddings: dict  # layer type -> (cos, sin)
     position_ids: torch.Tensor
     segments: list | None
 
 
-def make_context(inner, hidden: torch.Tensor, batch: dict) -> Context:
+def _mask_fn(layer_type: str):
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    return {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}[layer_type]
+
+
+def make_context(inner, hidden: torch.Tensor, batch: dict, family=None) -> Context:
+    family = family or family_of_config(inner.config)
+    types = family.layer_types(inner.config)
     position_ids = batch["position_ids"]
     segments = batch.get("segments")
-    if segments is not None:
-        mask = None  # attention is bounded by the segments instead
-    else:
-        from transformers.masking_utils import create_causal_mask
-
-        mask = create_causal_mask(
-            config=inner.config,
-            inputs_embeds=hidden,
-            attention_mask=batch["attention_mask"],
-            cache=None,
-            position_ids=position_ids,
+    masks = {}
+    for t in set(types):
+        masks[t] = (
+            None
+            if segments is not None
+            else _mask_fn(t)(
+                config=inner.config,
+                inputs_embeds=hidden,
+                attention_mask=batch["attention_mask"],
+                cache=None,
+                position_ids=position_ids,
+            )
         )
-    return Context(mask, inner.rotary_emb(hidden, position_ids=position_ids), position_ids, segments)
+    if family.rotary_per_type:
+        pe = {t: inner.rotary_emb(hidden, position_ids, t) for t in set(types)}
+    else:
+        shared = inner.rotary_emb(hidden, position_ids=position_ids)
+        pe = dict.fromkeys(set(types), shared)
+    return Context(types, masks, pe, position_ids, segments)
+
+
+def family_of_config(config):
+    family = family_for(getattr(config, "model_type", None))
+    if family is None:
+        raise MedtuneError(f"no model family for model_type {getattr(config, 'model_type', None)!r}")
+    return family
 
 
 def run_blocks(inner, hidden: torch.Tensor, ctx: Context, start: int, end: int) -> torch.Tensor:
     extra = {"segments": ctx.segments} if ctx.segments is not None else {}
     with packed_attention(inner.config) if ctx.segments is not None else contextlib.nullcontext():
-        for layer in inner.layers[start:end]:
-            hidden = layer(
+        for i in range(start, end):
+            t = ctx.layer_types[i]
+            hidden = inner.layers[i](
                 hidden,
-                attention_mask=ctx.mask,
-                position_embeddings=ctx.position_embeddings,
+                attention_mask=ctx.masks[t],
+                position_embeddings=ctx.position_embeddings[t],
                 position_ids=ctx.position_ids,
                 **extra,
             )
@@ -150,14 +218,15 @@ def final_hidden(model, batch: dict, frozen_prefix: int = 0, prefix_hidden: torc
     """(B, T, H) normalised hidden states, and the frozen prefix's output (for caching).
 
     Blocks [0, frozen_prefix) run under no_grad; with `prefix_hidden` given they are skipped.
+    Fast path only (see `parts`).
     """
     inner, _ = parts(model)
     if prefix_hidden is None:
         with torch.set_grad_enabled(torch.is_grad_enabled() and frozen_prefix == 0):
-            hidden = inner.embed_tokens(batch["input_ids"])
+            hidden = inner.embed_tokens(batch["input_ids"])  # Gemma's embedding scales itself by sqrt(H)
     else:
         hidden = prefix_hidden
-    ctx = make_context(inner, hidden, batch)
+    ctx = make_context(inner, hidden, batch, family_of(model))
     if prefix_hidden is None and frozen_prefix > 0:
         with torch.no_grad():
             hidden = run_blocks(inner, hidden, ctx, 0, frozen_prefix)
@@ -194,23 +263,30 @@ class LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets):
+    def forward(ctx, h, weight, targets, softcap=None):
         dtype = _compute_dtype(h)
+        acc = torch.promote_types(dtype, torch.float32)  # softmax and gradient sums: fp32, or fp64 for fp64 inputs
         w = weight.to(dtype)
-        dh = torch.empty(h.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[0] else None
-        dw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        dh = torch.empty(h.shape, dtype=acc, device=h.device) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros(weight.shape, dtype=acc, device=h.device) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), dtype=acc, device=h.device)
         step = head_rows(weight.shape[0])
         with torch.autocast(h.device.type, enabled=False):
             for i in range(0, h.shape[0], step):
                 hc, t = h[i : i + step].to(dtype), targets[i : i + step, None]
-                p = (hc @ w.t()).float()  # (c, V) logits, softmaxed in place below
+                p = (hc @ w.t()).to(acc)  # (c, V) logits, softmaxed in place below
+                if softcap is not None:  # logits = c tanh(z / c); d logits / dz = 1 - tanh^2
+                    p.div_(softcap).tanh_()
+                    dcap = 1 - p.square()
+                    p.mul_(softcap)
                 top = p.amax(dim=1, keepdim=True)
                 target_logit = p.gather(1, t)
                 p.sub_(top).exp_()
                 z = p.sum(dim=1, keepdim=True)
                 total += (top + z.log() - target_logit).sum()
                 p.div_(z).scatter_add_(1, t, torch.full_like(target_logit, -1.0))
+                if softcap is not None:
+                    p.mul_(dcap)
                 g = p.to(dtype)
                 if dh is not None:
                     dh[i : i + step] = g @ w
@@ -225,18 +301,22 @@ class LinearCrossEntropy(torch.autograd.Function):
         dh, dw = ctx.saved_tensors
         gh = (dh * grad).to(ctx.dtypes[0]) if dh is not None else None
         gw = (dw * grad).to(ctx.dtypes[1]) if dw is not None else None
-        return gh, gw, None
+        return gh, gw, None, None
 
 
 def _plain_head(head) -> bool:
     return type(head) is torch.nn.Linear and head.bias is None
 
 
-def nll_sum(head, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+
+def nll_sum(head, h: torch.Tensor, targets: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
     """Summed next-token NLL of (N, H) hidden states; fused when the head is a plain Linear."""
     if _plain_head(head):
-        return LinearCrossEntropy.apply(h, head.weight, targets)
-    return F.cross_entropy(head(h).float(), targets, reduction="sum")  # e.g. an adapter on lm_head
+        return LinearCrossEntropy.apply(h, head.weight, targets, softcap)
+    return F.cross_entropy(_cap(head(h).float(), softcap), targets, reduction="sum")  # e.g. an adapter on lm_head
 
 
 def score_chunks(device: torch.device, vocab: int) -> tuple[int, int]:
@@ -253,7 +333,9 @@ def score_chunks(device: torch.device, vocab: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def score_positions(head, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_positions(
+    head, h: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position NLL (N,) fp32 and argmax-correct (N,) bool: evaluation only."""
     weight = head.weight if _plain_head(head) else None
     vocab = head.weight.shape[0]
@@ -268,7 +350,7 @@ def score_positions(head, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch
         arg = torch.zeros_like(t)
         target_logit = torch.zeros(t.shape, dtype=torch.float32, device=h.device)
         for j in range(0, vocab, cols):
-            logits = (hc @ weight[j : j + cols].t() if weight is not None else head(hc)).float()  # (r, c)
+            logits = _cap((hc @ weight[j : j + cols].t() if weight is not None else head(hc)).float(), softcap)
             block_top, block_arg = logits.max(dim=1)
             here = (t >= j) & (t < j + logits.shape[1])
             target_logit = torch.where(
@@ -285,17 +367,84 @@ def score_positions(head, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch
     return torch.cat(nll), torch.cat(correct)
 
 
+def _accepts_position_ids(model) -> bool:
+    return "position_ids" in inspect.signature(base_model(model).forward).parameters
+
+
+def unpack(batch: dict) -> dict:
+    """A packed row (1, T) as padded rows (one example each, right padding): for the plain path,
+    whose model cannot keep attention inside segments. Only the keys the plain path reads."""
+    segs = batch["segments"]
+    width = max(e - s for s, e in segs)
+    out = {}
+    for key, fill in (("input_ids", 0), ("position_ids", 0), ("scored_all", False), ("scored_answer", False)):
+        src = batch[key][0]
+        rows = src.new_full((len(segs), width), fill)
+        for r, (s, e) in enumerate(segs):
+            rows[r, : e - s] = src[s:e]
+        out[key] = rows
+    lengths = torch.tensor([e - s for s, e in segs], device=out["input_ids"].device)
+    out["attention_mask"] = (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).long()
+    return out
+
+
+def plain_logits(model, batch: dict) -> torch.Tensor:
+    """(B, T, V) logits from the model's own forward on padded rows (unpacking a packed row first)."""
+    if batch.get("segments") is not None:
+        batch = unpack(batch)
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if _accepts_position_ids(model):
+        kwargs["position_ids"] = batch["position_ids"]  # left padding: positions as if each row were alone
+    return model(**kwargs).logits
+
+
+def plain_scored(model, batch: dict, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) fp32 logits at the scored positions of `scope`, and the (N,) next tokens they predict."""
+    if batch.get("segments") is not None:
+        batch = unpack(batch)
+    logits = plain_logits(model, batch)
+    mask = batch[f"scored_{scope}"][:, :-1]
+    return logits[:, :-1][mask].float(), batch["input_ids"][:, 1:][mask]
+
+
+@torch.no_grad()
+def score_batch(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL (N,) and argmax-correct (N,) at the `scored_all` positions of a batch, in
+    `scored_inputs` order (row-major), on whichever path the model has. Evaluation only."""
+    if fast_path_reason(model) is None:
+        hidden, _ = final_hidden(model, batch)
+        # The head runs once, on the `all` positions; `answer` is a subset of them.
+        h, targets = scored_inputs(hidden, batch["input_ids"], batch["scored_all"])
+        return score_positions(parts(model)[1], h, targets, final_softcap(model))
+    if batch.get("segments") is not None:
+        raise MedtuneError("the plain path scores padded rows; pass a padded layout")  # owner mapping needs rows
+    logits, targets = plain_scored(model, batch, "all")
+    return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(dim=1) == targets
+
+
 class LossModule(torch.nn.Module):
-    """Wraps the model so DDP/FSDP see our whole forward (hidden states -> summed scored NLL)."""
+    """Wraps the model so DDP/FSDP see our whole forward (hidden states -> summed scored NLL).
+
+    On the plain path (see `fast_path_reason`) the model's own forward runs on padded rows: a
+    packed batch is unpacked into one row per example, so the sums are the same either way,
+    but a padded layout (train's `format.padding: dynamic`) avoids the unpacking.
+    """
 
     def __init__(self, model, scope: str, frozen_prefix: int = 0):
         super().__init__()
         self.model = model
         self.scope = scope
         self.frozen_prefix = frozen_prefix
+        self.fast = fast_path_reason(model) is None
+        if not self.fast and frozen_prefix:
+            raise MedtuneError("the plain path cannot skip a frozen prefix; first_trainable_block returns 0 there")
+        self.softcap = final_softcap(model)
 
     def forward(self, batch: dict, prefix_hidden: torch.Tensor | None = None):
+        if not self.fast:
+            logits, targets = plain_scored(self.model, batch, self.scope)
+            return F.cross_entropy(logits, targets, reduction="sum"), None
         hidden, prefix_out = final_hidden(self.model, batch, self.frozen_prefix, prefix_hidden)
         h, targets = scored_inputs(hidden, batch["input_ids"], batch[f"scored_{self.scope}"])
         _, head = parts(self.model)
-        return nll_sum(head, h, targets), prefix_out
+        return nll_sum(head, h, targets, self.softcap), prefix_out

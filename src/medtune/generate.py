@@ -1,7 +1,15 @@
-"""Greedy answers from a model, and `medtune ask`."""
+"""Greedy answers from a model, and `medtune ask`.
+
+`generate_answers` is the one decoding path: batched greedy decoding with the KV cache and
+left padding, stopping at EOS. Prompts are sorted by length before batching (less padding,
+and rows in a batch tend to stop at similar times); results come back in input order.
+Only token ids are kept, never logits (generation memory in peers grows with them: TRL #893).
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,14 +20,34 @@ from medtune.errors import MedtuneError
 NOTICE = "Not medical advice: an experimental language model wrote this; ask a clinician."
 
 
-@torch.inference_mode()
-def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 160) -> list[str]:
-    """Greedy decoding from the training prompt format, stopping at EOS.
+@dataclass
+class Generation:
+    text: str  # decoded answer, special tokens dropped, stripped
+    tokens: int  # answer tokens generated, EOS not counted
+    stopped: bool  # True when the model emitted EOS before max_new_tokens
+    ids: list[int]  # the answer's token ids, EOS excluded
 
-    All questions decode together (left padding), which costs about as much per step as one
-    on a CPU: sample answers for the report take one pass instead of five.
-    """
-    prompts = [prompt_text(tok, q, fmt) for q in questions]
+
+@dataclass
+class GenerationRun:
+    answers: list[Generation]
+    seconds: float  # wall time of the decoding calls (tokenizing and decoding text included)
+    new_tokens: int  # answer tokens + one EOS per stopped answer: the tokens the model had to produce
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _trim(row: list[int], eos: int) -> tuple[list[int], bool]:
+    """Cut a generated row at its first EOS; what follows is padding added after the row finished."""
+    if eos in row:
+        return row[: row.index(eos)], True
+    return row, False
+
+
+@torch.inference_mode()
+def _generate_batch(model, tok, prompts: list[str], fmt, max_new_tokens: int) -> list[list[int]]:
     side = tok.padding_side
     tok.padding_side = "left"
     try:
@@ -28,7 +56,8 @@ def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 
         tok.padding_side = side
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
-    model.eval()
+    # Left padding: generate derives position_ids from the attention mask, so a padded row sees
+    # the same positions as the row alone (tests/test_quality.py checks batch 1 == batch 8).
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,
@@ -37,8 +66,42 @@ def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 
         eos_token_id=eos_id(tok),
         pad_token_id=tok.pad_token_id,
     )
-    new = out[:, enc["input_ids"].shape[1] :]
-    return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+    return out[:, enc["input_ids"].shape[1] :].cpu().tolist()  # (B, <= max_new_tokens) new ids
+
+
+def generate_answers(
+    model, tok, questions: list[str], fmt, max_new_tokens: int = 160, batch_size: int = 16
+) -> GenerationRun:
+    """Greedy answers to `questions` (in order), `batch_size` prompts per generate call.
+
+    Cost on a CPU: one forward per new token per batch, so a batch of 16 costs little more
+    per step than a batch of 1; the batch runs until its longest answer stops.
+    """
+    if batch_size < 1:
+        raise MedtuneError(f"generation batch size must be >= 1; got {batch_size}")
+    model.eval()
+    eos = eos_id(tok)
+    prompts = [prompt_text(tok, q, fmt) for q in questions]
+    lengths = (
+        [len(ids) for ids in tok(prompts, add_special_tokens=fmt.template != "chat")["input_ids"]] if prompts else []
+    )
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    answers: list[Generation | None] = [None] * len(prompts)
+    new_tokens = 0
+    t0 = time.perf_counter()
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, max_new_tokens)):
+            ids, stopped = _trim(row, eos)
+            answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
+            new_tokens += len(ids) + int(stopped)
+    return GenerationRun(answers, time.perf_counter() - t0, new_tokens)
+
+
+def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 160) -> list[str]:
+    """Greedy answers as text, all questions in one batch."""
+    run = generate_answers(model, tok, questions, fmt, max_new_tokens, batch_size=max(1, len(questions)))
+    return [a.text for a in run.answers]
 
 
 def greedy_answer(model, tok, question: str, fmt, max_new_tokens: int = 160) -> str:

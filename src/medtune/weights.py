@@ -12,20 +12,34 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from medtune.errors import MedtuneError
 from medtune.methods import get_method, unique_params
+from medtune.runs import write_json
 
 
 def save_weights(model, run_dir: Path, cfg, base_fingerprint: dict) -> Path:
+    """Write the trained weights, then weights.json (atomically, last: its presence means complete).
+
+    Refuses non-finite trained tensors: a diverged model must never become a run's result.
+    """
     spec = get_method(cfg.method)
+    trained = {n: p for n, p in unique_params(model) if p.requires_grad}
+    bad = [n for n, p in trained.items() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise MedtuneError(
+            f"refusing to save non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. {bad[0]}: training diverged"
+        )
     if spec.uses_peft:
         model.save_pretrained(run_dir / "adapter", safe_serialization=True)
         out = run_dir / "adapter"
     else:
-        tensors = {n: p.detach().contiguous().cpu() for n, p in unique_params(model) if p.requires_grad}
-        save_file(tensors, run_dir / "trained.safetensors")
+        tensors = {n: p.detach().contiguous().cpu() for n, p in trained.items()}
+        tmp = run_dir / "trained.safetensors.tmp"
+        save_file(tensors, tmp)
+        tmp.replace(run_dir / "trained.safetensors")
         out = run_dir / "trained.safetensors"
     meta = {
         "method": cfg.method,
@@ -34,7 +48,7 @@ def save_weights(model, run_dir: Path, cfg, base_fingerprint: dict) -> Path:
         "untied_head": cfg.method == "selective" and cfg.method_config().head == "untied",
         "format": "peft-adapter" if spec.uses_peft else "trained-tensors",
     }
-    (run_dir / "weights.json").write_text(json.dumps(meta, indent=2))
+    write_json(run_dir / "weights.json", meta)
     return out
 
 
@@ -52,40 +66,161 @@ def fingerprint(model) -> dict:
     }
 
 
-def load_trained(base_model, run_dir: Path):
-    """Put a run's trained weights on `base_model` (freshly loaded). Returns the model."""
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "weights.json"
-    if not meta_path.is_file():
+FORMATS = ("peft-adapter", "trained-tensors")
+_META_TYPES = {"method": str, "base_model": str, "base_fingerprint": dict, "format": str}
+
+
+def read_meta(run_dir: Path) -> dict:
+    """weights.json, checked: every problem is one line naming the file."""
+    path = Path(run_dir) / "weights.json"
+    if not path.is_file():
         raise MedtuneError(
-            f"run {run_dir} is incomplete: no weights.json (did training finish? resume it with medtune train --resume {run_dir})"
+            f"run {run_dir} is incomplete: no weights.json (did training finish? "
+            f"resume it with medtune train --resume {run_dir})"
         )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MedtuneError(f"{path} is corrupt: not valid JSON ({getattr(e, 'msg', None) or e})") from None
+    except OSError as e:
+        raise MedtuneError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(meta, dict):
+        raise MedtuneError(f"{path} is corrupt: it holds a {type(meta).__name__}, not an object")
+    for key, tp in _META_TYPES.items():
+        if key not in meta:
+            raise MedtuneError(f"{path} is corrupt: key {key!r} is missing")
+        if not isinstance(meta[key], tp):
+            raise MedtuneError(f"{path} is corrupt: {key!r} is a {type(meta[key]).__name__}, expected {tp.__name__}")
+    if meta["format"] not in FORMATS:
+        raise MedtuneError(f"{path} is corrupt: format {meta['format']!r} is not one of {', '.join(FORMATS)}")
+    return meta
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, checked: missing, empty, truncated, not safetensors, or holding NaN/inf
+    values are one-line errors naming the file. Never unpickles anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedtuneError(f"{path} is missing")
+    if path.stat().st_size == 0:
+        raise MedtuneError(f"{path} is empty (0 bytes): the save was interrupted; retrain or resume the run")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MedtuneError(f"{path} is not a readable safetensors file (truncated or corrupt): {reason}") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise MedtuneError(
+                f"{path} holds non-finite (NaN/inf) values in {name}: the run diverged; refusing to use it"
+            )
+    return tensors
+
+
+def check_files(run_dir: Path) -> dict:
+    """Cheap checks of a run's weight files (weights.json, and the safetensors header) so a
+    broken run fails before the base model loads. Returns weights.json. load_trained still
+    reads every tensor (truncation past the header, NaN/inf)."""
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    if meta["format"] == "peft-adapter":
+        path = run_dir / "adapter" / "adapter_model.safetensors"
+        if not path.is_file():
+            return meta  # _load_adapter names what is there instead (a pickle, or nothing)
+    else:
+        path = run_dir / "trained.safetensors"
+    if not path.is_file():
+        raise MedtuneError(f"run {run_dir} is incomplete: {path.relative_to(run_dir)} is missing")
+    if path.stat().st_size == 0:
+        raise MedtuneError(f"{path} is empty (0 bytes): the save was interrupted; retrain or resume the run")
+    try:
+        with safe_open(path, "pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MedtuneError(f"{path} is not a readable safetensors file (truncated or corrupt): {reason}") from None
+    return meta
+
+
+def load_trained(base_model, run_dir: Path):
+    """Put a run's trained weights on `base_model` (freshly loaded). Returns the model.
+
+    Every missing or corrupt file is a one-line MedtuneError naming it; non-finite weights
+    are refused; pickle files (adapter_model.bin) are refused, never torch.load'ed.
+    """
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
     fp = fingerprint(base_model)
     if fp != meta["base_fingerprint"]:
         diff = {k: (meta["base_fingerprint"].get(k), v) for k, v in fp.items() if meta["base_fingerprint"].get(k) != v}
         raise MedtuneError(
-            f"the model does not match run {run_dir.name}'s base model {meta['base_model']!r} (differs in {', '.join(diff)})"
+            f"the model does not match run {run_dir.name}'s base model {meta['base_model']!r} "
+            f"(differs in {', '.join(diff)})"
         )
     if meta["format"] == "peft-adapter":
-        from peft import PeftModel
-
-        if not (run_dir / "adapter").is_dir():
-            raise MedtuneError(f"run {run_dir} is incomplete: adapter/ is missing")
-        return PeftModel.from_pretrained(base_model, run_dir / "adapter")
+        return _load_adapter(base_model, run_dir / "adapter")
     path = run_dir / "trained.safetensors"
     if not path.is_file():
         raise MedtuneError(f"run {run_dir} is incomplete: trained.safetensors is missing")
+    tensors = read_tensors(path)
     if meta.get("untied_head"):
         from medtune.methods.selective import untie_head
 
         untie_head(base_model)
-    tensors = load_file(path)
     known = dict(base_model.named_parameters())
     missing = [n for n in tensors if n not in known]
     if missing:
         raise MedtuneError(f"{path} holds tensors the base model lacks: {missing[:3]}")
+    wrong = [n for n, t in tensors.items() if t.shape != known[n].shape]
+    if wrong:
+        n = wrong[0]
+        raise MedtuneError(f"{path}: {n} has shape {list(tensors[n].shape)}, the base model {list(known[n].shape)}")
     with torch.no_grad():
         for n, t in tensors.items():
             known[n].copy_(t)
     return base_model
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _load_adapter(base_model, folder: Path):
+    """PEFT adapter folder -> PeftModel, after checking every file PEFT would read."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    if not folder.is_dir():
+        raise MedtuneError(f"run {folder.parent} is incomplete: adapter/ is missing")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise MedtuneError(
+                f"{folder / pickled[0]} is a pickle file: medtune loads only safetensors (pickle can run code); "
+                "convert it with safetensors, or retrain"
+            )
+        raise MedtuneError(f"{weights} is missing")
+    cfg_path = folder / "adapter_config.json"
+    try:
+        adapter_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MedtuneError(f"{cfg_path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MedtuneError(f"{cfg_path} is corrupt: not valid JSON ({getattr(e, 'msg', None) or e})") from None
+    if not isinstance(adapter_cfg, dict) or not isinstance(adapter_cfg.get("peft_type"), str):
+        raise MedtuneError(f"{cfg_path} is corrupt: no peft_type")
+    saved = read_tensors(weights)
+    try:
+        model = PeftModel.from_pretrained(base_model, folder)
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MedtuneError(f"cannot load adapter {folder}: {reason}") from None
+    # PEFT only warns about missing keys and keeps the fresh (untrained) adapter weights.
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
+    if missing or unexpected:
+        names = (missing or unexpected)[:2]
+        what = "lacks" if missing else "holds unknown"
+        raise MedtuneError(
+            f"{weights} {what} adapter tensors {names} ({len(missing)} missing, {len(unexpected)} unknown)"
+        )
+    return model

@@ -9,9 +9,11 @@ model trains on them; stats.json records token lengths for the tokenizer named h
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import statistics
+import tempfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +23,7 @@ from medtune.data.clean import clean_records
 from medtune.data.sources import ColumnMap, Record, load_records
 from medtune.data.split import overlap, split_records
 from medtune.errors import MedtuneError
+from medtune.runs import write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -53,8 +56,8 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
     }
 
 
-def prepare(data: DataConfig, out: Path, fmt: FormatConfig, tokenizer=None, model_spec: str = "") -> dict:
-    """Run the data pipeline and write `out` atomically. Returns the stats dict."""
+def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> tuple[dict, dict]:
+    """Read, clean, split and measure; writes nothing. Returns (splits, stats)."""
     records = load_records(
         data.source, ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column)
     )
@@ -96,31 +99,120 @@ def prepare(data: DataConfig, out: Path, fmt: FormatConfig, tokenizer=None, mode
             lengths = [len(e) for e in encode_records(tokenizer, recs, untruncated)]
             entry["tokens"] = length_stats(lengths, fmt.max_length)
         stats["splits"][name] = entry
+    return splits, stats
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+
+# What `prepare` writes: a folder holding only these (prepare.json is the marker) is medtune's
+# own and may be replaced with --force; anything else in it is the user's and is never deleted.
+MARKER = "prepare.json"
+MADE_BY_PREPARE = frozenset({*(f"{s}.jsonl" for s in SPLITS), "stats.json", MARKER})
+
+
+def _contains(folder: Path, other: Path) -> bool:
+    return other == folder or folder in other.parents
+
+
+def check_output(out: Path, source: str | None, replace: bool) -> None:
+    """Refuse an --out that prepare must not replace, before anything is loaded.
+
+    An existing --out is replaced only when it is empty, or when it is a folder prepare made
+    (holding prepare.json and nothing but prepare's files) and `replace` (--force) is set.
+    Never replaced: a folder that contains the data source, the current directory or the
+    home directory (`--out .`, `--out ..`, `--out ~`, --out equal to the --data folder).
+    Also fails when the folder --out goes in cannot be written (read-only, or under a file).
+    """
+    from medtune.runs import ensure_writable
+
+    out = Path(out).expanduser().resolve()
+    ensure_writable(out.parent, what="folder for --out")  # also: no component of the path is a file
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MedtuneError(f"--out {out} is a file, not a folder")
+    protected = {"the current directory": Path.cwd().resolve(), "your home directory": Path.home().resolve()}
+    if source:
+        protected["the data (--data)"] = Path(source).expanduser().resolve()
+    for what, p in protected.items():
+        if _contains(out, p):
+            raise MedtuneError(f"--out {out} contains {what}; prepare replaces its --out, so choose a new folder")
+    entries = sorted(e.name for e in out.iterdir())
+    if not entries:
+        return
+    if MARKER not in entries:
+        raise MedtuneError(
+            f"--out {out} is not empty and was not made by medtune prepare (no {MARKER}); "
+            "choose a new or empty folder (nothing was changed)"
+        )
+    foreign = [e for e in entries if e not in MADE_BY_PREPARE]
+    if foreign:
+        raise MedtuneError(
+            f"--out {out} holds files medtune prepare did not write ({', '.join(foreign[:5])}); "
+            "move them or choose another folder (nothing was changed)"
+        )
+    if not replace:
+        raise MedtuneError(f"--out {out} already holds prepared data; pass --force to replace it")
+
+
+def prepare(
+    data: DataConfig,
+    out: Path,
+    fmt: FormatConfig,
+    tokenizer=None,
+    model_spec: str = "",
+    *,
+    replace: bool = True,
+) -> dict:
+    """Run the data pipeline and write `out` atomically. Returns the stats dict.
+
+    The folder is built in a temporary sibling and renamed into place when complete; an
+    existing --out is renamed aside first and removed only after the swap, and only if
+    `check_output` allows replacing it (the CLI passes replace=--force; compare replaces its
+    own prepared/ folder). The writer holds `FolderLock(out)` from the check to the swap.
+    """
+    from medtune.locking import FolderLock
+
+    out = Path(out).expanduser().absolute()
+    check_output(out, data.source, replace)
+    with FolderLock(out, "prepared data"):
+        check_output(out, data.source, replace)  # again, now that no one else can write it
+        splits, stats = _build(data, fmt, tokenizer, model_spec)
+        meta = {"data": asdict(data), "format": asdict(fmt), "model": model_spec}
+        _write(out, splits, stats, meta)
+    return stats
+
+
+def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
+    """Write into a fresh temporary sibling (mkdtemp: a name no one else uses), then swap it in."""
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         for name in SPLITS:
-            with open(tmp / f"{name}.jsonl", "w") as fh:
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
                 for r in splits[name]:
                     fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        (tmp / "prepare.json").write_text(
-            json.dumps({"data": asdict(data), "format": asdict(fmt), "model": model_spec}, indent=2)
-        )
+        write_json(tmp / "stats.json", stats)
+        write_json(tmp / MARKER, meta)  # the marker last: a folder with it is complete
+        aside = None
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            # Checked by check_output: empty, or prepare's own files only.
+            aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, aside / out.name)
+        os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return stats
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+# Splits that must not be read right now: tune.py adds "test" while it tunes (the test split
+# chooses nothing), so a read here is a bug in the caller, raised as such.
+FORBIDDEN_SPLITS: set[str] = set()
 
 
 def read_split(folder: Path, split: str) -> list[Record]:
     """Read one split of a prepared folder; every problem is a one-line MedtuneError."""
+    if split in FORBIDDEN_SPLITS:
+        raise RuntimeError(f"the {split} split must not be read here (it is guarded while tuning)")
     folder = Path(folder)
     if not folder.is_dir():
         raise MedtuneError(f"prepared data folder not found: {folder} (run 'medtune prepare' first)")

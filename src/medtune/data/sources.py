@@ -141,20 +141,45 @@ def _resolve_columns(columns: list[str], cmap: ColumnMap, where: str) -> dict:
     missing = [c for k, c in chosen.items() if c is not None and c not in columns]
     if missing:
         raise MedtuneError(
-            f"{where} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (it has: {', '.join(columns) or 'none'});"
-            " name them with --question-column / --answer-column"
+            f"{where} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+            f" (it has: {', '.join(columns) or 'none'}); name them with --question-column / --answer-column"
         )
     return chosen
 
 
-def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str) -> list[Record]:
+_TEXT_FIELDS = ("question", "answer")  # must be strings: a number or a list here is a broken export
+
+
+def _value(v, key: str, col: str, where: str, row: int) -> str:
+    """A cell as text. Question and answer must be strings (or empty); source and focus are labels,
+    so an integer label is accepted. Anything else would be silently stringified into training
+    text ("[1, 2]", "{'a': 1}", "3.0"), so it is an error naming file, row and type."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if key not in _TEXT_FIELDS and isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    kind = "text" if key in _TEXT_FIELDS else "text or an integer label"
+    raise MedtuneError(
+        f"{where} {row}: column {col!r} ({key}) holds a {type(v).__name__} ({_short(v)}), expected {kind}"
+    )
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str, where: str = "", numbers=None) -> list[Record]:
+    """`where` + `numbers[i]` names row i in messages ("data.jsonl line 7"); default: "<where> row <i+1>"."""
     out = []
     for i, row in enumerate(rows):
+        n = numbers[i] if numbers else i + 1
 
         def get(key):
             col = chosen[key]
-            v = row.get(col) if col else None
-            return "" if v is None else str(v)
+            return _value(row.get(col) if col else None, key, col, where if numbers else f"{where or prefix} row", n)
 
         out.append(
             Record(
@@ -170,32 +195,38 @@ def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str) -> list[Re
 
 def read_csv(path: Path, cmap: ColumnMap) -> list[Record]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which plain utf-8 would
+        # glue onto the first column name ("\ufeffquestion"); without a BOM it reads as utf-8.
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             chosen = _resolve_columns(columns, cmap, str(path))
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
         raise MedtuneError(f"malformed CSV {path}: {e}") from None
-    return _rows_to_records(rows, chosen, path.stem)
+    return _rows_to_records(rows, chosen, path.stem, str(path))
 
 
 def read_jsonl(path: Path, cmap: ColumnMap) -> list[Record]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MedtuneError(f"malformed JSON on line {n} of {path}: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise MedtuneError(f"line {n} of {path} is not a JSON object")
-            rows.append(row)
+    rows, numbers = [], []
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise MedtuneError(f"malformed JSON on line {n} of {path}: {e.msg}") from None
+                if not isinstance(row, dict):
+                    raise MedtuneError(f"line {n} of {path} is not a JSON object")
+                rows.append(row)
+                numbers.append(n)
+    except UnicodeDecodeError as e:
+        raise MedtuneError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     columns = sorted({k for r in rows for k in r})
     chosen = _resolve_columns(columns, cmap, str(path))
-    return _rows_to_records(rows, chosen, path.stem)
+    return _rows_to_records(rows, chosen, path.stem, f"{path} line", numbers)
 
 
 def read_parquet(path: Path, cmap: ColumnMap) -> list[Record]:
@@ -208,7 +239,7 @@ def read_parquet(path: Path, cmap: ColumnMap) -> list[Record]:
     except Exception as e:  # pyarrow raises several types for a bad file
         raise MedtuneError(f"malformed Parquet file {path}: {e}") from None
     chosen = _resolve_columns(table.column_names, cmap, str(path))
-    return _rows_to_records(table.to_pylist(), chosen, path.stem)
+    return _rows_to_records(table.to_pylist(), chosen, path.stem, str(path))
 
 
 def read_hub(dataset_id: str, cmap: ColumnMap) -> list[Record]:
@@ -216,16 +247,18 @@ def read_hub(dataset_id: str, cmap: ColumnMap) -> list[Record]:
         import datasets
     except ImportError:
         raise MedtuneError(
-            f"{dataset_id!r} is not a local path; loading a hub dataset needs the 'hub' extra: pip install 'medtune[hub]'"
+            f"{dataset_id!r} is not a local path; loading a hub dataset needs the 'hub' extra: "
+            "pip install 'medtune[hub]'"
         ) from None
     try:
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as e:
         raise MedtuneError(
-            f"cannot load hub dataset {dataset_id!r} ({type(e).__name__}); offline, pass a local path to the data instead"
+            f"cannot load hub dataset {dataset_id!r} ({type(e).__name__}); "
+            "offline, pass a local path to the data instead"
         ) from None
     chosen = _resolve_columns(list(ds.column_names), cmap, dataset_id)
-    return _rows_to_records(ds, chosen, dataset_id.replace("/", "_"))
+    return _rows_to_records(ds, chosen, dataset_id.replace("/", "_"), dataset_id)
 
 
 def download_medquad() -> Path:

@@ -49,6 +49,19 @@ def leakage_groups(records: list[Record]) -> list[list[int]]:
     return list(groups.values())
 
 
+def group_ids(records: list[Record]) -> list[int]:
+    """Per record, the id of its leakage group (shared question text or focus entity).
+
+    The unit a grouped split keeps together, so the unit a bootstrap over these records
+    must resample. Ids are 0..G-1 in order of first appearance.
+    """
+    out = [0] * len(records)
+    for gid, members in enumerate(sorted(leakage_groups(records), key=min)):
+        for i in members:
+            out[i] = gid
+    return out
+
+
 def split_records(
     records: list[Record], how: str, test_fraction: float, val_fraction: float, seed: int
 ) -> dict[str, list[Record]]:

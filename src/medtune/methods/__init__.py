@@ -1,7 +1,11 @@
 """Fine-tuning methods behind one interface: `apply(model, cfg) -> (model, TrainableReport)`.
 
-A method is one module that calls `register(...)`. `select_trainable` is the single place
-where requires_grad is decided for methods that do not go through PEFT.
+A method is one module that calls `register(...)`. Its config class validates its own
+values in `__post_init__` and implements `check(model_config: dict) -> None`, which checks
+them against the model's config.json before any weights load (MedtuneError naming the bad
+value); defaults that depend on the architecture come from its family (medtune.families).
+`select_trainable` is the single place where requires_grad is decided for methods that do
+not go through PEFT.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import torch
 
 from medtune.errors import MedtuneError
+from medtune.families import base_model, family_of
 from medtune.schema import from_dict
 
 
@@ -36,9 +41,12 @@ class TrainableReport:
         return d
 
     def summary(self) -> str:
+        mods = self.trained_modules
+        shown = ", ".join(mods) if len(mods) <= 8 else ", ".join(mods[:8]) + f", ... ({len(mods)} modules)"
         lines = [
-            f"method {self.method}: {self.trainable:,} trainable of {self.total:,} parameters ({100 * self.share:.3f}%)",
-            f"  trained: {', '.join(self.trained_modules) if len(self.trained_modules) <= 8 else ', '.join(self.trained_modules[:8]) + f', ... ({len(self.trained_modules)} modules)'}",
+            f"method {self.method}: {self.trainable:,} trainable of {self.total:,} parameters "
+            f"({100 * self.share:.3f}%)",
+            f"  trained: {shown}",
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -143,20 +151,56 @@ def module_names(param_names: list[str]) -> list[str]:
     return out
 
 
+def n_blocks(model_cfg: dict) -> int | None:
+    """Decoder blocks, from config.json alone (GPT-2 spells it n_layer)."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(model_cfg.get(key), int):
+            return model_cfg[key]
+    return None
+
+
+def check_layers(layers, model_cfg: dict, method: str) -> None:
+    """Block indices must exist: checked from config.json, before any weights load."""
+    n = n_blocks(model_cfg)
+    if layers and n is not None:
+        bad = [i for i in layers if not 0 <= i < n]
+        if bad:
+            raise MedtuneError(f"{method} layers {bad} out of range: the model has blocks 0..{n - 1}")
+
+
+def module_paths(model) -> dict[str, str]:
+    """Dotted paths (in the unwrapped model) of its blocks, final norm and head.
+
+    A registered family declares them; any other causal LM: the ModuleList holding
+    config.num_hidden_layers blocks, the last norm module outside it, and the output embedding.
+    """
+    base = base_model(model)
+    family = family_of(base)
+    if family is not None:
+        return {"blocks": family.blocks, "norm": family.norm, "head": family.head}
+    n = getattr(base.config, "num_hidden_layers", None)
+    names = dict((id(m), name) for name, m in base.named_modules())
+    blocks = next(
+        (name for name, m in base.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None
+    )
+    if blocks is None:
+        raise MedtuneError(f"cannot find the {n} decoder blocks of {type(base).__name__}")
+    norms = [
+        name
+        for name, m in base.named_modules()
+        if "norm" in type(m).__name__.lower() and not name.startswith(blocks + ".")
+    ]
+    head = base.get_output_embeddings()
+    return {"blocks": blocks, "norm": norms[-1] if norms else "", "head": names.get(id(head), "lm_head")}
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
-    """The transformer blocks of a Llama-family model (plain or PEFT-wrapped)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise MedtuneError(
-            f"{type(base).__name__} is not a Llama-family model (no model.layers); medtune supports decoder-only Llama-style models"
-        )
-    return layers
+    """The transformer blocks of a causal LM (plain or PEFT-wrapped)."""
+    return base_model(model).get_submodule(module_paths(model)["blocks"])
 
 
 def is_tied(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     head = base.get_output_embeddings()
     emb = base.get_input_embeddings()
     return head is not None and head.weight is emb.weight

@@ -1,54 +1,80 @@
 """Adapter methods through HF PEFT (not reimplemented): LoRA / DoRA, BOFT, OFT, IA3.
 
-Each config validates its own values; `check_against_model` validates targets and block
-sizes against the model's config.json, before any weights load.
+Each config validates its own values; `check(model_config)` validates targets, layers and
+block sizes against the model's config.json, before any weights load. Default targets come
+from the model's family (q_proj/v_proj; Phi-3's fused qkv_proj), else from PEFT's own table
+for that model_type (GPT-2: c_attn), else the user must name them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from medtune.errors import MedtuneError
-from medtune.methods import MethodSpec, TrainableReport, count_params, module_names, register
+from medtune.families import family_for
+from medtune.methods import MethodSpec, TrainableReport, check_layers, count_params, module_names, register
 
-LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_PEFT_TABLES = {
+    "lora": "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",
+    "boft": "TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING",
+    "oft": "TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING",
+    "ia3": "TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING",
+    "ia3_feedforward": "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING",
+}
 
 
-def linear_in_features(model_cfg: dict) -> dict[str, int]:
-    """in_features of each Llama linear, from config.json alone."""
-    h = model_cfg.get("hidden_size")
-    heads = model_cfg.get("num_attention_heads")
-    head_dim = model_cfg.get("head_dim") or (h // heads if h and heads else None)
-    inter = model_cfg.get("intermediate_size")
-    return {
-        "q_proj": h,
-        "k_proj": h,
-        "v_proj": h,
-        "gate_proj": h,
-        "up_proj": h,
-        "o_proj": heads * head_dim if heads and head_dim else None,
-        "down_proj": inter,
-    }
+def _peft_default(model_type: str | None, table: str) -> list[str] | None:
+    from peft.utils import constants
+
+    found = getattr(constants, _PEFT_TABLES[table]).get(model_type or "")
+    return list(found) if found else None
+
+
+def default_targets(model_cfg: dict, method: str) -> list[str]:
+    """Modules `method` adapts when the config names none: the family's, else PEFT's table."""
+    model_type = model_cfg.get("model_type")
+    family = family_for(model_type)
+    if family is not None:
+        if method == "ia3_feedforward":
+            return list(family.ia3_feedforward)
+        return list(family.ia3_targets if method == "ia3" else family.adapter_targets)
+    found = _peft_default(model_type, method)
+    if found is None:
+        raise MedtuneError(
+            f"{method.split('_')[0]}: no default targets for model_type {model_type!r}; name them with "
+            f"--set method_args.targets=MODULE[,MODULE] (Linear modules inside each block)"
+        )
+    return found
+
+
+def linear_in_features(model_cfg: dict) -> dict[str, int | None] | None:
+    """in_features of each adaptable Linear in a block, from config.json alone; None for an unknown family."""
+    family = family_for(model_cfg.get("model_type"))
+    return family.linear_widths(model_cfg) if family is not None else None
 
 
 def _check_targets(targets: list[str], model_cfg: dict, method: str) -> None:
     known = linear_in_features(model_cfg)
-    if model_cfg.get("model_type") not in (None, "llama", "mistral", "qwen2", "qwen3"):
-        return  # other architectures: PEFT checks when the model loads
+    if known is None:
+        return  # other architectures: PEFT names missing modules when it wraps the model
     missing = [t for t in targets if t not in known]
     if missing:
+        family = family_for(model_cfg.get("model_type"))
         raise MedtuneError(
-            f"{method} target module{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the model (it has {', '.join(LLAMA_LINEARS)})"
+            f"{method} target module{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the model: "
+            f"{family.name} blocks have {', '.join(known)}"
         )
 
 
-def _check_layers(layers: Optional[list[int]], model_cfg: dict, method: str) -> None:
-    n = model_cfg.get("num_hidden_layers")
-    if layers and n is not None:
-        bad = [i for i in layers if not 0 <= i < n]
-        if bad:
-            raise MedtuneError(f"{method} layers {bad} out of range: the model has blocks 0..{n - 1}")
+def _resolve(targets: Optional[list], model_cfg: dict, method: str) -> list[str]:
+    return list(targets) if targets else default_targets(model_cfg, method)
+
+
+def _model_cfg(model) -> dict:
+    from medtune.families import base_model
+
+    return base_model(model).config.to_dict()
 
 
 def _wrap(model, peft_config, method: str, details: dict | None = None):
@@ -79,7 +105,7 @@ class LoraArgs:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    targets: Optional[list] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
     use_dora: bool = False
     layers: Optional[list] = None  # blocks to adapt; None = all
 
@@ -88,27 +114,30 @@ class LoraArgs:
             raise MedtuneError(f"lora r must be >= 1; got {self.r}")
         if not 0 <= self.dropout < 1:
             raise MedtuneError(f"lora dropout must be in [0, 1); got {self.dropout}")
-        if not self.targets:
+        if self.targets is not None and not self.targets:
             raise MedtuneError("lora targets must name at least one module")
 
-    def check_against_model(self, model_cfg: dict) -> None:
-        _check_targets(self.targets, model_cfg, "lora")
-        _check_layers(self.layers, model_cfg, "lora")
+    def check(self, model_cfg: dict) -> None:
+        _check_targets(_resolve(self.targets, model_cfg, "lora"), model_cfg, "lora")
+        check_layers(self.layers, model_cfg, "lora")
 
 
 def apply_lora(model, cfg: LoraArgs):
     from peft import LoraConfig
 
+    targets = _resolve(cfg.targets, _model_cfg(model), "lora")
     pc = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.targets),
+        target_modules=targets,
         use_dora=cfg.use_dora,
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )
-    model, report = _wrap(model, pc, "lora", {"r": cfg.r, "alpha": cfg.alpha, "use_dora": cfg.use_dora})
+    model, report = _wrap(
+        model, pc, "lora", {"r": cfg.r, "alpha": cfg.alpha, "use_dora": cfg.use_dora, "targets": targets}
+    )
     if cfg.use_dora:
         report.method = "lora"
         report.notes.append("DoRA: magnitude vectors train beside the low-rank factors")
@@ -124,34 +153,37 @@ class BoftArgs:
     block_num: int = 0  # alternative to block_size (exactly one of them non-zero)
     butterfly_factor: int = 1
     dropout: float = 0.05
-    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    targets: Optional[list] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
     layers: Optional[list] = None  # the study adapted a subset of blocks; None = all
 
     def __post_init__(self):
         if (self.block_size > 0) == (self.block_num > 0):
             raise MedtuneError(
-                f"boft needs exactly one of block_size and block_num > 0; got block_size={self.block_size}, block_num={self.block_num}"
+                "boft needs exactly one of block_size and block_num > 0; "
+                f"got block_size={self.block_size}, block_num={self.block_num}"
             )
         if self.butterfly_factor < 1:
             raise MedtuneError(f"boft butterfly_factor must be >= 1; got {self.butterfly_factor}")
         if not 0 <= self.dropout < 1:
             raise MedtuneError(f"boft dropout must be in [0, 1); got {self.dropout}")
 
-    def check_against_model(self, model_cfg: dict) -> None:
-        _check_targets(self.targets, model_cfg, "boft")
-        _check_layers(self.layers, model_cfg, "boft")
-        widths = linear_in_features(model_cfg)
+    def check(self, model_cfg: dict) -> None:
+        targets = _resolve(self.targets, model_cfg, "boft")
+        _check_targets(targets, model_cfg, "boft")
+        check_layers(self.layers, model_cfg, "boft")
+        widths = linear_in_features(model_cfg) or {}
         f = 2 ** (self.butterfly_factor - 1)
-        for t in self.targets:
+        for t in targets:
             width = widths.get(t)
             if not width:
                 continue
             if self.block_size:
                 if width % (self.block_size * f):
+                    fits = [str(d) for d in _divisors(width // f) if d % 2 == 0 and 4 <= d <= 128]
                     raise MedtuneError(
-                        f"boft block_size={self.block_size} (butterfly_factor={self.butterfly_factor}) does not fit {t}: "
-                        f"its width {width} must be a multiple of {self.block_size * f}"
-                        f"; try one of {', '.join(str(d) for d in _divisors(width // f) if d % 2 == 0 and 4 <= d <= 128) or 'none'}"
+                        f"boft block_size={self.block_size} (butterfly_factor={self.butterfly_factor}) does not fit "
+                        f"{t}: its width {width} must be a multiple of {self.block_size * f}"
+                        f"; try one of {', '.join(fits) or 'none'}"
                     )
             elif width % self.block_num or self.block_num % f:
                 raise MedtuneError(
@@ -168,12 +200,13 @@ def apply_boft(model, cfg: BoftArgs):
 
     from peft import BOFTConfig
 
+    targets = _resolve(cfg.targets, _model_cfg(model), "boft")
     pc = BOFTConfig(
         boft_block_size=cfg.block_size,
         boft_block_num=cfg.block_num,
         boft_n_butterfly_factor=cfg.butterfly_factor,
         boft_dropout=cfg.dropout,
-        target_modules=list(cfg.targets),
+        target_modules=targets,
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )
@@ -191,10 +224,12 @@ def apply_boft(model, cfg: BoftArgs):
         "block_num_and_size": blocks,
         "cuda_extension": not any("CUDA extension" in str(w.message) for w in caught),
         "layers": cfg.layers,
+        "targets": targets,
     }
     if used and used != [cfg.butterfly_factor]:
         report.notes.append(
-            f"PEFT used butterfly factor {used[0]}, not the {cfg.butterfly_factor} asked for (its CUDA extension did not build)"
+            f"PEFT used butterfly factor {used[0]}, not the {cfg.butterfly_factor} asked for "
+            "(its CUDA extension did not build)"
         )
     return model, report
 
@@ -206,18 +241,20 @@ def apply_boft(model, cfg: BoftArgs):
 class OftArgs:
     block_size: int = 32
     dropout: float = 0.0
-    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    targets: Optional[list] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
     layers: Optional[list] = None
 
     def __post_init__(self):
         if self.block_size < 1:
             raise MedtuneError(f"oft block_size must be >= 1; got {self.block_size}")
 
-    def check_against_model(self, model_cfg: dict) -> None:
-        _check_targets(self.targets, model_cfg, "oft")
-        _check_layers(self.layers, model_cfg, "oft")
-        for t in self.targets:
-            width = linear_in_features(model_cfg).get(t)
+    def check(self, model_cfg: dict) -> None:
+        targets = _resolve(self.targets, model_cfg, "oft")
+        _check_targets(targets, model_cfg, "oft")
+        check_layers(self.layers, model_cfg, "oft")
+        widths = linear_in_features(model_cfg) or {}
+        for t in targets:
+            width = widths.get(t)
             if width and width % self.block_size:
                 raise MedtuneError(f"oft block_size={self.block_size} does not divide the width {width} of {t}")
 
@@ -225,36 +262,53 @@ class OftArgs:
 def apply_oft(model, cfg: OftArgs):
     from peft import OFTConfig
 
+    targets = _resolve(cfg.targets, _model_cfg(model), "oft")
     pc = OFTConfig(
         r=0,
         oft_block_size=cfg.block_size,
         module_dropout=cfg.dropout,
-        target_modules=list(cfg.targets),
+        target_modules=targets,
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )
-    return _wrap(model, pc, "oft", {"block_size": cfg.block_size})
+    return _wrap(model, pc, "oft", {"block_size": cfg.block_size, "targets": targets})
 
 
 @dataclass
 class Ia3Args:
-    targets: list = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
-    feedforward: list = field(default_factory=lambda: ["down_proj"])
+    targets: Optional[list] = None  # None: the family's (k_proj, v_proj, down_proj; Phi-3: qkv_proj, down_proj)
+    feedforward: Optional[list] = None  # None: the family's (down_proj); must be among the targets
 
     def __post_init__(self):
-        bad = [m for m in self.feedforward if m not in self.targets]
-        if bad:
-            raise MedtuneError(f"ia3 feedforward modules {bad} must also be in targets {self.targets}")
+        if self.targets is not None and self.feedforward is not None:
+            _check_feedforward(self.targets, self.feedforward)
 
-    def check_against_model(self, model_cfg: dict) -> None:
-        _check_targets(self.targets, model_cfg, "ia3")
+    def resolved(self, model_cfg: dict) -> tuple[list[str], list[str]]:
+        targets = _resolve(self.targets, model_cfg, "ia3")
+        if self.feedforward is not None:
+            ff = list(self.feedforward)
+        else:  # the family's feed-forward modules that are adapted at all
+            ff = [m for m in default_targets(model_cfg, "ia3_feedforward") if m in targets]
+        _check_feedforward(targets, ff)
+        return targets, ff
+
+    def check(self, model_cfg: dict) -> None:
+        targets, _ = self.resolved(model_cfg)
+        _check_targets(targets, model_cfg, "ia3")
+
+
+def _check_feedforward(targets: list, feedforward: list) -> None:
+    bad = [m for m in feedforward if m not in targets]
+    if bad:
+        raise MedtuneError(f"ia3 feedforward modules {bad} must also be in targets {targets}")
 
 
 def apply_ia3(model, cfg: Ia3Args):
     from peft import IA3Config
 
-    pc = IA3Config(target_modules=list(cfg.targets), feedforward_modules=list(cfg.feedforward), task_type="CAUSAL_LM")
-    return _wrap(model, pc, "ia3")
+    targets, ff = cfg.resolved(_model_cfg(model))
+    pc = IA3Config(target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM")
+    return _wrap(model, pc, "ia3", {"targets": targets, "feedforward": ff})
 
 
 register(

@@ -1,5 +1,8 @@
 """Selective unfreezing: the last N transformer blocks and the output head train.
 
+Block, norm and head paths come from the model's family (medtune.families), or are found on
+any other causal LM (`methods.module_paths`).
+
 With tied embeddings (SmolLM2, Llama-3.2-1B) the head *is* the input embedding matrix.
 `head: tied` trains that shared matrix (what the study's setup implies): the input
 embeddings change too, and backward must run through every block to reach them.
@@ -21,6 +24,8 @@ from medtune.methods import (
     decoder_layers,
     is_tied,
     module_names,
+    module_paths,
+    n_blocks,
     register,
     select_trainable,
 )
@@ -30,13 +35,18 @@ from medtune.methods import (
 class SelectiveConfig:
     layers: int = 1  # how many of the last transformer blocks train
     head: str = "tied"  # tied | untied (only matters when the model ties head and embeddings)
-    norm: bool = False  # also train the final RMSNorm
+    norm: bool = False  # also train the final norm
 
     def __post_init__(self):
         if self.layers < 0:
             raise MedtuneError(f"selective layers must be >= 0; got {self.layers}")
         if self.head not in ("tied", "untied"):
             raise MedtuneError(f"selective head must be tied or untied; got {self.head!r}")
+
+    def check(self, model_cfg: dict) -> None:
+        n = n_blocks(model_cfg)
+        if n is not None and self.layers > n:
+            raise MedtuneError(f"selective layers={self.layers} but the model has only {n} blocks")
 
 
 def untie_head(model) -> None:
@@ -70,16 +80,22 @@ def apply(model, cfg: SelectiveConfig):
     if tied and cfg.head == "untied":
         untie_head(model)
         notes.append(
-            "head untied: lm_head trains its own copy; input embeddings frozen, backward stops at the first unfrozen block"
+            "head untied: lm_head trains its own copy; input embeddings frozen, "
+            "backward stops at the first unfrozen block"
         )
     elif tied:
         notes.append(
-            "head tied: lm_head shares its matrix with the input embeddings, so the input embeddings train too and backward runs through every block"
+            "head tied: lm_head shares its matrix with the input embeddings, "
+            "so the input embeddings train too and backward runs through every block"
         )
     first = n_layers - cfg.layers
-    prefixes = [f"model.layers.{i}." for i in range(first, n_layers)] + ["lm_head."]
+    paths = module_paths(model)
+    blocks = [f"{paths['blocks']}.{i}" for i in range(first, n_layers)]
+    prefixes = [f"{b}." for b in blocks] + [f"{paths['head']}."]
     if cfg.norm:
-        prefixes.append("model.norm.")
+        if not paths["norm"]:
+            raise MedtuneError(f"selective norm: {type(model).__name__} has no final norm module")
+        prefixes.append(f"{paths['norm']}.")
     trained = select_trainable(model, lambda name: name.startswith(tuple(prefixes)))
     report = TrainableReport(
         method="selective",
@@ -87,8 +103,7 @@ def apply(model, cfg: SelectiveConfig):
         total=count_params(model),
         base_total=base_total,
         # whole blocks train, so name the blocks rather than their 9 sub-modules each
-        trained_modules=[f"model.layers.{i}" for i in range(first, n_layers)]
-        + [m for m in module_names(trained) if not m.startswith("model.layers.")],
+        trained_modules=blocks + [m for m in module_names(trained) if not m.startswith(paths["blocks"] + ".")],
         notes=notes,
         details={
             "layers": list(range(first, n_layers)),

@@ -85,3 +85,37 @@ def loss_figure(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def quality_figure(results: dict, path: Path) -> None:
+    """One panel per answer-quality metric: a bar per model with its 95% interval."""
+    from medtune.report.tables import QUALITY_ROWS
+
+    models = {n: m["quality"] for n, m in results["models"].items() if m.get("quality")}
+    names = list(models)
+    fig, axes = plt.subplots(1, len(QUALITY_ROWS), figsize=(len(QUALITY_ROWS) * (0.8 + 0.5 * len(names)), 3.8), dpi=120)
+    for ax, (key, label, fmt) in zip(axes, QUALITY_ROWS):
+        stats = [models[n]["metrics"].get(key) for n in names]
+        if any(s is None for s in stats):
+            ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="grey")
+        else:
+            vals = [s["mean"] for s in stats]
+            err = [[v - s["ci"][0] for v, s in zip(vals, stats)], [s["ci"][1] - v for v, s in zip(vals, stats)]]
+            bars = ax.bar(range(len(names)), vals, 0.6, yerr=err, capsize=4, color=COLORS["answer"])
+            for b, v in zip(bars, vals):
+                ax.annotate(
+                    fmt.format(v),
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(f"Answer quality, {results['config']['model']} (95% CI)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

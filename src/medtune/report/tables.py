@@ -13,9 +13,10 @@ def print_prepare_stats(stats: dict, out) -> None:
     console.print(
         f"[bold]{stats['rows_read']:,}[/] pairs read, [bold]{stats['rows_kept']:,}[/] kept (dropped: {dropped})"
     )
+    ov = stats["overlap"]
     console.print(
         f"split: {stats['split']} (seed {stats['seed']}); overlap between splits: "
-        f"{stats['overlap']['questions_in_several_splits']} questions, {stats['overlap']['focus_entities_in_several_splits']} focus entities"
+        f"{ov['questions_in_several_splits']} questions, {ov['focus_entities_in_several_splits']} focus entities"
     )
     t = Table(title=f"prepared -> {out}")
     for col in ("split", "examples", "sources", "tokens mean", "median", "p90", "max", f"> {stats['max_length']}"):
@@ -50,4 +51,31 @@ def print_metrics(name: str, summary: dict) -> None:
             f"{m['accuracy_ci'][0]:.4f}-{m['accuracy_ci'][1]:.4f}",
             f"{m['tokens']:,}",
         )
+    console.print(t)
+
+
+QUALITY_ROWS = (  # (metric key, label, number format)
+    ("rougeL", "ROUGE-L F1", "{:.3f}"),
+    ("similarity", "semantic similarity", "{:.3f}"),
+    ("stopped", "stop rate (EOS before the limit)", "{:.2f}"),
+    ("repetition", "repeated 4-grams", "{:.3f}"),
+    ("tokens", "answer tokens", "{:.1f}"),
+)
+
+
+def print_quality(name: str, summary: dict) -> None:
+    """Answer-quality means with 95% intervals (summary: one model of quality.aggregate + generation)."""
+    gen = summary.get("generation", {})
+    t = Table(
+        title=f"{name}: {summary['answers']} greedy answers, at most {gen.get('max_new_tokens', '?')} new tokens "
+        f"({gen.get('tokens_per_s', float('nan')):.0f} new tokens/s)"
+    )
+    for col in ("metric", "mean", "95% CI"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for key, label, fmt in QUALITY_ROWS:
+        m = summary["metrics"].get(key)
+        if m is None:
+            t.add_row(label, "skipped", (gen.get("scoring") or {}).get(key, ""))
+        else:
+            t.add_row(label, fmt.format(m["mean"]), f"{fmt.format(m['ci'][0])}-{fmt.format(m['ci'][1])}")
     console.print(t)

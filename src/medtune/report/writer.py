@@ -12,9 +12,12 @@ from pathlib import Path
 
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS, load_scores, paired_difference, summarize
-from medtune.runs import environment, read_json, read_metrics
+from medtune.report.quality_section import add_quality, generation_speed, quality_lines, sample_scores
+from medtune.runs import Number, check_shape, environment, read_json, read_metrics
 
-SCHEMA_VERSION = 1
+# 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
+# seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr'])
+SCHEMA_VERSION = 3
 
 # The study's Table 1 (Llama-3.2-1B on MedQuAD, all-token scope most likely, random split).
 PAPER = {
@@ -30,40 +33,18 @@ PAPER = {
 
 
 def build_results(out: Path) -> dict:
+    """Gather the folder's artifacts into results.json: per model (base + methods, seeds inside),
+    the seed-pooled study section (tuning, pairwise differences, verdict, cost), answer quality."""
+    from medtune.study import collect, finish
+
     out = Path(out)
     meta = read_json(out / "compare.json")
     cfg = meta["config"]
-    n_boot, seed = cfg["eval"]["bootstrap"], cfg["eval"]["seed"]
-    names = ["base", *meta["methods"]]
-    scores = {}
-    for name in names:
-        p = out / "eval" / f"{name}.json"
-        if p.is_file():
-            scores[name] = load_scores(p)
-    if "base" not in scores:
-        raise MedtuneError(f"{out} has no evaluation of the base model yet; run medtune compare first")
-    models = {}
-    for name in names:
-        if name not in scores:
-            continue
-        entry = {"metrics": summarize(scores[name], n_boot, seed)}
-        timing = out / "eval" / f"{name}.timing.json"
-        if timing.is_file():
-            entry["eval_timing"] = read_json(timing)
-        if name != "base":
-            entry["diff_vs_base"] = paired_difference(scores["base"], scores[name], n_boot, seed)
-            run = out / "runs" / name
-            entry["trainable"] = read_json(run / "trainable.json")
-            entry["train"] = read_json(run / "summary.json")
-            rows = read_metrics(run)
-            entry["loss_curve"] = {
-                "train": [[r["step"], r["loss"]] for r in rows if "loss" in r],
-                "val": [[r["step"], r["val_loss"]] for r in rows if "val_loss" in r],
-            }
+    models, study, pool = collect(out, cfg, meta["methods"])
+    for name, entry in models.items():
         samples = out / "samples" / f"{name}.json"
         if samples.is_file():
             entry["samples"] = json.loads(samples.read_text())
-        models[name] = entry
     stats = read_json(out / "prepared" / "stats.json")
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -71,9 +52,12 @@ def build_results(out: Path) -> dict:
         "data": stats,
         "metrics_definition": METRICS,
         "models": models,
+        "study": study,
         "paper": PAPER,
         "environment": environment(),
     }
+    add_quality(out, results)
+    finish(out, results, pool)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 
@@ -85,8 +69,48 @@ def rebuild(out: Path) -> None:
     p = out / "results.json"
     if not p.is_file():
         raise MedtuneError(f"{out} has no results.json (run medtune compare first)")
-    write_report(out, read_json(p))
+    results = read_json(p)
+    check_shape(results, RESULTS_SHAPE, p)
+    try:
+        write_report(out, results)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        # A key or type the shape above does not cover (the file was edited, or is from another
+        # version): still one line naming the file, never a traceback.
+        what = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise MedtuneError(f"{p} is malformed ({what}); rerun medtune compare to rewrite it") from None
     print(f"report: {out / 'report.md'}")
+
+
+# What write_report reads from results.json (see runs.check_shape for the notation).
+_NUM = Number
+_SCOPE = {
+    "perplexity": _NUM,
+    "perplexity_ci": [_NUM, _NUM],
+    "accuracy": _NUM,
+    "accuracy_ci": [_NUM, _NUM],
+    "tokens": int,
+    "examples?": int,
+}
+_MODEL = {
+    "metrics": {"answer": _SCOPE, "all": _SCOPE},
+    "trainable?": {"trainable": int, "share": _NUM},
+    "train?": {"train_seconds": _NUM, "steps": int, "tokens_per_s": _NUM, "peak_rss_mb": _NUM},
+    "samples?": list,
+}
+RESULTS_SHAPE = {
+    "schema_version": int,
+    "config": {
+        "model": str,
+        "format": {"max_length": int, "template": str, "loss_scope": str},
+        "eval": {"bootstrap": int},
+        "train": {"epochs": _NUM, "batch_size": int, "seed": int},
+        "methods": dict,
+    },
+    "data": {"split": str, "seed": int, "rows_read": int, "rows_kept": int, "dropped": dict, "splits": dict},
+    "models": {"base": _MODEL, "*": _MODEL},
+    "paper": {"model": str, "rows": dict, "protocol": str},
+    "environment": {"device": str, "versions": dict},
+}
 
 
 def _ci(v, ci, fmt):
@@ -131,12 +155,13 @@ def write_report(out: Path, results: dict) -> None:
             )
         L.append("")
     L.append("![perplexity](perplexity.png) ![accuracy](accuracy.png)\n")
+    L.extend(quality_lines(out, results))
 
     L.append("## Efficiency\n")
     L.append(
-        "| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights |"
+        "| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights | answer generation (new tokens/s) |"
     )
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, m in models.items():
         if name == "base":
             continue
@@ -145,7 +170,7 @@ def write_report(out: Path, results: dict) -> None:
         gpu = f"{tr['peak_gpu_mb']:.0f}" if tr.get("peak_gpu_mb") else "-"
         L.append(
             f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} | {tr['steps']} | {tr['tokens_per_s']:.0f} | "
-            f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} |"
+            f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} | {generation_speed(m)} |"
         )
     L.append("")
     boft = models.get("boft", {}).get("trainable", {}).get("details", {})
@@ -167,7 +192,7 @@ def write_report(out: Path, results: dict) -> None:
     )
     L.append(
         f"- Format: template `{cfg['format']['template']}`, separator {cfg['format']['separator']!r}, max length {cfg['format']['max_length']}, "
-        f"padding `{cfg['format']['padding']}`, training loss on `{cfg['format']['loss_scope']}` tokens"
+        f"layout `{cfg['format']['layout']}`, training loss on `{cfg['format']['loss_scope']}` tokens"
     )
     L.append(
         f"- Training: epochs {tr['epochs']}{', max steps ' + str(tr['max_steps']) if tr['max_steps'] else ''}, batch {tr['batch_size']} examples, AdamW "
@@ -216,7 +241,8 @@ def write_report(out: Path, results: dict) -> None:
             L.append(f"### Q{i + 1}. {s['question']}\n")
             L.append(f"**Reference:** {_short(s['reference'])}\n")
             for n in with_samples:
-                L.append(f"**{n}:** {_short(models[n]['samples'][i]['answer']) or '(empty)'}\n")
+                row = models[n]["samples"][i]
+                L.append(f"**{n}**{sample_scores(row)}**:** {_short(row['answer']) or '(empty)'}\n")
     (out / "report.md").write_text("\n".join(L))
     perplexity_figure(results, out / "perplexity.png")
     accuracy_figure(results, out / "accuracy.png")

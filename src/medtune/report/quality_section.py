@@ -1,0 +1,119 @@
+"""The report's "Answer quality" section: results.json numbers, the markdown table, the figure.
+
+`add_quality` (called by writer.build_results) aggregates generations/<model>.jsonl with the
+comparison's bootstrap settings; `quality_lines` (called by writer.write_report) renders only
+from results, so `medtune report DIR` reproduces the section without generating anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medtune import quality
+from medtune.report.tables import QUALITY_ROWS
+
+
+def add_quality(out: Path, results: dict) -> None:
+    """Adds results["quality"] and models[name]["quality"] (in place) when the comparison has answers."""
+    out = Path(out)
+    cfg, models = results["config"], results["models"]
+    qcfg = cfg.get("quality") or {}
+    if not qcfg.get("enabled", False):
+        return
+    gens, timings = {}, {}
+    for name in models:
+        p = out / "generations" / f"{name}.jsonl"
+        if p.is_file():
+            gens[name] = quality.read_generations(p)
+            t = out / "generations" / f"{name}.timing.json"
+            timings[name] = json.loads(t.read_text()) if t.is_file() else {}
+    if "base" not in gens:
+        return
+    groups = _groups(out, cfg, gens["base"])
+    agg = quality.aggregate(gens, cfg["eval"]["bootstrap"], cfg["eval"]["seed"], groups)
+    for name, entry in agg.items():
+        models[name]["quality"] = {**entry, "generation": timings.get(name, {})}
+    scoring = timings.get("base", {}).get("scoring", {})
+    results["quality"] = {
+        "definition": quality.METRICS,
+        "answers": len(gens["base"]),
+        "max_new_tokens": qcfg.get("max_new_tokens") or cfg["max_new_tokens"],
+        "similarity": scoring.get("similarity", "unknown"),
+        "rougeL": scoring.get("rougeL", "rouge-score, use_stemmer=True"),
+        "bootstrap_unit": "focus groups" if groups is not None else "examples",
+    }
+
+
+def _groups(out: Path, cfg: dict, rows: list[dict]):
+    from medtune.data.prepare import read_split
+
+    test = read_split(out / "prepared", "test")
+    if cfg["eval"].get("max_examples"):
+        test = test[: cfg["eval"]["max_examples"]]
+    by_id = {r.id: r for r in test}
+    if any(r["id"] not in by_id for r in rows):
+        return None  # answers from another split: resample single answers
+    return quality.group_ids_for(test, [by_id[r["id"]] for r in rows])
+
+
+def _cell(m: dict | None, fmt: str, signed: bool = False) -> str:
+    if m is None:
+        return "skipped"
+    f = fmt.replace("{:", "{:+") if signed else fmt
+    return f"{f.format(m['mean'])} [{f.format(m['ci'][0])}, {f.format(m['ci'][1])}]"
+
+
+def quality_lines(out: Path, results: dict) -> list[str]:
+    """Markdown for the section (empty without answers); also writes quality.png."""
+    q = results.get("quality")
+    models = {n: m["quality"] for n, m in results["models"].items() if m.get("quality")}
+    if not q or not models:
+        return []
+    from medtune.report.figures import quality_figure
+
+    L = [f"## Answer quality: {q['answers']} greedy answers per model, the same questions for every model\n"]
+    L.append(
+        f"Greedy decoding, stops at EOS, at most {q['max_new_tokens']} new tokens. Means with 95% bootstrap intervals "
+        f"(resampling {q['bootstrap_unit']}); Δ vs base is paired (same questions). ROUGE-L: F1 vs the reference "
+        f"(rouge-score, stemming). Similarity: {q['similarity']}; cosine of mean-pooled, L2-normalised embeddings. "
+        "Stop rate: share of answers that end at EOS before the limit. Repetition: share of repeated word 4-grams "
+        "within an answer (loops score near 1).\n"
+    )
+    head = [label for _, label, _ in QUALITY_ROWS]
+    L.append("| model | " + " | ".join(head) + " | new tokens/s |")
+    L.append("|---|" + "---|" * (len(head) + 1))
+    for name, m in models.items():
+        cells = [_cell(m["metrics"].get(k), f) for k, _, f in QUALITY_ROWS]
+        L.append(f"| {name} | " + " | ".join(cells) + f" | {_speed(m)} |")
+    diffs = {n: m["diff_vs_base"] for n, m in models.items() if m.get("diff_vs_base")}
+    if diffs:
+        L.append("")
+        L.append("| Δ vs base | " + " | ".join(head) + " |")
+        L.append("|---|" + "---|" * len(head))
+        for name, d in diffs.items():
+            L.append(f"| {name} | " + " | ".join(_cell(d.get(k), f, signed=True) for k, _, f in QUALITY_ROWS) + " |")
+    L.append("")
+    L.append("![answer quality](answer_quality.png)\n")
+    quality_figure(results, Path(out) / "answer_quality.png")
+    return L
+
+
+def _speed(m: dict) -> str:
+    g = m.get("generation") or {}
+    return f"{g['tokens_per_s']:.0f}" if g.get("tokens_per_s") else "-"
+
+
+def generation_speed(entry: dict) -> str:
+    """For the efficiency table: new tokens/s of a model's answer generation, or '-'."""
+    return _speed(entry.get("quality") or {})
+
+
+def sample_scores(row: dict) -> str:
+    """' (ROUGE-L 0.123, similarity 0.456)' for a sample answer, or '' for samples without scores."""
+    parts = []
+    if row.get("rougeL") is not None:
+        parts.append(f"ROUGE-L {row['rougeL']:.3f}")
+    if row.get("similarity") is not None:
+        parts.append(f"similarity {row['similarity']:.3f}")
+    return f" ({', '.join(parts)})" if parts else ""

@@ -1,0 +1,574 @@
+"""Learning-rate tuning on the validation split, per method, with Optuna.
+
+A comparison at one hand-set learning rate compares learning rates. Here every method gets
+its own Optuna study over `lr`: by default a log-spaced grid (GridSampler) centred on the
+method's configured rate; TPE with `n_trials` is the option. Each trial is one `train()` run
+scored by its final validation loss; SuccessiveHalvingPruner stops the weaker trials at the
+validation points (25% and 50% of the steps by default), so pruned trials cost a fraction of
+a run. The test split is never read while tuning: `test_split_guarded()` makes any read of
+it raise.
+
+Storage and failures: trials live in a database (`sqlite:///<out>/tuning.db` unless
+`tune.storage` / `--storage` names another one Optuna accepts). A rerun of a killed tuning
+run loads the study and runs only what is missing: a trial left RUNNING by a dead process on
+this host is marked FAIL at start and re-enqueued with its learning rate (Optuna's
+RetryHeartbeatStaleTrialCallback); on other hosts the heartbeat finds it once it is older
+than the grace period. Several workers (`medtune tune --worker`, on one machine or several,
+each with its own --out) share one study through PostgreSQL; each grid point is trained once.
+
+Layout: setup (TuneConfig, grid, storage, study) -> objective (one trial) -> run (per method,
+until no work is left) -> worker / command entry points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from medtune.errors import MedtuneError
+from medtune.schema import _check, _one_of
+
+SAMPLERS = ("grid", "tpe")
+
+
+# ---------------------------------------------------------------- setup
+
+
+@dataclass
+class TuneConfig:
+    """The `tune:` section of a comparison preset."""
+
+    enabled: bool = False
+    sampler: str = "grid"  # grid: a fixed log-spaced grid (GridSampler); tpe: n_trials TPE samples
+    points: int = 5  # grid: learning rates per method, log-spaced
+    span: float = 32.0  # largest / smallest learning rate, geometrically centred on the method's lr
+    grid: dict = field(default_factory=dict)  # method -> explicit learning rates (replaces points/span)
+    n_trials: int = 8  # tpe: trials per method
+    prune: bool = True  # successive halving on the validation loss at eval_points
+    eval_points: list = field(default_factory=lambda: [0.25, 0.5, 1.0])  # fractions of the steps; last is 1
+    storage: Optional[str] = None  # any database URL Optuna accepts; None: sqlite:///<out>/tuning.db
+    seed: int = 0  # sampler seed (the grid order; TPE's draws)
+    heartbeat_seconds: int = 30  # a RUNNING trial silent for 3x this is stale (another host died)
+    max_retry: int = 3  # re-runs of a trial whose process died
+
+    def __post_init__(self) -> None:
+        _one_of("tune.sampler", self.sampler, SAMPLERS)
+        _check(self.points >= 1, f"tune.points must be >= 1 (learning rates per method); got {self.points}")
+        _check(math.isfinite(self.span) and self.span >= 1, f"tune.span must be a number >= 1; got {self.span}")
+        _check(self.n_trials >= 1, f"tune.n_trials must be >= 1; got {self.n_trials}")
+        _check(self.heartbeat_seconds >= 1, f"tune.heartbeat_seconds must be >= 1; got {self.heartbeat_seconds}")
+        _check(self.max_retry >= 0, f"tune.max_retry must be >= 0; got {self.max_retry}")
+        pts = [_number(p, "tune.eval_points") for p in self.eval_points]
+        _check(
+            bool(pts) and all(0 < p <= 1 for p in pts) and pts == sorted(set(pts)) and pts[-1] == 1.0,
+            f"tune.eval_points must be increasing fractions in (0, 1] ending at 1; got {self.eval_points}",
+        )
+        self.eval_points = pts
+        for method, lrs in self.grid.items():
+            _check(isinstance(lrs, list), f"tune.grid.{method} must be a list of learning rates; got {lrs!r}")
+            _check(len(lrs) > 0, f"tune.grid.{method} is empty: give at least one learning rate")
+            vals = [_number(v, f"tune.grid.{method}") for v in lrs]
+            bad = [v for v in vals if not (math.isfinite(v) and v > 0)]
+            _check(not bad, f"tune.grid.{method}: learning rates must be finite and > 0; got {bad[0] if bad else ''}")
+            self.grid[method] = sorted(set(vals))
+
+
+def _number(v, where: str) -> float:
+    if isinstance(v, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise MedtuneError(f"{where} must hold numbers; got {v!r}")
+    return float(v)
+
+
+def lr_grid(tune: TuneConfig, method: str, centre: float) -> list[float]:
+    """The learning rates tried for `method`: tune.grid[method], else `points` log-spaced values
+    spanning `span`x, geometric centre `centre` (3 significant digits, so reports read cleanly)."""
+    if method in tune.grid:
+        return list(tune.grid[method])
+    if tune.points == 1:
+        return [float(f"{centre:.3g}")]
+    k = tune.points - 1
+    return [float(f"{centre * tune.span ** (i / k - 0.5):.3g}") for i in range(tune.points)]
+
+
+def lr_range(tune: TuneConfig, method: str, centre: float) -> tuple[float, float]:
+    """(low, high) of the search: the grid's ends, or the span around the centre (TPE)."""
+    if tune.sampler == "grid" or method in tune.grid:
+        g = lr_grid(tune, method, centre)
+        return min(g), max(g)
+    return centre / math.sqrt(tune.span), centre * math.sqrt(tune.span)
+
+
+@contextlib.contextmanager
+def test_split_guarded():
+    """While active, reading the test split (data.prepare.read_split) raises RuntimeError."""
+    from medtune.data import prepare
+
+    added = "test" not in prepare.FORBIDDEN_SPLITS
+    prepare.FORBIDDEN_SPLITS.add("test")
+    try:
+        yield
+    finally:
+        if added:
+            prepare.FORBIDDEN_SPLITS.discard("test")
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / 'tuning.db').absolute()}"
+
+
+def _redact(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown up to its credentials
+        return url.split("@")[-1]
+
+
+def open_storage(url: str, tune: TuneConfig):
+    """An Optuna RDBStorage with heartbeats and retry of dead trials; one line if unreachable."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    connect = {"timeout": 60} if url.startswith("sqlite") else {}
+    if url.startswith("postgresql"):
+        connect = {"connect_timeout": 10}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": connect} if connect else None,
+            heartbeat_interval=tune.heartbeat_seconds,
+            grace_period=3 * tune.heartbeat_seconds,
+            failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry),
+        )
+    except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of every kind: one line
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise MedtuneError(f"cannot open tuning storage {_redact(url)}: {msg}") from None
+
+
+@dataclass
+class MethodSpace:
+    """What one method's study searches."""
+
+    method: str
+    centre: float  # the configured (untuned) learning rate
+    grid: list[float]  # empty for TPE
+    low: float
+    high: float
+    study_name: str
+
+
+class SharedPrefixCaches:
+    """One PrefixCache per frozen-prefix length, shared by every trial and seed of a comparison.
+
+    Valid because a comparison has one base model, one prepared train split and one format;
+    the spill folder is keyed on those (`key`). Memory past `limit_bytes` goes to disk.
+    """
+
+    def __init__(self, folder: Path, key: str, limit_bytes: int):
+        self.folder, self.key, self.limit = Path(folder), key, limit_bytes
+        self.caches: dict = {}
+
+    def for_run(self, rc, model_cfg: dict):
+        blocks = frozen_prefix_blocks(rc, model_cfg)
+        if blocks == 0 or rc.train.cache_prefix == "off":
+            return None
+        if blocks not in self.caches:
+            from medtune.prefix_cache import PrefixCache
+
+            self.caches[blocks] = PrefixCache(self.limit, self.folder / f"{self.key}-{blocks}", blocks)
+        return self.caches[blocks]
+
+    def close(self) -> None:
+        for c in self.caches.values():
+            c.close()
+        self.caches.clear()
+
+
+def frozen_prefix_blocks(rc, model_cfg: dict) -> int:
+    """Blocks a run leaves frozen before its first trainable one (0: nothing to cache).
+
+    Only selective unfreezing with frozen input embeddings has a frozen prefix: its last
+    `layers` blocks train, so blocks [0, n - layers) never change."""
+    if rc.method != "selective":
+        return 0
+    mc = rc.method_config()
+    text = model_cfg.get("text_config") or model_cfg
+    n = text.get("num_hidden_layers") or model_cfg.get("num_hidden_layers")
+    tied = bool(text.get("tie_word_embeddings", model_cfg.get("tie_word_embeddings", False)))
+    if not n or (tied and mc.head == "tied"):
+        return 0
+    return max(int(n) - mc.layers, 0)
+
+
+@dataclass
+class TuneContext:
+    cfg: object  # CompareConfig
+    prep: Path
+    out: Path
+    storage: object  # optuna RDBStorage
+    data_key: str  # fingerprint of the prepared train/val files
+    caches: SharedPrefixCaches
+    model_cfg: dict
+    say: Callable = print
+
+    @property
+    def tune(self) -> TuneConfig:
+        return self.cfg.tune
+
+
+def method_space(ctx: TuneContext, method: str) -> MethodSpace:
+    from medtune.config import config_hash
+
+    rc = ctx.cfg.run_config(method)
+    centre = rc.learning_rate()
+    grid = lr_grid(ctx.tune, method, centre) if ctx.tune.sampler == "grid" else []
+    low, high = lr_range(ctx.tune, method, centre)
+    run = rc.to_dict()
+    run["train"].pop("lr", None)
+    run["train"].pop("seeds", None)
+    t = asdict(ctx.tune)
+    for k in ("enabled", "storage", "heartbeat_seconds", "max_retry"):  # do not change what a trial computes
+        t.pop(k)
+    key = config_hash({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
+    return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{key}")
+
+
+def open_study(ctx: TuneContext, space: MethodSpace):
+    import optuna
+
+    if space.grid:
+        sampler = optuna.samplers.GridSampler({"lr": space.grid}, seed=ctx.tune.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=ctx.tune.seed, n_startup_trials=max(2, ctx.tune.n_trials // 3))
+    if ctx.tune.prune and len(ctx.tune.eval_points) > 1:
+        # Steps are reported in percent of the run: rungs at the first point, then x2 (25, 50, 100).
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=_percent(ctx.tune.eval_points[0]), reduction_factor=2
+        )
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return optuna.create_study(
+        storage=ctx.storage,
+        study_name=space.study_name,
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
+
+
+def _percent(fraction: float) -> int:
+    return max(1, round(100 * fraction))
+
+
+# ---------------------------------------------------------------- recovery
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a trial recorded under our PID by an earlier, dead process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_trials(study, tune: TuneConfig) -> list[int]:
+    """Mark RUNNING trials whose process is gone FAIL and re-enqueue them; returns their numbers.
+
+    This host: the PID recorded in the trial is checked at once. Other hosts: Optuna's
+    heartbeat (fail_stale_trials) once the trial is older than the grace period. Marking FAIL
+    succeeds for one process only, so two workers never enqueue the same retry twice."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry)
+    host, dead = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker") or {}
+        if w.get("host") != host or _pid_alive(int(w.get("pid", -1))):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another worker got there first
+        study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")
+        retry(study, study._storage.get_trial(t._trial_id))
+        dead.append(t.number)
+    return dead
+
+
+# ---------------------------------------------------------------- objective
+
+
+class DuplicateTrial(Exception):
+    """Another trial already trains (or trained) this grid point: this one ends FAIL, untrained."""
+
+
+def _same_lr(a: float | None, b: float) -> bool:
+    return a is not None and math.isclose(a, b, rel_tol=1e-9)
+
+
+def _duplicate_of(study, number: int, lr: float) -> int | None:
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        if t.number == number or not _same_lr(t.params.get("lr"), lr):
+            continue
+        if t.state != TrialState.RUNNING or t.number < number:
+            return t.number
+    return None
+
+
+def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
+    """One trial: train at the trial's lr, report validation loss at the eval points, prune."""
+    import optuna
+
+    from medtune.train import Diverged, train
+
+    def objective(trial) -> float:
+        lr = trial.suggest_float("lr", space.low, space.high, log=True)
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        if space.grid:
+            dup = _duplicate_of(trial.study, trial.number, lr)
+            if dup is not None:
+                trial.set_user_attr("duplicate_of", dup)
+                raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
+        rc = _with_lr(ctx.cfg.run_config(space.method), lr)
+        run_dir = ctx.out / "tuning" / space.method / f"trial-{trial.number:03d}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
+
+        def on_validation(step: int, val_loss: float, fraction: float) -> None:
+            if fraction <= 0 or fraction >= 1:
+                return  # step 0 is the base model for every lr; at 100% the run is done anyway
+            trial.report(val_loss, _percent(fraction))
+            if ctx.tune.prune and trial.should_prune():
+                raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at {fraction:.0%} of the steps")
+
+        t0 = time.perf_counter()
+        try:
+            summary = train(
+                rc,
+                ctx.prep,
+                run_dir,
+                quiet=True,
+                on_validation=on_validation,
+                eval_points=tuple(ctx.tune.eval_points),
+                prefix_cache=ctx.caches.for_run(rc, ctx.model_cfg),
+            )
+        except Diverged as e:
+            trial.set_user_attr("diverged", str(e))
+            _say_trial(ctx, space, trial.number, lr, "diverged", time.perf_counter() - t0)
+            return float("inf")
+        except optuna.TrialPruned:
+            _say_trial(ctx, space, trial.number, lr, "pruned", time.perf_counter() - t0)
+            raise
+        finally:
+            _drop_weights(run_dir)
+        for k in ("train_seconds", "tokens_per_s", "steps", "peak_rss_mb"):
+            trial.set_user_attr(k, summary.get(k))
+        val = summary.get("val_loss")
+        if val is None or not math.isfinite(val):
+            trial.set_user_attr("diverged", "non-finite validation loss")
+            val = float("inf")
+        trial.report(val, 100)
+        _say_trial(ctx, space, trial.number, lr, f"val loss {val:.4f}", time.perf_counter() - t0)
+        return val
+
+    return objective
+
+
+def _with_lr(rc, lr: float):
+    from medtune.config import RunConfig, from_dict
+
+    d = rc.to_dict()
+    d["train"]["lr"] = float(lr)
+    return from_dict(RunConfig, d, "tuning trial")
+
+
+def _drop_weights(run_dir: Path) -> None:
+    """A trial needs its losses, not its weights (selective's untied head alone is 113 MB)."""
+    shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+    for f in ("trained.safetensors",):
+        (run_dir / f).unlink(missing_ok=True)
+
+
+def _say_trial(ctx, space, number, lr, what, seconds) -> None:
+    ctx.say(f"  tune {space.method}: trial {number} lr {lr:.3g} -> {what} ({seconds:.0f}s)")
+
+
+# ---------------------------------------------------------------- run
+
+
+def work_left(study, space: MethodSpace, tune: TuneConfig) -> bool:
+    """Is there a trial nobody has claimed yet? WAITING retries, grid points without any trial
+    (a trial in any state claims its point: FAIL ones were retried or gave up), or TPE budget."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    if space.grid:
+        tried = [t.params.get("lr") for t in trials]
+        return any(not any(_same_lr(c, g) for c in tried) for g in space.grid)
+    counted = sum(t.state.name in ("COMPLETE", "PRUNED", "RUNNING") for t in trials)
+    return counted < tune.n_trials
+
+
+def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
+    """Run `method`'s trials until none is left; with `wait`, also until other workers' finish."""
+    space = method_space(ctx, method)
+    study = open_study(ctx, space)
+    objective = make_objective(ctx, space)
+
+    def stop_when_done(study, trial) -> None:
+        if not work_left(study, space, ctx.tune):
+            study.stop()
+
+    while True:
+        recover_dead_trials(study, ctx.tune)
+        if work_left(study, space, ctx.tune):
+            study.optimize(objective, catch=(DuplicateTrial,), callbacks=[stop_when_done], gc_after_trial=True)
+            continue
+        if not wait or not _others_running(study):
+            break
+        time.sleep(min(5.0, ctx.tune.heartbeat_seconds))  # another worker's trial: poll the shared study
+    return study_summary(study, space)
+
+
+def _others_running(study) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def study_summary(study, space: MethodSpace) -> dict:
+    """Every trial of the study (for the tuning curves) and the chosen learning rate."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if "duplicate_of" in t.user_attrs:
+            continue
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        inter = sorted(t.intermediate_values.items())
+        rows.append(
+            {
+                "number": t.number,
+                "lr": t.params.get("lr"),
+                "state": t.state.name.lower(),
+                "val_loss": t.value if t.value is not None else (inter[-1][1] if inter else None),
+                "curve": [[p / 100, v] for p, v in inter],
+                "seconds": seconds,
+                "diverged": t.user_attrs.get("diverged"),
+                "failure": t.user_attrs.get("failure"),
+                **{k: t.user_attrs.get(k) for k in ("train_seconds", "tokens_per_s", "steps", "peak_rss_mb")},
+            }
+        )
+    done = [r for r in rows if r["state"] == "complete" and r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+    best = min(done, key=lambda r: r["val_loss"]) if done else None
+    return {
+        "method": space.method,
+        "study_name": space.study_name,
+        "default_lr": space.centre,
+        "grid": space.grid,
+        "range": [space.low, space.high],
+        "trials": rows,
+        "chosen_lr": best["lr"] if best else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "seconds": sum(r["seconds"] or 0.0 for r in rows),
+    }
+
+
+def run_tuning(
+    cfg, prep: Path, out: Path, *, worker: bool = False, quiet: bool = False, caches: SharedPrefixCaches | None = None
+) -> dict:
+    """Tune every method of `cfg` on `prep`'s train/val splits; never reads the test split.
+
+    Returns {method: study_summary}; also written to <out>/tuning/summary.json (not by workers,
+    whose view of a shared study may be partial)."""
+    from medtune import models
+    from medtune.runs import write_json
+    from medtune.train import data_fingerprint
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    url = cfg.tune.storage or default_storage(out)
+    storage = open_storage(url, cfg.tune)
+    own = caches is None
+    data_key = data_fingerprint(prep)
+    caches = caches or SharedPrefixCaches(out / ".prefix-cache", data_key, int(cfg.train.cache_memory_gb * 2**30))
+    ctx = TuneContext(cfg, prep, out, storage, data_key, caches, models.read_model_config(cfg.model), say)
+    results = {}
+    try:
+        with test_split_guarded():
+            for method in cfg.methods:
+                t0 = time.perf_counter()
+                say(f"  tuning {method} on the validation split ({_describe(ctx, method)})")
+                results[method] = tune_method(ctx, method, wait=not worker)
+                r = results[method]
+                if r["chosen_lr"] is None and not worker:
+                    raise MedtuneError(f"tuning {method}: no trial finished with a finite validation loss")
+                say(
+                    f"  {method}: chosen lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
+                    f"{len(r['trials'])} trials, {time.perf_counter() - t0:.0f}s here"
+                    if r["chosen_lr"] is not None
+                    else f"  {method}: no finished trial yet"
+                )
+    finally:
+        if own:
+            caches.close()
+    if not worker:
+        (out / "tuning").mkdir(parents=True, exist_ok=True)
+        write_json(out / "tuning" / "summary.json", {"storage": _redact(url), "methods": results})
+    return results
+
+
+def _describe(ctx: TuneContext, method: str) -> str:
+    s = method_space(ctx, method)
+    if s.grid:
+        return f"grid of {len(s.grid)}: " + ", ".join(f"{v:.3g}" for v in s.grid)
+    return f"TPE, {ctx.tune.n_trials} trials in [{s.low:.3g}, {s.high:.3g}]"
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def tune_command(args) -> None:
+    """`medtune tune`: prepare the data if needed, then tune every method (no seeds, no test split)."""
+    from medtune.compare import load_compare_config, prepare_stage
+
+    overrides = list(args.overrides) + ["tune.enabled=true"]
+    if args.storage:
+        overrides.append(f"tune.storage={args.storage}")
+    cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, overrides)
+    out = Path(cfg.out)
+    if cfg.tune.storage:
+        open_storage(cfg.tune.storage, cfg.tune)  # unreachable: one line, before anything is written
+    prep = prepare_stage(cfg, out, quiet=False)
+    results = run_tuning(cfg, prep, out, worker=args.worker)
+    if args.worker:
+        print("worker: no trial left to claim")
+        return
+    for method, r in results.items():
+        print(
+            f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), {len(r['trials'])} trials"
+        )

