@@ -5,6 +5,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 from medtune.compare import load_compare_config, run_compare
+from medtune.errors import MedtuneError
+from medtune.report.writer import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -54,13 +56,16 @@ def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
         w, h = png_size(out / f)
         assert 400 <= w <= 3000 and 300 <= h <= 2000
     saved = json.loads((out / "results.json").read_text())
-    assert saved["schema_version"] == 1 and set(saved["models"]) == {"base", "selective", "lora"}
+    assert saved["schema_version"] == SCHEMA_VERSION == 3 and set(saved["models"]) == {"base", "selective", "lora"}
     report = (out / "report.md").read_text()
     # every Table-1 number in report.md is the one in results.json
     for name, m in saved["models"].items():
         for scope in ("answer", "all"):
             s = m["metrics"][scope]
-            row = f"| {name} | {s['perplexity']:.3f} [{s['perplexity_ci'][0]:.3f}, {s['perplexity_ci'][1]:.3f}] | {s['accuracy']:.4f}"
+            row = (
+                f"| {name} | {s['perplexity']:.3f} [{s['perplexity_ci'][0]:.3f}, {s['perplexity_ci'][1]:.3f}] "
+                f"| {s['accuracy']:.4f}"
+            )
             assert row in report, row
     assert "Not medical advice" in report and "Reference:" in report
     # a second invocation skips every finished stage
@@ -109,10 +114,84 @@ def test_compare_bad_input(args, msg, tmp_path, capsys):
 
 
 def test_presets_are_valid_and_documented():
-    for name in ("paper", "cpu-demo", "tiny"):
+    for name in ("paper", "cpu-demo", "tiny", "cpu-study", "tiny-study"):
         load_compare_config(name)  # validates every value and method argument
         text = (ROOT / "src" / "medtune" / "presets" / f"{name}.yaml").read_text()
         assert text.startswith("#") and "medtune compare --preset" in text
     paper = load_compare_config("paper")
     assert paper.data.split == "random" and paper.format.layout == "fixed" and paper.format.loss_scope == "all"
     assert paper.train.epochs == 3 and paper.methods["selective"]["head"] == "tied"
+
+
+def test_presets_study():
+    study = load_compare_config("cpu-study")
+    assert study.model == "smollm2-135m" and study.data.split == "grouped" and study.tune.enabled
+    assert set(study.methods) == {"selective", "lora", "boft"} and study.train.seeds == 3
+    assert not load_compare_config("cpu-demo").tune.enabled  # make demo stays untuned
+    paper = load_compare_config("paper", overrides=["tune.enabled=true", "data.val_fraction=0.05"])
+    assert paper.tune.enabled and paper.tune.sampler == "grid"
+    with pytest.raises(MedtuneError, match="val_fraction"):  # the study's protocol has no validation split
+        load_compare_config("paper", overrides=["tune.enabled=true"])
+
+
+def test_tuned_study_end_to_end(tiny_compare, tmp_path):
+    """tiny-study: tuned learning rates, 2 seeds, grouped bootstrap, verdict at the top."""
+    from medtune.study import run_names
+
+    cfg = load_compare_config(
+        "tiny-study",
+        data=tiny_compare[0].data.source,
+        out=str(tmp_path / "study"),
+        overrides=["tune.points=3", "quality.n=4", "samples=1", "max_new_tokens=4"],
+    )
+    out = tmp_path / "study"
+    run_compare(cfg, quiet=True)
+    saved = json.loads((out / "results.json").read_text())
+    study = saved["study"]
+    assert saved["schema_version"] == SCHEMA_VERSION and study["seeds"] == 2
+    assert study["bootstrap"]["unit"] == "focus groups" and study["bootstrap"]["seeds_resampled"]
+    assert (out / "tuning.db").is_file() and (out / "tuning_curves.png").is_file() and (out / "pareto.png").is_file()
+    for method in ("selective", "lora"):
+        t = study["tuning"][method]
+        done = [r for r in t["trials"] if r["state"] == "complete"]
+        assert t["chosen_lr"] == min(done, key=lambda r: r["val_loss"])["lr"]  # best validation loss wins
+        assert saved["models"][method]["lr"] == pytest.approx(t["chosen_lr"])  # and is what trained
+        runs = [n for n, _ in run_names(method, 2, cfg.train.seed)]
+        assert all((out / "runs" / n / "summary.json").is_file() for n in runs)
+        seeds = saved["models"][method]["seeds"]
+        assert [x["run"] for x in seeds] == runs and seeds[0]["train"]["train_seconds"] > 0
+        per_seed = [x["metrics"]["answer"]["perplexity"] for x in seeds]
+        assert saved["models"][method]["metrics"]["answer"]["perplexity"] == pytest.approx(sum(per_seed) / 2)
+    # a ranking per headline metric, best first by seed mean; every pair with an interval
+    for key, rows in study["ranking"].items():
+        means = [r["mean"] for r in rows]
+        assert means == sorted(means, reverse=key.endswith("accuracy") or key.startswith("quality"))
+    pairs = [d for d in study["pairs"] if d["metric"] == "answer.perplexity"]
+    assert {(d["a"], d["b"]) for d in pairs} == {("base", "selective"), ("base", "lora"), ("selective", "lora")}
+    for d in study["pairs"]:
+        assert d["clear"] == (d["ci"][0] > 0 or d["ci"][1] < 0)
+    report = (out / "report.md").read_text()
+    assert report.index("## Verdict") < report.index("## Table 1")
+    assert "resampling focus groups" in report
+    d = pairs[0]
+    cell = f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+    assert cell in report and f"| {d['b']} − {d['a']} |" in report
+    for c in study["cost"].values():
+        assert c["tuning_seconds"] > 0 and c["trainable"] > 0 and c["train_seconds"] > 0
+    from medtune.report.writer import rebuild
+
+    (out / "report.md").unlink()
+    rebuild(out)  # medtune report: the same report from results.json alone
+    assert (out / "report.md").read_text() == report
+    # the first seed is the chosen trial (same rate, seed, data): reused, and training it again gives the same run
+    from medtune.runs import load_config
+    from medtune.train import train
+
+    t = study["tuning"]["lora"]
+    trial = out / "tuning" / "lora" / f"trial-{t['chosen_trial']:03d}"
+    assert (out / "runs" / "lora" / "metrics.jsonl").read_text() == (trial / "metrics.jsonl").read_text()
+    others = [d for d in trial.parent.glob("trial-*") if d != trial]
+    assert others and not any((d / "adapter").exists() for d in others)  # only the chosen keeps weights
+    again = train(load_config(out / "runs" / "lora")[0], out / "prepared", tmp_path / "again", quiet=True)
+    first = json.loads((out / "runs" / "lora" / "summary.json").read_text())
+    assert again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)

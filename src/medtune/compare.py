@@ -28,6 +28,7 @@ from medtune.config import (
 )
 from medtune.errors import MedtuneError
 from medtune.quality import QualityConfig
+from medtune.tune import TuneConfig
 
 PRESETS = importlib.resources.files("medtune") / "presets"
 
@@ -45,6 +46,7 @@ class CompareConfig:
     samples: int = 5  # held-out questions answered by every model in the report
     max_new_tokens: int = 160
     quality: QualityConfig = field(default_factory=QualityConfig)  # answer quality (ROUGE-L, similarity, ...)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # learning-rate tuning on the validation split
     out: str = "compare-out"
     description: str = ""
 
@@ -55,6 +57,15 @@ class CompareConfig:
             self.run_config(name)  # validates the method name and its arguments
         if self.samples < 0:
             raise MedtuneError(f"samples must be >= 0; got {self.samples}")
+        from medtune.methods import get_method
+
+        for name in self.tune.grid:
+            get_method(name)  # tune.grid names methods (a typo is an error, an unselected method is fine)
+        if self.tune.enabled and self.data.val_fraction == 0:
+            raise MedtuneError(
+                "tuning chooses learning rates on the validation split, and data.val_fraction is 0: "
+                "add --set data.val_fraction=0.05"
+            )
 
     def run_config(self, name: str) -> RunConfig:
         args = dict(self.methods.get(name) or {})
@@ -128,26 +139,37 @@ def compare_command(args) -> None:
     run_compare(cfg, force=args.force)
 
 
-def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) -> dict:
-    from medtune import models, quality
-    from medtune.data.prepare import prepare, read_split
-    from medtune.data.tokenize import encode_records
-    from medtune.evaluate import save_scores, score_examples
-    from medtune.report.writer import build_results, write_report
-    from medtune.runs import is_complete
-    from medtune.train import train
+# Keys of the config that do not change what a comparison computes (a rerun with other values
+# resumes the folder): where tuning trials are stored and how dead workers are detected.
+_NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
+_TUNE_NOT_IDENTITY = ("enabled", "storage", "heartbeat_seconds", "max_retry")
 
-    say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
-    out = Path(cfg.out)
+
+def identity_of(cfg: CompareConfig) -> str:
     whole = asdict(cfg)
-    identity = config_hash(
-        {
-            k: v
-            for k, v in whole.items()
-            if k not in ("methods", "out", "description", "samples", "max_new_tokens", "quality")
-        }
-    )
+    whole["tune"] = {k: v for k, v in whole["tune"].items() if k not in _TUNE_NOT_IDENTITY}
+    return config_hash({k: v for k, v in whole.items() if k not in _NOT_IDENTITY})
+
+
+def check_compare(cfg: CompareConfig) -> None:
+    """Every check that needs no weights and writes nothing: methods against the model, data, storage."""
+    from medtune.checks import check_run
+
+    for name in cfg.methods:
+        check_run(cfg.run_config(name))
+    if cfg.data.source is not None and not Path(cfg.data.source).exists():
+        raise MedtuneError(f"data not found: {cfg.data.source}")
+    if cfg.tune.enabled and cfg.tune.storage:
+        from medtune.tune import open_storage
+
+        open_storage(cfg.tune.storage, cfg.tune)  # unreachable: one line, before anything is written
+
+
+def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
+    """compare.json records the comparison's identity; another config in the folder needs --force.
+    Call with the folder's lock held."""
     meta_path = out / "compare.json"
+    identity = identity_of(cfg)
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
         if old.get("identity") != identity:
@@ -156,14 +178,12 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
                     f"{out} holds a comparison with a different config; use another --out, or --force to replace it"
                 )
             shutil.rmtree(out)
-    # Validate every method against the model before any stage runs.
-    from medtune.checks import check_run
-
-    for name in cfg.methods:
-        check_run(cfg.run_config(name))
-    if cfg.data.source is not None and not Path(cfg.data.source).exists():
-        raise MedtuneError(f"data not found: {cfg.data.source}")
     out.mkdir(parents=True, exist_ok=True)
+    whole = asdict(cfg)
+    if cfg.tune.storage:  # compare.json and results.json carry the config: never a database password
+        from medtune.tune import redact_url
+
+        whole["tune"]["storage"] = redact_url(cfg.tune.storage)
     meta = {
         "identity": identity,
         "config": whole,
@@ -172,39 +192,140 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         "methods": list(cfg.methods),
     }
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
-    stages = Stages(out, force)
-    total = 3 + 2 * len(cfg.methods)
-    n = 0
-    t_start = time.perf_counter()
 
-    def stage(label):
-        nonlocal n
-        n += 1
-        say(f"\n[{n}/{total}] {label}  (elapsed {time.perf_counter() - t_start:.0f}s)")
 
-    # 1. data
-    prep = out / "prepared"
-    key = config_hash({"data": asdict(cfg.data), "format": asdict(cfg.format), "model": cfg.model})
-    stage("prepare data")
+def prep_key(cfg: CompareConfig) -> str:
+    return config_hash({"data": asdict(cfg.data), "format": asdict(cfg.format), "model": cfg.model})
+
+
+def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Optional[Stages] = None) -> Path:
+    """<out>/prepared: cleaned, split data (skipped when stages.json says it is done with this config)."""
+    from medtune import models
+    from medtune.data.prepare import prepare
+
+    stages = stages or Stages(out, False)
+    prep, key = out / "prepared", prep_key(cfg)
     if stages.finished("prepare", key, prep / "stats.json"):
-        say("  done earlier, skipped")
-    else:
-        tok = models.load_tokenizer(models.resolve(cfg.model))
-        stats = prepare(cfg.data, prep, cfg.format, tok, cfg.model)
         if not quiet:
-            from medtune.report.tables import print_prepare_stats
+            print("  done earlier, skipped", flush=True)
+        return prep
+    tok = models.load_tokenizer(models.resolve(cfg.model))
+    stats = prepare(cfg.data, prep, cfg.format, tok, cfg.model)
+    if not quiet:
+        from medtune.report.tables import print_prepare_stats
 
-            print_prepare_stats(stats, prep)
-        stages.mark("prepare", key)
-    test = read_split(prep, "test")
-    if cfg.eval.max_examples:
-        test = test[: cfg.eval.max_examples]
+        print_prepare_stats(stats, prep)
+    stages.mark("prepare", key)
+    return prep
 
-    def evaluate_stage(name: str, run_dir: Optional[Path]):
+
+def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) -> dict:
+    """prepare -> (tune) -> evaluate base -> per method and seed: train, evaluate -> report."""
+    from medtune.locking import FolderLock
+    from medtune.runs import ensure_writable
+
+    out = Path(cfg.out)
+    check_compare(cfg)
+    ensure_writable(out, what="comparison folder")
+    with FolderLock(out, "comparison"):
+        open_folder(cfg, out, force)
+        return Comparison(cfg, out, force, quiet).run()
+
+
+def run_with(rc: RunConfig, lr: Optional[float] = None, seed: Optional[int] = None) -> RunConfig:
+    """rc with another learning rate and/or train seed (validated like any RunConfig)."""
+    d = rc.to_dict()
+    if lr is not None:
+        d["train"]["lr"] = float(lr)
+    if seed is not None:
+        d["train"]["seed"] = int(seed)
+    return from_dict(RunConfig, d, "run")
+
+
+class Comparison:
+    """The stages of one comparison folder; each is skipped when stages.json says it is done."""
+
+    def __init__(self, cfg: CompareConfig, out: Path, force: bool, quiet: bool):
+        from medtune import models
+
+        self.cfg, self.out, self.quiet = cfg, out, quiet
+        self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
+        self.stages = Stages(out, force)
+        self.prep, self.key = out / "prepared", prep_key(cfg)
+        self.model_cfg = models.read_model_config(cfg.model)
+        self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
+        self.n, self.t_start = 0, time.perf_counter()
+        self.test = None
+
+    def stage(self, label: str) -> None:
+        self.n += 1
+        self.say(f"\n[{self.n}/{self.total}] {label}  (elapsed {time.perf_counter() - self.t_start:.0f}s)")
+
+    def run(self) -> dict:
+        from medtune.data.prepare import read_split
+        from medtune.report.writer import build_results, write_report
+        from medtune.study import run_names
+        from medtune.tune import SharedPrefixCaches, run_tuning, trial_dir_name
+
+        cfg, out = self.cfg, self.out
+        self.stage("prepare data")
+        prepare_stage(cfg, out, self.quiet, self.stages)
+        # One prefix cache per comparison: every trial and seed of selective (untied) reuses it.
+        caches = SharedPrefixCaches.for_comparison(cfg, self.prep, out)
+        try:
+            tuned = {}
+            if cfg.tune.enabled:
+                self.stage("tune learning rates on the validation split")
+                tuned = run_tuning(cfg, self.prep, out, quiet=self.quiet, caches=caches)
+            self.test = read_split(self.prep, "test")[: cfg.eval.max_examples or None]
+            self.evaluate_stage("base", None)
+            for method in cfg.methods:
+                rc, t = cfg.run_config(method), tuned.get(method) or {}
+                for k, (name, seed) in enumerate(run_names(method, cfg.train.seeds, cfg.train.seed)):
+                    # The first seed at the chosen rate is the chosen trial itself: reuse its weights.
+                    reuse = out / "tuning" / method / trial_dir_name(t["chosen_trial"]) if t and k == 0 else None
+                    self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), caches, reuse)
+                    self.evaluate_stage(name, out / "runs" / name)
+        finally:
+            caches.close()
+        self.stage("write report")
+        results = build_results(out)
+        write_report(out, results)
+        self.say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - self.t_start:.0f}s in all)")
+        return results
+
+    def train_stage(self, name: str, rc: RunConfig, caches, reuse: Optional[Path] = None) -> None:
+        """Train run `name` (or copy `reuse`, a finished run of exactly this config, e.g. a tuning trial)."""
+        from medtune.runs import is_complete, load_config
+        from medtune.train import train
+
+        run_dir = self.out / "runs" / name
+        run = rc.to_dict()
+        run["train"].pop("seeds", None)  # how many seeds the comparison has is not this run's business
+        k = config_hash({"prep": self.key, "run": run})
+        self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
+        if self.stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
+            self.say("  done earlier, skipped")
+            return
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        if reuse is not None and is_complete(reuse) and load_config(reuse)[0].to_dict() == rc.to_dict():
+            self.say(f"  the tuning trial at this rate and seed is this run: {reuse} (not trained again)")
+            shutil.copytree(reuse, run_dir)
+        else:  # train() validates before it creates the folder
+            train(rc, self.prep, run_dir, quiet=self.quiet, prefix_cache=caches.for_run(rc, self.model_cfg))
+        self.stages.mark(f"train:{name}", k)
+
+    def evaluate_stage(self, name: str, run_dir: Optional[Path]) -> None:
+        from medtune import quality
+        from medtune.data.tokenize import encode_records
+        from medtune.evaluate import save_scores, score_examples
+
+        cfg, out, stages, say, test = self.cfg, self.out, self.stages, self.say, self.test
         path = out / "eval" / f"{name}.json"
         run_key = stages.done.get(f"train:{name}", "base")
-        k = config_hash({"prep": key, "eval": asdict(cfg.eval), "run": run_key, "quality": quality.stage_key(cfg)})
-        stage(f"evaluate {name}")
+        k = config_hash({"prep": self.key, "eval": asdict(cfg.eval), "run": run_key, "quality": quality.stage_key(cfg)})
+        self.stage(f"evaluate {name}")
         if stages.finished(f"eval:{name}", k, path, *quality.artifacts(cfg, out, name)):
             say("  done earlier, skipped")
             return
@@ -222,26 +343,3 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         (out / "eval" / f"{name}.timing.json").write_text(json.dumps(timing))
         quality.compare_stage(model, tok, test, cfg, out, name, say)  # answers, their scores, samples
         stages.mark(f"eval:{name}", k)
-
-    # 2. base model
-    evaluate_stage("base", None)
-    # 3. methods
-    for name in cfg.methods:
-        rc = cfg.run_config(name)
-        run_dir = out / "runs" / name
-        k = config_hash({"prep": key, "run": rc.to_dict()})
-        stage(f"train {name}")
-        if stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
-            say("  done earlier, skipped")
-        else:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            train(rc, prep, run_dir, quiet=quiet)  # train() validates before it creates the folder
-            stages.mark(f"train:{name}", k)
-        evaluate_stage(name, run_dir)
-    # 4. report
-    stage("write report")
-    results = build_results(out)
-    write_report(out, results)
-    say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - t_start:.0f}s in all)")
-    return results

@@ -155,6 +155,10 @@ class EvalConfig:
             f"eval.batch_tokens must be 0 (auto) or >= 8; got {self.batch_tokens}",
         )
         _check(self.bootstrap >= 10, f"eval.bootstrap must be >= 10; got {self.bootstrap}")
+        _check(
+            self.max_examples is None or self.max_examples > 0,
+            f"eval.max_examples must be positive; got {self.max_examples}",
+        )
 
 
 @dataclass

@@ -1,64 +1,37 @@
-"""`medtune evaluate`: score a base model or a trained run on a prepared split."""
+"""`medtune evaluate`: score a base model or a trained run on a prepared split.
+
+check inputs (EvalConfig, output paths: before any weights load) -> load -> score ->
+summarize (intervals over the split's focus groups) -> optional paired difference and
+generated-answer quality -> print and write.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+from medtune.config import EvalConfig
 from medtune.data.prepare import read_split
+from medtune.data.split import group_ids
 from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
-from medtune.evaluate import METRICS, load_scores, paired_difference, save_scores, score_examples, summarize
+from medtune.evaluate import METRICS, SCOPES, load_scores, paired_difference, save_scores, score_examples, summarize
 from medtune.inference import autocast_for, load_for_inference
+from medtune.runs import ensure_writable, environment, write_json
 
 
 def evaluate_command(args) -> dict:
-    records = read_split(Path(args.data), args.split)
-    if not records:
-        raise MedtuneError(f"split {args.split!r} of {args.data} is empty")
-    if args.max_examples:
-        records = records[: args.max_examples]
-    if args.bootstrap < 10:
-        raise MedtuneError(f"--bootstrap must be >= 10; got {args.bootstrap}")
-    if args.generate is not None and min(args.generate, args.max_new_tokens, args.generate_batch_size) < 1:
-        raise MedtuneError("--generate, --max-new-tokens and --generate-batch-size must be >= 1")
-    from medtune.runs import ensure_writable
-
-    for flag, path in (("--out", args.out), ("--per-example", args.per_example), ("--scores", args.scores)):
-        if path:  # before the model loads and the split is scored, not after
-            ensure_writable(Path(path), is_file=True, what=flag)
+    ecfg = EvalConfig(batch_tokens=args.batch_tokens, bootstrap=args.bootstrap, max_examples=args.max_examples)
+    records = _check_inputs(args)[: ecfg.max_examples]
     model, tok, fmt, label = load_for_inference(args.model, args.run)
     if args.max_length:
         fmt = replace(fmt, max_length=args.max_length)
-    examples = encode_records(tok, records, fmt)
-    fh = open(args.per_example, "w") if args.per_example else None
-    try:
-        scores = score_examples(
-            model,
-            examples,
-            tok.pad_token_id,
-            args.batch_tokens,
-            autocast_for(model),
-            desc=f"evaluate {label}",
-            per_example_fh=fh,
-        )
-    finally:
-        if fh:
-            fh.close()
-    summary = summarize(scores, args.bootstrap, 0)
+    scores = _score(model, tok, encode_records(tok, records, fmt), ecfg, label, args.per_example)
+    groups = group_ids(records)  # the unit a grouped split keeps together is the unit resampled
+    summary = summarize(scores, ecfg.bootstrap, ecfg.seed, groups)
     if args.scores:
         save_scores(scores, Path(args.scores))
-    paired = None
-    if args.paired_with:
-        other = load_scores(Path(args.paired_with))
-        if other.ids != scores.ids:
-            raise MedtuneError(
-                f"{args.paired_with} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); use the same --data, --split and --max-examples"
-            )
-        try:
-            paired = paired_difference(other, scores, args.bootstrap, 0)
-        except ValueError as e:
-            raise MedtuneError(f"cannot pair with {args.paired_with}: {e}") from None
+    paired = _paired(args.paired_with, scores, ecfg, groups) if args.paired_with else None
     result = {
         "model": args.model,
         "run": args.run,
@@ -70,27 +43,64 @@ def evaluate_command(args) -> dict:
         "metrics": METRICS,
         **summary,
     }
-    if paired is not None:
-        result["paired_difference"] = {"against": args.paired_with, **paired}
-    from medtune.runs import environment
-
-    result["environment"] = environment()
     from medtune.report.tables import print_metrics
 
     print_metrics(label, summary)
     if paired is not None:
-        for scope in ("answer", "all"):
-            d = paired[scope]
-            print(
-                f"paired difference vs {args.paired_with} ({scope}): perplexity {d['perplexity']:+.3f} [{d['perplexity_ci'][0]:+.3f}, {d['perplexity_ci'][1]:+.3f}], "
-                f"accuracy {d['accuracy']:+.4f} [{d['accuracy_ci'][0]:+.4f}, {d['accuracy_ci'][1]:+.4f}]"
-            )
+        result["paired_difference"] = {"against": args.paired_with, **paired}
+        _print_paired(args.paired_with, paired)
     if args.generate is not None:
         from medtune.quality import evaluate_generate
 
         result["quality"] = evaluate_generate(model, tok, records, fmt, args, label)
+    result["environment"] = environment()
     if args.out:
-        from medtune.runs import write_json
-
         write_json(Path(args.out), result)  # strict JSON: a NaN metric becomes null + "nonfinite"
     return result
+
+
+def _check_inputs(args) -> list:
+    """Everything that needs no weights: the split, the generation sizes, the output paths."""
+    records = read_split(Path(args.data), args.split)
+    if not records:
+        raise MedtuneError(f"split {args.split!r} of {args.data} is empty")
+    if args.generate is not None and min(args.generate, args.max_new_tokens, args.generate_batch_size) < 1:
+        raise MedtuneError("--generate, --max-new-tokens and --generate-batch-size must be >= 1")
+    for flag, path in (("--out", args.out), ("--per-example", args.per_example), ("--scores", args.scores)):
+        if path:  # before the model loads and the split is scored, not after
+            ensure_writable(Path(path), is_file=True, what=flag)
+    return records
+
+
+def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: str | None):
+    fh = open(per_example, "w") if per_example else None
+    try:
+        return score_examples(
+            model, examples, tok.pad_token_id, ecfg.batch_tokens, autocast_for(model), f"evaluate {label}", fh
+        )
+    finally:
+        if fh:
+            fh.close()
+
+
+def _paired(path: str, scores, ecfg: EvalConfig, groups) -> dict:
+    other = load_scores(Path(path))
+    if other.ids != scores.ids:
+        raise MedtuneError(
+            f"{path} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); "
+            "use the same --data, --split and --max-examples"
+        )
+    try:
+        return paired_difference(other, scores, ecfg.bootstrap, ecfg.seed, groups)
+    except ValueError as e:
+        raise MedtuneError(f"cannot pair with {path}: {e}") from None
+
+
+def _print_paired(against: str, paired: dict) -> None:
+    for scope in SCOPES:
+        d = paired[scope]
+        ppl, acc = d["perplexity_ci"], d["accuracy_ci"]
+        print(
+            f"paired difference vs {against} ({scope}): perplexity {d['perplexity']:+.3f} "
+            f"[{ppl[0]:+.3f}, {ppl[1]:+.3f}], accuracy {d['accuracy']:+.4f} [{acc[0]:+.4f}, {acc[1]:+.4f}]"
+        )

@@ -422,6 +422,17 @@ def score_batch(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return F.cross_entropy(logits, targets, reduction="none"), logits.argmax(dim=1) == targets
 
 
+_NOTICED: set[str] = set()
+
+
+def _notice_once(model) -> None:
+    """Print `fast_path_notice` once per architecture and process (compare trains several methods)."""
+    name = type(base_model(model)).__name__
+    if name not in _NOTICED:
+        _NOTICED.add(name)
+        print(fast_path_notice(model), flush=True)
+
+
 class LossModule(torch.nn.Module):
     """Wraps the model so DDP/FSDP see our whole forward (hidden states -> summed scored NLL).
 
@@ -430,12 +441,14 @@ class LossModule(torch.nn.Module):
     but a padded layout (train's `format.padding: dynamic`) avoids the unpacking.
     """
 
-    def __init__(self, model, scope: str, frozen_prefix: int = 0):
+    def __init__(self, model, scope: str, frozen_prefix: int = 0, *, force_plain: bool = False):
         super().__init__()
         self.model = model
         self.scope = scope
         self.frozen_prefix = frozen_prefix
-        self.fast = fast_path_reason(model) is None
+        self.fast = fast_path_reason(model) is None and not force_plain  # force_plain: benchmarks' A/B only
+        if not self.fast and not force_plain:
+            _notice_once(model)
         if not self.fast and frozen_prefix:
             raise MedtuneError("the plain path cannot skip a frozen prefix; first_trainable_block returns 0 there")
         self.softcap = final_softcap(model)

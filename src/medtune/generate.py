@@ -33,6 +33,7 @@ class GenerationRun:
     answers: list[Generation]
     seconds: float  # wall time of the decoding calls (tokenizing and decoding text included)
     new_tokens: int  # answer tokens + one EOS per stopped answer: the tokens the model had to produce
+    cpu_seconds: float = 0.0  # process CPU time of the same span (all threads): robust to a busy machine
 
     @property
     def tokens_per_s(self) -> float:
@@ -74,8 +75,9 @@ def generate_answers(
 ) -> GenerationRun:
     """Greedy answers to `questions` (in order), `batch_size` prompts per generate call.
 
-    Cost on a CPU: one forward per new token per batch, so a batch of 16 costs little more
-    per step than a batch of 1; the batch runs until its longest answer stops.
+    Cost on a CPU: one forward per new token per batch, and the batch runs until its longest
+    answer stops. Measured (SmolLM2-135M, fp32, 1 thread, 32 new tokens): batch 1 gave 13 new
+    tokens/s, batch 16 gave 79.
     """
     if batch_size < 1:
         raise MedtuneError(f"generation batch size must be >= 1; got {batch_size}")
@@ -88,14 +90,14 @@ def generate_answers(
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     answers: list[Generation | None] = [None] * len(prompts)
     new_tokens = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, max_new_tokens)):
             ids, stopped = _trim(row, eos)
             answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
             new_tokens += len(ids) + int(stopped)
-    return GenerationRun(answers, time.perf_counter() - t0, new_tokens)
+    return GenerationRun(answers, time.perf_counter() - t0, new_tokens, time.process_time() - c0)
 
 
 def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 160) -> list[str]:

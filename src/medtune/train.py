@@ -42,7 +42,7 @@ from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
 from medtune.evaluate import score_examples
 from medtune.faults import fault_point, nan_at_step
-from medtune.forward import LossModule, first_trainable_block
+from medtune.forward import LossModule, fast_path_reason, first_trainable_block
 from medtune.locking import FolderLock
 from medtune.methods import TrainableReport, get_method, unique_params
 from medtune.prefix_cache import PrefixCache
@@ -162,6 +162,7 @@ class Setup:
     quiet: bool
     peak_rss: float = 0.0
     eval_steps: set = field(default_factory=set)
+    packed: bool = True  # packed rows; False on the plain path (architectures without a family)
 
     @property
     def world(self) -> int:
@@ -285,12 +286,14 @@ def setup(cfg, data_dir, run_dir, quiet, prefix_cache=None, eval_points=()) -> S
     named = [(n, q) for n, q in unique_params(model) if q.requires_grad]
     optimizer = _optimizer(named, cfg)
     module, optimizer = accelerator.prepare(LossModule(model, cfg.format.loss_scope, frozen_prefix), optimizer)
-    micro = cfg.train.micro_batch_tokens or auto_batch_tokens(accelerator.device, True, cfg.format.packed)
+    # The plain path (the model's own forward) cannot attend inside packed segments: pad its rows.
+    packed = cfg.format.packed and fast_path_reason(model) is None
+    micro = cfg.train.micro_batch_tokens or auto_batch_tokens(accelerator.device, True, packed)
     eval_steps = {max(1, round(f * p.total_steps)) for f in eval_points}
     return Setup(
         cfg, run_dir, accelerator, model, module, optimizer, named, tok, train_ex, val_ex, [len(e) for e in train_ex],
         p, cfg.learning_rate(), int(cfg.train.warmup_ratio * p.total_steps), micro, frozen_prefix, cache, owns_cache,
-        report, base_fp, log, quiet, current_rss_mb(), eval_steps,
+        report, base_fp, log, quiet, current_rss_mb(), eval_steps, packed,
     )  # fmt: skip
 
 
@@ -342,10 +345,10 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
         g["lr"] = s.lr * lr_factor(state.step, s.plan.total_steps, s.warmup, cfg.train.schedule)
     n_scored = sum(scored_count(s.train_ex[i], scope) for i in gbatch)
     mine = shard(gbatch, acc.process_index, s.world)
-    micro = layout_groups(mine, s.lengths, s.micro_tokens, cfg.format.packed, cfg.format.pad_to)
+    micro = layout_groups(mine, s.lengths, s.micro_tokens, s.packed, cfg.format.pad_to)
     nll_total = torch.zeros((), dtype=torch.float64)
     for m_idx, mb in enumerate(micro):
-        batch = layout_batch([s.train_ex[i] for i in mb], s.tok.pad_token_id, cfg.format.packed, cfg.format.pad_to)
+        batch = layout_batch([s.train_ex[i] for i in mb], s.tok.pad_token_id, s.packed, cfg.format.pad_to)
         cached = s.cache.assemble(mb, batch, acc.device) if s.cache and all(i in s.cache for i in mb) else None
         batch = to_device(batch, acc.device)
         sync = contextlib.nullcontext() if m_idx == len(micro) - 1 else acc.no_sync(s.module)

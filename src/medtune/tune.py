@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,7 +101,7 @@ def lr_grid(tune: TuneConfig, method: str, centre: float) -> list[float]:
     if tune.points == 1:
         return [float(f"{centre:.3g}")]
     k = tune.points - 1
-    return [float(f"{centre * tune.span ** (i / k - 0.5):.3g}") for i in range(tune.points)]
+    return sorted({float(f"{centre * tune.span ** (i / k - 0.5):.3g}") for i in range(tune.points)})
 
 
 def lr_range(tune: TuneConfig, method: str, centre: float) -> tuple[float, float]:
@@ -129,7 +130,7 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'tuning.db').absolute()}"
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
@@ -143,20 +144,30 @@ def open_storage(url: str, tune: TuneConfig):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats, fail_stale_trials and the retry callback are marked experimental since Optuna 2.x
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     connect = {"timeout": 60} if url.startswith("sqlite") else {}
     if url.startswith("postgresql"):
         connect = {"connect_timeout": 10}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": connect} if connect else None,
-            heartbeat_interval=tune.heartbeat_seconds,
-            grace_period=3 * tune.heartbeat_seconds,
-            failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry),
-        )
-    except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of every kind: one line
-        msg = " ".join(str(e).split())[:300] or type(e).__name__
-        raise MedtuneError(f"cannot open tuning storage {_redact(url)}: {msg}") from None
+    for attempt in range(4):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": connect} if connect else None,
+                heartbeat_interval=tune.heartbeat_seconds,
+                grace_period=3 * tune.heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=tune.max_retry
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of every kind: one line
+            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            # Two workers starting together race to create Optuna's tables; the loser's CREATE
+            # fails with "already exists" / a duplicate key, and a retry finds the tables made.
+            if attempt < 3 and ("already exists" in msg or "duplicate key" in msg):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise MedtuneError(f"cannot open tuning storage {redact_url(url)}: {msg}") from None
 
 
 @dataclass
@@ -181,6 +192,15 @@ class SharedPrefixCaches:
     def __init__(self, folder: Path, key: str, limit_bytes: int):
         self.folder, self.key, self.limit = Path(folder), key, limit_bytes
         self.caches: dict = {}
+
+    @classmethod
+    def for_comparison(cls, cfg, prep: Path, out: Path) -> SharedPrefixCaches:
+        """Keyed on the base model, the prepared train split and the format (what the states depend on)."""
+        from medtune.config import config_hash
+        from medtune.train import data_fingerprint
+
+        key = config_hash({"model": cfg.model, "data": data_fingerprint(prep), "format": asdict(cfg.format)})
+        return cls(Path(out) / ".prefix-cache", key, int(cfg.train.cache_memory_gb * 2**30))
 
     def for_run(self, rc, model_cfg: dict):
         blocks = frozen_prefix_blocks(rc, model_cfg)
@@ -308,11 +328,11 @@ def recover_dead_trials(study, tune: TuneConfig) -> list[int]:
         if w.get("host") != host or _pid_alive(int(w.get("pid", -1))):
             continue
         try:
+            study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # another worker got there first
-        study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")
         retry(study, study._storage.get_trial(t._trial_id))
         dead.append(t.number)
     return dead
@@ -349,24 +369,28 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
     def objective(trial) -> float:
         lr = trial.suggest_float("lr", space.low, space.high, log=True)
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("failure", None)  # a retry inherits its dead predecessor's attributes
         if space.grid:
             dup = _duplicate_of(trial.study, trial.number, lr)
             if dup is not None:
                 trial.set_user_attr("duplicate_of", dup)
                 raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
         rc = _with_lr(ctx.cfg.run_config(space.method), lr)
-        run_dir = ctx.out / "tuning" / space.method / f"trial-{trial.number:03d}"
+        run_dir = ctx.out / "tuning" / space.method / trial_dir_name(trial.number)
         if run_dir.exists():
             shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
 
         def on_validation(step: int, val_loss: float, fraction: float) -> None:
-            if fraction <= 0 or fraction >= 1:
-                return  # step 0 is the base model for every lr; at 100% the run is done anyway
-            trial.report(val_loss, _percent(fraction))
+            point = _eval_point(step, fraction, ctx.tune.eval_points)
+            if point is None or point >= 1:
+                return  # step 0 (the base model for every lr), other validations, or the end
+            # Reported at the configured point (25, 50), not the rounded step's own fraction
+            # (2 of 10 steps is 20%), so every trial meets the pruner's rungs at the same place.
+            trial.report(val_loss, _percent(point))
             if ctx.tune.prune and trial.should_prune():
                 raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at {fraction:.0%} of the steps")
 
-        t0 = time.perf_counter()
+        t0, finished = time.perf_counter(), False
         try:
             summary = train(
                 rc,
@@ -377,6 +401,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
                 eval_points=tuple(ctx.tune.eval_points),
                 prefix_cache=ctx.caches.for_run(rc, ctx.model_cfg),
             )
+            finished = True
         except Diverged as e:
             trial.set_user_attr("diverged", str(e))
             _say_trial(ctx, space, trial.number, lr, "diverged", time.perf_counter() - t0)
@@ -385,7 +410,8 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
             _say_trial(ctx, space, trial.number, lr, "pruned", time.perf_counter() - t0)
             raise
         finally:
-            _drop_weights(run_dir)
+            if not finished:
+                _drop_weights(run_dir)  # a finished trial keeps its weights until the choice is made
         for k in ("train_seconds", "tokens_per_s", "steps", "peak_rss_mb"):
             trial.set_user_attr(k, summary.get(k))
         val = summary.get("val_loss")
@@ -397,6 +423,14 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
         return val
 
     return objective
+
+
+def _eval_point(step: int, fraction: float, points: list[float]) -> float | None:
+    """The configured eval point whose step (train.py: max(1, round(p * total))) this is."""
+    if fraction <= 0:
+        return None
+    total = round(step / fraction)
+    return next((p for p in points if max(1, round(p * total)) == step), None)
 
 
 def _with_lr(rc, lr: float):
@@ -412,6 +446,18 @@ def _drop_weights(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "adapter", ignore_errors=True)
     for f in ("trained.safetensors",):
         (run_dir / f).unlink(missing_ok=True)
+
+
+def keep_only_chosen(folder: Path, chosen: int | None) -> None:
+    """Weights of every trial but the chosen one go: the chosen one is the first seed's run
+    (same rate, seed and data), which compare reuses instead of training it again."""
+    for d in sorted(Path(folder).glob("trial-*")):
+        if chosen is None or d.name != trial_dir_name(chosen):
+            _drop_weights(d)
+
+
+def trial_dir_name(number: int) -> str:
+    return f"trial-{number:03d}"
 
 
 def _say_trial(ctx, space, number, lr, what, seconds) -> None:
@@ -494,6 +540,7 @@ def study_summary(study, space: MethodSpace) -> dict:
         "range": [space.low, space.high],
         "trials": rows,
         "chosen_lr": best["lr"] if best else None,
+        "chosen_trial": best["number"] if best else None,
         "best_val_loss": best["val_loss"] if best else None,
         "seconds": sum(r["seconds"] or 0.0 for r in rows),
     }
@@ -510,12 +557,17 @@ def run_tuning(
     from medtune.runs import write_json
     from medtune.train import data_fingerprint
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MedtuneError(
+            "tuning runs one trial per process: launch it without torchrun/accelerate "
+            "(for several GPUs, start one `medtune tune --worker --storage URL` per GPU)"
+        )
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     url = cfg.tune.storage or default_storage(out)
     storage = open_storage(url, cfg.tune)
     own = caches is None
     data_key = data_fingerprint(prep)
-    caches = caches or SharedPrefixCaches(out / ".prefix-cache", data_key, int(cfg.train.cache_memory_gb * 2**30))
+    caches = caches or SharedPrefixCaches.for_comparison(cfg, prep, out)
     ctx = TuneContext(cfg, prep, out, storage, data_key, caches, models.read_model_config(cfg.model), say)
     results = {}
     try:
@@ -525,6 +577,7 @@ def run_tuning(
                 say(f"  tuning {method} on the validation split ({_describe(ctx, method)})")
                 results[method] = tune_method(ctx, method, wait=not worker)
                 r = results[method]
+                keep_only_chosen(out / "tuning" / method, None if worker else r["chosen_trial"])
                 if r["chosen_lr"] is None and not worker:
                     raise MedtuneError(f"tuning {method}: no trial finished with a finite validation loss")
                 say(
@@ -538,7 +591,7 @@ def run_tuning(
             caches.close()
     if not worker:
         (out / "tuning").mkdir(parents=True, exist_ok=True)
-        write_json(out / "tuning" / "summary.json", {"storage": _redact(url), "methods": results})
+        write_json(out / "tuning" / "summary.json", {"storage": redact_url(url), "methods": results})
     return results
 
 
@@ -553,18 +606,25 @@ def _describe(ctx: TuneContext, method: str) -> str:
 
 
 def tune_command(args) -> None:
-    """`medtune tune`: prepare the data if needed, then tune every method (no seeds, no test split)."""
-    from medtune.compare import load_compare_config, prepare_stage
+    """`medtune tune`: prepare the data if needed, then tune every method (no seeds, no test split).
 
-    overrides = list(args.overrides) + ["tune.enabled=true"]
+    --worker: join the study, run trials until none is left to claim, exit without waiting for
+    the other workers' trials (and without writing tuning/summary.json)."""
+    from medtune.compare import check_compare, load_compare_config, open_folder, prepare_stage
+    from medtune.locking import FolderLock
+    from medtune.runs import ensure_writable
+
+    overrides = [*args.overrides, "tune.enabled=true"]
     if args.storage:
         overrides.append(f"tune.storage={args.storage}")
     cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, overrides)
     out = Path(cfg.out)
-    if cfg.tune.storage:
-        open_storage(cfg.tune.storage, cfg.tune)  # unreachable: one line, before anything is written
-    prep = prepare_stage(cfg, out, quiet=False)
-    results = run_tuning(cfg, prep, out, worker=args.worker)
+    check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
+    ensure_writable(out, what="comparison folder")
+    with FolderLock(out, "comparison"):
+        open_folder(cfg, out, force=False)
+        prep = prepare_stage(cfg, out)
+        results = run_tuning(cfg, prep, out, worker=args.worker)
     if args.worker:
         print("worker: no trial left to claim")
         return

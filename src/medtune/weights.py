@@ -124,9 +124,7 @@ def check_files(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     if meta["format"] == "peft-adapter":
-        path = run_dir / "adapter" / "adapter_model.safetensors"
-        if not path.is_file():
-            return meta  # _load_adapter names what is there instead (a pickle, or nothing)
+        path = _adapter_weights(run_dir / "adapter")
     else:
         path = run_dir / "trained.safetensors"
     if not path.is_file():
@@ -184,10 +182,8 @@ def load_trained(base_model, run_dir: Path):
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def _load_adapter(base_model, folder: Path):
-    """PEFT adapter folder -> PeftModel, after checking every file PEFT would read."""
-    from peft import PeftModel, get_peft_model_state_dict
-
+def _adapter_weights(folder: Path) -> Path:
+    """adapter_model.safetensors in a PEFT adapter folder; a pickle in its place is refused."""
     if not folder.is_dir():
         raise MedtuneError(f"run {folder.parent} is incomplete: adapter/ is missing")
     weights = folder / "adapter_model.safetensors"
@@ -199,6 +195,14 @@ def _load_adapter(base_model, folder: Path):
                 "convert it with safetensors, or retrain"
             )
         raise MedtuneError(f"{weights} is missing")
+    return weights
+
+
+def _load_adapter(base_model, folder: Path):
+    """PEFT adapter folder -> PeftModel, after checking every file PEFT would read."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    weights = _adapter_weights(folder)
     cfg_path = folder / "adapter_config.json"
     try:
         adapter_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))

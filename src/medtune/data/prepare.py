@@ -182,7 +182,16 @@ def prepare(
 
 
 def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
-    """Write into a fresh temporary sibling (mkdtemp: a name no one else uses), then swap it in."""
+    """Write into a fresh temporary sibling (mkdtemp: a name no one else uses), then swap it in.
+
+    Leftovers of an earlier prepare of the same --out that was killed mid-write (hidden
+    `.<name>.tmp-*` / `.<name>.old-*` siblings, names only mkdtemp below gives) are removed
+    first; the caller holds the folder's lock, so no live prepare owns them.
+    """
+    prefixes = (f".{out.name}.tmp-", f".{out.name}.old-")
+    for stale in [p for p in out.parent.iterdir() if p.name.startswith(prefixes)]:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         for name in SPLITS:

@@ -76,7 +76,8 @@ def quality_lines(out: Path, results: dict) -> list[str]:
     L.append(
         f"Greedy decoding, stops at EOS, at most {q['max_new_tokens']} new tokens. Means with 95% bootstrap intervals "
         f"(resampling {q['bootstrap_unit']}); Δ vs base is paired (same questions). ROUGE-L: F1 vs the reference "
-        f"(rouge-score, stemming). Similarity: {q['similarity']}; cosine of mean-pooled, L2-normalised embeddings. "
+        f"(rouge-score, stemming). Similarity: {q['similarity']}; cosine of mean-pooled, L2-normalised embeddings "
+        "(texts cut at 256 word pieces). Both compare a short answer with a reference that is often much longer. "
         "Stop rate: share of answers that end at EOS before the limit. Repetition: share of repeated word 4-grams "
         "within an answer (loops score near 1).\n"
     )
@@ -110,10 +111,10 @@ def generation_speed(entry: dict) -> str:
 
 
 def sample_scores(row: dict) -> str:
-    """' (ROUGE-L 0.123, similarity 0.456)' for a sample answer, or '' for samples without scores."""
+    """' *(ROUGE-L 0.123, similarity 0.456)*' after a sample answer, or '' for samples without scores."""
     parts = []
     if row.get("rougeL") is not None:
         parts.append(f"ROUGE-L {row['rougeL']:.3f}")
     if row.get("similarity") is not None:
         parts.append(f"similarity {row['similarity']:.3f}")
-    return f" ({', '.join(parts)})" if parts else ""
+    return f" *({', '.join(parts)})*" if parts else ""

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 from medtune.errors import MedtuneError
-from medtune.evaluate import METRICS, load_scores, paired_difference, summarize
+from medtune.evaluate import METRICS
 from medtune.report.quality_section import add_quality, generation_speed, quality_lines, sample_scores
-from medtune.runs import Number, check_shape, environment, read_json, read_metrics
+from medtune.runs import Number, check_shape, environment, read_json
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
 # seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr'])
@@ -28,7 +28,8 @@ PAPER = {
         "boft": {"perplexity": 3.2522, "accuracy": 0.7146},
         "lora": {"perplexity": 4.6205, "accuracy": 0.6433},
     },
-    "protocol": "random 80/20 split; question + separator + answer padded/truncated to a fixed length; 3 epochs; AdamW; bf16; one A100; scored tokens not stated",
+    "protocol": "random 80/20 split; question + separator + answer padded/truncated to a fixed length; 3 epochs; "
+    "AdamW; bf16; one A100; scored tokens not stated",
 }
 
 
@@ -89,10 +90,9 @@ _SCOPE = {
     "accuracy": _NUM,
     "accuracy_ci": [_NUM, _NUM],
     "tokens": int,
-    "examples?": int,
 }
 _MODEL = {
-    "metrics": {"answer": _SCOPE, "all": _SCOPE},
+    "metrics": {"examples": int, "answer": _SCOPE, "all": _SCOPE},
     "trainable?": {"trainable": int, "share": _NUM},
     "train?": {"train_seconds": _NUM, "steps": int, "tokens_per_s": _NUM, "peak_rss_mb": _NUM},
     "samples?": list,
@@ -123,43 +123,90 @@ def _signed(v, ci, fmt):
 
 
 def write_report(out: Path, results: dict) -> None:
+    """report.md (verdict first) and its figures, from results alone."""
     from medtune.report.figures import accuracy_figure, loss_figure, perplexity_figure
+    from medtune.report.study_figures import pareto_figure, tuning_figure
+    from medtune.report.study_section import verdict_lines
 
     out = Path(out)
+    L = _header(results)
+    L.extend(verdict_lines(results))
+    L.extend(_table1(results))
+    L.extend(quality_lines(out, results))
+    L.extend(_efficiency(results))
+    L.extend(_setup(results))
+    L.extend(_paper(results))
+    L.extend(_samples(results))
+    (out / "report.md").write_text("\n".join(L))
+    perplexity_figure(results, out / "perplexity.png")
+    accuracy_figure(results, out / "accuracy.png")
+    loss_figure(results, out / "loss_curves.png")
+    tuning_figure(results, out / "tuning_curves.png")
+    pareto_figure(results, out / "pareto.png")
+
+
+def _header(results: dict) -> list[str]:
+    from medtune.report.study_section import unit_sentence
+
     cfg, models, data = results["config"], results["models"], results["data"]
-    L = []
-    L.append(f"# medtune comparison: {cfg['model']} on MedQuAD\n")
+    L = [f"# medtune comparison: {cfg['model']} on MedQuAD\n"]
     if cfg.get("description"):
         L.append(cfg["description"].strip() + "\n")
     test = next(iter(models.values()))["metrics"]
+    study = results.get("study")
+    intervals = (
+        unit_sentence(study)
+        if study
+        else f"95% bootstrap intervals over examples ({cfg['eval']['bootstrap']} resamples)"
+    )
     L.append(
         f"Test split: {test['examples']:,} held-out examples; {data['split']} split (seed {data['seed']}); "
-        f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are 95% bootstrap intervals over examples "
-        f"({cfg['eval']['bootstrap']} resamples); differences vs base are paired (same examples, same tokens).\n"
+        f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are {intervals}; "
+        "differences vs base are paired (same examples, same tokens).\n"
     )
-    for scope, title in (
-        ("answer", "answer tokens + EOS (headline)"),
-        ("all", "every real token of question + answer (the study's likely scope)"),
-    ):
-        L.append(f"## Table 1: perplexity and next-token accuracy, scored on {title}\n")
+    return L
+
+
+def _table1(results: dict) -> list[str]:
+    from medtune.evaluate import SCOPES
+
+    models, L = results["models"], []
+    seeds = (results.get("study") or {}).get("seeds", 1)
+    titles = {
+        "answer": "answer tokens + EOS (headline)",
+        "all": "every real token of question + answer (the study's likely scope)",
+    }
+    for scope in SCOPES:
+        L.append(f"## Table 1: perplexity and next-token accuracy, scored on {titles.get(scope, scope)}\n")
+        if seeds > 1:
+            L.append(f"Methods: mean over {seeds} seeds; intervals also resample seeds.\n")
         L.append(
-            "| model | perplexity [95% CI] | next-token accuracy [95% CI] | Δ perplexity vs base | Δ accuracy vs base | scored tokens |"
+            "| model | perplexity [95% CI] | next-token accuracy [95% CI] | Δ perplexity vs base "
+            "| Δ accuracy vs base | scored tokens |"
         )
         L.append("|---|---|---|---|---|---|")
         for name, m in models.items():
             s = m["metrics"][scope]
             d = m.get("diff_vs_base", {}).get(scope)
-            L.append(
-                f"| {name} | {_ci(s['perplexity'], s['perplexity_ci'], '{:.3f}')} | {_ci(s['accuracy'], s['accuracy_ci'], '{:.4f}')} | "
-                f"{_signed(d['perplexity'], d['perplexity_ci'], '{:.3f}') if d else '-'} | {_signed(d['accuracy'], d['accuracy_ci'], '{:.4f}') if d else '-'} | {s['tokens']:,} |"
+            ppl, acc = (
+                _ci(s["perplexity"], s["perplexity_ci"], "{:.3f}"),
+                _ci(s["accuracy"], s["accuracy_ci"], "{:.4f}"),
             )
+            dppl = _signed(d["perplexity"], d["perplexity_ci"], "{:.3f}") if d else "-"
+            dacc = _signed(d["accuracy"], d["accuracy_ci"], "{:.4f}") if d else "-"
+            L.append(f"| {name} | {ppl} | {acc} | {dppl} | {dacc} | {s['tokens']:,} |")
         L.append("")
     L.append("![perplexity](perplexity.png) ![accuracy](accuracy.png)\n")
-    L.extend(quality_lines(out, results))
+    return L
 
-    L.append("## Efficiency\n")
+
+def _efficiency(results: dict) -> list[str]:
+    models = results["models"]
+    L = ["## Efficiency\n"]
     L.append(
-        "| method | trainable params | share of model | what trained | train time (s) | steps | tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights | answer generation (new tokens/s) |"
+        "| method | trainable params | share of model | what trained | train time (s) | steps "
+        "| tokens/s (real tokens) | peak RSS while training (MB) | peak GPU (MB) | saved weights "
+        "| answer generation (new tokens/s) |"
     )
     L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, m in models.items():
@@ -169,97 +216,101 @@ def write_report(out: Path, results: dict) -> None:
         what = "; ".join([_what(t), *(t.get("notes") or [])])
         gpu = f"{tr['peak_gpu_mb']:.0f}" if tr.get("peak_gpu_mb") else "-"
         L.append(
-            f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} | {tr['steps']} | {tr['tokens_per_s']:.0f} | "
-            f"{tr['peak_rss_mb']:.0f} | {gpu} | {_size(tr.get('weights_bytes', 0))} | {generation_speed(m)} |"
+            f"| {name} | {t['trainable']:,} | {100 * t['share']:.3f}% | {what} | {tr['train_seconds']:.1f} "
+            f"| {tr['steps']} | {tr['tokens_per_s']:.0f} | {tr['peak_rss_mb']:.0f} | {gpu} "
+            f"| {_size(tr.get('weights_bytes', 0))} | {generation_speed(m)} |"
         )
     L.append("")
     boft = models.get("boft", {}).get("trainable", {}).get("details", {})
     if boft:
+        ext = "built" if boft.get("cuda_extension") else "did not build; PEFT fell back"
         L.append(
-            f"BOFT butterfly factor: requested {boft.get('butterfly_factor_requested')}, used {boft.get('butterfly_factor_used')} "
-            f"(PEFT's CUDA extension {'built' if boft.get('cuda_extension') else 'did not build; PEFT fell back'}); blocks (number, size): {boft.get('block_num_and_size')}.\n"
+            f"BOFT butterfly factor: requested {boft.get('butterfly_factor_requested')}, used "
+            f"{boft.get('butterfly_factor_used')} (PEFT's CUDA extension {ext}); blocks (number, size): "
+            f"{boft.get('block_num_and_size')}.\n"
         )
     L.append("![loss curves](loss_curves.png)\n")
+    return L
 
-    L.append("## Setup\n")
-    tr = cfg["train"]
-    L.append(f"- Model: `{cfg['model']}`; methods: {', '.join(n for n in models if n != 'base')}")
+
+def _setup(results: dict) -> list[str]:
+    cfg, models, data = results["config"], results["models"], results["data"]
+    tr, fm = cfg["train"], cfg["format"]
+    L = ["## Setup\n", f"- Model: `{cfg['model']}`; methods: {', '.join(n for n in models if n != 'base')}"]
     L.append(
         f"- Data: `{data.get('source')}`: {data['rows_read']:,} pairs read, {data['rows_kept']:,} kept "
         f"(dropped: {', '.join(f'{k} {v:,}' for k, v in data['dropped'].items())}); "
         + ", ".join(f"{k} {v['count']:,}" for k, v in data["splits"].items())
-        + f"; overlap between splits: {data['overlap']['questions_in_several_splits']} questions, {data['overlap']['focus_entities_in_several_splits']} focus entities"
+        + f"; overlap between splits: {data['overlap']['questions_in_several_splits']} questions, "
+        f"{data['overlap']['focus_entities_in_several_splits']} focus entities"
     )
     L.append(
-        f"- Format: template `{cfg['format']['template']}`, separator {cfg['format']['separator']!r}, max length {cfg['format']['max_length']}, "
-        f"layout `{cfg['format']['layout']}`, training loss on `{cfg['format']['loss_scope']}` tokens"
+        f"- Format: template `{fm['template']}`, separator {fm['separator']!r}, max length {fm['max_length']}, "
+        f"layout `{fm['layout']}`, training loss on `{fm['loss_scope']}` tokens"
     )
+    steps = f", max steps {tr['max_steps']}" if tr["max_steps"] else ""
     L.append(
-        f"- Training: epochs {tr['epochs']}{', max steps ' + str(tr['max_steps']) if tr['max_steps'] else ''}, batch {tr['batch_size']} examples, AdamW "
-        f"(weight decay {tr['weight_decay']} on matrices), {tr['schedule']} schedule, warmup {tr['warmup_ratio']}, clip {tr['max_grad_norm']}, seed {tr['seed']}"
+        f"- Training: epochs {tr['epochs']}{steps}, batch {tr['batch_size']} examples, AdamW "
+        f"(weight decay {tr['weight_decay']} on matrices), {tr['schedule']} schedule, warmup {tr['warmup_ratio']}, "
+        f"clip {tr['max_grad_norm']}, seed {tr['seed']}"
     )
+    tuned = (results.get("study") or {}).get("tuning") or {}
     for name, args in cfg["methods"].items():
-        t = models.get(name, {}).get("trainable", {})
+        m = models.get(name, {})
+        t = m.get("trainable", {})
+        lr = f"{m['lr']:.3g}" if m.get("lr") is not None else "-"
         L.append(
-            f"- `{name}`: {json.dumps(args) if args else 'defaults'}; learning rate {_lr(name, args, tr)}"
+            f"- `{name}`: {json.dumps(args) if args else 'defaults'}; learning rate {lr}"
+            + (" (tuned)" if name in tuned else "")
             + (f"; {json.dumps(t.get('details'))}" if t.get("details") else "")
         )
     env = results["environment"]
-    L.append(
-        f"- Environment: {env['device']}; "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-        + f"; git {env['git']}"
-    )
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    L.append(f"- Environment: {env['device']}; {versions}; git {env['git']}")
     L.append("")
+    return L
 
-    L.append("## The study's numbers beside ours\n")
-    L.append(f"The study: {results['paper']['model']}; {results['paper']['protocol']}.\n")
+
+def _paper(results: dict) -> list[str]:
+    cfg, models, data, paper = results["config"], results["models"], results["data"], results["paper"]
+    L = ["## The study's numbers beside ours\n", f"The study: {paper['model']}; {paper['protocol']}.\n"]
     L.append(
         "| model | study perplexity | study accuracy | ours, all tokens: perplexity | ours, all tokens: accuracy |"
     )
     L.append("|---|---|---|---|---|")
-    for name, row in results["paper"]["rows"].items():
+    for name, row in paper["rows"].items():
         ours = models.get(name, {}).get("metrics", {}).get("all")
-        L.append(
-            f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | {ours['perplexity']:.2f} | {ours['accuracy']:.3f} |"
-            if ours
-            else f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | - | - |"
-        )
+        mine = f"{ours['perplexity']:.2f} | {ours['accuracy']:.3f}" if ours else "- | -"
+        L.append(f"| {name} | {row['perplexity']:.2f} | {row['accuracy']:.3f} | {mine} |")
     L.append("")
     L.append(
-        f"Differences in setup: model `{cfg['model']}` vs Llama-3.2-1B; {data['split']} split vs the study's random split "
-        f"(a random split puts repeated questions on both sides); {data['splits']['train']['count']:,} training examples vs ~13,100; "
-        f"{tr['epochs']} epoch(s) vs 3; max length {cfg['format']['max_length']}; the study does not say which tokens it scored.\n"
+        f"Differences in setup: model `{cfg['model']}` vs Llama-3.2-1B; {data['split']} split vs the study's "
+        f"random split (a random split puts repeated questions on both sides); "
+        f"{data['splits']['train']['count']:,} training examples vs ~13,100; {cfg['train']['epochs']} epoch(s) vs 3; "
+        f"max length {cfg['format']['max_length']}; the study does not say which tokens it scored.\n"
     )
+    return L
 
+
+def _samples(results: dict) -> list[str]:
+    cfg, models = results["config"], results["models"]
     with_samples = [n for n, m in models.items() if m.get("samples")]
-    if with_samples:
-        L.append(f"## Sample answers (greedy, stops at EOS, at most {cfg['max_new_tokens']} new tokens)\n")
-        L.append("Not medical advice: these are outputs of small experimental models.\n")
-        base_samples = models[with_samples[0]]["samples"]
-        for i, s in enumerate(base_samples):
-            L.append(f"### Q{i + 1}. {s['question']}\n")
-            L.append(f"**Reference:** {_short(s['reference'])}\n")
-            for n in with_samples:
-                row = models[n]["samples"][i]
-                L.append(f"**{n}**{sample_scores(row)}**:** {_short(row['answer']) or '(empty)'}\n")
-    (out / "report.md").write_text("\n".join(L))
-    perplexity_figure(results, out / "perplexity.png")
-    accuracy_figure(results, out / "accuracy.png")
-    loss_figure(results, out / "loss_curves.png")
+    if not with_samples:
+        return []
+    L = [f"## Sample answers (greedy, stops at EOS, at most {cfg['max_new_tokens']} new tokens)\n"]
+    L.append("Not medical advice: these are outputs of small experimental models.\n")
+    for i, s in enumerate(models[with_samples[0]]["samples"]):
+        L.append(f"### Q{i + 1}. {s['question']}\n")
+        L.append(f"**Reference:** {_short(s['reference'])}\n")
+        for n in with_samples:
+            row = models[n]["samples"][i]
+            L.append(f"**{n}:** {_short(row['answer']) or '(empty)'}{sample_scores(row)}\n")
+    return L
 
 
 def _what(t: dict) -> str:
     mods = t.get("trained_modules", [])
     return ", ".join(f"`{m}`" for m in mods) if len(mods) <= 6 else f"{len(mods)} module groups"
-
-
-def _lr(name, args, tr):
-    from medtune.methods import get_method
-
-    if isinstance(args, dict) and args.get("lr") is not None:
-        return args["lr"]
-    return tr["lr"] if tr.get("lr") is not None else get_method(name).default_lr
 
 
 def _size(n: int) -> str:

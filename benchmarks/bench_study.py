@@ -1,0 +1,155 @@
+"""The tuned study (medtune compare with tune:) vs the same trials and seeds run one by one.
+
+Same machine, preset, data and grid, in one run. Both sides prepare the data, tune every
+method over the same learning-rate grid on the validation split, retrain each method at its
+chosen rate with the same seeds, and score the base model and every seed on the test split.
+
+  study     `run_compare`: Optuna grid + successive halving (trials stop at 25% / 50% of
+            their steps when they trail), one frozen-prefix cache for every selective
+            (untied) trial and seed, tokenized data and the base evaluation computed once.
+  one by one  every trial trained to the end (validation only at the end), no shared cache
+            (`train.cache_prefix=off`), the base model scored again for each method.
+
+Answer generation (the quality stage) costs the same on both sides and is switched off here.
+Prints a table last and writes JSON (wall and CPU seconds per side, trials, speedup).
+
+    python benchmarks/bench_study.py --data ../shared/medquad --preset cpu-study --out bench-study.json
+    python benchmarks/bench_study.py --preset tiny-study --set data.max_examples=80     (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MEDTUNE_PROGRESS", "0")
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def warm_up(cfg) -> None:
+    """Imports and the model's first load (conversion, page cache) before either side's clock starts."""
+    import peft  # noqa: F401
+
+    from medtune import models
+    from medtune.evaluate import score_examples  # noqa: F401
+    from medtune.train import train  # noqa: F401
+
+    models.load(cfg.model)
+
+
+def study_side(cfg) -> dict:
+    from medtune.compare import run_compare
+
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    results = run_compare(cfg, quiet=True)
+    tuning = results["study"]["tuning"]
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": cpu_seconds() - c0,
+        "chosen_lr": {m: t["chosen_lr"] for m, t in tuning.items()},
+        "trials": {m: [r["state"] for r in t["trials"]] for m, t in tuning.items()},
+    }
+
+
+def no_prefix_cache(rc):
+    from medtune.config import RunConfig, from_dict
+
+    d = rc.to_dict()
+    d["train"]["cache_prefix"] = "off"
+    return from_dict(RunConfig, d, "bench")
+
+
+def one_by_one_side(cfg, out: Path) -> dict:
+    """The same work without sharing or pruning: each run on its own, to the end."""
+    from medtune.compare import prepare_stage, run_with
+    from medtune.data.prepare import read_split
+    from medtune.data.tokenize import encode_records
+    from medtune.evaluate import score_examples
+    from medtune.inference import autocast_for, load_for_inference
+    from medtune.study import run_names
+    from medtune.train import train
+    from medtune.tune import lr_grid
+
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    out.mkdir(parents=True)
+    prep = prepare_stage(cfg, out, quiet=True)
+    test = read_split(prep, "test")[: cfg.eval.max_examples or None]
+
+    def score(run_dir):
+        model, tok, _, _ = load_for_inference(cfg.model, run_dir)
+        ex = encode_records(tok, test, cfg.format)
+        score_examples(model, ex, tok.pad_token_id, cfg.eval.batch_tokens, autocast_for(model))
+
+    chosen = {}
+    for method in cfg.methods:
+        rc = no_prefix_cache(cfg.run_config(method))
+        losses = {}
+        for i, lr in enumerate(lr_grid(cfg.tune, method, cfg.run_config(method).learning_rate())):
+            s = train(run_with(rc, lr), prep, out / "trials" / method / f"{i}", quiet=True, eval_points=(1.0,))
+            losses[lr] = s["val_loss"] if s["val_loss"] is not None else float("inf")
+        chosen[method] = min(losses, key=losses.get)
+        score(None)  # the base model, again for this method
+        for name, seed in run_names(method, cfg.train.seeds, cfg.train.seed):
+            run_dir = out / "runs" / name
+            train(run_with(rc, chosen[method], seed), prep, run_dir, quiet=True)
+            score(run_dir)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "chosen_lr": chosen}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu-study")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--methods", default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--workdir", default=None, help="where both sides write (default: a temporary folder)")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+
+    from medtune.compare import load_compare_config
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-study-"))
+    sets = [*args.overrides, "tune.enabled=true", "quality.enabled=false", "samples=0"]
+    cfg = load_compare_config(args.preset, args.data, None, args.methods, str(work / "study"), sets)
+    warm_up(cfg)
+    try:
+        study = study_side(cfg)
+        base = one_by_one_side(cfg, work / "one-by-one")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "preset": args.preset,
+        "overrides": args.overrides,
+        "methods": list(cfg.methods),
+        "grid_points": cfg.tune.points,
+        "seeds": cfg.train.seeds,
+        "study": study,
+        "one_by_one": base,
+        "speedup_wall": base["wall_s"] / study["wall_s"],
+        "speedup_cpu": base["cpu_s"] / study["cpu_s"],
+        "threads": __import__("torch").get_num_threads(),
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"{'side':<12} {'wall s':>8} {'cpu s':>8}  chosen learning rates")
+    for name, side in (("study", study), ("one by one", base)):
+        lrs = ", ".join(f"{m} {v:.3g}" for m, v in side["chosen_lr"].items())
+        print(f"{name:<12} {side['wall_s']:>8.1f} {side['cpu_s']:>8.1f}  {lrs}")
+    print(f"speedup: {result['speedup_wall']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU time")
+    print("trials (study):", json.dumps(study["trials"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The report's verdict (top of report.md): rankings, pairwise differences, cost, tuning.
+
+Renders only from results['study'] (built by medtune.study), so `medtune report DIR`
+reproduces it without training or scoring.
+"""
+
+from __future__ import annotations
+
+LABELS = {
+    "answer.perplexity": ("answer perplexity", "{:.3f}"),
+    "answer.accuracy": ("answer next-token accuracy", "{:.4f}"),
+    "all.perplexity": ("all-token perplexity", "{:.3f}"),
+    "all.accuracy": ("all-token accuracy", "{:.4f}"),
+    "quality.rougeL": ("ROUGE-L", "{:.4f}"),
+    "quality.similarity": ("answer similarity", "{:.4f}"),
+}
+
+
+def _label(key: str) -> tuple[str, str]:
+    return LABELS.get(key, (key, "{:.4f}"))
+
+
+def _mean_sd(entry: dict, fmt: str) -> str:
+    sd = entry.get("sd")
+    return fmt.format(entry["mean"]) + (f" ± {fmt.format(sd)}" if sd is not None else "")
+
+
+def _diff_cell(d: dict, fmt: str) -> str:
+    f = "{:+" + fmt[2:]
+    text = f"{f.format(d['diff'])} [{f.format(d['ci'][0])}, {f.format(d['ci'][1])}]"
+    return f"**{text}**" if d["clear"] else f"{text} no clear difference"
+
+
+def unit_sentence(study: dict) -> str:
+    b = study["bootstrap"]
+    unit = b["unit"] + (f" ({b['count']:,})" if b.get("count") else "")
+    seeds = " and, per method, its seeds" if b.get("seeds_resampled") else ""
+    return f"95% bootstrap intervals resampling {unit}{seeds}, {b['resamples']} resamples"
+
+
+def verdict_lines(results: dict) -> list[str]:
+    study = results.get("study")
+    if not study or not study.get("ranking"):
+        return []
+    S = study["seeds"]
+    how = (
+        "tuned per method on the validation split (the test split is never read while tuning)"
+        if study.get("tuning")
+        else "as set"
+    )
+    L = ["## Verdict\n"]
+    L.append(
+        f"{S} seed{'s' if S > 1 else ''} per method (train seeds {', '.join(map(str, study['seed_values']))}: data "
+        f"order and adapter initialisation); learning rates "
+        + how
+        + f". Values are means over seeds (± sd); {unit_sentence(study)}. "
+        "Differences are paired on the same test examples; **bold**: the interval excludes 0.\n"
+    )
+    L.append("| metric | ranking, best first (mean ± sd over seeds) |")
+    L.append("|---|---|")
+    for key, rows in study["ranking"].items():
+        label, fmt = _label(key)
+        L.append(f"| {label} | " + " > ".join(f"{r['model']} {_mean_sd(r, fmt)}" for r in rows) + " |")
+    L.append("")
+    keys = list(study["ranking"])
+    L.append("| difference (second minus first) | " + " | ".join(_label(k)[0] for k in keys) + " |")
+    L.append("|---" * (len(keys) + 1) + "|")
+    by_pair: dict = {}
+    for d in study["pairs"]:
+        by_pair.setdefault((d["a"], d["b"]), {})[d["metric"]] = d
+    for (a, b), ds in by_pair.items():
+        cells = [_diff_cell(ds[k], _label(k)[1]) if k in ds else "-" for k in keys]
+        L.append(f"| {b} − {a} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.extend(cost_lines(study))
+    return L
+
+
+def cost_lines(study: dict) -> list[str]:
+    cost = study.get("cost") or {}
+    if not cost:
+        return []
+    L = [
+        "| method | learning rate | trainable params | train time (s, mean ± sd) | tokens/s | peak RSS (MB) "
+        "| tuning time (s) | tuning trials |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in cost.items():
+        sd = f" ± {c['train_seconds_sd']:.1f}" if c.get("train_seconds_sd") is not None else ""
+        L.append(
+            f"| {name} | {_num(c.get('lr'), '{:.3g}')} | {_num(c.get('trainable'), '{:,}')} "
+            f"| {_num(c.get('train_seconds'), '{:.1f}')}{sd} | {_num(c.get('tokens_per_s'), '{:.0f}')} "
+            f"| {_num(c.get('peak_rss_mb'), '{:.0f}')} | {_num(c.get('tuning_seconds'), '{:.0f}')} "
+            f"| {_num(c.get('tuning_trials'), '{}')} |"
+        )
+    L.append("")
+    figs = "![tuning curves](tuning_curves.png) " if study.get("tuning") else ""
+    L.append(f"{figs}![quality vs cost](pareto.png)\n")
+    if study.get("tuning"):
+        L.extend(tuning_lines(study["tuning"]))
+    return L
+
+
+def tuning_lines(tuning: dict) -> list[str]:
+    L = ["Tuning (validation loss per trial; pruned trials show their last reported loss):\n"]
+    for method, t in tuning.items():
+        trials = sorted(t.get("trials") or [], key=lambda r: r["lr"] or 0)
+        cells = ", ".join(
+            f"{r['lr']:.3g}: {_num(r['val_loss'], '{:.4f}')}" + ("" if r["state"] == "complete" else f" ({r['state']})")
+            for r in trials
+            if r["lr"] is not None
+        )
+        chosen = _num(t.get("chosen_lr"), "{:.3g}")
+        edge = _edge(t)
+        L.append(f"- `{method}`: chosen {chosen} (default {t['default_lr']:.3g}){edge}; {cells}")
+    L.append("")
+    return L
+
+
+def _edge(t: dict) -> str:
+    """A chosen rate at the end of the searched range may not be the best one: say so."""
+    lo, hi = (t.get("range") or [None, None])[:2]
+    lr = t.get("chosen_lr")
+    if lr is None or lo is None or lo == hi:
+        return ""
+    if lr >= hi * (1 - 1e-9):
+        return ", **at the top of the searched range** (a wider range may do better)"
+    if lr <= lo * (1 + 1e-9):
+        return ", **at the bottom of the searched range** (a wider range may do better)"
+    return ""
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)

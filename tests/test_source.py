@@ -1,0 +1,81 @@
+"""The code's shape, checked: short functions and no import cycle between medtune modules."""
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+SRC = ROOT / "src" / "medtune"
+MAX_LINES = 80
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for p in sorted(SRC.rglob("*.py")):
+        rel = p.relative_to(SRC.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        out[name] = ast.parse(p.read_text(), str(p))
+    return out
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """medtune modules that `name` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for t in targets:
+            while t and t not in known:
+                t = t.rpartition(".")[0]
+            if t and t != name and not name.startswith(t + "."):  # a package's own __init__ is not a cycle
+                found.add(t)
+    return found
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_LINES:
+                    long.append(f"{name}.{node.name}: {n} lines")
+    assert not long, long
+
+
+def test_no_import_cycle():
+    mods = _modules()
+    graph = {m: _imports(m, t, set(mods)) for m, t in mods.items()}
+    # the package __init__ files of medtune.methods / medtune.families register their members:
+    # an edge from a package to its own submodule is not a cycle through the package.
+    for m in graph:
+        graph[m] = {d for d in graph[m] if not d.startswith(m + ".")}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m):
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d) :] + [d]))
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_the_cycle_detector_finds_a_cycle(tmp_path):
+    """The checker above is not vacuous: config importing methods and methods importing config is caught."""
+    a = ast.parse("from medtune.b import x\n")
+    b = ast.parse("def f():\n    from medtune.a import y\n")
+    known = {"medtune.a", "medtune.b"}
+    assert _imports("medtune.a", a, known) == {"medtune.b"}
+    assert _imports("medtune.b", b, known) == {"medtune.a"}

@@ -1,0 +1,393 @@
+"""Learning-rate tuning (Optuna), seeds, grouped bootstrap, pooled differences and the verdict.
+
+Fast tests drive the tuning loop with a fake `train()` whose validation loss is a known
+function of the learning rate (the reference the chosen rate is checked against). The slow
+ones run real `medtune` subprocesses on the tiny random model: one is SIGKILLed mid-trial by
+the `MEDTUNE_FAULT=step_end:N` hook and rerun; two workers share a real PostgreSQL (pgserver).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_records
+from medtune.compare import load_compare_config
+from medtune.evaluate import Scores, bootstrap_weights, paired_difference, summarize
+from medtune.tune import TuneConfig, lr_grid
+
+BEST_LR = 3e-4  # the fake training's best learning rate
+
+
+def qa_csv(path: Path, n: int = 60) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["question", "answer", "source", "focus_area"])
+        for i in range(n):
+            w.writerow(
+                [
+                    f"What are the symptoms of disease {i} ?",
+                    f"Disease {i} causes pain and fever in {i % 5 + 1} ways.",
+                    "SYN",
+                    f"disease {i}",
+                ]
+            )
+    return path
+
+
+def fake_loss(lr: float, fraction: float) -> float:
+    """Validation loss of the fake run: best at BEST_LR, falling as training goes on (same order
+    at every validation point, so successive halving never prunes the best rate)."""
+    return 1.0 + (math.log10(lr) - math.log10(BEST_LR)) ** 2 + (1.0 - fraction)
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    calls = []
+
+    def train(rc, data_dir, run_dir, *, quiet=False, on_validation=None, eval_points=(), prefix_cache=None, **kw):
+        lr = rc.learning_rate()
+        calls.append(lr)
+        Path(run_dir).mkdir(parents=True)
+        for f in eval_points:  # 10 steps, validated where train() would: max(1, round(f * 10))
+            step = max(1, round(f * 10))
+            if on_validation is not None:
+                on_validation(step, fake_loss(lr, f), step / 10)
+        return {"val_loss": fake_loss(lr, 1.0), "train_seconds": 0.01, "tokens_per_s": 1.0, "steps": 8}
+
+    monkeypatch.setattr("medtune.train.train", train)
+    return calls
+
+
+def study_cfg(tmp_path, *sets):
+    return load_compare_config(
+        "tiny-study", out=str(tmp_path / "cmp"), methods="lora", overrides=["tune.points=5", *sets]
+    )
+
+
+def test_grid_is_log_spaced_around_the_default():
+    g = lr_grid(TuneConfig(points=5, span=32), "lora", 5e-4)
+    assert len(g) == 5 and g == sorted(g)
+    assert g[-1] / g[0] == pytest.approx(32, rel=0.01)  # spans 32x
+    assert math.sqrt(g[0] * g[-1]) == pytest.approx(5e-4, rel=0.01)  # geometric centre: the default
+    steps = np.diff(np.log(g))
+    assert np.allclose(steps, steps[0], rtol=0.01)  # log-spaced
+    assert lr_grid(TuneConfig(grid={"lora": [1e-3, 1e-4]}), "lora", 5e-4) == [1e-4, 1e-3]
+
+
+def test_validations_map_to_the_configured_points():
+    from medtune.tune import _eval_point
+
+    points = [0.25, 0.5, 1.0]
+    for total in (4, 7, 10, 33):
+        for p in points:
+            step = max(1, round(p * total))
+            assert _eval_point(step, step / total, points) == p
+    assert _eval_point(0, 0.0, points) is None and _eval_point(3, 0.3, points) is None
+
+
+def test_grid_tuning_tries_each_rate_once_prunes_and_picks_the_best(tiny, tmp_path, fake_train):
+    from medtune.tune import run_tuning
+
+    cfg = study_cfg(tmp_path)
+    prep = write_records(tmp_path / "prep")
+    out = tmp_path / "cmp"
+    out.mkdir()
+    r = run_tuning(cfg, prep, out, quiet=True)["lora"]
+    grid = r["grid"]
+    assert sorted(fake_train) == sorted(grid)  # every grid point trained exactly once
+    # the reference: the grid point nearest BEST_LR in log space
+    assert r["chosen_lr"] == min(grid, key=lambda lr: fake_loss(lr, 1.0))
+    states = {t["lr"]: t["state"] for t in r["trials"]}
+    assert states[r["chosen_lr"]] == "complete"
+    assert "pruned" in states.values()  # the grid order puts a worse rate after a better one
+    for t in r["trials"]:
+        if t["state"] == "pruned":
+            assert t["curve"] and t["curve"][-1][0] < 1.0  # stopped before the end
+    saved = json.loads((out / "tuning" / "summary.json").read_text())
+    assert saved["methods"]["lora"]["chosen_lr"] == r["chosen_lr"]
+    # a rerun loads the finished study and trains nothing
+    fake_train.clear()
+    assert run_tuning(cfg, prep, out, quiet=True)["lora"]["chosen_lr"] == r["chosen_lr"]
+    assert fake_train == []
+
+
+def test_tpe_runs_n_trials(tiny, tmp_path, fake_train):
+    from medtune.tune import run_tuning
+
+    cfg = study_cfg(tmp_path, "tune.sampler=tpe", "tune.n_trials=5", "tune.prune=false")
+    prep = write_records(tmp_path / "prep")
+    (tmp_path / "cmp").mkdir()
+    r = run_tuning(cfg, prep, tmp_path / "cmp", quiet=True)["lora"]
+    assert len(fake_train) == 5 and len(r["trials"]) == 5
+    lo, hi = r["range"]
+    assert all(lo <= lr <= hi for lr in fake_train)
+    assert r["chosen_lr"] == min(fake_train, key=lambda lr: fake_loss(lr, 1.0))
+
+
+def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
+    """A trial left RUNNING by a process that no longer exists is marked FAIL and re-run."""
+    from medtune import models
+    from medtune.train import data_fingerprint
+    from medtune.tune import SharedPrefixCaches, TuneContext, method_space, open_storage, open_study, run_tuning
+
+    cfg = study_cfg(tmp_path)
+    prep = write_records(tmp_path / "prep")
+    out = tmp_path / "cmp"
+    out.mkdir()
+    ctx = TuneContext(
+        cfg,
+        prep,
+        out,
+        open_storage(f"sqlite:///{out / 'tuning.db'}", cfg.tune),
+        data_fingerprint(prep),
+        SharedPrefixCaches(out / "c", "k", 0),
+        models.read_model_config(cfg.model),
+    )
+    study = open_study(ctx, method_space(ctx, "lora"))
+    trial = study.ask()
+    space = method_space(ctx, "lora")
+    dead_lr = trial.suggest_float("lr", space.low, space.high, log=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a PID that no longer runs
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": gone.pid})
+    r = run_tuning(cfg, prep, out, quiet=True)["lora"]
+    assert sorted(fake_train) == sorted(space.grid)  # the dead trial's rate ran once, here
+    by_number = {t["number"]: t for t in r["trials"]}
+    assert by_number[0]["state"] == "fail" and by_number[0]["failure"] == "process died"
+    done = [t for t in r["trials"] if t["state"] in ("complete", "pruned")]
+    assert sorted(t["lr"] for t in done) == sorted(space.grid)
+    assert sum(t["lr"] == dead_lr for t in done) == 1
+
+
+def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
+    from medtune.data.prepare import read_split
+    from medtune.tune import run_tuning, test_split_guarded
+
+    prep = write_records(tmp_path / "prep")
+    with test_split_guarded():
+        with pytest.raises(RuntimeError, match="test split must not be read"):
+            read_split(prep, "test")
+        assert read_split(prep, "val")
+    assert read_split(prep, "test")  # the guard is gone afterwards
+
+    def reads_test(rc, data_dir, run_dir, **kw):
+        read_split(data_dir, "test")
+
+    monkeypatch.setattr("medtune.train.train", reads_test)
+    (tmp_path / "cmp").mkdir()
+    with pytest.raises(RuntimeError, match="test split must not be read"):
+        run_tuning(study_cfg(tmp_path), prep, tmp_path / "cmp", quiet=True)
+    assert read_split(prep, "test")
+
+
+def test_real_tuning_reads_no_test_split(tiny, tmp_path):
+    """Real (tiny) training under the guard: it would raise if train() touched test.jsonl."""
+    from medtune.tune import run_tuning
+
+    cfg = study_cfg(tmp_path, "tune.points=2", "tune.prune=false")
+    prep = write_records(tmp_path / "prep")
+    (tmp_path / "cmp").mkdir()
+    r = run_tuning(cfg, prep, tmp_path / "cmp", quiet=True)["lora"]
+    assert [t["state"] for t in r["trials"]] == ["complete", "complete"]
+    assert all(math.isfinite(t["val_loss"]) for t in r["trials"])
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("tune.grid.lora=[]", "tune.grid.lora is empty"),
+        ("tune.grid.lora=[-1.0e-4]", "learning rates must be finite and > 0"),
+        ("tune.sampler=random", "tune.sampler must be one of grid, tpe"),
+        ("tune.points=0", "tune.points must be >= 1"),
+        ("tune.eval_points=[0.5, 0.25]", "tune.eval_points must be increasing"),
+        ("tune.grid.lroa=[1.0e-4]", "unknown method"),
+    ],
+)
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_bad_tuning_config_is_one_line(command, setting, message, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = run_cli([command, "--preset", "tiny-study", "--out", out, "--set", setting], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_unreachable_storage_is_one_line(tmp_path, capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg://medtune:s3cret@127.0.0.1:{port}/nope"
+    out = tmp_path / "o"
+    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--out", out, "--storage", url], capsys)
+    assert code == 2 and "cannot open tuning storage" in err and len(err.strip().splitlines()) == 1, err
+    assert "s3cret" not in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- bootstrap and pooling
+
+
+def test_bootstrap_weights_draw_whole_groups():
+    groups = [0, 0, 0, 1, 2, 2, 3, 4, 4, 4]
+    w = bootstrap_weights(len(groups), 400, 3, groups)
+    assert w.shape == (400, 10)
+    for g in set(groups):
+        cols = w[:, [i for i, x in enumerate(groups) if x == g]]
+        assert (cols == cols[:, :1]).all()  # the members of a group move together
+    first = [groups.index(g) for g in sorted(set(groups))]
+    assert (w[:, first].sum(1) == 5).all()  # 5 groups drawn 5 times per resample
+    assert w[:, first].mean() == pytest.approx(1.0, abs=0.1)
+    plain = bootstrap_weights(10, 400, 3)
+    assert (plain.sum(1) == 10).all() and plain.mean() == pytest.approx(1.0, abs=0.05)
+    assert np.array_equal(bootstrap_weights(10, 50, 1, groups), bootstrap_weights(10, 50, 1, groups))
+
+
+def fake_scores(nll_per_token, groups_of, seed=0):
+    rng = np.random.default_rng(seed)
+    n = len(groups_of)
+    tok = rng.integers(5, 20, n)
+    nll = tok * (np.asarray(nll_per_token) + rng.normal(0, 0.3, n))
+    cor = (tok * 0.4).astype(np.int64)
+    return Scores(
+        [str(i) for i in range(n)],
+        {"answer": nll, "all": nll},
+        {"answer": tok, "all": tok},
+        {"answer": cor, "all": cor},
+    )
+
+
+def test_group_bootstrap_is_wider_for_correlated_groups():
+    """Examples of one group share an offset: resampling examples understates the spread."""
+    rng = np.random.default_rng(0)
+    groups = [i // 10 for i in range(200)]
+    offset = rng.normal(0, 1.0, 20)
+    s = fake_scores([2.0 + offset[g] for g in groups], groups)
+    by_example = summarize(s, 500, 0)["answer"]["perplexity_ci"]
+    by_group = summarize(s, 500, 0, groups)["answer"]["perplexity_ci"]
+    assert by_group[1] - by_group[0] > 1.5 * (by_example[1] - by_example[0])
+    assert summarize(s, 50, 0, groups)["bootstrap"] == {"unit": "focus groups", "count": 20}
+
+
+def test_pool_one_seed_equals_paired_bootstrap_and_flags_clear_differences():
+    from medtune.study import pool_scores, verdict
+
+    groups = [i // 4 for i in range(80)]
+    base = fake_scores([2.0] * 80, groups, seed=1)
+    better = Scores(base.ids, {k: v * 0.8 for k, v in base.nll.items()}, base.tokens, base.correct)
+    same = Scores(base.ids, dict(base.nll), base.tokens, base.correct)
+    pool = pool_scores(base, {"better": [better], "same": [same]}, 300, 5, groups)
+    ref = paired_difference(base, better, 300, 5, groups)["answer"]
+    d = pool.difference("base", "better", "answer.perplexity")
+    assert d["diff"] == pytest.approx(ref["perplexity"]) and d["ci"] == pytest.approx(ref["perplexity_ci"])
+    assert d["clear"] and not pool.difference("base", "same", "answer.perplexity")["clear"]
+    v = verdict(pool, ["base", "better", "same"], [("answer.perplexity", True)])
+    assert [r["model"] for r in v["ranking"]["answer.perplexity"]][0] == "better"
+    assert len(v["pairs"]) == 3
+
+
+def test_pool_seeds_mean_and_sd():
+    from medtune.study import pool_scores
+
+    groups = list(range(40))
+    base = fake_scores([2.0] * 40, groups, seed=2)
+    seeds = [Scores(base.ids, {k: v * f for k, v in base.nll.items()}, base.tokens, base.correct) for f in (0.8, 0.9)]
+    pool = pool_scores(base, {"m": seeds}, 200, 0, groups)
+    s = pool.summary("m", "answer.perplexity")
+    per_seed = [summarize(x, 10, 0)["answer"]["perplexity"] for x in seeds]
+    assert s["mean"] == pytest.approx(np.mean(per_seed)) and s["sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert s["ci"][0] <= min(per_seed) * 1.05 and s["ci"][1] >= max(per_seed) * 0.95
+
+
+# ---------------------------------------------------------------- real subprocesses
+
+
+def medtune(args, env_extra=None, timeout=600):
+    env = dict(os.environ, MEDTUNE_PROGRESS="0", OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "medtune.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def trials_of(url: str, method: str = "lora") -> list:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    names = [n for n in optuna.get_all_study_names(storage) if n.startswith(f"medtune-{method}-")]
+    assert len(names) == 1, names
+    return optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False)
+
+
+TUNE_ARGS = ["tune", "--preset", "tiny-study", "--methods", "lora", "--set", "tune.points=3"]
+
+
+def test_killed_compare_during_tuning_rerun_finishes_without_repeating_trials(tiny, tmp_path):
+    data = qa_csv(tmp_path / "qa.csv")
+    out = tmp_path / "cmp"
+    args = ["compare", *TUNE_ARGS[1:], "--data", data, "--out", out, "--set", "tune.prune=false"]
+    args += ["--set", "train.seeds=1", "--set", "quality.enabled=false", "--set", "samples=0"]
+    # trial 0 runs its 6 steps (never pruned: pruning is off); the 8th step is trial 1's second
+    killed = medtune(args, {"MEDTUNE_FAULT": "step_end:8"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    url = f"sqlite:///{out / 'tuning.db'}"
+    before = {t.number: t for t in trials_of(url)}
+    assert before[0].state.name == "COMPLETE" and before[1].state.name == "RUNNING"
+    done_mtime = (out / "tuning" / "lora" / "trial-000" / "summary.json").stat().st_mtime_ns
+    again = medtune(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = trials_of(url)
+    first = next(t for t in after if t.number == 0)
+    assert first.state.name == "COMPLETE" and first.value == before[0].value  # not redone
+    assert first.datetime_complete == before[0].datetime_complete
+    assert (out / "tuning" / "lora" / "trial-000" / "summary.json").stat().st_mtime_ns == done_mtime
+    assert next(t for t in after if t.number == 1).state.name == "FAIL"  # the killed attempt
+    done = [t for t in after if t.state.name == "COMPLETE"]
+    assert len(done) == 3 and len({t.params["lr"] for t in done}) == 3  # each grid point once
+    assert any(t.params["lr"] == before[1].params["lr"] for t in done)  # the killed one, retried
+    assert (out / "report.md").is_file() and (out / "runs" / "lora" / "summary.json").is_file()
+
+
+def test_two_workers_share_a_postgres_study(tiny, tmp_path):
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    try:
+        url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+        data = qa_csv(tmp_path / "qa.csv")
+        env = dict(os.environ, MEDTUNE_PROGRESS="0", OMP_NUM_THREADS="1")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "medtune.cli", *TUNE_ARGS, "--set", "tune.points=4"]
+                + ["--data", str(data), "--out", str(tmp_path / f"w{i}"), "--storage", url, "--worker"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-2000:]
+        trials = trials_of(url)
+        trained = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(trained) == 4 and len({t.params["lr"] for t in trained}) == 4  # every grid point, once
+        others = [t for t in trials if t not in trained]
+        assert all("duplicate_of" in t.user_attrs for t in others)  # lost a race; never trained
+        dirs = [d for i in range(2) for d in (tmp_path / f"w{i}" / "tuning" / "lora").glob("trial-*")]
+        assert len(dirs) == 4  # four trainings across both workers
+        # the main process reads the finished shared study: nothing left to run
+        main = medtune(
+            [*TUNE_ARGS, "--set", "tune.points=4", "--data", data, "--out", tmp_path / "w0", "--storage", url]
+        )
+        assert main.returncode == 0, main.stderr[-2000:]
+        assert len(trials_of(url)) == len(trials)
+    finally:
+        server.cleanup()
