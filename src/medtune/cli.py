@@ -274,7 +274,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from medtune.tune import tune_command
+    from medtune.compare import tune_command
 
     tune_command(args)
 

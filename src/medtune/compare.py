@@ -343,3 +343,32 @@ class Comparison:
         (out / "eval" / f"{name}.timing.json").write_text(json.dumps(timing))
         quality.compare_stage(model, tok, test, cfg, out, name, say)  # answers, their scores, samples
         stages.mark(f"eval:{name}", k)
+
+
+def tune_command(args) -> None:
+    """`medtune tune`: prepare the data if needed, then tune every method (no seeds, no test split).
+
+    --worker: join the study, run trials until none is left to claim, exit without waiting for
+    the other workers' trials (and without writing tuning/summary.json)."""
+    from medtune.locking import FolderLock
+    from medtune.runs import ensure_writable
+    from medtune.tune import run_tuning
+
+    overrides = [*args.overrides, "tune.enabled=true"]
+    if args.storage:
+        overrides.append(f"tune.storage={args.storage}")
+    cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, overrides)
+    out = Path(cfg.out)
+    check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
+    ensure_writable(out, what="comparison folder")
+    with FolderLock(out, "comparison"):
+        open_folder(cfg, out, force=False)
+        prep = prepare_stage(cfg, out)
+        results = run_tuning(cfg, prep, out, worker=args.worker)
+    if args.worker:
+        print("worker: no trial left to claim")
+        return
+    for method, r in results.items():
+        print(
+            f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), {len(r['trials'])} trials"
+        )
