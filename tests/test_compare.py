@@ -195,3 +195,26 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     again = train(load_config(out / "runs" / "lora")[0], out / "prepared", tmp_path / "again", quiet=True)
     first = json.loads((out / "runs" / "lora" / "summary.json").read_text())
     assert again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
+
+
+def test_a_diverged_method_is_marked_not_ranked_and_the_others_go_on(tiny_compare, monkeypatch):
+    """lora's every step is non-finite (train_step's verdict is forced); selective trains normally."""
+    import medtune.train as train_mod
+
+    real_step = train_mod.train_step
+
+    def step(s, gbatch, state):
+        return None if s.cfg.method == "lora" else real_step(s, gbatch, state)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+    cfg, out = tiny_compare
+    results = run_compare(cfg, quiet=True)
+    assert set(results["diverged"]) == {"lora"} and "non-finite" in results["diverged"]["lora"]["reason"]
+    assert "lora" not in results["models"] and "selective" in results["models"]
+    assert not (out / "runs" / "lora" / "adapter").exists()  # no weights from a diverged run
+    report = (out / "report.md").read_text()
+    assert "**lora: diverged**" in report
+    json.loads((out / "results.json").read_text())  # strict JSON
+    # a rerun does not retrain the diverged method
+    monkeypatch.setattr(train_mod, "train_step", lambda *a: pytest.fail("retrained"))
+    assert set(run_compare(cfg, quiet=True)["diverged"]) == {"lora"}

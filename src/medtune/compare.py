@@ -232,6 +232,12 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         return Comparison(cfg, out, force, quiet).run()
 
 
+def _seed_names(cfg: CompareConfig, method: str) -> list:
+    from medtune.study import run_names
+
+    return run_names(method, cfg.train.seeds, cfg.train.seed)
+
+
 def run_with(rc: RunConfig, lr: Optional[float] = None, seed: Optional[int] = None) -> RunConfig:
     """rc with another learning rate and/or train seed (validated like any RunConfig)."""
     d = rc.to_dict()
@@ -284,7 +290,8 @@ class Comparison:
                 for k, (name, seed) in enumerate(run_names(method, cfg.train.seeds, cfg.train.seed)):
                     # The first seed at the chosen rate is the chosen trial itself: reuse its weights.
                     reuse = out / "tuning" / method / trial_dir_name(t["chosen_trial"]) if t and k == 0 else None
-                    self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), caches, reuse)
+                    if not self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), caches, reuse, method):
+                        break  # diverged: the method is marked and not ranked; its other seeds are skipped
                     self.evaluate_stage(name, out / "runs" / name)
         finally:
             caches.close()
@@ -294,10 +301,13 @@ class Comparison:
         self.say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - self.t_start:.0f}s in all)")
         return results
 
-    def train_stage(self, name: str, rc: RunConfig, caches, reuse: Optional[Path] = None) -> None:
-        """Train run `name` (or copy `reuse`, a finished run of exactly this config, e.g. a tuning trial)."""
+    def train_stage(self, name: str, rc: RunConfig, caches, reuse: Optional[Path] = None, method: str = "") -> bool:
+        """Train run `name` (or copy `reuse`, a finished run of exactly this config, e.g. a tuning trial).
+
+        False when the run diverged (non-finite loss): recorded in diverged.json, so the report
+        marks the method instead of ranking it, and the comparison goes on with the others."""
         from medtune.runs import is_complete, load_config
-        from medtune.train import train
+        from medtune.train import Diverged, train
 
         run_dir = self.out / "runs" / name
         run = rc.to_dict()
@@ -306,15 +316,35 @@ class Comparison:
         self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
         if self.stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
             self.say("  done earlier, skipped")
-            return
+            return True
+        if self.stages.finished(f"diverged:{name}", k, self.out / "diverged.json"):
+            self.say("  diverged earlier (see diverged.json), skipped")
+            return False
         if run_dir.exists():
             shutil.rmtree(run_dir)
         if reuse is not None and is_complete(reuse) and load_config(reuse)[0].to_dict() == rc.to_dict():
             self.say(f"  the tuning trial at this rate and seed is this run: {reuse} (not trained again)")
             shutil.copytree(reuse, run_dir)
         else:  # train() validates before it creates the folder
-            train(rc, self.prep, run_dir, quiet=self.quiet, prefix_cache=caches.for_run(rc, self.model_cfg))
+            try:
+                train(rc, self.prep, run_dir, quiet=self.quiet, prefix_cache=caches.for_run(rc, self.model_cfg))
+            except Diverged as e:
+                self.say(f"  {name}: {e}")
+                self._mark_diverged(method or name, name, str(e), rc.learning_rate())
+                self.stages.mark(f"diverged:{name}", k)
+                return False
         self.stages.mark(f"train:{name}", k)
+        return True
+
+    def _mark_diverged(self, method: str, run: str, reason: str, lr: float) -> None:
+        from medtune.runs import write_json
+
+        path = self.out / "diverged.json"
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        write_json(path, {**done, method: {"run": run, "lr": lr, "reason": reason}})
+        for f in (self.out / "eval").glob(f"{method}*.json"):  # earlier seeds must not be ranked alone
+            if f.name.split(".")[0] in {n for n, _ in _seed_names(self.cfg, method)}:
+                f.unlink()
 
     def evaluate_stage(self, name: str, run_dir: Optional[Path]) -> None:
         from medtune import quality

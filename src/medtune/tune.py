@@ -141,7 +141,10 @@ def redact_url(url: str) -> str:
 
 def open_storage(url: str, tune: TuneConfig):
     """An Optuna RDBStorage with heartbeats and retry of dead trials; one line if unreachable."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise MedtuneError("tuning needs Optuna: pip install 'medtune[tune]' (or make install)") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats, fail_stale_trials and the retry callback are marked experimental since Optuna 2.x

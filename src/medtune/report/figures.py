@@ -13,6 +13,30 @@ COLORS = {"answer": "#3b6ea8", "all": "#e0883b"}
 LABELS = {"answer": "answer tokens", "all": "all tokens (study)"}
 
 
+def annotate_bars(ax, bars, vals, fmt: str, fontsize: int) -> None:
+    """Each bar's value just above it."""
+    for b, v in zip(bars, vals):
+        ax.annotate(
+            fmt.format(v),
+            (b.get_x() + b.get_width() / 2, v),
+            ha="center",
+            va="bottom",
+            fontsize=fontsize,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
+
+
+def save(fig, ax, path: Path, legend_size: int | None = 8) -> None:
+    """The house style's finish: frameless legend, no top/right spines, tight, saved, closed."""
+    if legend_size:
+        ax.legend(frameon=False, fontsize=legend_size)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> None:
     models = results["models"]
     names = list(models)
@@ -24,24 +48,11 @@ def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> No
         ci = [models[n]["metrics"][scope][f"{metric}_ci"] for n in names]
         err = [[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]]
         bars = ax.bar(xs, vals, width, yerr=err, capsize=4, color=COLORS[scope], label=LABELS[scope])
-        for b, v in zip(bars, vals):
-            ax.annotate(
-                f"{v:.3f}" if metric == "accuracy" else f"{v:.2f}",
-                (b.get_x() + b.get_width() / 2, v),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
+        annotate_bars(ax, bars, vals, "{:.3f}" if metric == "accuracy" else "{:.2f}", 8)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(frameon=False, fontsize=9)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, ax, path, legend_size=9)
 
 
 def perplexity_figure(results: dict, path: Path) -> None:
@@ -80,11 +91,7 @@ def loss_figure(results: dict, path: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (mean NLL per scored token, nats)")
     ax.set_title("Training and validation loss")
-    ax.legend(frameon=False, fontsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, ax, path)
 
 
 def quality_figure(results: dict, path: Path) -> None:
@@ -102,16 +109,7 @@ def quality_figure(results: dict, path: Path) -> None:
             vals = [s["mean"] for s in stats]
             err = [[v - s["ci"][0] for v, s in zip(vals, stats)], [s["ci"][1] - v for v, s in zip(vals, stats)]]
             bars = ax.bar(range(len(names)), vals, 0.6, yerr=err, capsize=4, color=COLORS["answer"])
-            for b, v in zip(bars, vals):
-                ax.annotate(
-                    fmt.format(v),
-                    (b.get_x() + b.get_width() / 2, v),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    xytext=(0, 2),
-                    textcoords="offset points",
-                )
+            annotate_bars(ax, bars, vals, fmt, 7)
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)

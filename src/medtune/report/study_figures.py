@@ -12,6 +12,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from medtune.report.figures import save  # noqa: E402
+
 
 def tuning_figure(results: dict, path: Path) -> bool:
     """One line per method over its trials' learning rates (log x): filled dots for finished
@@ -40,11 +42,7 @@ def tuning_figure(results: dict, path: Path) -> bool:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("validation loss (nats per scored token)")
     ax.set_title("Tuning curves (validation split; star: chosen)")
-    ax.legend(frameon=False, fontsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, ax, path)
     return True
 
 

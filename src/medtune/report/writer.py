@@ -13,7 +13,7 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS
 from medtune.report.quality_section import add_quality, generation_speed, quality_lines, sample_scores
-from medtune.runs import Number, check_shape, environment, read_json
+from medtune.runs import Number, check_shape, environment, read_json, write_json
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
 # seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr'])
@@ -41,7 +41,8 @@ def build_results(out: Path) -> dict:
     out = Path(out)
     meta = read_json(out / "compare.json")
     cfg = meta["config"]
-    models, study, pool = collect(out, cfg, meta["methods"])
+    diverged = read_json(out / "diverged.json") if (out / "diverged.json").is_file() else {}
+    models, study, pool = collect(out, cfg, [m for m in meta["methods"] if m not in diverged])
     for name, entry in models.items():
         samples = out / "samples" / f"{name}.json"
         if samples.is_file():
@@ -54,12 +55,13 @@ def build_results(out: Path) -> dict:
         "metrics_definition": METRICS,
         "models": models,
         "study": study,
+        "diverged": diverged,  # method -> run, lr, reason: trained to a non-finite loss, not ranked
         "paper": PAPER,
         "environment": environment(),
     }
     add_quality(out, results)
     finish(out, results, pool)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_json(out / "results.json", results)  # strict JSON: a non-finite number becomes null + "nonfinite"
     return results
 
 
@@ -130,6 +132,8 @@ def write_report(out: Path, results: dict) -> None:
 
     out = Path(out)
     L = _header(results)
+    for method, d in (results.get("diverged") or {}).items():
+        L.append(f"**{method}: diverged** (run {d['run']}, learning rate {d['lr']:g}); not ranked. {d['reason']}\n")
     L.extend(verdict_lines(results))
     L.extend(_table1(results))
     L.extend(quality_lines(out, results))
