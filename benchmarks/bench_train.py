@@ -227,14 +227,16 @@ def main(argv=None):
         (sub / "train.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in records))
         rate = matmul_rate()
         print(
-            f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s at the start; {len(records)} MedQuAD pairs, max length {a.max_length}, {a.repeats} run(s) per side",
+            f"matmul rate (fp32, 2048^3): {rate / 1e9:.1f} GFLOP/s at the start; {len(records)} "
+            f"MedQuAD pairs, max length {a.max_length}, {a.repeats} run(s) per side",
             flush=True,
         )
         tok = models.load_tokenizer(resolved)
         lengths = [len(e) for e in encode_records(tok, records, FormatConfig(max_length=a.max_length))]
         real = sum(lengths)
         print(
-            f"real tokens per epoch: {real:,}; positions computed at fixed padding: {len(records) * a.max_length:,} ({100 * real / (len(records) * a.max_length):.0f}% real)",
+            f"real tokens per epoch: {real:,}; positions computed at fixed padding: "
+            f"{len(records) * a.max_length:,} ({100 * real / (len(records) * a.max_length):.0f}% real)",
             flush=True,
         )
 
@@ -293,7 +295,8 @@ def main(argv=None):
                 lambda: medtune_evaluate(a.model, exs),
             )
             print(
-                f"  evaluate: baseline {[round(real / t, 1) for t in t_hf]} real tok/s, medtune {[round(real / t, 1) for t in t_ours]}",
+                f"  evaluate: baseline {[round(real / t, 1) for t in t_hf]} "
+                f"real tok/s, medtune {[round(real / t, 1) for t in t_ours]}",
                 flush=True,
             )
             eflops = model_flops_per_token(model_cfg, 0, 0, False) * real + attention_flops(lengths, model_cfg, 1.0)
@@ -309,7 +312,8 @@ def main(argv=None):
                 }
             )
         if not a.skip_selective_protocol:
-            # the 3-epoch selective protocol, end to end, once: study (tied head, padded) vs medtune (untied head, cached prefix)
+            # the 3-epoch selective protocol, end to end, once: study (tied head, padded) vs medtune (untied head,
+            # cached prefix)
             base = hf_baseline(
                 resolved.path,
                 records,
@@ -335,8 +339,10 @@ def main(argv=None):
                 }
             )
             print(
-                f"  selective 3 epochs, loading included: baseline {base['wall_seconds']:.1f}s (tied, padded; training alone {base['seconds']:.1f}s), "
-                f"medtune {ours['wall_seconds']:.1f}s (untied, cached prefix; training alone {ours['train_seconds']:.1f}s)",
+                f"  selective 3 epochs, loading included: baseline {base['wall_seconds']:.1f}s "
+                f"(tied, padded; training alone {base['seconds']:.1f}s), "
+                f"medtune {ours['wall_seconds']:.1f}s (untied, cached "
+                f"prefix; training alone {ours['train_seconds']:.1f}s)",
                 flush=True,
             )
         rate = max(rate, matmul_rate())  # the machine's best of start and end
@@ -361,10 +367,12 @@ def main(argv=None):
     for r in rows:
         mfu = lambda v: f"{100 * v:.0f}%" if v is not None else "-"  # noqa: E731
         print(
-            f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} {r['speedup']:7.2f}x {mfu(r.get('baseline_mfu')):>9} {mfu(r.get('medtune_mfu')):>12}"
+            f"{r['what']:34} {r['baseline_tok_s']:14.1f} {r['medtune_tok_s']:14.1f} "
+            f"{r['speedup']:7.2f}x {mfu(r.get('baseline_mfu')):>9} {mfu(r.get('medtune_mfu')):>12}"
         )
     print(
-        f"\n(real = non-pad tokens; matmul rate {rate / 1e9:.1f} GFLOP/s, best of start and end; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})"
+        f"\n(real = non-pad tokens; matmul rate {rate / 1e9:.1f} GFLOP/s, best of start "
+        f"and end; speedup of the selective protocol is end-to-end wall time; JSON: {a.out})"
     )
 
 

@@ -1,7 +1,6 @@
 """The code's shape, checked: short functions and no import cycle between medtune modules."""
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

@@ -13,6 +13,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+
 from conftest import MEDQUAD, ROOT
 
 pytestmark = pytest.mark.slow

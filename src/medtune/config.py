@@ -19,6 +19,9 @@ import yaml
 from medtune.errors import MedtuneError
 from medtune.schema import _check, _one_of, from_dict  # noqa: F401  (from_dict re-exported)
 
+# Which tokens a loss or metric counts: the answer (+ EOS), or every real next token (the study).
+SCOPES = ("answer", "all")
+
 
 @dataclass
 class DataConfig:
@@ -60,7 +63,7 @@ class FormatConfig:
     def __post_init__(self) -> None:
         _one_of("format.template", self.template, ("plain", "chat"))
         _one_of("format.layout", self.layout, ("packed", "dynamic", "fixed"))
-        _one_of("format.loss_scope", self.loss_scope, ("answer", "all"))
+        _one_of("format.loss_scope", self.loss_scope, SCOPES)
         _check(self.max_length >= 8, f"format.max_length must be >= 8; got {self.max_length}")
 
     @property

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtune.config import SCOPES  # noqa: F401  (re-exported: evaluate.SCOPES)
 from medtune.data.batching import auto_batch_tokens, layout_batch, layout_groups, to_device
 from medtune.data.tokenize import Example
 from medtune.forward import fast_path_reason, score_batch
 from medtune.progress import bar
 
-SCOPES = ("answer", "all")
 METRICS = {
     "perplexity": {"higher_is_better": False, "aggregation": "exp(sum nll / sum tokens)"},
     "accuracy": {"higher_is_better": True, "aggregation": "sum correct / sum tokens"},
@@ -38,14 +38,6 @@ class Scores:
     nll: dict[str, np.ndarray]
     tokens: dict[str, np.ndarray]
     correct: dict[str, np.ndarray]
-
-    def subset(self, idx) -> Scores:
-        return Scores(
-            [self.ids[i] for i in idx],
-            {s: v[idx] for s, v in self.nll.items()},
-            {s: v[idx] for s, v in self.tokens.items()},
-            {s: v[idx] for s, v in self.correct.items()},
-        )
 
 
 @torch.inference_mode()

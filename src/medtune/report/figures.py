@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from medtune.config import SCOPES
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -42,7 +44,7 @@ def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> No
     names = list(models)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 4.2), dpi=120)
     width = 0.38
-    for k, scope in enumerate(("answer", "all")):
+    for k, scope in enumerate(SCOPES):
         xs = [i + (k - 0.5) * width for i in range(len(names))]
         vals = [models[n]["metrics"][scope][metric] for n in names]
         ci = [models[n]["metrics"][scope][f"{metric}_ci"] for n in names]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from medtune.config import SCOPES
+
 console = Console()
 
 
@@ -41,7 +43,7 @@ def print_metrics(name: str, summary: dict) -> None:
     t = Table(title=f"{name}: {summary['examples']} examples")
     for col in ("scope", "perplexity", "95% CI", "next-token acc.", "95% CI", "scored tokens"):
         t.add_column(col, justify="right")
-    for scope in ("answer", "all"):
+    for scope in SCOPES:
         m = summary[scope]
         t.add_row(
             scope,
