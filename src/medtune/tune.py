@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from medtune.errors import MedtuneError
-from medtune.schema import _check, _one_of
+from medtune.schema import _check, _one_of, as_number
 
 SAMPLERS = ("grid", "tpe")
 
@@ -83,14 +83,7 @@ class TuneConfig:
 
 
 def _number(v, where: str) -> float:
-    if isinstance(v, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise MedtuneError(f"{where} must hold numbers; got {v!r}")
-    return float(v)
+    return as_number(v, where, "must hold numbers")
 
 
 def lr_grid(tune: TuneConfig, method: str, centre: float) -> list[float]:
