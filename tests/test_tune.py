@@ -54,7 +54,7 @@ def fake_loss(lr: float, fraction: float) -> float:
 def fake_train(monkeypatch):
     calls = []
 
-    def train(rc, data_dir, run_dir, *, quiet=False, on_validation=None, eval_points=(), prefix_cache=None, **kw):
+    def train(rc, data_dir, run_dir, *, quiet=False, on_validation=None, eval_points=(), shared=None, **kw):
         lr = rc.learning_rate()
         calls.append(lr)
         Path(run_dir).mkdir(parents=True)
@@ -136,9 +136,9 @@ def test_tpe_runs_n_trials(tiny, tmp_path, fake_train):
 
 def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
     """A trial left RUNNING by a process that no longer exists is marked FAIL and re-run."""
-    from medtune import models
+    from medtune.shared_work import SharedWork
     from medtune.train import data_fingerprint
-    from medtune.tune import SharedPrefixCaches, TuneContext, method_space, open_storage, open_study, run_tuning
+    from medtune.tune import TuneContext, method_space, open_storage, open_study, run_tuning
 
     cfg = study_cfg(tmp_path)
     prep = write_records(tmp_path / "prep")
@@ -150,8 +150,7 @@ def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
         out,
         open_storage(f"sqlite:///{out / 'tuning.db'}", cfg.tune),
         data_fingerprint(prep),
-        SharedPrefixCaches(out / "c", "k", 0),
-        models.read_model_config(cfg.model),
+        SharedWork(out / "c", "k", 0),
     )
     study = open_study(ctx, method_space(ctx, "lora"))
     trial = study.ask()

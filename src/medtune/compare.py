@@ -258,7 +258,7 @@ class Comparison:
         self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
         self.stages = Stages(out, force)
         self.prep, self.key = out / "prepared", prep_key(cfg)
-        self.model_cfg = models.read_model_config(cfg.model)
+        models.read_model_config(cfg.model)  # a model that cannot be found fails here, before any stage
         self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
         self.n, self.t_start = 0, time.perf_counter()
         self.test = None
@@ -270,19 +270,21 @@ class Comparison:
     def run(self) -> dict:
         from medtune.data.prepare import read_split
         from medtune.report.writer import build_results, write_report
+        from medtune.shared_work import SharedWork
         from medtune.study import run_names
-        from medtune.tune import SharedPrefixCaches, run_tuning, trial_dir_name
+        from medtune.tune import run_tuning, trial_dir_name
 
         cfg, out = self.cfg, self.out
         self.stage("prepare data")
         prepare_stage(cfg, out, self.quiet, self.stages)
-        # One prefix cache per comparison: every trial and seed of selective (untied) reuses it.
-        caches = SharedPrefixCaches.for_comparison(cfg, self.prep, out)
+        # Base model, tokenized splits, step-0 validation and selective's frozen-prefix states:
+        # computed once for every trial and seed.
+        shared = SharedWork.for_comparison(cfg, self.prep, out)
         try:
             tuned = {}
             if cfg.tune.enabled:
                 self.stage("tune learning rates on the validation split")
-                tuned = run_tuning(cfg, self.prep, out, quiet=self.quiet, caches=caches)
+                tuned = run_tuning(cfg, self.prep, out, quiet=self.quiet, shared=shared)
             self.test = read_split(self.prep, "test")[: cfg.eval.max_examples or None]
             self.evaluate_stage("base", None)
             for method in cfg.methods:
@@ -290,18 +292,18 @@ class Comparison:
                 for k, (name, seed) in enumerate(run_names(method, cfg.train.seeds, cfg.train.seed)):
                     # The first seed at the chosen rate is the chosen trial itself: reuse its weights.
                     reuse = out / "tuning" / method / trial_dir_name(t["chosen_trial"]) if t and k == 0 else None
-                    if not self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), caches, reuse, method):
+                    if not self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), shared, reuse, method):
                         break  # diverged: the method is marked and not ranked; its other seeds are skipped
                     self.evaluate_stage(name, out / "runs" / name)
         finally:
-            caches.close()
+            shared.close()
         self.stage("write report")
         results = build_results(out)
         write_report(out, results)
         self.say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - self.t_start:.0f}s in all)")
         return results
 
-    def train_stage(self, name: str, rc: RunConfig, caches, reuse: Optional[Path] = None, method: str = "") -> bool:
+    def train_stage(self, name: str, rc: RunConfig, shared, reuse: Optional[Path] = None, method: str = "") -> bool:
         """Train run `name` (or copy `reuse`, a finished run of exactly this config, e.g. a tuning trial).
 
         False when the run diverged (non-finite loss): recorded in diverged.json, so the report
@@ -327,7 +329,7 @@ class Comparison:
             shutil.copytree(reuse, run_dir)
         else:  # train() validates before it creates the folder
             try:
-                train(rc, self.prep, run_dir, quiet=self.quiet, prefix_cache=caches.for_run(rc, self.model_cfg))
+                train(rc, self.prep, run_dir, quiet=self.quiet, shared=shared)
             except Diverged as e:
                 self.say(f"  {name}: {e}")
                 self._mark_diverged(method or name, name, str(e), rc.learning_rate())

@@ -315,6 +315,8 @@ def _cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
 def nll_sum(head, h: torch.Tensor, targets: torch.Tensor, softcap: float | None = None) -> torch.Tensor:
     """Summed next-token NLL of (N, H) hidden states; fused when the head is a plain Linear."""
     if _plain_head(head):
+        if not torch.is_grad_enabled():  # validation: detached, so forward computes no gradients
+            return LinearCrossEntropy.apply(h.detach(), head.weight.detach(), targets, softcap)
         return LinearCrossEntropy.apply(h, head.weight, targets, softcap)
     return F.cross_entropy(_cap(head(h).float(), softcap), targets, reduction="sum")  # e.g. an adapter on lm_head
 

@@ -40,7 +40,6 @@ from medtune.data.batching import auto_batch_tokens, global_batches, layout_batc
 from medtune.data.prepare import read_split
 from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
-from medtune.evaluate import score_examples
 from medtune.faults import fault_point, nan_at_step
 from medtune.forward import LossModule, fast_path_reason, first_trainable_block
 from medtune.locking import FolderLock
@@ -48,6 +47,7 @@ from medtune.methods import TrainableReport, get_method, unique_params
 from medtune.prefix_cache import PrefixCache
 from medtune.progress import bar
 from medtune.runs import append_metrics, dir_size, ensure_writable, environment, is_complete, save_config, write_json
+from medtune.shared_work import SharedWork
 from medtune.weights import fingerprint, save_weights
 
 ValidationHook = Callable[[int, float, float], None]  # (step, validation loss, fraction of total steps)
@@ -154,8 +154,10 @@ class Setup:
     warmup: int
     micro_tokens: int
     frozen_prefix: int
-    cache: PrefixCache | None
+    cache: PrefixCache | None  # frozen-prefix output of train examples
+    val_cache: PrefixCache | None  # ... and of validation examples
     owns_cache: bool
+    shared: SharedWork | None
     report: TrainableReport
     base_fp: dict
     log: Callable
@@ -184,14 +186,15 @@ def train(
     stop_after: int | None = None,
     on_validation: ValidationHook | None = None,
     eval_points: Sequence[float] = (),
-    prefix_cache: PrefixCache | None = None,
+    shared: SharedWork | None = None,
 ) -> dict:
     """Train one method into `run_dir`; returns the summary (also in summary.json).
 
     `stop_after` acts like Ctrl-C after that step (tests, time-boxed runs). `on_validation`
     is called after every validation-loss evaluation and may raise (e.g. to prune a trial).
-    `eval_points` adds validations at those fractions of the total steps. `prefix_cache` is
-    a caller-owned cache shared across runs on the same base model, data and format.
+    `eval_points` adds validations at those fractions of the total steps. `shared` is the
+    caller's SharedWork for runs on the same base model, data and format (tuning trials and
+    seeds): base model, tokenized splits, step-0 validation loss and prefix caches, once.
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     check_run(cfg, data_dir)
@@ -199,7 +202,7 @@ def train(
     # One writer per run folder. Under torchrun only rank 0 writes, so only it locks.
     with FolderLock(run_dir, "run") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         checkpoint = _check_run_folder(run_dir, resume, force, data_dir)
-        s = setup(cfg, data_dir, run_dir, quiet, prefix_cache, eval_points)
+        s = setup(cfg, data_dir, run_dir, quiet, shared, eval_points)
         state = TrainState()
         if checkpoint is not None:
             state = TrainState.from_dict(load_checkpoint(checkpoint, s.named, s.optimizer))
@@ -211,8 +214,10 @@ def train(
         try:
             fit(s, state, stop_after, on_validation, fresh=checkpoint is None)
         finally:
-            if s.cache is not None and s.owns_cache:
-                s.cache.close()
+            if s.owns_cache:
+                for c in (s.cache, s.val_cache):
+                    if c is not None:
+                        c.close()
         return finish(s, state)
 
 
@@ -252,7 +257,7 @@ def _check_run_folder(run_dir: Path, resume: bool, force: bool, data_dir: Path) 
     return None
 
 
-def setup(cfg, data_dir, run_dir, quiet, prefix_cache=None, eval_points=()) -> Setup:
+def setup(cfg, data_dir, run_dir, quiet, shared: SharedWork | None = None, eval_points=()) -> Setup:
     """Data, model, method, optimizer and batch plan; nothing is written here."""
     from accelerate import Accelerator
 
@@ -267,18 +272,14 @@ def setup(cfg, data_dir, run_dir, quiet, prefix_cache=None, eval_points=()) -> S
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
     torch.manual_seed(cfg.train.seed)
-    model, tok, _ = models.load(cfg.model.spec, cfg.model.trust_remote_code)
-    base_fp = fingerprint(model)
-    train_ex = encode_records(tok, read_split(data_dir, "train"), cfg.format)
-    val_recs = read_split(data_dir, "val") if (data_dir / "val.jsonl").is_file() else []
-    val_ex = encode_records(tok, val_recs, cfg.format)
+    model, tok, base_fp, train_ex, val_ex = _base_and_data(cfg, data_dir, shared)
 
     torch.manual_seed(cfg.train.seed)  # adapter init is seeded, independent of what loaded before
     model, report = get_method(cfg.method).apply(model, cfg.method_config())
     log(report.summary())
     frozen_prefix = first_trainable_block(model)
     p = plan(len(train_ex), cfg, accelerator.num_processes)
-    cache, owns_cache = _prefix_cache(cfg, p, frozen_prefix, prefix_cache, run_dir, accelerator.process_index)
+    cache, val_cache, owns_cache = _prefix_caches(cfg, p, frozen_prefix, shared, run_dir, accelerator.process_index)
     if frozen_prefix:
         cached = "; their output is cached" if cache is not None else ""
         log(f"  frozen prefix: blocks 0..{frozen_prefix - 1} run without gradients{cached}")
@@ -292,23 +293,51 @@ def setup(cfg, data_dir, run_dir, quiet, prefix_cache=None, eval_points=()) -> S
     eval_steps = {max(1, round(f * p.total_steps)) for f in eval_points}
     return Setup(
         cfg, run_dir, accelerator, model, module, optimizer, named, tok, train_ex, val_ex, [len(e) for e in train_ex],
-        p, cfg.learning_rate(), int(cfg.train.warmup_ratio * p.total_steps), micro, frozen_prefix, cache, owns_cache,
-        report, base_fp, log, quiet, current_rss_mb(), eval_steps, packed,
+        p, cfg.learning_rate(), int(cfg.train.warmup_ratio * p.total_steps), micro, frozen_prefix, cache, val_cache,
+        owns_cache, shared, report, base_fp, log, quiet, current_rss_mb(), eval_steps, packed,
     )  # fmt: skip
 
 
-def _prefix_cache(cfg, p: Plan, frozen_prefix: int, given, run_dir: Path, rank: int):
-    """(cache or None, whether this run owns it). Pays off from the second pass over an example."""
+def _base_and_data(cfg, data_dir: Path, shared: SharedWork | None):
+    """(model, tokenizer, base fingerprint, train examples, val examples): from `shared` when given."""
+
+    def load():
+        model, tok, _ = models.load(cfg.model.spec, cfg.model.trust_remote_code)
+        return model, tok, fingerprint(model)
+
+    def encode(split: str):
+        if split == "val" and not (data_dir / "val.jsonl").is_file():
+            return []
+        return encode_records(tok, read_split(data_dir, split), cfg.format)
+
+    if shared is None:
+        model, tok, base_fp = load()
+        return model, tok, base_fp, encode("train"), encode("val")
+    model, tok, base_fp = shared.base_model(load)
+    key = repr(asdict(cfg.format))
+    return (
+        model,
+        tok,
+        base_fp,
+        shared.examples("train", key, lambda: encode("train")),
+        shared.examples("val", key, lambda: encode("val")),
+    )
+
+
+def _prefix_caches(cfg, p: Plan, frozen_prefix: int, shared: SharedWork | None, run_dir: Path, rank: int):
+    """(train cache, val cache, whether this run owns them). None where nothing is frozen or the
+    cache is off; a run alone caches only when an example is seen twice (epochs > 1 or "on")."""
     if frozen_prefix == 0 or cfg.train.cache_prefix == "off":
-        return None, False
-    if given is not None:
-        if given.blocks != frozen_prefix:
-            raise MedtuneError(f"shared prefix cache holds {given.blocks} blocks; this run freezes {frozen_prefix}")
-        return given, False
+        return None, None, False
+    if shared is not None:
+        return shared.prefix_cache(frozen_prefix, "train"), shared.prefix_cache(frozen_prefix, "val"), False
     if cfg.train.cache_prefix == "on" or p.epochs > 1:
         limit = int(cfg.train.cache_memory_gb * 2**30)
-        return PrefixCache(limit, run_dir / f".prefix_cache.{rank}", frozen_prefix), True
-    return None, False
+        train_cache, val_cache = (
+            PrefixCache(limit, run_dir / f".prefix_cache.{split}.{rank}", frozen_prefix) for split in ("train", "val")
+        )
+        return train_cache, val_cache, True
+    return None, None, False
 
 
 def _optimizer(named: list, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -390,7 +419,7 @@ def fit(s: Setup, state: TrainState, stop_after=None, on_validation=None, fresh=
             handlers[sig] = signal.signal(sig, on_signal)
     tb = _tensorboard(s.run_dir) if s.main else None
     if s.val_ex and fresh:
-        validate(s, state, on_validation)  # step 0: the curve's starting point
+        start_validation(s, state, on_validation)  # step 0: the curve's starting point
     progress = bar(s.plan.total_steps, f"train {s.cfg.method}", unit="step", disable=s.quiet)
     progress.update(state.step)
     last_save = time.perf_counter()
@@ -507,20 +536,64 @@ def save_checkpoint(s: Setup, state: TrainState) -> None:
     s.accelerator.wait_for_everyone()
 
 
+def start_validation(s: Setup, state: TrainState, on_validation: ValidationHook | None = None) -> float:
+    """Step 0's validation loss: the base model's, since every method starts as the identity.
+    With a SharedWork the first run computes it and later runs record it (~1 validation saved
+    per trial and seed)."""
+    scope = s.cfg.format.loss_scope
+    known = s.shared.base_val_loss.get(scope) if s.shared is not None else None
+    if known is None:
+        loss = validate(s, state, on_validation)
+        if s.shared is not None and math.isfinite(loss):
+            s.shared.base_val_loss[scope] = loss
+        return loss
+    state.val_loss = known
+    if s.main:
+        append_metrics(s.run_dir, {"step": 0, "val_loss": known, "val_scope": scope, "shared": "base model"})
+    if on_validation is not None:
+        on_validation(0, known, 0.0)
+    return known
+
+
 def validate(s: Setup, state: TrainState, on_validation: ValidationHook | None = None) -> float:
     """Validation loss per scored token (the training scope), logged and passed to the hook."""
-    scores = score_examples(
-        s.model, s.val_ex, s.tok.pad_token_id, s.cfg.eval.batch_tokens, s.accelerator.autocast, desc="validate"
-    )
-    scope = s.cfg.format.loss_scope
-    loss = float(scores.nll[scope].sum() / max(scores.tokens[scope].sum(), 1))
+    loss = validation_loss(s)
     state.val_loss = loss if math.isfinite(loss) else None
     if s.main:
-        append_metrics(s.run_dir, {"step": state.step, "val_loss": state.val_loss, "val_scope": scope})
-    s.model.train()
+        row = {"step": state.step, "val_loss": state.val_loss, "val_scope": s.cfg.format.loss_scope}
+        append_metrics(s.run_dir, row)
     if on_validation is not None:
         on_validation(state.step, loss, state.step / s.plan.total_steps)
     return loss
+
+
+@torch.no_grad()
+def validation_loss(s: Setup) -> float:
+    """Summed NLL / scored tokens of the validation split, through the training forward (same
+    scope, fused head, frozen prefix from `val_cache` once seen). Every process scores the
+    whole split. Equals evaluate.score_examples' loss (tests/test_shared_work.py)."""
+    module = s.accelerator.unwrap_model(s.module)
+    device, scope = s.accelerator.device, s.cfg.format.loss_scope
+    s.model.eval()
+    lengths = [len(e) for e in s.val_ex]
+    budget = s.cfg.eval.batch_tokens or auto_batch_tokens(device, False, s.packed)
+    total, n = torch.zeros((), dtype=torch.float64), 0
+    progress = bar(sum(lengths), "validate", unit="tok", disable=s.quiet)
+    for mb in layout_groups(list(range(len(s.val_ex))), lengths, budget, s.packed, s.cfg.format.pad_to):
+        batch = layout_batch([s.val_ex[i] for i in mb], s.tok.pad_token_id, s.packed, s.cfg.format.pad_to)
+        cache = s.val_cache
+        cached = cache.assemble(mb, batch, device) if cache is not None and all(i in cache for i in mb) else None
+        batch = to_device(batch, device)
+        with s.accelerator.autocast():
+            nll_sum, prefix_out = module(batch, cached)
+        if cache is not None and cached is None:
+            cache.put_batch(mb, batch, prefix_out)
+        total += nll_sum.double().cpu()
+        n += sum(scored_count(s.val_ex[i], scope) for i in mb)
+        progress.update(sum(lengths[i] for i in mb))
+    progress.close()
+    s.model.train()
+    return float(total) / max(n, 1)
 
 
 def finish(s: Setup, state: TrainState) -> dict:

@@ -36,6 +36,7 @@ from typing import Optional
 
 from medtune.errors import MedtuneError
 from medtune.schema import _check, _one_of, as_number
+from medtune.shared_work import SharedWork
 
 SAMPLERS = ("grid", "tpe")
 
@@ -178,58 +179,6 @@ class MethodSpace:
     study_name: str
 
 
-class SharedPrefixCaches:
-    """One PrefixCache per frozen-prefix length, shared by every trial and seed of a comparison.
-
-    Valid because a comparison has one base model, one prepared train split and one format;
-    the spill folder is keyed on those (`key`). Memory past `limit_bytes` goes to disk.
-    """
-
-    def __init__(self, folder: Path, key: str, limit_bytes: int):
-        self.folder, self.key, self.limit = Path(folder), key, limit_bytes
-        self.caches: dict = {}
-
-    @classmethod
-    def for_comparison(cls, cfg, prep: Path, out: Path) -> SharedPrefixCaches:
-        """Keyed on the base model, the prepared train split and the format (what the states depend on)."""
-        from medtune.config import config_hash
-        from medtune.train import data_fingerprint
-
-        key = config_hash({"model": cfg.model, "data": data_fingerprint(prep), "format": asdict(cfg.format)})
-        return cls(Path(out) / ".prefix-cache", key, int(cfg.train.cache_memory_gb * 2**30))
-
-    def for_run(self, rc, model_cfg: dict):
-        blocks = frozen_prefix_blocks(rc, model_cfg)
-        if blocks == 0 or rc.train.cache_prefix == "off":
-            return None
-        if blocks not in self.caches:
-            from medtune.prefix_cache import PrefixCache
-
-            self.caches[blocks] = PrefixCache(self.limit, self.folder / f"{self.key}-{blocks}", blocks)
-        return self.caches[blocks]
-
-    def close(self) -> None:
-        for c in self.caches.values():
-            c.close()
-        self.caches.clear()
-
-
-def frozen_prefix_blocks(rc, model_cfg: dict) -> int:
-    """Blocks a run leaves frozen before its first trainable one (0: nothing to cache).
-
-    Only selective unfreezing with frozen input embeddings has a frozen prefix: its last
-    `layers` blocks train, so blocks [0, n - layers) never change."""
-    if rc.method != "selective":
-        return 0
-    mc = rc.method_config()
-    text = model_cfg.get("text_config") or model_cfg
-    n = text.get("num_hidden_layers") or model_cfg.get("num_hidden_layers")
-    tied = bool(text.get("tie_word_embeddings", model_cfg.get("tie_word_embeddings", False)))
-    if not n or (tied and mc.head == "tied"):
-        return 0
-    return max(int(n) - mc.layers, 0)
-
-
 @dataclass
 class TuneContext:
     cfg: object  # CompareConfig
@@ -237,8 +186,7 @@ class TuneContext:
     out: Path
     storage: object  # optuna RDBStorage
     data_key: str  # fingerprint of the prepared train/val files
-    caches: SharedPrefixCaches
-    model_cfg: dict
+    shared: SharedWork  # base model, tokenized data, step-0 validation, prefix caches: once
     say: Callable = print
 
     @property
@@ -395,7 +343,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
                 quiet=True,
                 on_validation=on_validation,
                 eval_points=tuple(ctx.tune.eval_points),
-                prefix_cache=ctx.caches.for_run(rc, ctx.model_cfg),
+                shared=ctx.shared,
             )
             finished = True
         except Diverged as e:
@@ -543,7 +491,7 @@ def study_summary(study, space: MethodSpace) -> dict:
 
 
 def run_tuning(
-    cfg, prep: Path, out: Path, *, worker: bool = False, quiet: bool = False, caches: SharedPrefixCaches | None = None
+    cfg, prep: Path, out: Path, *, worker: bool = False, quiet: bool = False, shared: SharedWork | None = None
 ) -> dict:
     """Tune every method of `cfg` on `prep`'s train/val splits; never reads the test split.
 
@@ -561,10 +509,11 @@ def run_tuning(
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     url = cfg.tune.storage or default_storage(out)
     storage = open_storage(url, cfg.tune)
-    own = caches is None
+    own = shared is None
     data_key = data_fingerprint(prep)
-    caches = caches or SharedPrefixCaches.for_comparison(cfg, prep, out)
-    ctx = TuneContext(cfg, prep, out, storage, data_key, caches, models.read_model_config(cfg.model), say)
+    shared = shared or SharedWork.for_comparison(cfg, prep, out)
+    models.read_model_config(cfg.model)  # a model that cannot be found fails here, before any trial
+    ctx = TuneContext(cfg, prep, out, storage, data_key, shared, say)
     results = {}
     try:
         with test_split_guarded():
@@ -584,7 +533,7 @@ def run_tuning(
                 )
     finally:
         if own:
-            caches.close()
+            shared.close()
     if not worker:
         (out / "tuning").mkdir(parents=True, exist_ok=True)
         write_json(out / "tuning" / "summary.json", {"storage": redact_url(url), "methods": results})

@@ -1,0 +1,112 @@
+"""What a comparison computes once for all its trials and seeds (medtune.shared_work) must
+give exactly what each run would compute alone."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medtune import models
+from medtune.config import RunConfig, from_dict
+from medtune.evaluate import score_examples
+from medtune.shared_work import SharedWork
+from medtune.train import setup, train, validation_loss
+
+METHODS = {
+    "lora": {"dropout": 0.0},
+    "boft": {"block_size": 16, "dropout": 0.0},
+    "oft": {},
+    "ia3": {},
+    "selective": {"layers": 1, "head": "untied"},
+    "full": {},
+}
+
+
+def cfg(tiny, method, seed=1, **train):
+    d = {
+        "method": method,
+        "model": {"spec": tiny},
+        "method_args": METHODS[method],
+        "format": {"max_length": 64},
+        "train": {"epochs": 1, "batch_size": 4, "seed": seed, "micro_batch_tokens": 128, **train},
+    }
+    return from_dict(RunConfig, d)
+
+
+def reference_val_loss(model, s) -> float:
+    """Independent reference: evaluate.score_examples (online-softmax scorer, no prefix cache)."""
+    scores = score_examples(model, s.val_ex, s.tok.pad_token_id, batch_tokens=96)
+    scope = s.cfg.format.loss_scope
+    return float(scores.nll[scope].sum() / scores.tokens[scope].sum())
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_validation_loss_equals_evaluate_and_starts_at_the_base_model(method, tiny, prepared, tmp_path):
+    """validation_loss (training forward, fused head) equals score_examples on the same model;
+    and at step 0 every method is the identity, so it equals the untouched base model's loss
+    (what SharedWork records for every run after the first)."""
+    s = setup(cfg(tiny, method), prepared, tmp_path / "run", quiet=True)
+    ours = validation_loss(s)
+    assert ours == pytest.approx(reference_val_loss(s.model, s), rel=1e-6)
+    base, _, _ = models.load(tiny)
+    assert ours == pytest.approx(reference_val_loss(base, s), rel=1e-5)
+
+
+def test_validation_from_the_val_prefix_cache_equals_uncached(tiny, prepared, tmp_path):
+    shared = SharedWork(tmp_path / "cache", "k", 1 << 30)
+    s = setup(cfg(tiny, "selective"), prepared, tmp_path / "run", quiet=True, shared=shared)
+    assert s.frozen_prefix == 3 and s.val_cache is not None and len(s.val_cache.mem) == 0
+    with torch.no_grad():  # change the trainable block so the cached prefix must still combine correctly
+        for p in s.model.model.layers[3].parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    first = validation_loss(s)  # fills the cache
+    assert len(s.val_cache.mem) == len(s.val_ex)
+    second = validation_loss(s)  # from the cache
+    assert second == pytest.approx(first, rel=1e-6)
+    assert first == pytest.approx(reference_val_loss(s.model, s), rel=1e-6)
+
+
+def test_validation_cache_spills_to_disk_past_its_limit(tiny, prepared, tmp_path):
+    shared = SharedWork(tmp_path / "cache", "k", 0)  # nothing fits in memory
+    s = setup(cfg(tiny, "selective"), prepared, tmp_path / "run", quiet=True, shared=shared)
+    first, second = validation_loss(s), validation_loss(s)
+    assert not s.val_cache.mem and len(s.val_cache.disk) == len(s.val_ex)
+    assert second == pytest.approx(first, rel=1e-6)
+    shared.close()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))
+
+
+def _weights(run):
+    p = run / "trained.safetensors"
+    return load_file(p) if p.is_file() else load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def _val_rows(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "val_loss" in r]
+
+
+def test_runs_sharing_work_equal_runs_alone(tiny, prepared, tmp_path):
+    """Several runs through one SharedWork (the base model copied, data tokenized once, step-0
+    validation recorded, prefix caches shared) give the weights and losses of runs alone: no
+    run leaks into the shared base model or the next run."""
+    shared = SharedWork(tmp_path / "cache", "k", 1 << 30)
+    order = [("lora", 1), ("selective", 1), ("lora", 2), ("selective", 2)]
+    for method, seed in order:
+        train(cfg(tiny, method, seed), prepared, tmp_path / "shared" / f"{method}{seed}", quiet=True, shared=shared)
+    for method, seed in order[2:]:
+        train(cfg(tiny, method, seed), prepared, tmp_path / "alone" / f"{method}{seed}", quiet=True)
+    for method, seed in order[2:]:
+        a, b = tmp_path / "shared" / f"{method}{seed}", tmp_path / "alone" / f"{method}{seed}"
+        wa, wb = _weights(a), _weights(b)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-5)
+        va, vb = _val_rows(a), _val_rows(b)
+        assert [r["step"] for r in va] == [r["step"] for r in vb]
+        assert [r["val_loss"] for r in va] == pytest.approx([r["val_loss"] for r in vb], rel=1e-5)
+        assert va[0].get("shared") == "base model" and "shared" not in vb[0]
+    assert "shared" not in _val_rows(tmp_path / "shared" / "lora1")[0]  # the first run computed it
+    assert {split for _, split in shared.caches} == {"train", "val"}
+    assert all(c.mem for c in shared.caches.values())
