@@ -5,10 +5,14 @@ method over the same learning-rate grid on the validation split, retrain each me
 chosen rate with the same seeds, and score the base model and every seed on the test split.
 
   study     `run_compare`: Optuna grid + successive halving (trials stop at 25% / 50% of
-            their steps when they trail), one frozen-prefix cache for every selective
-            (untied) trial and seed, tokenized data and the base evaluation computed once.
-  one by one  every trial trained to the end (validation only at the end), no shared cache
-            (`train.cache_prefix=off`), the base model scored again for each method.
+            their steps when they trail) and one SharedWork: the base model loaded once,
+            the splits tokenized once, the step-0 validation computed once, selective
+            (untied)'s frozen prefix computed once per train and validation example for
+            every trial and seed; the base model's test evaluation once.
+  one by one  every trial trained to the end (validations at step 0 and at the end, as a
+            plain `medtune train` does), each run loading and tokenizing for itself, no
+            prefix cache (`train.cache_prefix=off`), the base model scored again for each
+            method.
 
 Answer generation (the quality stage) costs the same on both sides and is switched off here.
 Prints a table last and writes JSON (wall and CPU seconds per side, trials, speedup).

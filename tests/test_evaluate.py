@@ -138,7 +138,9 @@ def test_evaluate_cli_per_example_is_recomputable(tiny, prepared, tmp_path, caps
                 nll += float(-logp[p, r["input_ids"][p + 1]])
                 n += 1
     assert n == res["answer"]["tokens"]
-    assert math.exp(nll / n) == pytest.approx(res["answer"]["perplexity"], rel=1e-6)
+    # On a GPU evaluation runs under bf16 autocast (inference.autocast_for): bf16 rounding, not fp32's.
+    rel = 1e-3 if torch.cuda.is_available() else 1e-6
+    assert math.exp(nll / n) == pytest.approx(res["answer"]["perplexity"], rel=rel)
 
 
 def test_evaluate_bad_input(tiny, prepared, tmp_path, capsys):

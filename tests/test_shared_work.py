@@ -34,9 +34,14 @@ def cfg(tiny, method, seed=1, **train):
     return from_dict(RunConfig, d)
 
 
+# On a GPU both sides run under bf16 autocast, where the two head implementations (fused chunks
+# vs online vocabulary blocks) round differently: measured 4e-6 relative on an H100.
+REL = 1e-4 if torch.cuda.is_available() else 1e-6
+
+
 def reference_val_loss(model, s) -> float:
     """Independent reference: evaluate.score_examples (online-softmax scorer, no prefix cache)."""
-    scores = score_examples(model, s.val_ex, s.tok.pad_token_id, batch_tokens=96)
+    scores = score_examples(model, s.val_ex, s.tok.pad_token_id, batch_tokens=96, autocast=s.accelerator.autocast)
     scope = s.cfg.format.loss_scope
     return float(scores.nll[scope].sum() / scores.tokens[scope].sum())
 
@@ -48,9 +53,9 @@ def test_validation_loss_equals_evaluate_and_starts_at_the_base_model(method, ti
     (what SharedWork records for every run after the first)."""
     s = setup(cfg(tiny, method), prepared, tmp_path / "run", quiet=True)
     ours = validation_loss(s)
-    assert ours == pytest.approx(reference_val_loss(s.model, s), rel=1e-6)
+    assert ours == pytest.approx(reference_val_loss(s.model, s), rel=REL)
     base, _, _ = models.load(tiny)
-    assert ours == pytest.approx(reference_val_loss(base, s), rel=1e-5)
+    assert ours == pytest.approx(reference_val_loss(base, s), rel=max(REL, 1e-5))
 
 
 def test_validation_from_the_val_prefix_cache_equals_uncached(tiny, prepared, tmp_path):
@@ -64,7 +69,7 @@ def test_validation_from_the_val_prefix_cache_equals_uncached(tiny, prepared, tm
     assert len(s.val_cache.mem) == len(s.val_ex)
     second = validation_loss(s)  # from the cache
     assert second == pytest.approx(first, rel=1e-6)
-    assert first == pytest.approx(reference_val_loss(s.model, s), rel=1e-6)
+    assert first == pytest.approx(reference_val_loss(s.model, s), rel=REL)
 
 
 def test_validation_cache_spills_to_disk_past_its_limit(tiny, prepared, tmp_path):

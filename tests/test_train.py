@@ -170,6 +170,29 @@ def test_fused_head_loss_and_gradients_match_plain_cross_entropy():
     assert torch.equal(correct, logits.argmax(-1) == t)
 
 
+def test_fused_head_under_bf16_autocast_matches_autograd():
+    """Under bf16 autocast (what a GPU run gets) the fused head's loss and both gradients equal
+    autocast's own cross-entropy + autograd to bf16 precision. It once crashed there: the
+    fp32 weight-gradient buffer met a bf16 matmul (found on an H100; CPU autocast reproduces it)."""
+    torch.manual_seed(0)
+    vocab = 20_000
+    head = torch.nn.Linear(16, vocab, bias=False)
+    h = torch.randn(2 * head_rows(vocab) + 3, 16, requires_grad=True)
+    t = torch.randint(0, vocab, (h.shape[0],))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = torch.nn.functional.cross_entropy(head(h).float(), t, reduction="sum")
+        fused = nll_sum(head, h, t)
+    exact = torch.nn.functional.cross_entropy(head(h).double(), t, reduction="sum")  # fp32 weights, fp64 softmax
+    g_exact = torch.autograd.grad(exact, (h, head.weight))
+    g_plain = torch.autograd.grad(plain, (h, head.weight))
+    g_fused = torch.autograd.grad(fused, (h, head.weight))
+    assert g_fused[1].dtype == head.weight.dtype and g_fused[0].dtype == h.dtype
+    torch.testing.assert_close(fused.double(), exact, rtol=1e-3, atol=0)
+    for a, b, ref in zip(g_fused, g_plain, g_exact):  # whole-tensor error: no worse than autocast's own
+        err, err_autocast = ((a - ref).norm() / ref.norm()).item(), ((b - ref).norm() / ref.norm()).item()
+        assert err < max(2 * err_autocast, 1e-3) and err < 2e-2, (err, err_autocast)
+
+
 def test_loss_goes_down_on_tiny(tiny, prepared, tmp_path):
     c = cfg(tiny, "full", train__epochs=4, train__lr=3e-3)
     train(c, prepared, tmp_path / "r", quiet=True)
@@ -229,7 +252,8 @@ def test_two_processes_match_one(tiny, prepared, tmp_path):
         "--set",
         "format.max_length=64",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MEDTUNE_PROGRESS="0")
+    # Two CPU processes over gloo, also on a machine with one GPU (where rank 1 has no cuda:1).
+    env = dict(os.environ, OMP_NUM_THREADS="1", MEDTUNE_PROGRESS="0", CUDA_VISIBLE_DEVICES="")
     one = subprocess.run(
         [sys.executable, "-m", "medtune.cli", *common, "--out", str(tmp_path / "one")],
         env=env,

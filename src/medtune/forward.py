@@ -291,7 +291,10 @@ class LinearCrossEntropy(torch.autograd.Function):
                 if dh is not None:
                     dh[i : i + step] = g @ w
                 if dw is not None:
-                    dw.addmm_(g.t(), hc)
+                    if dtype == acc:
+                        dw.addmm_(g.t(), hc)
+                    else:  # bf16/fp16 autocast: the chunk's matmul in that dtype (as autograd's
+                        dw.add_(g.t() @ hc)  # would be), summed over chunks in fp32; addmm_ refuses mixed dtypes
         ctx.save_for_backward(dh, dw)
         ctx.dtypes = (h.dtype, weight.dtype)
         return total
