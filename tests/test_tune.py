@@ -136,8 +136,8 @@ def test_tpe_runs_n_trials(tiny, tmp_path, fake_train):
 
 def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
     """A trial left RUNNING by a process that no longer exists is marked FAIL and re-run."""
+    from medtune.data.prepare import data_fingerprint
     from medtune.shared_work import SharedWork
-    from medtune.train import data_fingerprint
     from medtune.tune import TuneContext, method_space, open_storage, open_study, run_tuning
 
     cfg = study_cfg(tmp_path)

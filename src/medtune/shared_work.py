@@ -38,7 +38,7 @@ class SharedWork:
     def for_comparison(cls, cfg, prep: Path, out: Path) -> SharedWork:
         """Keyed on the base model, the prepared train/val splits and the format."""
         from medtune.config import config_hash
-        from medtune.train import data_fingerprint
+        from medtune.data.prepare import data_fingerprint
 
         key = config_hash({"model": cfg.model, "data": data_fingerprint(prep), "format": asdict(cfg.format)})
         return cls(Path(out) / ".prefix-cache", key, int(cfg.train.cache_memory_gb * 2**30))

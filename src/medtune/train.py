@@ -18,7 +18,6 @@ equals the single-process gradient whatever the process count.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import resource
@@ -37,7 +36,7 @@ from medtune.checkpoint import save_checkpoint as write_checkpoint
 from medtune.checks import check_run
 from medtune.config import RunConfig
 from medtune.data.batching import auto_batch_tokens, global_batches, layout_batch, layout_groups, shard, to_device
-from medtune.data.prepare import read_split
+from medtune.data.prepare import data_fingerprint, read_split
 from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
 from medtune.faults import fault_point, nan_at_step
@@ -119,19 +118,6 @@ def current_rss_mb() -> float:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def data_fingerprint(data_dir: Path) -> str:
-    """sha256 of the prepared train/val files: a resume must see the data the run started on."""
-    h = hashlib.sha256()
-    for name in ("train.jsonl", "val.jsonl"):
-        p = Path(data_dir) / name
-        h.update(name.encode())
-        if p.is_file():
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -498,8 +498,8 @@ def run_tuning(
     Returns {method: study_summary}; also written to <out>/tuning/summary.json (not by workers,
     whose view of a shared study may be partial)."""
     from medtune import models
+    from medtune.data.prepare import data_fingerprint
     from medtune.runs import write_json
-    from medtune.train import data_fingerprint
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MedtuneError(

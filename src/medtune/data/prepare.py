@@ -8,6 +8,7 @@ model trains on them; stats.json records token lengths for the tokenizer named h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -216,6 +217,19 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
 # Splits that must not be read right now: tune.py adds "test" while it tunes (the test split
 # chooses nothing), so a read here is a bug in the caller, raised as such.
 FORBIDDEN_SPLITS: set[str] = set()
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 of the prepared train/val files: a resume must see the data the run started on."""
+    h = hashlib.sha256()
+    for name in ("train.jsonl", "val.jsonl"):
+        p = Path(data_dir) / name
+        h.update(name.encode())
+        if p.is_file():
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def read_split(folder: Path, split: str) -> list[Record]:
