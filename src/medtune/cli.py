@@ -122,32 +122,32 @@ def _evaluate_parser(sub) -> None:
 
 def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="the study end to end: prepare, train each method, evaluate, report")
-    p.add_argument(
-        "--preset",
-        required=True,
-        help="a preset shipped with medtune (cpu-demo, cpu-study, paper, tiny) or a YAML path",
+    _add_comparison(
+        p, "a preset shipped with medtune (cpu-demo, cpu-study, paper, tiny) or a YAML path", "output folder"
     )
-    p.add_argument("--data")
-    _add_model(p, default=None)
-    p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
-    p.add_argument("--out", help="output folder (default: the preset's)")
     p.add_argument(
         "--force", action="store_true", help="redo finished stages / replace a comparison with another config"
     )
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="tune each method's learning rate on the validation split (Optuna)")
-    p.add_argument("--preset", required=True, help="a comparison preset (cpu-study, tiny-study, ...) or a YAML path")
-    p.add_argument("--data")
-    _add_model(p, default=None)
-    p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
-    p.add_argument("--out", help="comparison folder (default: the preset's); one per worker")
+    _add_comparison(
+        p, "a comparison preset (cpu-study, tiny-study, ...) or a YAML path", "comparison folder", "; one per worker"
+    )
     p.add_argument("--storage", help="database URL for the trials (default: sqlite in the comparison folder)")
     p.add_argument(
         "--worker", action="store_true", help="join a shared study (--storage), run trials until none is left, exit"
     )
+
+
+def _add_comparison(p, preset_help: str, out_what: str, out_note: str = "") -> None:
+    """The arguments of a comparison (compare, tune): preset, data, model, methods, out, --set."""
+    p.add_argument("--preset", required=True, help=preset_help)
+    p.add_argument("--data")
+    _add_model(p, default=None)
+    p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
+    p.add_argument("--out", help=f"{out_what} (default: the preset's){out_note}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 

@@ -25,10 +25,11 @@ from medtune.config import (
     config_hash,
     from_dict,
     read_yaml,
+    run_with,  # noqa: F401  (re-exported for benchmarks)
 )
 from medtune.errors import MedtuneError
 from medtune.quality import QualityConfig
-from medtune.tune import TuneConfig
+from medtune.tune import TUNE_BOOKKEEPING, TuneConfig
 
 PRESETS = importlib.resources.files("medtune") / "presets"
 
@@ -140,14 +141,13 @@ def compare_command(args) -> None:
 
 
 # Keys of the config that do not change what a comparison computes (a rerun with other values
-# resumes the folder): where tuning trials are stored and how dead workers are detected.
+# resumes the folder); in tune:, TUNE_BOOKKEEPING (where trials are stored, dead-worker handling).
 _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
-_TUNE_NOT_IDENTITY = ("enabled", "storage", "heartbeat_seconds", "max_retry")
 
 
 def identity_of(cfg: CompareConfig) -> str:
     whole = asdict(cfg)
-    whole["tune"] = {k: v for k, v in whole["tune"].items() if k not in _TUNE_NOT_IDENTITY}
+    whole["tune"] = {k: v for k, v in whole["tune"].items() if k not in TUNE_BOOKKEEPING}
     return config_hash({k: v for k, v in whole.items() if k not in _NOT_IDENTITY})
 
 
@@ -238,16 +238,6 @@ def _seed_names(cfg: CompareConfig, method: str) -> list:
     return run_names(method, cfg.train.seeds, cfg.train.seed)
 
 
-def run_with(rc: RunConfig, lr: Optional[float] = None, seed: Optional[int] = None) -> RunConfig:
-    """rc with another learning rate and/or train seed (validated like any RunConfig)."""
-    d = rc.to_dict()
-    if lr is not None:
-        d["train"]["lr"] = float(lr)
-    if seed is not None:
-        d["train"]["seed"] = int(seed)
-    return from_dict(RunConfig, d, "run")
-
-
 class Comparison:
     """The stages of one comparison folder; each is skipped when stages.json says it is done."""
 
@@ -271,7 +261,6 @@ class Comparison:
         from medtune.data.prepare import read_split
         from medtune.report.writer import build_results, write_report
         from medtune.shared_work import SharedWork
-        from medtune.study import run_names
         from medtune.tune import run_tuning, trial_dir_name
 
         cfg, out = self.cfg, self.out
@@ -289,7 +278,7 @@ class Comparison:
             self.evaluate_stage("base", None)
             for method in cfg.methods:
                 rc, t = cfg.run_config(method), tuned.get(method) or {}
-                for k, (name, seed) in enumerate(run_names(method, cfg.train.seeds, cfg.train.seed)):
+                for k, (name, seed) in enumerate(_seed_names(cfg, method)):
                     # The first seed at the chosen rate is the chosen trial itself: reuse its weights.
                     reuse = out / "tuning" / method / trial_dir_name(t["chosen_trial"]) if t and k == 0 else None
                     if not self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), shared, reuse, method):

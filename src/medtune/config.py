@@ -195,6 +195,16 @@ class RunConfig:
         return self.train.lr if self.train.lr is not None else get_method(self.method).default_lr
 
 
+def run_with(rc: RunConfig, lr: Optional[float] = None, seed: Optional[int] = None) -> RunConfig:
+    """rc with another learning rate and/or train seed (validated like any RunConfig)."""
+    d = rc.to_dict()
+    if lr is not None:
+        d["train"]["lr"] = float(lr)
+    if seed is not None:
+        d["train"]["seed"] = int(seed)
+    return from_dict(RunConfig, d, "run")
+
+
 def yaml_error(e: Exception) -> str:
     """One line for a YAML error: what is wrong and where (1-based line and column)."""
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)

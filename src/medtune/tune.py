@@ -39,6 +39,9 @@ from medtune.schema import _check, _one_of, as_number
 from medtune.shared_work import SharedWork
 
 SAMPLERS = ("grid", "tpe")
+# tune: keys that change nothing a trial computes (whether tuning runs, where trials are stored,
+# how dead workers are found): left out of the study's name and of the comparison's identity.
+TUNE_BOOKKEEPING = ("enabled", "storage", "heartbeat_seconds", "max_retry")
 
 
 # ---------------------------------------------------------------- setup
@@ -205,7 +208,7 @@ def method_space(ctx: TuneContext, method: str) -> MethodSpace:
     run["train"].pop("lr", None)
     run["train"].pop("seeds", None)
     t = asdict(ctx.tune)
-    for k in ("enabled", "storage", "heartbeat_seconds", "max_retry"):  # do not change what a trial computes
+    for k in TUNE_BOOKKEEPING:
         t.pop(k)
     key = config_hash({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
     return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{key}")
@@ -308,6 +311,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
     """One trial: train at the trial's lr, report validation loss at the eval points, prune."""
     import optuna
 
+    from medtune.config import run_with
     from medtune.train import Diverged, train
 
     def objective(trial) -> float:
@@ -319,7 +323,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
             if dup is not None:
                 trial.set_user_attr("duplicate_of", dup)
                 raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
-        rc = _with_lr(ctx.cfg.run_config(space.method), lr)
+        rc = run_with(ctx.cfg.run_config(space.method), lr)
         run_dir = ctx.out / "tuning" / space.method / trial_dir_name(trial.number)
         if run_dir.exists():
             shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
@@ -375,14 +379,6 @@ def _eval_point(step: int, fraction: float, points: list[float]) -> float | None
         return None
     total = round(step / fraction)
     return next((p for p in points if max(1, round(p * total)) == step), None)
-
-
-def _with_lr(rc, lr: float):
-    from medtune.config import RunConfig, from_dict
-
-    d = rc.to_dict()
-    d["train"]["lr"] = float(lr)
-    return from_dict(RunConfig, d, "tuning trial")
 
 
 def _drop_weights(run_dir: Path) -> None:
