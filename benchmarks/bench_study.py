@@ -41,15 +41,20 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def warm_up(cfg) -> None:
-    """Imports and the model's first load (conversion, page cache) before either side's clock starts."""
-    import peft  # noqa: F401
+def warm_up(cfg, work: Path) -> None:
+    """One optimizer step of every method before either clock starts, so neither side pays the
+    process's one-time costs: imports, the model's conversion and first load, the device's
+    start (CUDA context, kernels) and PEFT's attempt to build BOFT's CUDA extension."""
+    from medtune.compare import prepare_stage
+    from medtune.config import RunConfig, from_dict
+    from medtune.train import train
 
-    from medtune import models
-    from medtune.evaluate import score_examples  # noqa: F401
-    from medtune.train import train  # noqa: F401
-
-    models.load(cfg.model)
+    prep = prepare_stage(cfg, work, quiet=True)
+    for method in cfg.methods:
+        d = cfg.run_config(method).to_dict()
+        d["train"]["max_steps"] = 1
+        train(from_dict(RunConfig, d, "bench"), prep, work / method, quiet=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def study_side(cfg) -> dict:
@@ -95,7 +100,7 @@ def one_by_one_side(cfg, out: Path) -> dict:
         ex = encode_records(tok, test, cfg.format)
         score_examples(model, ex, tok.pad_token_id, cfg.eval.batch_tokens, autocast_for(model))
 
-    chosen = {}
+    chosen, val_losses = {}, {}
     for method in cfg.methods:
         rc = no_prefix_cache(cfg.run_config(method))
         losses = {}
@@ -103,18 +108,46 @@ def one_by_one_side(cfg, out: Path) -> dict:
             s = train(run_with(rc, lr), prep, out / "trials" / method / f"{i}", quiet=True, eval_points=(1.0,))
             losses[lr] = s["val_loss"] if s["val_loss"] is not None else float("inf")
         chosen[method] = min(losses, key=losses.get)
+        val_losses[method] = {f"{lr:g}": v for lr, v in losses.items()}
         score(None)  # the base model, again for this method
         for name, seed in run_names(method, cfg.train.seeds, cfg.train.seed):
             run_dir = out / "runs" / name
             train(run_with(rc, chosen[method], seed), prep, run_dir, quiet=True)
             score(run_dir)
-    return {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0, "chosen_lr": chosen}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": cpu_seconds() - c0,
+        "chosen_lr": chosen,
+        "val_loss_by_lr": val_losses,  # every grid point trained to the end: what pruning may miss
+    }
+
+
+def regret(study: dict, base: dict) -> dict:
+    """Per method: the full-length validation loss (one-by-one side) of the rate the study chose,
+    minus the best one on the grid. 0 when pruning kept the rate that wins at the end."""
+    out = {}
+    for method, lr in study["chosen_lr"].items():
+        losses = base["val_loss_by_lr"][method]
+        best = min(losses.values())
+        out[method] = {
+            "study_lr_val_loss": losses[f"{lr:g}"],
+            "best_val_loss": best,
+            "regret": losses[f"{lr:g}"] - best,
+        }
+    return out
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-study")
     ap.add_argument("--data", default=None)
+    ap.add_argument("--model", default=None, help="replaces the preset's model (alias, folder or .gguf file)")
     ap.add_argument("--methods", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--workdir", default=None, help="where both sides write (default: a temporary folder)")
@@ -125,8 +158,8 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-study-"))
     sets = [*args.overrides, "tune.enabled=true", "quality.enabled=false", "samples=0"]
-    cfg = load_compare_config(args.preset, args.data, None, args.methods, str(work / "study"), sets)
-    warm_up(cfg)
+    cfg = load_compare_config(args.preset, args.data, args.model, args.methods, str(work / "study"), sets)
+    warm_up(cfg, work / "warm-up")
     try:
         study = study_side(cfg)
         base = one_by_one_side(cfg, work / "one-by-one")
@@ -135,6 +168,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     result = {
         "preset": args.preset,
+        "model": cfg.model,
+        "device": _device(),
         "overrides": args.overrides,
         "methods": list(cfg.methods),
         "grid_points": cfg.tune.points,
@@ -143,6 +178,7 @@ def main() -> None:
         "one_by_one": base,
         "speedup_wall": base["wall_s"] / study["wall_s"],
         "speedup_cpu": base["cpu_s"] / study["cpu_s"],
+        "tuning_regret": regret(study, base),
         "threads": __import__("torch").get_num_threads(),
     }
     if args.out:
@@ -153,6 +189,12 @@ def main() -> None:
         print(f"{name:<12} {side['wall_s']:>8.1f} {side['cpu_s']:>8.1f}  {lrs}")
     print(f"speedup: {result['speedup_wall']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU time")
     print("trials (study):", json.dumps(study["trials"]))
+    print(f"{'method':<10} {'study lr':>9} {'best lr':>9} {'val loss at study lr':>21} {'best':>8} {'regret':>8}")
+    for method, r in result["tuning_regret"].items():
+        print(
+            f"{method:<10} {study['chosen_lr'][method]:>9.3g} {base['chosen_lr'][method]:>9.3g} "
+            f"{r['study_lr_val_loss']:>21.4f} {r['best_val_loss']:>8.4f} {r['regret']:>8.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -115,3 +115,28 @@ def test_runs_sharing_work_equal_runs_alone(tiny, prepared, tmp_path):
     assert "shared" not in _val_rows(tmp_path / "shared" / "lora1")[0]  # the first run computed it
     assert {split for _, split in shared.caches} == {"train", "val"}
     assert all(c.mem for c in shared.caches.values())
+
+
+def _live_modules() -> int:
+    import gc
+
+    return sum(isinstance(o, torch.nn.Module) for o in gc.get_objects())
+
+
+@pytest.mark.parametrize("method", ["lora", "boft", "selective"])
+def test_a_finished_run_frees_its_model_without_a_garbage_collection(method, tiny, prepared, tmp_path):
+    """Tuning runs trial after trial without gc.collect() (tune.py): that is only safe if a run's
+    model copy, PEFT wrapper and optimizer are freed by reference counting when train() returns."""
+    import gc
+
+    shared = SharedWork(tmp_path / "cache", "k", 1 << 30)
+    train(cfg(tiny, method), prepared, tmp_path / "first", quiet=True, shared=shared)  # loads the shared base
+    gc.collect()
+    gc.disable()
+    try:
+        before = _live_modules()
+        train(cfg(tiny, method, seed=2), prepared, tmp_path / "second", quiet=True, shared=shared)
+        after = _live_modules()
+    finally:
+        gc.enable()
+    assert after == before
