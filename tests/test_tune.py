@@ -121,6 +121,40 @@ def test_grid_tuning_tries_each_rate_once_prunes_and_picks_the_best(tiny, tmp_pa
     assert fake_train == []
 
 
+def late_bloomer_loss(lr: float, fraction: float) -> float:
+    """What cpu-study's LoRA did (measured): under a decaying schedule the highest rate trails
+    every other rate at 25% of its steps, then leads at 50% and at the end."""
+    top = lr >= BEST_LR * 10
+    if fraction < 0.5:
+        return 1.0 + (2.0 if top else (math.log10(lr) - math.log10(BEST_LR)) ** 2)
+    return 1.0 + (-1.0 if top else (math.log10(lr) - math.log10(BEST_LR)) ** 2) + (1.0 - fraction)
+
+
+@pytest.mark.parametrize("prune_from", [0.25, 0.5])
+def test_pruning_starts_at_prune_from(prune_from, tiny, tmp_path, fake_train, monkeypatch):
+    """Reports before `tune.prune_from` draw the curves and prune nothing; from it on, successive
+    halving prunes. At 50% (the default) a rate that starts slow and wins late is kept."""
+    from medtune.tune import run_tuning
+
+    monkeypatch.setattr(sys.modules[__name__], "fake_loss", late_bloomer_loss)
+    cfg = study_cfg(
+        tmp_path, "tune.grid.lora=[1.0e-5, 3.0e-5, 1.0e-4, 3.0e-4, 3.0e-3]", f"tune.prune_from={prune_from}"
+    )
+    prep = write_records(tmp_path / "prep")
+    (tmp_path / "cmp").mkdir()
+    r = run_tuning(cfg, prep, tmp_path / "cmp", quiet=True)["lora"]
+    assert r["prune_from"] == prune_from
+    trials = {t["lr"]: t for t in r["trials"]}
+    pruned = [t for t in r["trials"] if t["state"] == "pruned"]
+    assert pruned  # a worse rate runs after a better one in the grid order
+    for t in pruned:  # stopped at a rung at or after prune_from, never before it
+        assert prune_from <= t["curve"][-1][0] < 1.0
+    if prune_from == 0.5:
+        assert r["chosen_lr"] == 3e-3 and trials[3e-3]["state"] == "complete"
+    elif trials[3e-3]["number"] > 0:  # 25%: the late bloomer is lost unless it ran first
+        assert trials[3e-3]["state"] == "pruned" and r["chosen_lr"] == BEST_LR
+
+
 def test_tpe_runs_n_trials(tiny, tmp_path, fake_train):
     from medtune.tune import run_tuning
 
@@ -209,6 +243,7 @@ def test_real_tuning_reads_no_test_split(tiny, tmp_path):
         ("tune.sampler=random", "tune.sampler must be one of grid, tpe"),
         ("tune.points=0", "tune.points must be >= 1"),
         ("tune.eval_points=[0.5, 0.25]", "tune.eval_points must be increasing"),
+        ("tune.prune_from=0", "tune.prune_from must be a fraction in (0, 1]"),
         ("tune.grid.lroa=[1.0e-4]", "unknown method"),
     ],
 )

@@ -102,7 +102,14 @@ def cost_lines(study: dict) -> list[str]:
 
 
 def tuning_lines(tuning: dict) -> list[str]:
-    L = ["Tuning (validation loss per trial; pruned trials show their last reported loss):\n"]
+    points = {t.get("prune_from") for t in tuning.values()}
+    rule = (
+        f"successive halving stopped the weaker trials from {next(iter(points)):.0%} of their steps on; "
+        "pruned trials show their last reported loss"
+        if len(points) == 1 and None not in points
+        else "pruned trials show their last reported loss"
+    )
+    L = [f"Tuning (final validation loss per trial; {rule}):\n"]
     for method, t in tuning.items():
         trials = sorted(t.get("trials") or [], key=lambda r: r["lr"] or 0)
         cells = ", ".join(
