@@ -3,22 +3,30 @@
 Same machine, preset, data and grid, in one run. Both sides prepare the data, tune every
 method over the same learning-rate grid on the validation split, retrain each method at its
 chosen rate with the same seeds, and score the base model and every seed on the test split.
+Before either clock starts, every method trains one step (imports, model conversion, device
+start, PEFT's BOFT extension build: costs a process pays once, whichever side runs first).
 
-  study     `run_compare`: Optuna grid + successive halving (trials stop at 25% / 50% of
-            their steps when they trail) and one SharedWork: the base model loaded once,
-            the splits tokenized once, the step-0 validation computed once, selective
-            (untied)'s frozen prefix computed once per train and validation example for
-            every trial and seed; the base model's test evaluation once.
+  study     `run_compare`: Optuna grid + successive halving (trials stop at the preset's
+            rungs, 50% of their steps by default, when they trail) and one SharedWork: the
+            base model loaded once, the splits tokenized once, the step-0 validation
+            computed once, selective (untied)'s frozen prefix computed once per train and
+            validation example for every trial and seed; the base model's test evaluation
+            once; the first seed is the chosen trial.
   one by one  every trial trained to the end (validations at step 0 and at the end, as a
             plain `medtune train` does), each run loading and tokenizing for itself, no
             prefix cache (`train.cache_prefix=off`), the base model scored again for each
             method.
 
-Answer generation (the quality stage) costs the same on both sides and is switched off here.
-Prints a table last and writes JSON (wall and CPU seconds per side, trials, speedup).
+The one-by-one side also measures what pruning costs in answer: every grid point's
+full-length validation loss, so the table's last lines give each method's regret (the
+validation loss at the study's chosen rate minus the grid's best; 0 when pruning kept the
+winner). Answer generation (the quality stage) costs the same on both sides and is switched
+off here. Prints a table last and writes JSON (wall and CPU seconds per side, trials,
+speedup, regret, device).
 
     python benchmarks/bench_study.py --data ../shared/medquad --preset cpu-study --out bench-study.json
     python benchmarks/bench_study.py --preset tiny-study --set data.max_examples=80     (seconds)
+    python benchmarks/bench_study.py --preset cpu-study --model path/to/model.gguf      (any model)
 """
 
 from __future__ import annotations
