@@ -350,7 +350,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
             # Reported at the configured point (25, 50), not the rounded step's own fraction
             # (2 of 10 steps is 20%), so every trial meets the pruner's rungs at the same place.
             trial.report(val_loss, _percent(point))
-            if ctx.tune.prune and trial.should_prune():
+            if trial.should_prune():  # open_study chose the pruner: NopPruner when pruning is off
                 raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at {fraction:.0%} of the steps")
 
         t0, finished = time.perf_counter(), False
