@@ -23,10 +23,10 @@ METHODS = {
 }
 
 
-def cfg(tiny, method, seed=1, **train):
+def cfg(tiny, method, seed=1, dtype="auto", **train):
     d = {
         "method": method,
-        "model": {"spec": tiny},
+        "model": {"spec": tiny, "dtype": dtype},
         "method_args": METHODS[method],
         "format": {"max_length": 64},
         "train": {"epochs": 1, "batch_size": 4, "seed": seed, "micro_batch_tokens": 128, **train},
@@ -123,19 +123,67 @@ def _live_modules() -> int:
     return sum(isinstance(o, torch.nn.Module) for o in gc.get_objects())
 
 
-@pytest.mark.parametrize("method", ["lora", "boft", "selective"])
-def test_a_finished_run_frees_its_model_without_a_garbage_collection(method, tiny, prepared, tmp_path):
+class Pruned(Exception):
+    pass
+
+
+def _prune(step, val_loss, fraction):
+    if fraction > 0:
+        raise Pruned  # what a tuning trial's validation hook does (optuna.TrialPruned)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state and refuses a second mixed-precision setting in it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# bf16: mixed precision, where Accelerate wraps the module's forward in a bound method stored on
+# the module itself (a reference cycle; a GPU runs this way by default, and the CPU can too).
+@pytest.mark.parametrize(
+    "method,dtype,pruned",
+    [
+        ("lora", "auto", False),
+        ("boft", "auto", False),
+        ("selective", "auto", False),
+        ("lora", "bf16", False),
+        ("boft", "bf16", False),
+        ("selective", "bf16", False),
+        ("lora", "bf16", True),
+        ("selective", "bf16", True),
+    ],
+)
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_finished_run_frees_its_model_without_a_garbage_collection(method, dtype, pruned, tiny, prepared, tmp_path):
     """Tuning runs trial after trial without gc.collect() (tune.py): that is only safe if a run's
-    model copy, PEFT wrapper and optimizer are freed by reference counting when train() returns."""
+    model copy, PEFT wrapper and optimizer are freed by reference counting when train() returns,
+    or raises because its trial was pruned."""
     import gc
 
     shared = SharedWork(tmp_path / "cache", "k", 1 << 30)
-    train(cfg(tiny, method), prepared, tmp_path / "first", quiet=True, shared=shared)  # loads the shared base
+    train(cfg(tiny, method, dtype=dtype), prepared, tmp_path / "first", quiet=True, shared=shared)  # loads the base
     gc.collect()
     gc.disable()
     try:
         before = _live_modules()
-        train(cfg(tiny, method, seed=2), prepared, tmp_path / "second", quiet=True, shared=shared)
+        second = cfg(tiny, method, seed=2, dtype=dtype)
+        if pruned:
+            with pytest.raises(Pruned):
+                train(
+                    second,
+                    prepared,
+                    tmp_path / "second",
+                    quiet=True,
+                    shared=shared,
+                    on_validation=_prune,
+                    eval_points=(0.5, 1.0),
+                )
+        else:
+            train(second, prepared, tmp_path / "second", quiet=True, shared=shared)
         after = _live_modules()
     finally:
         gc.enable()

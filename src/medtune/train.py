@@ -199,12 +199,9 @@ def train(
             _start_run_folder(s, data_dir)
         try:
             fit(s, state, stop_after, on_validation, fresh=checkpoint is None)
+            return finish(s, state)
         finally:
-            if s.owns_cache:
-                for c in (s.cache, s.val_cache):
-                    if c is not None:
-                        c.close()
-        return finish(s, state)
+            release(s)
 
 
 def _check_run_folder(run_dir: Path, resume: bool, force: bool, data_dir: Path) -> Path | None:
@@ -614,6 +611,22 @@ def finish(s: Setup, state: TrainState) -> dict:
         f"({summary['tokens_per_s']:.0f} tok/s), final loss {loss} -> {s.run_dir}"
     )
     return summary
+
+
+def release(s: Setup) -> None:
+    """Let reference counting free this run's model copy, wrapper and optimizer as soon as the
+    caller drops them, also when fit() raised (a pruned trial). Under mixed precision Accelerate
+    replaces the prepared module's forward with a bound method stored on the module itself
+    (module -> __dict__ -> method -> module): a cycle that only the cyclic garbage collector
+    frees, which tuning no longer runs after each trial. On a GPU that would keep every trial's
+    weights and optimizer state in device memory until the next collection."""
+    if s.owns_cache:
+        for c in (s.cache, s.val_cache):
+            if c is not None:
+                c.close()
+    inner = s.accelerator.unwrap_model(s.module)
+    for name in ("forward", "_original_forward"):
+        vars(inner).pop(name, None)  # the class's own forward is what remains
 
 
 def _tensorboard(run_dir: Path):
