@@ -267,6 +267,19 @@ def test_unreachable_storage_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_storage_without_its_driver_says_what_to_install(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("pymysql") is not None:
+        pytest.skip("pymysql is installed here")
+    out = tmp_path / "o"
+    url = "mysql+pymysql://medtune:s3cret@127.0.0.1:1/nope"
+    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--out", out, "--storage", url], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "driver is not installed" in err and "'pymysql'" in err and "s3cret" not in err
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- bootstrap and pooling
 
 

@@ -175,7 +175,19 @@ def open_storage(url: str, tune: TuneConfig):
             if attempt < 3 and ("already exists" in msg or "duplicate key" in msg):
                 time.sleep(0.5 * (attempt + 1))
                 continue
+            if "DB access module" in msg:  # Optuna's words for a driver that does not import
+                msg = f"its database driver is not installed ({_driver_hint(url)})"
             raise MedtuneError(f"cannot open tuning storage {redact_url(url)}: {msg}") from None
+
+
+def _driver_hint(url: str) -> str:
+    """What to install for the driver a storage URL names (SQLAlchemy's default one when none is)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "postgresql":
+        return "pip install 'medtune[postgres]' for psycopg 3, and a postgresql+psycopg:// URL"
+    return f"pip install the package of the {u.get_driver_name()!r} driver"
 
 
 @dataclass
