@@ -1,5 +1,8 @@
+import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,52 @@ def run_cli(args, capsys):
     code = main([str(a) for a in args])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+# Pauses a real medtune process at a fault point (prints PAUSED <pid>, waits for a stdin line).
+WRAPPER = """
+import os, sys
+import medtune.faults as faults
+point, _, nth = os.environ.get("PAUSE_AT", "").partition(":")
+real, hits = faults.fault_point, [0]
+def fault_point(name):
+    if name == point:
+        hits[0] += 1
+        if hits[0] == int(nth or 1):
+            print("PAUSED", os.getpid(), flush=True)
+            sys.stdin.readline()
+    real(name)
+faults.fault_point = fault_point  # before medtune.train imports it
+from medtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def env(**extra) -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("MEDTUNE_FAULT", "MEDTUNE_NAN_AT_STEP", "PAUSE_AT")}
+    e.update(MEDTUNE_PROGRESS="0", TOKENIZERS_PARALLELISM="false", **extra)
+    return e
+
+
+@contextlib.contextmanager
+def paused(args, at: str, **extra):
+    """A medtune subprocess stopped at fault point `at`; yields (process, pid)."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(PAUSE_AT=at, **extra),
+    )
+    try:
+        for line in p.stdout:
+            if line.startswith("PAUSED"):
+                break
+        else:
+            raise AssertionError(f"never reached {at}: rc {p.wait()}, stderr {p.stderr.read()[-2000:]}")
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=60)

@@ -2,7 +2,7 @@
 
 Every crash happens at an exact place, never after a guessed sleep: `MEDTUNE_FAULT=point:n`
 (src/medtune/faults.py) makes a real `medtune train` subprocess SIGKILL itself the n-th time
-it reaches a fault point; `PAUSE_AT=point:n` (the wrapper below) makes it print PAUSED and
+it reaches a fault point; `PAUSE_AT=point:n` (conftest's `paused`) makes it print PAUSED and
 block on stdin there, so the test can signal it, or start a second writer, at that moment.
 Kill moments are drawn from a seeded RNG (MEDTUNE_FAULT_SEED, default 11; the draw is in the
 test ids) so a failure can be replayed. The reference for "same weights" is an uninterrupted
@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import MEDQUAD, TINY, run_cli, write_records
+from conftest import MEDQUAD, TINY, env, paused, run_cli, write_records
 from medtune.errors import MedtuneError
 from medtune.locking import FolderLock, lock_path
 
@@ -40,29 +40,6 @@ TRAIN_SETS = [
     "train.seed=1",
     "train.threads=1",  # deterministic reductions; and the machine is shared
 ]
-# Pauses a real medtune process at a fault point (prints PAUSED <pid>, waits for a stdin line).
-WRAPPER = """
-import os, sys
-import medtune.faults as faults
-point, _, nth = os.environ.get("PAUSE_AT", "").partition(":")
-real, hits = faults.fault_point, [0]
-def fault_point(name):
-    if name == point:
-        hits[0] += 1
-        if hits[0] == int(nth or 1):
-            print("PAUSED", os.getpid(), flush=True)
-            sys.stdin.readline()
-    real(name)
-faults.fault_point = fault_point  # before medtune.train imports it
-from medtune.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def env(**extra) -> dict:
-    e = {k: v for k, v in os.environ.items() if k not in ("MEDTUNE_FAULT", "MEDTUNE_NAN_AT_STEP", "PAUSE_AT")}
-    e.update(MEDTUNE_PROGRESS="0", TOKENIZERS_PARALLELISM="false", **extra)
-    return e
 
 
 def train_args(data: Path, out: Path, name: str) -> list[str]:
@@ -80,30 +57,6 @@ def medtune(args, timeout=300, **extra) -> subprocess.CompletedProcess:
         env=env(**extra),
         timeout=timeout,
     )
-
-
-@contextlib.contextmanager
-def paused(args, at: str):
-    """A medtune subprocess stopped at fault point `at`; yields (process, pid)."""
-    p = subprocess.Popen(
-        [sys.executable, "-c", WRAPPER, *map(str, args)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(PAUSE_AT=at),
-    )
-    try:
-        for line in p.stdout:
-            if line.startswith("PAUSED"):
-                break
-        else:
-            raise AssertionError(f"never reached {at}: rc {p.wait()}, stderr {p.stderr.read()[-2000:]}")
-        yield p
-    finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait(timeout=60)
 
 
 def one_line_error(code: int, err: str) -> str:
@@ -394,6 +347,33 @@ def test_evaluate_writes_null_not_nan(small, tmp_path, capsys, monkeypatch, tiny
     assert code == 0, err
     d = json.loads(out.read_text(), parse_constant=_no_nan)
     assert d["answer"]["perplexity"] is None and d["nonfinite"] == {"answer.perplexity": "nan"}
+
+
+def test_out_of_gpu_memory_is_one_line_and_the_run_resumes(small, reference, tmp_path, capsys, monkeypatch):
+    """torch's OutOfMemoryError (raised here at step 4, as CUDA raises it) is one line that names
+    the knobs; the checkpoints before it stay, and --resume finishes with the uninterrupted weights."""
+    from medtune import train as train_module
+
+    real, calls = train_module.train_step, [0]
+
+    def step_that_runs_out(s, gbatch, state):
+        calls[0] += 1
+        if calls[0] == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 79.1 GiB in use")
+        return real(s, gbatch, state)
+
+    monkeypatch.setattr(train_module, "train_step", step_that_runs_out)
+    monkeypatch.setenv("MEDTUNE_PROGRESS", "0")
+    code, _, err = run_cli(train_args(small, tmp_path, "run"), capsys)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("medtune: error: out of GPU memory") and "train.micro_batch_tokens" in lines[0]
+    assert "(CUDA out of memory)" in lines[0]
+    monkeypatch.setattr(train_module, "train_step", real)
+    code, _, err = run_cli(["train", "--resume", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == STEPS
+    assert_same_weights(tmp_path / "run", reference)
 
 
 # --------------------------------------------------------------------------- corrupt run files

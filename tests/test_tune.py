@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_records
+from conftest import paused, run_cli, write_records
 from medtune.compare import load_compare_config
 from medtune.evaluate import Scores, bootstrap_weights, paired_difference, summarize
 from medtune.tune import TuneConfig, lr_grid
@@ -202,6 +203,68 @@ def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
     assert sum(t["lr"] == dead_lr for t in done) == 1
 
 
+@pytest.mark.parametrize("error", ["interrupted", "second_ctrl_c", "out_of_memory"])
+def test_a_trial_stopped_by_an_error_is_rerun_by_the_next_run(error, tiny, tmp_path, fake_train, monkeypatch):
+    """Ctrl-C (train() saves and raises Interrupted; a second one raises KeyboardInterrupt) or an
+    error such as running out of GPU memory
+    ends the trial FAIL and the command. The next run trains that grid point again, once; without
+    the retry its rate would be silently missing from the grid."""
+    import torch
+
+    from medtune.train import Interrupted
+    from medtune.tune import run_tuning
+
+    cfg = study_cfg(tmp_path)
+    prep = write_records(tmp_path / "prep")
+    out = tmp_path / "cmp"
+    out.mkdir()
+    fake = sys.modules["medtune.train"].train
+    exc = {
+        "interrupted": Interrupted("interrupted at step 3"),
+        "second_ctrl_c": KeyboardInterrupt(),
+        "out_of_memory": torch.OutOfMemoryError("CUDA out of memory"),
+    }[error]
+
+    def fails_on_the_second_trial(rc, *a, **kw):
+        if len(fake_train) == 1:
+            fake_train.append(rc.learning_rate())
+            raise exc
+        return fake(rc, *a, **kw)
+
+    monkeypatch.setattr("medtune.train.train", fails_on_the_second_trial)
+    with pytest.raises(type(exc)):
+        run_tuning(cfg, prep, out, quiet=True)
+    stopped_lr = fake_train[1]
+    monkeypatch.setattr("medtune.train.train", fake)
+    r = run_tuning(cfg, prep, out, quiet=True)["lora"]
+    failed = [t for t in r["trials"] if t["state"] == "fail"]
+    assert len(failed) == 1 and failed[0]["lr"] == stopped_lr and type(exc).__name__ in failed[0]["failure"]
+    done = [t for t in r["trials"] if t["state"] in ("complete", "pruned")]
+    assert sorted(t["lr"] for t in done) == sorted(r["grid"])  # every grid point, the stopped one included
+    assert sorted(fake_train) == sorted([*r["grid"], stopped_lr])  # and each trained once more at most
+    assert r["chosen_lr"] == min(r["grid"], key=lambda lr: fake_loss(lr, 1.0))
+
+
+def test_report_lists_each_rate_once_and_flags_one_that_never_finished():
+    from medtune.report.study_section import tuning_lines
+
+    def trial(number, lr, state, val=None, failure=None):
+        return {"number": number, "lr": lr, "state": state, "val_loss": val, "failure": failure}
+
+    trials = [
+        trial(0, 1e-3, "complete", 2.5),
+        trial(1, 3e-3, "fail", failure="Interrupted: tuning interrupted"),
+        trial(2, 1e-2, "fail", failure="OutOfMemoryError: CUDA out of memory"),
+        trial(3, 3e-3, "pruned", 2.9),  # the retry of trial 1
+        trial(4, 1e-2, "fail", failure="OutOfMemoryError: CUDA out of memory"),  # its retry, out of tries
+    ]
+    t = {"trials": trials, "chosen_lr": 1e-3, "default_lr": 3e-3, "range": [1e-3, 1e-2], "prune_from": 0.5}
+    line = next(x for x in tuning_lines({"lora": t}) if x.startswith("- `lora`"))
+    assert line.count("0.003:") == 1 and "0.003: 2.9000 (pruned)" in line and "Interrupted" not in line
+    assert "0.01: **never finished** (OutOfMemoryError: CUDA out of memory)" in line
+    assert line.index("0.001:") < line.index("0.003:") < line.index("0.01:")
+
+
 def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
     from medtune.data.prepare import read_split
     from medtune.tune import run_tuning, test_split_guarded
@@ -376,17 +439,29 @@ def trials_of(url: str, method: str = "lora") -> list:
 TUNE_ARGS = ["tune", "--preset", "tiny-study", "--methods", "lora", "--set", "tune.points=3"]
 
 
-def test_killed_compare_during_tuning_rerun_finishes_without_repeating_trials(tiny, tmp_path):
+@pytest.mark.parametrize("how", ["kill_9", "ctrl_c"])
+def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(how, tiny, tmp_path):
     data = qa_csv(tmp_path / "qa.csv")
     out = tmp_path / "cmp"
     args = ["compare", *TUNE_ARGS[1:], "--data", data, "--out", out, "--set", "tune.prune=false"]
     args += ["--set", "train.seeds=1", "--set", "quality.enabled=false", "--set", "samples=0"]
     # trial 0 runs its 6 steps (never pruned: pruning is off); the 8th step is trial 1's second
-    killed = medtune(args, {"MEDTUNE_FAULT": "step_end:8"})
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    if how == "kill_9":  # the trial is left RUNNING; the rerun finds its process gone
+        killed = medtune(args, {"MEDTUNE_FAULT": "step_end:8"})
+        assert killed.returncode == -9, killed.stderr[-2000:]
+    else:  # Ctrl-C: the trial ends FAIL and queues its retry; one line, exit 130
+        with paused(args, "step_end:8", OMP_NUM_THREADS="1") as p:
+            os.kill(p.pid, signal.SIGINT)
+            p.stdin.write("\n")
+            p.stdin.flush()
+            _, err = p.communicate(timeout=300)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert p.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+        assert "tuning interrupted" in lines[0] and "rerun the same command" in lines[0]
     url = f"sqlite:///{out / 'tuning.db'}"
     before = {t.number: t for t in trials_of(url)}
-    assert before[0].state.name == "COMPLETE" and before[1].state.name == "RUNNING"
+    assert before[0].state.name == "COMPLETE"
+    assert before[1].state.name == ("RUNNING" if how == "kill_9" else "FAIL")
     done_mtime = (out / "tuning" / "lora" / "trial-000" / "summary.json").stat().st_mtime_ns
     again = medtune(args)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -321,8 +321,31 @@ def main(argv=None) -> int:
         if isinstance(e, Interrupted):
             print(f"medtune: {e}", file=sys.stderr)
             return 130
+        if _out_of_device_memory(e):
+            print(f"medtune: error: {_OOM_ADVICE} ({_first_sentence(e)})", file=sys.stderr)
+            return 1
         raise
     return 0
+
+
+# One line for an exhausted accelerator instead of torch's traceback: the knobs that set how much
+# one forward pass holds, and what survives (finished runs, checkpoints, trials).
+_OOM_ADVICE = (
+    "out of GPU memory: lower the tokens per forward pass with --set train.micro_batch_tokens=N "
+    "(training), eval.batch_tokens=N (scoring) or quality.batch_size=N (answers); finished runs, "
+    "checkpoints and trials are kept, so rerunning the command (train: --resume) goes on from them"
+)
+
+
+def _out_of_device_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError)
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text.split(". ")[0][:160] or type(e).__name__
 
 
 if __name__ == "__main__":

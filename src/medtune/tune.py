@@ -23,8 +23,10 @@ until no work is left) -> worker / command entry points.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -152,6 +154,7 @@ def open_storage(url: str, tune: TuneConfig):
         raise MedtuneError("tuning needs Optuna: pip install 'medtune[tune]' (or make install)") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_failed_trial_logs()
     # heartbeats, fail_stale_trials and the retry callback are marked experimental since Optuna 2.x
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     connect = {"timeout": 60} if url.startswith("sqlite") else {}
@@ -188,6 +191,19 @@ def _driver_hint(url: str) -> str:
     if u.get_backend_name() == "postgresql":
         return "pip install 'medtune[postgres]' for psycopg 3, and a postgresql+psycopg:// URL"
     return f"pip install the package of the {u.get_driver_name()!r} driver"
+
+
+def _not_a_failed_trial(record: logging.LogRecord) -> bool:
+    return not re.match(r"Trial \d+ failed with ", record.getMessage())
+
+
+def _quiet_failed_trial_logs() -> None:
+    """Optuna logs every failed trial as warnings with the traceback (Ctrl-C, out of memory, and
+    DuplicateTrial, how a worker leaves a grid point to the worker that has it). medtune says it in
+    one line instead: the command's error, and the trial's `failure` in the tuning summary."""
+    logger = logging.getLogger("optuna.study._optimize")  # where Optuna's _run_trial logs them
+    if _not_a_failed_trial not in logger.filters:
+        logger.addFilter(_not_a_failed_trial)
 
 
 @dataclass
@@ -384,6 +400,11 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
         except optuna.TrialPruned:
             _say_trial(ctx, space, trial.number, lr, "pruned", time.perf_counter() - t0)
             raise
+        except (Exception, KeyboardInterrupt) as e:
+            stop = _stopped(ctx, trial, e)
+            if stop is e:
+                raise
+            raise stop from e
         finally:
             if not finished:
                 _drop_weights(run_dir)  # a finished trial keeps its weights until the choice is made
@@ -400,6 +421,27 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
     return objective
 
 
+def _stopped(ctx: TuneContext, trial, e: BaseException) -> BaseException:
+    """A trial stopped by Ctrl-C or an error (out of GPU memory, a full disk) ends FAIL (Optuna)
+    and so does the command; a retry of its learning rate is queued now, by the one process that
+    owns the trial, so the next run trains that grid point again instead of counting it as tried
+    (tune.max_retry times at most). Returns what to raise: for Ctrl-C, a message that says how to
+    go on (not train --resume of the trial's folder: a retry starts over)."""
+    import optuna
+
+    from medtune.train import Interrupted
+
+    trial.set_user_attr("failure", f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=ctx.tune.max_retry)
+    retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+    if isinstance(e, Interrupted):
+        return Interrupted(
+            f"tuning interrupted (trial {trial.number} stopped); finished trials are kept: "
+            "rerun the same command to go on"
+        )
+    return e
+
+
 def _eval_point(step: int, fraction: float, points: list[float]) -> float | None:
     """The configured eval point whose step (train.py: max(1, round(p * total))) this is."""
     if fraction <= 0:
@@ -409,7 +451,11 @@ def _eval_point(step: int, fraction: float, points: list[float]) -> float | None
 
 
 def _drop_weights(run_dir: Path) -> None:
-    """A trial needs its losses, not its weights (selective's untied head alone is 113 MB)."""
+    """A trial needs its losses, not its weights (selective's untied head alone is 113 MB) nor its
+    checkpoints (epoch ends of a pruned trial; nothing resumes a trial: a retry starts over)."""
+    from medtune.checkpoint import remove_checkpoints
+
+    remove_checkpoints(run_dir)
     shutil.rmtree(run_dir / "adapter", ignore_errors=True)
     for f in ("trained.safetensors",):
         (run_dir / f).unlink(missing_ok=True)

@@ -111,17 +111,29 @@ def tuning_lines(tuning: dict) -> list[str]:
     )
     L = [f"Tuning (final validation loss per trial; {rule}):\n"]
     for method, t in tuning.items():
-        trials = sorted(t.get("trials") or [], key=lambda r: r["lr"] or 0)
-        cells = ", ".join(
-            f"{r['lr']:.3g}: {_num(r['val_loss'], '{:.4f}')}" + ("" if r["state"] == "complete" else f" ({r['state']})")
-            for r in trials
-            if r["lr"] is not None
-        )
+        cells = ", ".join(_trial_cell(r) for r in _one_trial_per_rate(t.get("trials") or []))
         chosen = _num(t.get("chosen_lr"), "{:.3g}")
         edge = _edge(t)
         L.append(f"- `{method}`: chosen {chosen} (default {t['default_lr']:.3g}){edge}; {cells}")
     L.append("")
     return L
+
+
+def _one_trial_per_rate(trials: list[dict]) -> list[dict]:
+    """Per learning rate, the trial that finished (complete or pruned); a rate whose every attempt
+    failed (Ctrl-C, out of memory: retried up to tune.max_retry times) shows its last attempt."""
+    by_lr: dict[float, dict] = {}
+    for r in sorted((r for r in trials if r["lr"] is not None), key=lambda r: r["number"]):
+        kept = by_lr.get(r["lr"])
+        if kept is None or kept["state"] not in ("complete", "pruned"):
+            by_lr[r["lr"]] = r
+    return [by_lr[lr] for lr in sorted(by_lr)]
+
+
+def _trial_cell(r: dict) -> str:
+    if r["state"] == "fail":
+        return f"{r['lr']:.3g}: **never finished** ({r.get('failure') or 'failed'})"
+    return f"{r['lr']:.3g}: {_num(r['val_loss'], '{:.4f}')}" + ("" if r["state"] == "complete" else f" ({r['state']})")
 
 
 def _edge(t: dict) -> str:
