@@ -477,6 +477,38 @@ def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(h
     assert (out / "report.md").is_file() and (out / "runs" / "lora" / "summary.json").is_file()
 
 
+def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny, tmp_path):
+    """compare's rerun continues an interrupted run from the checkpoint Ctrl-C saved (not from
+    step 0, and not through the `train --resume` the message used to suggest, whose finished run
+    compare then threw away); its weights equal those of an uninterrupted comparison."""
+    from safetensors.torch import load_file
+
+    data = qa_csv(tmp_path / "qa.csv")
+    args = ["compare", "--preset", "tiny", "--methods", "lora", "--data", data, "--set", "train.threads=1"]
+    args += ["--set", "quality.enabled=false", "--set", "samples=0"]
+    ref = medtune([*args, "--out", tmp_path / "ref"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "cmp"
+    with paused([*args, "--out", out], "step_end:2", OMP_NUM_THREADS="1") as p:
+        os.kill(p.pid, signal.SIGINT)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        _, err = p.communicate(timeout=300)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert p.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "interrupted in run lora" in lines[0] and "rerun the same command" in lines[0]
+    assert json.loads((out / "runs" / "lora" / "checkpoint" / "state.json").read_text())["step"] == 2
+    again = medtune([*args, "--out", out])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from the checkpoint" in again.stdout
+    ours = load_file(out / "runs" / "lora" / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "ref" / "runs" / "lora" / "adapter" / "adapter_model.safetensors")
+    assert set(ours) == set(theirs) and any(float(t.abs().max()) > 0 for k, t in ours.items() if "lora_B" in k)
+    assert max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in ours) <= 1e-6
+    summary = json.loads((out / "runs" / "lora" / "summary.json").read_text())
+    assert summary["steps"] == json.loads((tmp_path / "ref" / "runs" / "lora" / "summary.json").read_text())["steps"]
+
+
 def test_two_workers_share_a_postgres_study(tiny, tmp_path):
     pgserver = pytest.importorskip("pgserver")
     server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")

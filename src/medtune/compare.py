@@ -219,6 +219,29 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
     return prep
 
 
+def _same_run(run_dir: Path, rc: RunConfig) -> bool:
+    """Was `run_dir` trained (or started) with exactly this run config?"""
+    from medtune.runs import load_config
+
+    try:
+        return load_config(run_dir)[0].to_dict() == rc.to_dict()
+    except MedtuneError:
+        return False  # an unreadable config.yaml: not a run to build on
+
+
+def _resumable(run_dir: Path, rc: RunConfig) -> bool:
+    """An unfinished run of this config with a checkpoint (Ctrl-C leaves one): resume, not redo."""
+    from medtune.checkpoint import find_checkpoint
+    from medtune.runs import is_complete
+
+    return (
+        run_dir.is_dir()
+        and not is_complete(run_dir)
+        and find_checkpoint(run_dir) is not None
+        and _same_run(run_dir, rc)
+    )
+
+
 def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) -> dict:
     """prepare -> (tune) -> evaluate base -> per method and seed: train, evaluate -> report."""
     from medtune.locking import FolderLock
@@ -297,8 +320,8 @@ class Comparison:
 
         False when the run diverged (non-finite loss): recorded in diverged.json, so the report
         marks the method instead of ranking it, and the comparison goes on with the others."""
-        from medtune.runs import is_complete, load_config
-        from medtune.train import Diverged, train
+        from medtune.runs import is_complete
+        from medtune.train import Diverged, Interrupted, train
 
         run_dir = self.out / "runs" / name
         run = rc.to_dict()
@@ -311,14 +334,22 @@ class Comparison:
         if self.stages.finished(f"diverged:{name}", k, self.out / "diverged.json"):
             self.say("  diverged earlier (see diverged.json), skipped")
             return False
-        if run_dir.exists():
+        reusable = reuse is not None and is_complete(reuse) and _same_run(reuse, rc)
+        resume = not reusable and _resumable(run_dir, rc)
+        if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)
-        if reuse is not None and is_complete(reuse) and load_config(reuse)[0].to_dict() == rc.to_dict():
+        if reusable:
             self.say(f"  the tuning trial at this rate and seed is this run: {reuse} (not trained again)")
             shutil.copytree(reuse, run_dir)
         else:  # train() validates before it creates the folder
+            if resume:
+                self.say("  resuming from the checkpoint an interrupted run left")
             try:
-                train(rc, self.prep, run_dir, quiet=self.quiet, shared=shared)
+                train(rc, self.prep, run_dir, quiet=self.quiet, shared=shared, resume=resume)
+            except Interrupted:
+                raise Interrupted(
+                    f"interrupted in run {name}; its checkpoint is kept: rerun the same command to go on from it"
+                ) from None
             except Diverged as e:
                 self.say(f"  {name}: {e}")
                 self._mark_diverged(method or name, name, str(e), rc.learning_rate())
