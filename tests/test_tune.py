@@ -324,7 +324,8 @@ def test_unreachable_storage_is_one_line(tmp_path, capsys):
         port = s.getsockname()[1]
     url = f"postgresql+psycopg://medtune:s3cret@127.0.0.1:{port}/nope"
     out = tmp_path / "o"
-    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--out", out, "--storage", url], capsys)
+    data = qa_csv(tmp_path / "qa.csv")  # the storage is opened after the data is found
+    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--data", data, "--out", out, "--storage", url], capsys)
     assert code == 2 and "cannot open tuning storage" in err and len(err.strip().splitlines()) == 1, err
     assert "s3cret" not in err
     assert not out.exists()
@@ -337,7 +338,8 @@ def test_storage_without_its_driver_says_what_to_install(tmp_path, capsys):
         pytest.skip("pymysql is installed here")
     out = tmp_path / "o"
     url = "mysql+pymysql://medtune:s3cret@127.0.0.1:1/nope"
-    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--out", out, "--storage", url], capsys)
+    data = qa_csv(tmp_path / "qa.csv")
+    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--data", data, "--out", out, "--storage", url], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "driver is not installed" in err and "'pymysql'" in err and "s3cret" not in err
     assert not out.exists()
