@@ -431,9 +431,12 @@ def _stopped(ctx: TuneContext, trial, e: BaseException) -> BaseException:
 
     from medtune.train import Interrupted
 
-    trial.set_user_attr("failure", f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=ctx.tune.max_retry)
-    retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+    try:
+        trial.set_user_attr("failure", f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=ctx.tune.max_retry)
+        retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+    except Exception:  # noqa: BLE001 - the storage may be what failed; the original error is what to show
+        pass
     if isinstance(e, Interrupted):
         return Interrupted(
             f"tuning interrupted (trial {trial.number} stopped); finished trials are kept: "
