@@ -82,6 +82,8 @@ def study_side(cfg) -> dict:
         "cpu_s": cpu_seconds() - c0,
         "chosen_lr": {m: t["chosen_lr"] for m, t in tuning.items()},
         "trials": {m: [r["state"] for r in t["trials"]] for m, t in tuning.items()},
+        "trial_seconds": {m: [r["seconds"] for r in t["trials"]] for m, t in tuning.items()},
+        "tuning_seconds": {m: t["seconds"] for m, t in tuning.items()},
     }
 
 
