@@ -1,6 +1,7 @@
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,14 @@ def paused(args, at: str, **extra):
         if p.poll() is None:
             p.kill()
         p.wait(timeout=60)
+
+
+def interrupt_at(args, at: str, sig=signal.SIGINT, **extra) -> tuple[int, str]:
+    """Run medtune `args` until fault point `at`, send `sig` there (Ctrl-C by default), let it
+    finish: (exit code, stderr)."""
+    with paused(args, at, **extra) as p:
+        os.kill(p.pid, sig)  # delivered while the process is inside that point
+        p.stdin.write("\n")
+        p.stdin.flush()
+        _, err = p.communicate(timeout=300)
+    return p.returncode, err

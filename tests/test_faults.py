@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import MEDQUAD, TINY, env, paused, run_cli, write_records
+from conftest import MEDQUAD, TINY, env, interrupt_at, paused, run_cli, write_records
 from medtune.errors import MedtuneError
 from medtune.locking import FolderLock, lock_path
 
@@ -146,12 +146,8 @@ def test_kill_before_the_first_checkpoint_says_so(small, tmp_path, capsys):
 
 def test_sigterm_checkpoints_exits_130_and_resumes_exactly(small, reference, tmp_path, capsys):
     run = tmp_path / "run"
-    with paused(train_args(small, tmp_path, "run"), "step_end:3") as p:
-        os.kill(p.pid, signal.SIGTERM)  # delivered while the process is inside step 3's end
-        p.stdin.write("\n")
-        p.stdin.flush()
-        _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-2000:]
+    code, err = interrupt_at(train_args(small, tmp_path, "run"), "step_end:3", signal.SIGTERM)
+    assert code == 130, err[-2000:]
     assert "resume with" in err and "Traceback" not in err
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3

@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import paused, run_cli, write_records
+from conftest import interrupt_at, run_cli, write_records
 from medtune.compare import load_compare_config
 from medtune.evaluate import Scores, bootstrap_weights, paired_difference, summarize
 from medtune.tune import TuneConfig, lr_grid
@@ -438,6 +437,13 @@ def trials_of(url: str, method: str = "lora") -> list:
     return optuna.load_study(study_name=names[0], storage=storage).get_trials(deepcopy=False)
 
 
+def stop_line(code: int, err: str) -> str:
+    """What Ctrl-C leaves: exit 130 and one line on stderr, no traceback."""
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 130 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
 TUNE_ARGS = ["tune", "--preset", "tiny-study", "--methods", "lora", "--set", "tune.points=3"]
 
 
@@ -452,14 +458,8 @@ def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(h
         killed = medtune(args, {"MEDTUNE_FAULT": "step_end:8"})
         assert killed.returncode == -9, killed.stderr[-2000:]
     else:  # Ctrl-C: the trial ends FAIL and queues its retry; one line, exit 130
-        with paused(args, "step_end:8", OMP_NUM_THREADS="1") as p:
-            os.kill(p.pid, signal.SIGINT)
-            p.stdin.write("\n")
-            p.stdin.flush()
-            _, err = p.communicate(timeout=300)
-        lines = [x for x in err.splitlines() if x.strip()]
-        assert p.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
-        assert "tuning interrupted" in lines[0] and "rerun the same command" in lines[0]
+        line = stop_line(*interrupt_at(args, "step_end:8", OMP_NUM_THREADS="1"))
+        assert "tuning interrupted" in line and "rerun the same command" in line
     url = f"sqlite:///{out / 'tuning.db'}"
     before = {t.number: t for t in trials_of(url)}
     assert before[0].state.name == "COMPLETE"
@@ -491,14 +491,8 @@ def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny,
     ref = medtune([*args, "--out", tmp_path / "ref"])
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "cmp"
-    with paused([*args, "--out", out], "step_end:2", OMP_NUM_THREADS="1") as p:
-        os.kill(p.pid, signal.SIGINT)
-        p.stdin.write("\n")
-        p.stdin.flush()
-        _, err = p.communicate(timeout=300)
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert p.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert "interrupted in run lora" in lines[0] and "rerun the same command" in lines[0]
+    line = stop_line(*interrupt_at([*args, "--out", out], "step_end:2", OMP_NUM_THREADS="1"))
+    assert "interrupted in run lora" in line and "rerun the same command" in line
     assert json.loads((out / "runs" / "lora" / "checkpoint" / "state.json").read_text())["step"] == 2
     again = medtune([*args, "--out", out])
     assert again.returncode == 0, again.stderr[-2000:]
