@@ -366,10 +366,16 @@ def test_out_of_gpu_memory_is_one_line_and_the_run_resumes(small, reference, tmp
     assert lines[0].startswith("medtune: error: out of GPU memory") and "train.micro_batch_tokens" in lines[0]
     assert "(CUDA out of memory)" in lines[0]
     monkeypatch.setattr(train_module, "train_step", real)
-    code, _, err = run_cli(["train", "--resume", tmp_path / "run"], capsys)
+    # what the line advises: a smaller micro-batch, which a resume may change (how the run executes,
+    # not what it computes: only the order of float sums differs)
+    code, _, err = run_cli(["train", "--resume", tmp_path / "run", "--set", "train.micro_batch_tokens=64"], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == STEPS
-    assert_same_weights(tmp_path / "run", reference)
+    ours, ref = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "run", reference))
+    assert ours["steps"] == ref["steps"] == STEPS
+    # Not bit-identical: Adam turns float-order noise in near-zero gradients into lr-sized steps.
+    # The same experiment: the losses agree to well within what a seed changes.
+    assert ours["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-3)
+    assert ours["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-3)
 
 
 # --------------------------------------------------------------------------- corrupt run files

@@ -465,7 +465,8 @@ def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(h
     assert before[0].state.name == "COMPLETE"
     assert before[1].state.name == ("RUNNING" if how == "kill_9" else "FAIL")
     done_mtime = (out / "tuning" / "lora" / "trial-000" / "summary.json").stat().st_mtime_ns
-    again = medtune(args)
+    # a smaller micro-batch (what running out of GPU memory calls for) is the same study
+    again = medtune([*args, "--set", "train.micro_batch_tokens=64"])
     assert again.returncode == 0, again.stderr[-2000:]
     after = trials_of(url)
     first = next(t for t in after if t.number == 0)
@@ -483,7 +484,6 @@ def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny,
     """compare's rerun continues an interrupted run from the checkpoint Ctrl-C saved (not from
     step 0, and not through the `train --resume` the message used to suggest, whose finished run
     compare then threw away); its weights equal those of an uninterrupted comparison."""
-    from safetensors.torch import load_file
 
     data = qa_csv(tmp_path / "qa.csv")
     args = ["compare", "--preset", "tiny", "--methods", "lora", "--data", data, "--set", "train.threads=1"]
@@ -494,15 +494,22 @@ def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny,
     line = stop_line(*interrupt_at([*args, "--out", out], "step_end:2", OMP_NUM_THREADS="1"))
     assert "interrupted in run lora" in line and "rerun the same command" in line
     assert json.loads((out / "runs" / "lora" / "checkpoint" / "state.json").read_text())["step"] == 2
-    again = medtune([*args, "--out", out])
+    # the rerun may execute differently (micro-batch, scoring batch) and still resume
+    again = medtune([*args, "--out", out, "--set", "train.micro_batch_tokens=64", "--set", "eval.batch_tokens=256"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from the checkpoint" in again.stdout
-    ours = load_file(out / "runs" / "lora" / "adapter" / "adapter_model.safetensors")
-    theirs = load_file(tmp_path / "ref" / "runs" / "lora" / "adapter" / "adapter_model.safetensors")
-    assert set(ours) == set(theirs) and any(float(t.abs().max()) > 0 for k, t in ours.items() if "lora_B" in k)
-    assert max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in ours) <= 1e-6
-    summary = json.loads((out / "runs" / "lora" / "summary.json").read_text())
-    assert summary["steps"] == json.loads((tmp_path / "ref" / "runs" / "lora" / "summary.json").read_text())["steps"]
+    ours, ref = (json.loads((d / "runs" / "lora" / "summary.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert ours["steps"] == ref["steps"]
+    # Not bit-identical (the micro-batch changed the order of float sums, and Adam turns that noise
+    # in near-zero gradients into lr-sized steps), but the same experiment: the same losses and
+    # test scores to well within what a seed changes.
+    assert ours["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-3)
+    scores = [
+        json.loads((d / "results.json").read_text())["models"]["lora"]["metrics"]["answer"]
+        for d in (out, tmp_path / "ref")
+    ]
+    assert scores[0]["perplexity"] == pytest.approx(scores[1]["perplexity"], rel=1e-3)
+    assert "resuming" not in medtune([*args, "--out", out]).stdout  # and a third run has nothing left to do
 
 
 def test_two_workers_share_a_postgres_study(tiny, tmp_path):

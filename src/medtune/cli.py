@@ -234,27 +234,25 @@ def cmd_train(args) -> None:
     train(cfg, Path(args.data), Path(args.out) / (args.name or cfg.method), force=args.force)
 
 
-# What a resumed run may change: how long it runs and how often it logs or checkpoints.
-# Anything else (learning rate, method, data, format, seed) would silently make the resumed
-# run a different experiment from the one its first steps belong to.
-RESUME_SAFE = (
-    "train.max_steps",
-    "train.epochs",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.checkpoint_minutes",
-)
+# What a resumed run may change: how long it runs, and how it executes (micro-batch, threads,
+# prefix cache, logging, checkpoints: config.EXECUTION_ONLY). Anything else (learning rate,
+# method, data, format, seed) would silently make the resumed run a different experiment from
+# the one its first steps belong to.
+def _resume_safe() -> tuple[str, ...]:
+    from medtune.config import EXECUTION_ONLY
+
+    return ("train.max_steps", "train.epochs", *(f"train.{k}" for k in EXECUTION_ONLY["train"]))
 
 
 def _resume_overrides(cfg, overrides: list[str]):
     from medtune.config import RunConfig, apply_overrides, from_dict
 
     keys = [o.split("=", 1)[0].strip() for o in overrides]
-    unsafe = [k for k in keys if k not in RESUME_SAFE]
+    unsafe = [k for k in keys if k not in _resume_safe()]
     if unsafe:
         raise MedtuneError(
             f"--resume cannot change {', '.join(unsafe)}: a resumed run keeps its config "
-            f"(only {', '.join(RESUME_SAFE)} may change); start a new run instead"
+            f"(only {', '.join(_resume_safe())} may change); start a new run instead"
         )
     if args_given := list(overrides):
         return from_dict(RunConfig, apply_overrides(cfg.to_dict(), args_given), "config")

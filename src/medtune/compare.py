@@ -23,6 +23,7 @@ from medtune.config import (
     TrainConfig,
     apply_overrides,
     config_hash,
+    experiment_of,
     from_dict,
     read_yaml,
     run_with,  # noqa: F401  (re-exported for benchmarks)
@@ -146,7 +147,7 @@ _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "
 
 
 def identity_of(cfg: CompareConfig) -> str:
-    whole = asdict(cfg)
+    whole = experiment_of(asdict(cfg))
     whole["tune"] = {k: v for k, v in whole["tune"].items() if k not in TUNE_BOOKKEEPING}
     return config_hash({k: v for k, v in whole.items() if k not in _NOT_IDENTITY})
 
@@ -224,7 +225,7 @@ def _same_run(run_dir: Path, rc: RunConfig) -> bool:
     from medtune.runs import load_config
 
     try:
-        return load_config(run_dir)[0].to_dict() == rc.to_dict()
+        return experiment_of(load_config(run_dir)[0].to_dict()) == experiment_of(rc.to_dict())
     except MedtuneError:
         return False  # an unreadable config.yaml: not a run to build on
 
@@ -324,7 +325,7 @@ class Comparison:
         from medtune.train import Diverged, Interrupted, train
 
         run_dir = self.out / "runs" / name
-        run = rc.to_dict()
+        run = experiment_of(rc.to_dict())
         run["train"].pop("seeds", None)  # how many seeds the comparison has is not this run's business
         k = config_hash({"prep": self.key, "run": run})
         self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
@@ -376,7 +377,8 @@ class Comparison:
         cfg, out, stages, say, test = self.cfg, self.out, self.stages, self.say, self.test
         path = out / "eval" / f"{name}.json"
         run_key = stages.done.get(f"train:{name}", "base")
-        k = config_hash({"prep": self.key, "eval": asdict(cfg.eval), "run": run_key, "quality": quality.stage_key(cfg)})
+        scoring = experiment_of({"eval": asdict(cfg.eval)})["eval"]
+        k = config_hash({"prep": self.key, "eval": scoring, "run": run_key, "quality": quality.stage_key(cfg)})
         self.stage(f"evaluate {name}")
         if stages.finished(f"eval:{name}", k, path, *quality.artifacts(cfg, out, name)):
             say("  done earlier, skipped")

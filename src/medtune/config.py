@@ -252,6 +252,32 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# Settings that change how a run executes, not what it computes (at most the order of float
+# sums): a comparison, a tuning study and a resumed run keep their finished work when only these
+# change, e.g. a smaller micro-batch after running out of GPU memory.
+EXECUTION_ONLY = {
+    "train": (
+        "micro_batch_tokens",
+        "threads",
+        "cache_prefix",
+        "cache_memory_gb",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_minutes",
+    ),
+    "eval": ("batch_tokens",),
+}
+
+
+def experiment_of(config: dict) -> dict:
+    """A run's or a comparison's config dict without its EXECUTION_ONLY keys (what identifies it)."""
+    out = dict(config)
+    for section, keys in EXECUTION_ONLY.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def config_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able object: used to decide whether a stage can be skipped."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

@@ -234,13 +234,13 @@ class TuneContext:
 
 
 def method_space(ctx: TuneContext, method: str) -> MethodSpace:
-    from medtune.config import config_hash
+    from medtune.config import config_hash, experiment_of
 
     rc = ctx.cfg.run_config(method)
     centre = rc.learning_rate()
     grid = lr_grid(ctx.tune, method, centre) if ctx.tune.sampler == "grid" else []
     low, high = lr_range(ctx.tune, method, centre)
-    run = rc.to_dict()
+    run = experiment_of(rc.to_dict())  # a smaller micro-batch (after running out of memory) is the same study
     run["train"].pop("lr", None)
     run["train"].pop("seeds", None)
     t = asdict(ctx.tune)
