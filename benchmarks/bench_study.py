@@ -49,25 +49,16 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def with_train(rc, **changes):
-    """rc with some train: keys changed (validated like any RunConfig)."""
-    from medtune.config import RunConfig, from_dict
-
-    d = rc.to_dict()
-    d["train"].update(changes)
-    return from_dict(RunConfig, d, "bench")
-
-
 def warm_up(cfg, work: Path) -> None:
     """One optimizer step of every method before either clock starts, so neither side pays the
     process's one-time costs: imports, the model's conversion and first load, the device's
     start (CUDA context, kernels) and PEFT's attempt to build BOFT's CUDA extension."""
-    from medtune.compare import prepare_stage
+    from medtune.compare import prepare_stage, run_with
     from medtune.train import train
 
     prep = prepare_stage(cfg, work, quiet=True)
     for method in cfg.methods:
-        train(with_train(cfg.run_config(method), max_steps=1), prep, work / method, quiet=True)
+        train(run_with(cfg.run_config(method), max_steps=1), prep, work / method, quiet=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -110,7 +101,7 @@ def one_by_one_side(cfg, out: Path) -> dict:
 
     chosen, val_losses = {}, {}
     for method in cfg.methods:
-        rc = with_train(cfg.run_config(method), cache_prefix="off")
+        rc = run_with(cfg.run_config(method), cache_prefix="off")
         losses = {}
         for i, lr in enumerate(lr_grid(cfg.tune, method, cfg.run_config(method).learning_rate())):
             s = train(run_with(rc, lr), prep, out / "trials" / method / f"{i}", quiet=True, eval_points=(1.0,))

@@ -195,13 +195,14 @@ class RunConfig:
         return self.train.lr if self.train.lr is not None else get_method(self.method).default_lr
 
 
-def run_with(rc: RunConfig, lr: Optional[float] = None, seed: Optional[int] = None) -> RunConfig:
-    """rc with another learning rate and/or train seed (validated like any RunConfig)."""
+def run_with(rc: RunConfig, lr: Optional[float] = None, seed: Optional[int] = None, **train: Any) -> RunConfig:
+    """rc with another learning rate, train seed and/or other train: keys (validated like any RunConfig)."""
     d = rc.to_dict()
     if lr is not None:
         d["train"]["lr"] = float(lr)
     if seed is not None:
         d["train"]["seed"] = int(seed)
+    d["train"].update(train)
     return from_dict(RunConfig, d, "run")
 
 
