@@ -21,8 +21,11 @@ The one-by-one side also measures what pruning costs in answer: every grid point
 full-length validation loss, so the table's last lines give each method's regret (the
 validation loss at the study's chosen rate minus the grid's best; 0 when pruning kept the
 winner). Answer generation (the quality stage) costs the same on both sides and is switched
-off here. Prints a table last and writes JSON (wall and CPU seconds per side, trials,
-speedup, regret, device).
+off here. Per method, the seconds inside training loops on both sides show where the time
+went; beside them, the ratio that pruning and seed reuse alone give when runs cost the same on
+both sides (only shared work, such as selective's frozen prefix, goes past it). Prints a table
+last and writes JSON (wall and CPU seconds per side, trials, speedup, regret, training-loop
+seconds, device).
 
     python benchmarks/bench_study.py --data ../shared/medquad --preset cpu-study --out bench-study.json
     python benchmarks/bench_study.py --preset tiny-study --set data.max_examples=80     (seconds)
@@ -75,7 +78,19 @@ def study_side(cfg) -> dict:
         "trials": {m: [r["state"] for r in t["trials"]] for m, t in tuning.items()},
         "trial_seconds": {m: [r["seconds"] for r in t["trials"]] for m, t in tuning.items()},
         "tuning_seconds": {m: t["seconds"] for m, t in tuning.items()},
+        "train_loop_seconds": study_train_seconds(results),
     }
+
+
+def study_train_seconds(results: dict) -> dict:
+    """Per method, seconds inside training loops: every trial (pruned ones up to their stop) plus
+    the seed runs trained after tuning (the first seed is the chosen trial, counted once)."""
+    out = {}
+    for method, t in results["study"]["tuning"].items():
+        seeds = results["models"][method].get("seeds") or []
+        later = [s["train"].get("train_seconds") or 0.0 for s in seeds[1:]]
+        out[method] = sum(r.get("train_seconds") or 0.0 for r in t["trials"]) + sum(later)
+    return out
 
 
 def one_by_one_side(cfg, out: Path) -> dict:
@@ -99,25 +114,27 @@ def one_by_one_side(cfg, out: Path) -> dict:
         ex = encode_records(tok, test, cfg.format)
         score_examples(model, ex, tok.pad_token_id, cfg.eval.batch_tokens, autocast_for(model))
 
-    chosen, val_losses = {}, {}
+    chosen, val_losses, loop_s = {}, {}, {}
     for method in cfg.methods:
         rc = run_with(cfg.run_config(method), cache_prefix="off")
-        losses = {}
+        losses, loop_s[method] = {}, 0.0
         for i, lr in enumerate(lr_grid(cfg.tune, method, cfg.run_config(method).learning_rate())):
             s = train(run_with(rc, lr), prep, out / "trials" / method / f"{i}", quiet=True, eval_points=(1.0,))
             losses[lr] = s["val_loss"] if s["val_loss"] is not None else float("inf")
+            loop_s[method] += s["train_seconds"]
         chosen[method] = min(losses, key=losses.get)
         val_losses[method] = {f"{lr:g}": v for lr, v in losses.items()}
         score(None)  # the base model, again for this method
         for name, seed in run_names(method, cfg.train.seeds, cfg.train.seed):
             run_dir = out / "runs" / name
-            train(run_with(rc, chosen[method], seed), prep, run_dir, quiet=True)
+            loop_s[method] += train(run_with(rc, chosen[method], seed), prep, run_dir, quiet=True)["train_seconds"]
             score(run_dir)
     return {
         "wall_s": time.perf_counter() - t0,
         "cpu_s": cpu_seconds() - c0,
         "chosen_lr": chosen,
         "val_loss_by_lr": val_losses,  # every grid point trained to the end: what pruning may miss
+        "train_loop_seconds": loop_s,
     }
 
 
@@ -134,6 +151,27 @@ def regret(study: dict, base: dict) -> dict:
             "regret": losses[f"{lr:g}"] - best,
         }
     return out
+
+
+def pruning_bound(cfg) -> float | None:
+    """What pruning and reusing the chosen trial as the first seed save when a run costs the
+    same on both sides (no shared work): G trials + S seeds one by one, against one full trial,
+    G-1 trials stopped at the first rung (fraction p of their steps) and S-1 more seeds."""
+    from medtune.tune import first_rung
+
+    if cfg.tune.sampler != "grid":
+        return None
+    g, s, p = cfg.tune.points, cfg.train.seeds, first_rung(cfg.tune) or 1.0
+    return (g + s) / (1 + (g - 1) * p + (s - 1))
+
+
+def train_loop_table(cfg, study: dict, base: dict) -> dict:
+    """Per method, seconds inside training loops on both sides and their ratio."""
+    out = {}
+    for method, one_by_one in base["train_loop_seconds"].items():
+        tuned = study["train_loop_seconds"][method]
+        out[method] = {"study_s": tuned, "one_by_one_s": one_by_one, "ratio": one_by_one / max(tuned, 1e-9)}
+    return {"methods": out, "pruning_bound": pruning_bound(cfg)}
 
 
 def _device() -> str:
@@ -178,6 +216,7 @@ def main() -> None:
         "speedup_wall": base["wall_s"] / study["wall_s"],
         "speedup_cpu": base["cpu_s"] / study["cpu_s"],
         "tuning_regret": regret(study, base),
+        "train_loop": train_loop_table(cfg, study, base),
         "threads": __import__("torch").get_num_threads(),
     }
     if args.out:
@@ -188,6 +227,13 @@ def main() -> None:
         print(f"{name:<12} {side['wall_s']:>8.1f} {side['cpu_s']:>8.1f}  {lrs}")
     print(f"speedup: {result['speedup_wall']:.2f}x wall, {result['speedup_cpu']:.2f}x CPU time")
     print("trials (study):", json.dumps(study["trials"]))
+    print(f"{'method':<10} {'train loops: study s':>21} {'one by one s':>13} {'ratio':>7}")
+    for method, r in result["train_loop"]["methods"].items():
+        print(f"{method:<10} {r['study_s']:>21.1f} {r['one_by_one_s']:>13.1f} {r['ratio']:>6.2f}x")
+    bound = result["train_loop"]["pruning_bound"]
+    if bound:
+        print(f"pruning + the chosen trial as seed 1, runs of equal cost: {bound:.2f}x")
+        print("  = (points + seeds) / (1 + (points - 1) x first rung + seeds - 1)")
     print(f"{'method':<10} {'study lr':>9} {'best lr':>9} {'val loss at study lr':>21} {'best':>8} {'regret':>8}")
     for method, r in result["tuning_regret"].items():
         print(

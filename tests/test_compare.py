@@ -178,6 +178,15 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     assert cell in report and f"| {d['b']} − {d['a']} |" in report
     for c in study["cost"].values():
         assert c["tuning_seconds"] > 0 and c["trainable"] > 0 and c["train_seconds"] > 0
+    # selective reads its frozen prefix from the comparison's cache: the first trial computed it
+    # at every step, the second seed (another data order, same examples) never did; LoRA has none
+    first = min(study["tuning"]["selective"]["trials"], key=lambda r: r["number"])
+    assert first["state"] == "complete" and first["cache_cold_tokens"] == first["tokens"] > 0
+    later = saved["models"]["selective"]["seeds"][1]["train"]
+    assert later["cache_cold_tokens"] == 0 and later["cache_cold_seconds"] == 0
+    k = study["cost"]["selective"]["prefix_cache"]
+    assert study["cost"]["lora"]["prefix_cache"] is None and k["run_seconds_alone"] > 0
+    assert f"one selective run on its own takes about {k['run_seconds_alone']:.0f} s" in report
     from medtune.report.writer import rebuild
 
     (out / "report.md").unlink()
@@ -218,3 +227,37 @@ def test_a_diverged_method_is_marked_not_ranked_and_the_others_go_on(tiny_compar
     # a rerun does not retrain the diverged method
     monkeypatch.setattr(train_mod, "train_step", lambda *a: pytest.fail("retrained"))
     assert set(run_compare(cfg, quiet=True)["diverged"]) == {"lora"}
+
+
+def test_prefix_cache_cost_splits_cold_and_cached_steps():
+    """Rates from every run once (the seed that reuses a trial is that trial), pruned trials
+    left out; one run alone computes the prefix in its first epoch only."""
+    from medtune.study import prefix_cache_cost
+
+    def run(seconds, tokens, cold_s, cold_t, **kw):
+        return {
+            "train_seconds": seconds,
+            "tokens": tokens,
+            "cache_cold_seconds": cold_s,
+            "cache_cold_tokens": cold_t,
+            **kw,
+        }
+
+    # trial 0 filled the cache for 100 of its 150 tokens (10 s) and read it for 50 (3 s); it
+    # won and is the first seed too (a copy: the same summary)
+    builder = run(13.0, 150, 10.0, 100)
+    seeds = [{"train": builder}, {"train": run(3.0, 100, 0.0, 0)}, {"train": run(5.0, 100, 0.0, 0)}]
+    trials = [{**builder, "state": "complete"}, {**run(99.0, 50, 99.0, 50), "state": "pruned"}]
+    model = {"train": {**builder, "epochs": 1.0}, "seeds": seeds}
+    k = prefix_cache_cost(model, {"trials": trials})
+    assert k == pytest.approx(
+        {
+            "uncached_tokens_per_s": 100 / 10.0,
+            "cached_tokens_per_s": (50 + 100 + 100) / (3.0 + 3.0 + 5.0),  # the copy counted twice: 300 / 14
+            "run_seconds_alone": 150 / (100 / 10.0),  # one epoch: every prefix computed
+        }
+    )
+    two_epochs = {"train": {**run(14.0, 200, 10.0, 100), "epochs": 2.0}, "seeds": []}
+    assert prefix_cache_cost(two_epochs, None)["run_seconds_alone"] == pytest.approx(100 / 10 + 100 / 25)
+    lora = {"train": {**run(5.0, 100, 0.0, 0), "epochs": 1.0}, "seeds": []}
+    assert prefix_cache_cost(lora, None) is None  # no cold step: its train time is already the cost alone

@@ -117,6 +117,25 @@ def test_runs_sharing_work_equal_runs_alone(tiny, prepared, tmp_path):
     assert all(c.mem for c in shared.caches.values())
 
 
+def test_cold_steps_are_the_steps_that_computed_the_frozen_prefix(tiny, prepared, tmp_path):
+    """summary.json's cache_cold_*: a run alone computes selective's frozen prefix in its first
+    epoch only; a run after another one filled the shared cache never does; LoRA has no prefix
+    cache. (What the report's "one run on its own" estimate is built from.)"""
+    epoch_tokens = sum(len(e) for e in setup(cfg(tiny, "selective"), prepared, tmp_path / "s", quiet=True).train_ex)
+    alone = train(cfg(tiny, "selective", epochs=2), prepared, tmp_path / "alone", quiet=True)
+    assert alone["tokens"] == 2 * epoch_tokens and alone["cache_cold_tokens"] == epoch_tokens
+    assert 0 < alone["cache_cold_seconds"] < alone["train_seconds"]
+    shared = SharedWork(tmp_path / "cache", "k", 1 << 30)
+    first, second = (
+        train(cfg(tiny, "selective", seed), prepared, tmp_path / f"shared{seed}", quiet=True, shared=shared)
+        for seed in (1, 2)  # two data orders, the same examples
+    )
+    assert first["cache_cold_tokens"] == epoch_tokens and first["cache_cold_seconds"] == first["train_seconds"]
+    assert second["cache_cold_tokens"] == 0 and second["cache_cold_seconds"] == 0
+    lora = train(cfg(tiny, "lora"), prepared, tmp_path / "lora", quiet=True)
+    assert lora["prefix_cache"] is False and lora["cache_cold_tokens"] == 0
+
+
 def _live_modules() -> int:
     import gc
 

@@ -121,6 +121,27 @@ def test_grid_tuning_tries_each_rate_once_prunes_and_picks_the_best(tiny, tmp_pa
     assert fake_train == []
 
 
+def test_a_pruned_trial_keeps_what_it_trained(tiny, tmp_path, monkeypatch):
+    """A pruned trial writes no summary.json; its training time, tokens and steps up to the rung
+    still count in tuning's cost (from its metrics.jsonl). Reference: the finished trial trained
+    the same batches (same seed), so its row at that step has the same token count."""
+    import optuna
+
+    from medtune.runs import read_metrics
+    from medtune.tune import run_tuning
+
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number > 0)
+    cfg = study_cfg(tmp_path, "tune.points=2", "tune.eval_points=[0.5, 1.0]")
+    prep = write_records(tmp_path / "prep", n_train=32)
+    (tmp_path / "cmp").mkdir()
+    r = run_tuning(cfg, prep, tmp_path / "cmp", quiet=True)["lora"]
+    full, pruned = sorted(r["trials"], key=lambda t: t["number"])
+    assert (full["state"], pruned["state"]) == ("complete", "pruned") and pruned["curve"][-1][0] == 0.5
+    assert 0 < pruned["steps"] < full["steps"] and pruned["train_seconds"] > 0
+    rows = read_metrics(tmp_path / "cmp" / "tuning" / "lora" / "trial-000")
+    assert pruned["tokens"] == next(x["tokens"] for x in rows if x.get("step") == pruned["steps"] and "tokens" in x)
+
+
 def late_bloomer_loss(lr: float, fraction: float) -> float:
     """What cpu-study's LoRA did (measured): under a decaying schedule the highest rate trails
     every other rate at 25% of its steps, then leads at 50% and at the end."""

@@ -306,8 +306,40 @@ def finish(out: Path, results: dict, pool: Pool) -> None:
             "tuning_seconds": (tuning.get(name) or {}).get("seconds"),
             "tuning_trials": len((tuning.get(name) or {}).get("trials") or []) or None,
             "lr": m.get("lr"),
+            "prefix_cache": prefix_cache_cost(m, tuning.get(name)),
         }
     study["cost"] = cost
+
+
+def prefix_cache_cost(model: dict, tuning: dict | None) -> dict | None:
+    """For a method whose runs read the frozen prefix's output from a cache (selective, untied
+    head): the speed of the steps that computed it (what every step costs a run without the
+    cache) and of the steps that read it, and one run's time on its own, where only its first
+    epoch computes the prefix. From the seed runs and the finished tuning trials (the seed that
+    reuses a trial counted once). None for methods without a cache, or with no cold step seen:
+    their train time is what a run costs alone."""
+    runs = [s["train"] for s in model.get("seeds") or []] or [model["train"]]
+    runs += [t for t in (tuning or {}).get("trials") or [] if t.get("state") == "complete"]
+    seen, cold_s, cold_t, warm_s, warm_t = set(), 0.0, 0, 0.0, 0
+    for r in runs:
+        key = (r.get("train_seconds"), r.get("tokens"))
+        if key in seen or None in key or r.get("cache_cold_tokens") is None:
+            continue
+        seen.add(key)
+        cold_s, cold_t = cold_s + r["cache_cold_seconds"], cold_t + r["cache_cold_tokens"]
+        warm_s, warm_t = (
+            warm_s + r["train_seconds"] - r["cache_cold_seconds"],
+            warm_t + r["tokens"] - r["cache_cold_tokens"],
+        )
+    if cold_t == 0 or cold_s <= 0 or warm_t == 0 or warm_s <= 0:
+        return None
+    cold_rate, warm_rate = cold_t / cold_s, warm_t / warm_s
+    tokens, epochs = model["train"].get("tokens"), model["train"].get("epochs") or 1.0
+    alone = None
+    if tokens:
+        first = tokens / max(epochs, 1.0)  # the first epoch sees every example once
+        alone = first / cold_rate + (tokens - first) / warm_rate
+    return {"uncached_tokens_per_s": cold_rate, "cached_tokens_per_s": warm_rate, "run_seconds_alone": alone}
 
 
 def _add_quality(out: Path, results: dict, pool: Pool) -> None:

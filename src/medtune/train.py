@@ -70,6 +70,11 @@ class TrainState:
     tokens: int = 0
     scored: int = 0
     train_seconds: float = 0.0
+    # Steps that ran the frozen prefix because the prefix cache lacked one of their examples
+    # (first sight, or another run of the comparison has not filled it yet): what a step costs
+    # without the cache. The cost table's "alone" estimate for selective comes from these.
+    cold_seconds: float = 0.0
+    cold_tokens: int = 0
     skipped_nonfinite: int = 0
     last_loss: float | None = None
     val_loss: float | None = None
@@ -458,6 +463,8 @@ def _one_step(s: Setup, state: TrainState, batches: list[list[int]]) -> None:
     t0 = time.perf_counter()
     s.model.train()
     gbatch = batches[state.batch]
+    mine = shard(gbatch, s.accelerator.process_index, s.world)
+    cold = s.cache is not None and not all(i in s.cache for i in mine)
     loss = train_step(s, gbatch, state)
     if loss is None:
         if state.skipped_nonfinite >= s.cfg.train.skip_nonfinite:
@@ -467,9 +474,12 @@ def _one_step(s: Setup, state: TrainState, batches: list[list[int]]) -> None:
     state.last_loss = loss if loss is not None else state.last_loss
     state.step += 1
     state.batch += 1
-    state.tokens += sum(s.lengths[i] for i in gbatch)
+    tokens, seconds = sum(s.lengths[i] for i in gbatch), time.perf_counter() - t0
+    state.tokens += tokens
     state.scored += sum(scored_count(s.train_ex[i], s.cfg.format.loss_scope) for i in gbatch)
-    state.train_seconds += time.perf_counter() - t0
+    state.train_seconds += seconds
+    if cold:
+        state.cold_seconds, state.cold_tokens = state.cold_seconds + seconds, state.cold_tokens + tokens
     s.peak_rss = max(s.peak_rss, current_rss_mb())  # per step: each run in a process reports its own peak
     fault_point("step_end")
 
@@ -595,6 +605,8 @@ def finish(s: Setup, state: TrainState) -> dict:
         "world_size": s.world,
         "frozen_prefix_blocks": s.frozen_prefix,
         "prefix_cache": s.cache is not None,
+        "cache_cold_seconds": state.cold_seconds,  # steps that computed the frozen prefix
+        "cache_cold_tokens": state.cold_tokens,
         "peak_rss_mb": s.peak_rss,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
     }

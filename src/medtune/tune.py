@@ -44,6 +44,10 @@ SAMPLERS = ("grid", "tpe")
 # tune: keys that change nothing a trial computes (whether tuning runs, where trials are stored,
 # how dead workers are found): left out of the study's name and of the comparison's identity.
 TUNE_BOOKKEEPING = ("enabled", "storage", "heartbeat_seconds", "max_retry")
+# What a finished trial's summary.json keeps in its Optuna trial (the report's tuning cost, and
+# the prefix cache's cold-step speed: study.prefix_cache_cost).
+RUN_COST_KEYS = ("train_seconds", "tokens", "tokens_per_s", "steps", "peak_rss_mb", "cache_cold_seconds",
+                 "cache_cold_tokens")  # fmt: skip
 
 
 # ---------------------------------------------------------------- setup
@@ -398,6 +402,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
             _say_trial(ctx, space, trial.number, lr, "diverged", time.perf_counter() - t0)
             return float("inf")
         except optuna.TrialPruned:
+            _record_pruned_cost(trial, run_dir)
             _say_trial(ctx, space, trial.number, lr, "pruned", time.perf_counter() - t0)
             raise
         except (Exception, KeyboardInterrupt) as e:
@@ -408,7 +413,7 @@ def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
         finally:
             if not finished:
                 _drop_weights(run_dir)  # a finished trial keeps its weights until the choice is made
-        for k in ("train_seconds", "tokens_per_s", "steps", "peak_rss_mb"):
+        for k in RUN_COST_KEYS:
             trial.set_user_attr(k, summary.get(k))
         val = summary.get("val_loss")
         if val is None or not math.isfinite(val):
@@ -528,6 +533,17 @@ def _others_running(study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
+def _record_pruned_cost(trial, run_dir: Path) -> None:
+    """A pruned trial writes no summary.json: keep its training time, tokens and steps up to
+    its last logged step (metrics.jsonl), so tuning's cost counts what pruned trials trained."""
+    from medtune.runs import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "time" in r]
+    if rows:
+        for k, v in (("train_seconds", rows[-1]["time"]), ("tokens", rows[-1]["tokens"]), ("steps", rows[-1]["step"])):
+            trial.set_user_attr(k, v)
+
+
 def study_summary(study, space: MethodSpace) -> dict:
     """Every trial of the study (for the tuning curves) and the chosen learning rate."""
     rows = []
@@ -546,7 +562,7 @@ def study_summary(study, space: MethodSpace) -> dict:
                 "seconds": seconds,
                 "diverged": t.user_attrs.get("diverged"),
                 "failure": t.user_attrs.get("failure"),
-                **{k: t.user_attrs.get(k) for k in ("train_seconds", "tokens_per_s", "steps", "peak_rss_mb")},
+                **{k: t.user_attrs.get(k) for k in RUN_COST_KEYS},
             }
         )
     done = [r for r in rows if r["state"] == "complete" and r["val_loss"] is not None and math.isfinite(r["val_loss"])]

@@ -94,10 +94,27 @@ def cost_lines(study: dict) -> list[str]:
             f"| {_num(c.get('tuning_trials'), '{}')} |"
         )
     L.append("")
+    L.extend(_prefix_cache_notes(cost))
     figs = "![tuning curves](tuning_curves.png) " if study.get("tuning") else ""
     L.append(f"{figs}![quality vs cost](pareto.png)\n")
     if study.get("tuning"):
         L.extend(tuning_lines(study["tuning"]))
+    return L
+
+
+def _prefix_cache_notes(cost: dict) -> list[str]:
+    """Why selective's train time is not what one run of it costs alone (study.prefix_cache_cost)."""
+    L = []
+    for name, c in cost.items():
+        k = c.get("prefix_cache")
+        if k and k.get("run_seconds_alone"):
+            L.append(
+                f"{name}'s runs read the frozen blocks' output from a cache the comparison fills once "
+                f"({k['cached_tokens_per_s']:.0f} tokens/s); steps that computed it ran at "
+                f"{k['uncached_tokens_per_s']:.0f} tokens/s, so one {name} run on its own takes about "
+                f"{k['run_seconds_alone']:.0f} s. The train time above is its seeds' as they ran: "
+                "a seed that filled the cache took longer.\n"
+            )
     return L
 
 

@@ -16,7 +16,8 @@ from medtune.report.quality_section import add_quality, generation_speed, qualit
 from medtune.runs import Number, check_shape, environment, read_json, write_json
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
-# seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr'])
+# seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr']). Added to 3
+# without a bump (optional, readers that skip unknown keys are unaffected): cost[method]['prefix_cache'].
 SCHEMA_VERSION = 3
 
 # The study's Table 1 (Llama-3.2-1B on MedQuAD, all-token scope most likely, random split).
