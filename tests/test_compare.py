@@ -187,6 +187,10 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     k = study["cost"]["selective"]["prefix_cache"]
     assert study["cost"]["lora"]["prefix_cache"] is None and k["run_seconds_alone"] > 0
     assert f"one selective run on its own takes about {k['run_seconds_alone']:.0f} s" in report
+    from medtune.report.study_figures import run_seconds_alone  # pareto.png's time axis
+
+    assert run_seconds_alone(study["cost"]["selective"]) == k["run_seconds_alone"]
+    assert run_seconds_alone(study["cost"]["lora"]) == study["cost"]["lora"]["train_seconds"]
     from medtune.report.writer import rebuild
 
     (out / "report.md").unlink()
