@@ -83,13 +83,14 @@ def study_side(cfg) -> dict:
 
 
 def study_train_seconds(results: dict) -> dict:
-    """Per method, seconds inside training loops: every trial (pruned ones up to their stop) plus
-    the seed runs trained after tuning (the first seed is the chosen trial, counted once)."""
+    """Per method, seconds inside training loops: every trial (pruned ones up to their stop) and
+    every seed run, the seed that reuses the chosen trial counted once."""
+    from medtune.study import trained_runs
+
     out = {}
     for method, t in results["study"]["tuning"].items():
-        seeds = results["models"][method].get("seeds") or []
-        later = [s["train"].get("train_seconds") or 0.0 for s in seeds[1:]]
-        out[method] = sum(r.get("train_seconds") or 0.0 for r in t["trials"]) + sum(later)
+        runs = trained_runs(results["models"][method], t, states=("complete", "pruned"))
+        out[method] = sum(r.get("train_seconds") or 0.0 for r in runs)
     return out
 
 

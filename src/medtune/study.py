@@ -311,6 +311,22 @@ def finish(out: Path, results: dict, pool: Pool) -> None:
     study["cost"] = cost
 
 
+def trained_runs(model: dict, tuning: dict | None, states: tuple[str, ...] = ("complete",)) -> list[dict]:
+    """A method's training summaries: its seed runs, then its tuning trials in `states`, each run
+    once. The seed that reuses the chosen trial is a copy of it (the same train_seconds and
+    tokens), so a row equal to an earlier one on both is left out."""
+    runs = [s["train"] for s in model.get("seeds") or []] or [model["train"]]
+    runs += [t for t in (tuning or {}).get("trials") or [] if t.get("state") in states]
+    seen, out = set(), []
+    for r in runs:
+        key = (r.get("train_seconds"), r.get("tokens"))
+        if None not in key and key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
+
+
 def prefix_cache_cost(model: dict, tuning: dict | None) -> dict | None:
     """For a method whose runs read the frozen prefix's output from a cache (selective, untied
     head): the speed of the steps that computed it (what every step costs a run without the
@@ -318,14 +334,10 @@ def prefix_cache_cost(model: dict, tuning: dict | None) -> dict | None:
     epoch computes the prefix. From the seed runs and the finished tuning trials (the seed that
     reuses a trial counted once). None for methods without a cache, or with no cold step seen:
     their train time is what a run costs alone."""
-    runs = [s["train"] for s in model.get("seeds") or []] or [model["train"]]
-    runs += [t for t in (tuning or {}).get("trials") or [] if t.get("state") == "complete"]
-    seen, cold_s, cold_t, warm_s, warm_t = set(), 0.0, 0, 0.0, 0
-    for r in runs:
-        key = (r.get("train_seconds"), r.get("tokens"))
-        if key in seen or None in key or r.get("cache_cold_tokens") is None:
+    cold_s, cold_t, warm_s, warm_t = 0.0, 0, 0.0, 0
+    for r in trained_runs(model, tuning):
+        if None in (r.get("train_seconds"), r.get("tokens"), r.get("cache_cold_tokens")):
             continue
-        seen.add(key)
         cold_s, cold_t = cold_s + r["cache_cold_seconds"], cold_t + r["cache_cold_tokens"]
         warm_s, warm_t = (
             warm_s + r["train_seconds"] - r["cache_cold_seconds"],
