@@ -1,6 +1,7 @@
 import json
 import struct
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
@@ -149,7 +150,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     study = saved["study"]
     assert saved["schema_version"] == SCHEMA_VERSION and study["seeds"] == 2
-    assert study["bootstrap"]["unit"] == "focus groups" and study["bootstrap"]["seeds_resampled"]
+    assert study["bootstrap"]["unit"] == "focus groups" and study["bootstrap"]["seed_noise"] == "welch_t"
     assert (out / "tuning.db").is_file() and (out / "tuning_curves.png").is_file() and (out / "pareto.png").is_file()
     for method in ("selective", "lora"):
         t = study["tuning"][method]
@@ -163,9 +164,23 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
         per_seed = [x["metrics"]["answer"]["perplexity"] for x in seeds]
         assert saved["models"][method]["metrics"]["answer"]["perplexity"] == pytest.approx(sum(per_seed) / 2)
     # a ranking per headline metric, best first by seed mean; every pair with an interval
+    from medtune.study import HEADLINE, QUALITY_HEADLINE
+
+    lower = dict(HEADLINE + QUALITY_HEADLINE)
+    assert {"quality.stopped", "quality.repetition"} <= set(study["ranking"])  # who stops and who loops
     for key, rows in study["ranking"].items():
         means = [r["mean"] for r in rows]
-        assert means == sorted(means, reverse=key.endswith("accuracy") or key.startswith("quality"))
+        assert means == sorted(means, reverse=not lower[key])
+    # with 2 seeds, the answer-quality table is the mean of both seeds' answers, as the verdict ranks
+    from medtune.quality import read_generations
+
+    for method in ("selective", "lora"):
+        gens = [read_generations(out / "generations" / f"{n}.jsonl") for n, _ in run_names(method, 2, cfg.train.seed)]
+        want = np.mean([np.mean([float(r["stopped"]) for r in rows]) for rows in gens])
+        assert saved["models"][method]["quality"]["metrics"]["stopped"]["mean"] == pytest.approx(want)
+        assert "nll_sum" not in saved["models"][method]["metrics"]["answer"]  # the first seed's sums stay in its entry
+        assert "nll_sum" in saved["models"][method]["seeds"][0]["metrics"]["answer"]
+    assert saved["quality"]["seeds_pooled"] == 2
     pairs = [d for d in study["pairs"] if d["metric"] == "answer.perplexity"]
     assert {(d["a"], d["b"]) for d in pairs} == {("base", "selective"), ("base", "lora"), ("selective", "lora")}
     for d in study["pairs"]:

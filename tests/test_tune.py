@@ -439,6 +439,53 @@ def test_pool_seeds_mean_and_sd():
     assert s["ci"][0] <= min(per_seed) * 1.05 and s["ci"][1] >= max(per_seed) * 0.95
 
 
+def test_t_quantile_matches_published_tables():
+    """Two-sided 95% critical values of Student's t (any statistics table), and the normal limit."""
+    from medtune.study import t_quantile
+
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042, 120: 1.980}
+    for df, value in table.items():
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
+    assert t_quantile(0.95, 4) == pytest.approx(2.132, abs=1e-3) and t_quantile(0.975, math.inf) == pytest.approx(
+        1.960, abs=1e-3
+    )
+    assert t_quantile(0.975, 2) < t_quantile(0.975, 1.5) < t_quantile(0.975, 1)  # Welch's df is not an integer
+
+
+def _seed_runs(base: Scores, shifts) -> list[Scores]:
+    """One run per seed: the base model's per-example losses, scaled by that seed's factor."""
+    return [
+        Scores(base.ids, {k: v * math.exp(d) for k, v in base.nll.items()}, base.tokens, base.correct) for d in shifts
+    ]
+
+
+def _clear_rate(seeds: int, true_gap: float, seed_sd: float, reps: int = 300) -> float:
+    """Share of `reps` simulated studies whose verdict calls B - A clear (perplexity), when every
+    seed of a method shifts its log-perplexity by a normal draw (sd seed_sd) around the method's
+    mean, and B's mean is `true_gap` below A's. With true_gap = 0 this is the false-clear rate."""
+    from medtune.study import pool_scores
+
+    rng = np.random.default_rng(11)
+    groups = [i // 2 for i in range(40)]
+    clear = 0
+    for r in range(reps):
+        base = fake_scores([2.0] * 40, groups, seed=r)
+        a = _seed_runs(base, rng.normal(-0.05, seed_sd, seeds))
+        b = _seed_runs(base, rng.normal(-0.05 - true_gap, seed_sd, seeds))
+        pool = pool_scores(base, {"a": a, "b": b}, 200, r, groups)
+        clear += pool.difference("a", "b", "answer.perplexity")["clear"]
+    return clear / reps
+
+
+def test_seed_noise_keeps_false_clear_differences_near_five_percent():
+    """Two equal methods whose seeds disagree: 95% intervals may call at most about 5% of such
+    differences clear. Resampling the seeds with replacement (the previous rule) called 20% (S = 3)
+    and 30% (S = 2) clear here; the Welch t part gives 1-2%."""
+    assert _clear_rate(seeds=3, true_gap=0.0, seed_sd=0.05) <= 0.08
+    assert _clear_rate(seeds=2, true_gap=0.0, seed_sd=0.05) <= 0.08
+    assert _clear_rate(seeds=3, true_gap=0.2, seed_sd=0.02, reps=60) >= 0.9  # a real gap is still found
+
+
 # ---------------------------------------------------------------- real subprocesses
 
 

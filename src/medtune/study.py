@@ -4,12 +4,18 @@ Each method is trained with S seeds (train.seeds): seed k changes the data order
 adapter initialisation. The first seed's run keeps the method's own name (runs/<method>,
 eval/<method>.json), later ones are <method>-seed<N>, so a one-seed comparison reads as before.
 
-Intervals come from one two-level bootstrap shared by every model: each resample b draws the
-test split's units (focus groups for a grouped split, else examples) once, as weights W[b]
-used for every model (paired), and draws S seeds with replacement per method. A method's
-statistic in resample b is the mean over its drawn seeds of the ratio-of-sums metric under
-W[b]; differences are taken resample by resample. With S = 1 this is the paired bootstrap
-over units alone. A difference is "clear" when its 95% interval excludes 0.
+Intervals have two independent parts. Test sampling: one bootstrap shared by every model,
+each resample b drawing the test split's units (focus groups for a grouped split, else
+examples) as weights W[b] used for every model (paired); a method's statistic in resample b
+is the mean over its seeds of the ratio-of-sums metric under W[b], and the 2.5/97.5
+percentiles give the interval. Training noise: the seeds' Welch t half-width, t(0.975, df) x
+sqrt(sum over the methods involved of sd^2 / S) with Welch-Satterthwaite df (S - 1 for one
+method), added in quadrature to each side of the percentile interval. Resampling S = 2-3
+seeds instead (the previous rule) spans about the seeds' range and, when seed noise
+dominates, marked 20% (S = 3) to 30% (S = 2) of differences between equal methods clear; with
+the t part it is 1-2% in the same simulation (tests/test_tune.py): conservative, as Welch's
+test itself is at S = 2-3 (2-3%). With one seed per model the interval is the paired
+bootstrap alone. A difference is "clear" when its 95% interval excludes 0.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import copy
 import math
 from itertools import combinations
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -26,7 +33,24 @@ from medtune.evaluate import SCOPES, Scores, _interval, bootstrap_weights
 
 # Headline metrics of the verdict: (key, lower_is_better). Quality metrics join when present.
 HEADLINE = (("answer.perplexity", True), ("answer.accuracy", False))
-QUALITY_HEADLINE = (("quality.rougeL", False), ("quality.similarity", False))
+QUALITY_HEADLINE = (
+    ("quality.rougeL", False),
+    ("quality.similarity", False),
+    ("quality.stopped", False),  # longer answers raise ROUGE-L against long references: show who stops
+    ("quality.repetition", True),
+)
+
+
+# Where a metric can lie: a seed-widened interval is cut there (a rate of 0 or 1 cannot be passed).
+RANGE = {
+    "perplexity": (1.0, math.inf),
+    "accuracy": (0.0, 1.0),
+    "rougeL": (0.0, 1.0),
+    "similarity": (-1.0, 1.0),
+    "stopped": (0.0, 1.0),
+    "repetition": (0.0, 1.0),
+    "tokens": (0.0, math.inf),
+}
 
 
 def run_names(method: str, seeds: int, first_seed: int) -> list[tuple[str, int]]:
@@ -56,36 +80,85 @@ def _mean_samples(x: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
         return float(x.mean()), (w @ x) / w.sum(1)
 
 
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile for 0.5 < p < 1 and any df > 0 (Welch's df is not an integer; no
+    scipy here): bisection on the CDF, its density integrated by Simpson's rule on 2,000
+    intervals (error < 1e-6 for df >= 1)."""
+    if not math.isfinite(df):
+        return NormalDist().inv_cdf(p)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float) -> float:
+        f = c * (1 + np.linspace(0.0, x, 2001) ** 2 / df) ** (-(df + 1) / 2)
+        return 0.5 + x / 6000 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 2.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 class Pool:
-    """Bootstrap values of every model's metrics, pooled over its seeds (see module doc)."""
+    """Every model's per-seed metrics and their test-sampling bootstrap values (see module doc)."""
 
     def __init__(self, n_boot: int, seed: int):
         self.n_boot = n_boot
-        self.rng = np.random.default_rng([seed, 7])  # seed draws: independent of the unit draws
+        self.seed = seed
         self.points: dict = {}  # model -> metric -> [per-seed point]
-        self.samples: dict = {}  # model -> metric -> (B,) pooled values
+        self.samples: dict = {}  # model -> metric -> (B,) seed mean under each unit resample
 
     def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]]) -> None:
-        S = len(per_seed)
-        pick = self.rng.integers(0, S, size=(self.n_boot, S)) if S > 1 else np.zeros((self.n_boot, 1), dtype=int)
         for key in per_seed[0]:
             boot = np.stack([d[key][1] for d in per_seed], axis=1)  # (B, S)
             self.points.setdefault(model, {})[key] = [d[key][0] for d in per_seed]
-            self.samples.setdefault(model, {})[key] = np.take_along_axis(boot, pick, axis=1).mean(1)
+            self.samples.setdefault(model, {})[key] = boot.mean(1)
+
+    def seed_noise(self, models: tuple[str, ...], key: str) -> tuple[float, float]:
+        """(standard error, Welch df) of the seed means' training noise: sum of sd^2 / S over the
+        models with several seeds; (0, inf) when none has."""
+        terms = []
+        for m in models:
+            pts = np.asarray(self.points[m][key], dtype=np.float64)
+            if pts.size > 1:
+                terms.append((float(np.var(pts, ddof=1)) / pts.size, pts.size - 1))
+        var = sum(v for v, _ in terms)
+        if not terms or var == 0:
+            return 0.0, math.inf
+        if not math.isfinite(var):
+            return math.nan, math.nan
+        return math.sqrt(var), var**2 / sum(v**2 / df for v, df in terms)
+
+    def interval(self, point: float, samples: np.ndarray, models: tuple[str, ...], key: str) -> list[float]:
+        """The unit bootstrap's percentile interval, each side widened by the seeds' t half-width."""
+        lo, hi = _interval(samples)
+        se, df = self.seed_noise(models, key)
+        if se == 0 or not (math.isfinite(lo) and math.isfinite(hi)):
+            return [lo, hi]
+        if not math.isfinite(se):
+            return [math.nan, math.nan]
+        h = t_quantile(0.975, df) * se
+        return [point - math.hypot(max(point - lo, 0.0), h), point + math.hypot(max(hi - point, 0.0), h)]
 
     def summary(self, model: str, key: str) -> dict:
         pts = self.points[model][key]
+        mean = float(np.mean(pts))
+        lo, hi = RANGE.get(key.rsplit(".", 1)[-1], (-math.inf, math.inf))
+        ci = self.interval(mean, self.samples[model][key], (model,), key)
         return {
-            "mean": float(np.mean(pts)),
+            "mean": mean,
             "sd": float(np.std(pts, ddof=1)) if len(pts) > 1 else None,
-            "ci": _interval(self.samples[model][key]),
+            "ci": [min(max(v, lo), hi) if math.isfinite(v) else v for v in ci],
             "seeds": pts,
         }
 
     def difference(self, a: str, b: str, key: str) -> dict:
-        """b minus a: mean difference over seeds, interval from the paired resamples."""
+        """b minus a: mean difference over seeds; interval from the paired unit resamples and both
+        methods' seed noise."""
         d = float(np.mean(self.points[b][key]) - np.mean(self.points[a][key]))
-        ci = _interval(self.samples[b][key] - self.samples[a][key])
+        ci = self.interval(d, self.samples[b][key] - self.samples[a][key], (a, b), key)
         clear = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0))
         return {"a": a, "b": b, "metric": key, "diff": d, "ci": ci, "clear": clear}
 
@@ -256,17 +329,20 @@ def collect(out: Path, cfg: dict, methods: list[str]) -> tuple[dict, dict, Pool]
             models[name]["eval_timing"] = read_json(timing)
     pool = pool_scores(base, runs, n_boot, seed, groups)
     for method, scores in runs.items():
-        if len(scores) > 1:  # the seed mean, with intervals that also resample seeds
+        if len(scores) > 1:  # the seed mean; intervals add the seeds' spread (Pool.interval)
             pooled = pooled_metrics(pool, method, len(base.ids))
             for scope in SCOPES:
-                models[method]["metrics"][scope].update(pooled[scope])
+                entry = models[method]["metrics"][scope]
+                for k in ("nll_sum", "correct", "mean_nll"):  # the first seed's sums: its own entry keeps them
+                    entry.pop(k, None)
+                entry.update(pooled[scope])
             models[method]["diff_vs_base"] = {**pooled_diff_vs_base(pool, method), "bootstrap": bootstrap_unit(groups)}
     unit = bootstrap_unit(groups)
     study = {
         "seeds": S,
         "seed_values": [seed0 + k for k in range(S)],
-        "bootstrap": {**unit, "resamples": n_boot, "seeds_resampled": S > 1},
-        "tuning": _tuning(out),
+        "bootstrap": {**unit, "resamples": n_boot, "seed_noise": "welch_t" if S > 1 else None},
+        "tuning": _tuning(out) if (cfg.get("tune") or {}).get("enabled") else None,  # not a stale one
     }
     return models, study, pool
 
@@ -376,5 +452,23 @@ def _add_quality(out: Path, results: dict, pool: Pool) -> None:
         by_id = {r.id: r for r in test}
         if all(r["id"] in by_id for r in gens["base"][0]):
             groups = quality.group_ids_for(test, [by_id[r["id"]] for r in gens["base"][0]])
-    metrics = [k.split(".", 1)[1] for k, _ in QUALITY_HEADLINE]
-    pool_quality(pool, gens, metrics, groups, cfg["eval"]["seed"])
+    usable = pool_quality(pool, gens, list(quality.METRICS), groups, cfg["eval"]["seed"])
+    if any(len(runs) > 1 for runs in gens.values()):
+        _pooled_quality_tables(results, pool, usable, S)
+
+
+def _pooled_quality_tables(results: dict, pool: Pool, metrics: list[str], seeds: int) -> None:
+    """With several seeds, the answer-quality tables show what the verdict ranks: per method the
+    mean over its seeds' answers (± sd), intervals and Δ vs base from the same Pool, instead of
+    the first seed's answers alone."""
+    for name, m in results["models"].items():
+        q = m.get("quality")
+        if not q or not all(f"quality.{k}" in pool.points.get(name, {}) for k in metrics):
+            continue
+        for k in metrics:
+            s = pool.summary(name, f"quality.{k}")
+            q["metrics"][k] = {"mean": s["mean"], "ci": s["ci"], "sd": s["sd"], "seeds": s["seeds"]}
+            if name != "base" and "diff_vs_base" in q:
+                d = pool.difference("base", name, f"quality.{k}")
+                q["diff_vs_base"][k] = {"mean": d["diff"], "ci": d["ci"]}
+    results["quality"]["seeds_pooled"] = seeds

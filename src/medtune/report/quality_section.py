@@ -81,6 +81,11 @@ def quality_lines(out: Path, results: dict) -> list[str]:
         "Stop rate: share of answers that end at EOS before the limit. Repetition: share of repeated word 4-grams "
         "within an answer (loops score near 1).\n"
     )
+    if q.get("seeds_pooled"):
+        L.append(
+            f"Methods: the mean over the answers of their {q['seeds_pooled']} seeds (each seed's run answers the same "
+            "questions); intervals add the seeds' spread, as in the verdict.\n"
+        )
     head = [label for _, label, _ in QUALITY_ROWS]
     L.append("| model | " + " | ".join(head) + " | new tokens/s |")
     L.append("|---|" + "---|" * (len(head) + 1))

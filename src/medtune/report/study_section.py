@@ -13,6 +13,8 @@ LABELS = {
     "all.accuracy": ("all-token accuracy", "{:.4f}"),
     "quality.rougeL": ("ROUGE-L", "{:.4f}"),
     "quality.similarity": ("answer similarity", "{:.4f}"),
+    "quality.stopped": ("stop rate", "{:.2f}"),
+    "quality.repetition": ("repeated 4-grams", "{:.3f}"),
 }
 
 
@@ -34,7 +36,12 @@ def _diff_cell(d: dict, fmt: str) -> str:
 def unit_sentence(study: dict) -> str:
     b = study["bootstrap"]
     unit = b["unit"] + (f" ({b['count']:,})" if b.get("count") else "")
-    seeds = " and, per method, its seeds" if b.get("seeds_resampled") else ""
+    if b.get("seed_noise"):  # seeds: a t interval added in quadrature (medtune.study)
+        return (
+            f"95% intervals: bootstrap resampling {unit} ({b['resamples']} resamples), each side widened "
+            "in quadrature by the seeds' Welch t half-width (S - 1 degrees of freedom per method)"
+        )
+    seeds = " and, per method, its seeds" if b.get("seeds_resampled") else ""  # results.json from before the t rule
     return f"95% bootstrap intervals resampling {unit}{seeds}, {b['resamples']} resamples"
 
 
@@ -56,32 +63,55 @@ def verdict_lines(results: dict) -> list[str]:
         + f". Values are means over seeds (± sd); {unit_sentence(study)}. "
         "Differences are paired on the same test examples; **bold**: the interval excludes 0.\n"
     )
-    L.append("| metric | ranking, best first (mean ± sd over seeds) |")
+    L.append("| metric | ranking, best first (mean ± sd over seeds), and whom each is clearly better than |")
     L.append("|---|---|")
-    for key, rows in study["ranking"].items():
-        label, fmt = _label(key)
-        L.append(f"| {label} | " + " > ".join(f"{r['model']} {_mean_sd(r, fmt)}" for r in rows) + " |")
-    L.append("")
-    keys = list(study["ranking"])
-    L.append("| difference (second minus first) | " + " | ".join(_label(k)[0] for k in keys) + " |")
-    L.append("|---" * (len(keys) + 1) + "|")
     by_pair: dict = {}
     for d in study["pairs"]:
         by_pair.setdefault((d["a"], d["b"]), {})[d["metric"]] = d
-    for (a, b), ds in by_pair.items():
-        cells = [_diff_cell(ds[k], _label(k)[1]) if k in ds else "-" for k in keys]
-        L.append(f"| {b} − {a} | " + " | ".join(cells) + " |")
+    for key, rows in study["ranking"].items():
+        label, fmt = _label(key)
+        L.append(
+            f"| {label} | " + ", ".join(_ranked(r, rows[i + 1 :], by_pair, key, fmt) for i, r in enumerate(rows)) + " |"
+        )
     L.append("")
+    keys = list(study["ranking"])
+    for group in ([k for k in keys if not k.startswith("quality.")], [k for k in keys if k.startswith("quality.")]):
+        if group:
+            L.extend(_difference_table(by_pair, group))
     L.extend(cost_lines(study))
     return L
+
+
+def _ranked(r: dict, below: list[dict], by_pair: dict, key: str, fmt: str) -> str:
+    """'lora 8.450 ± 0.240 (> selective, base)': the models ranked below it whose difference from
+    it has an interval excluding 0. Ties in rank are not claims: only these are."""
+    beaten = []
+    for other in below:
+        a, b = r["model"], other["model"]
+        d = by_pair.get((a, b), by_pair.get((b, a), {})).get(key)
+        if d and d["clear"]:
+            beaten.append(b)
+    return f"{r['model']} {_mean_sd(r, fmt)}" + (f" (> {', '.join(beaten)})" if beaten else "")
+
+
+def _difference_table(by_pair: dict, keys: list[str]) -> list[str]:
+    """One row per pair of models (row label: the difference taken), one column per metric."""
+    L = ["| difference | " + " | ".join(_label(k)[0] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for (a, b), ds in by_pair.items():
+        if any(k in ds for k in keys):
+            cells = [_diff_cell(ds[k], _label(k)[1]) if k in ds else "-" for k in keys]
+            L.append(f"| {b} − {a} | " + " | ".join(cells) + " |")
+    return L + [""]
 
 
 def cost_lines(study: dict) -> list[str]:
     cost = study.get("cost") or {}
     if not cost:
         return []
+    gpu = any(c.get("peak_gpu_mb") is not None for c in cost.values())
+    mem = "peak GPU memory (MB)" if gpu else "peak RSS (MB)"
     L = [
-        "| method | learning rate | trainable params | train time (s, mean ± sd) | tokens/s | peak RSS (MB) "
+        f"| method | learning rate | trainable params | train time (s, mean ± sd) | tokens/s | {mem} "
         "| tuning time (s) | tuning trials |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -90,10 +120,16 @@ def cost_lines(study: dict) -> list[str]:
         L.append(
             f"| {name} | {_num(c.get('lr'), '{:.3g}')} | {_num(c.get('trainable'), '{:,}')} "
             f"| {_num(c.get('train_seconds'), '{:.1f}')}{sd} | {_num(c.get('tokens_per_s'), '{:.0f}')} "
-            f"| {_num(c.get('peak_rss_mb'), '{:.0f}')} | {_num(c.get('tuning_seconds'), '{:.0f}')} "
-            f"| {_num(c.get('tuning_trials'), '{}')} |"
+            f"| {_num(c.get('peak_gpu_mb' if gpu else 'peak_rss_mb'), '{:.0f}')} "
+            f"| {_num(c.get('tuning_seconds'), '{:.0f}')} | {_num(c.get('tuning_trials'), '{}')} |"
         )
     L.append("")
+    if not gpu:
+        L.append(
+            "Peak RSS is the whole process's resident memory at the run's highest step: in a comparison it includes "
+            "what the comparison shares (the base model, selective's frozen-prefix cache), so it bounds a run's own "
+            "memory from above; `medtune train` measures one method alone.\n"
+        )
     L.extend(_prefix_cache_notes(cost))
     figs = "![tuning curves](tuning_curves.png) " if study.get("tuning") else ""
     L.append(f"{figs}![quality vs cost](pareto.png)\n")

@@ -184,7 +184,10 @@ def _table1(results: dict) -> list[str]:
     for scope in SCOPES:
         L.append(f"## Table 1: perplexity and next-token accuracy, scored on {titles.get(scope, scope)}\n")
         if seeds > 1:
-            L.append(f"Methods: mean over {seeds} seeds; intervals also resample seeds.\n")
+            L.append(
+                f"Methods: mean over their seeds ({seeds} per method); intervals add the seeds' spread "
+                "(sd per seed in the verdict and in results.json).\n"
+            )
         L.append(
             "| model | perplexity [95% CI] | next-token accuracy [95% CI] | Δ perplexity vs base "
             "| Δ accuracy vs base | scored tokens |"
