@@ -223,6 +223,13 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     again = train(load_config(out / "runs" / "lora")[0], out / "prepared", tmp_path / "again", quiet=True)
     first = json.loads((out / "runs" / "lora" / "summary.json").read_text())
     assert again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
+    # tuning switched off in a rerun: the folder's old tuning summary is not this comparison's
+    from medtune.study import collect
+
+    meta = json.loads((out / "compare.json").read_text())
+    assert collect(out, meta["config"], ["lora"])[1]["tuning"]["lora"]["chosen_lr"] == t["chosen_lr"]
+    meta["config"]["tune"]["enabled"] = False
+    assert collect(out, meta["config"], ["lora"])[1]["tuning"] is None
 
 
 def test_a_diverged_method_is_marked_not_ranked_and_the_others_go_on(tiny_compare, monkeypatch):
