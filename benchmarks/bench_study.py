@@ -120,7 +120,8 @@ def one_by_one_side(cfg, out: Path) -> dict:
         rc = run_with(cfg.run_config(method), cache_prefix="off")
         losses, loop_s[method] = {}, 0.0
         for i, lr in enumerate(lr_grid(cfg.tune, method, cfg.run_config(method).learning_rate())):
-            s = train(run_with(rc, lr), prep, out / "trials" / method / f"{i}", quiet=True, eval_points=(1.0,))
+            trial = run_with(rc, lr, cfg.tune.train_seed)  # the study's trials' seed (None: train.seed)
+            s = train(trial, prep, out / "trials" / method / f"{i}", quiet=True, eval_points=(1.0,))
             losses[lr] = s["val_loss"] if s["val_loss"] is not None else float("inf")
             loop_s[method] += s["train_seconds"]
         chosen[method] = min(losses, key=losses.get)
@@ -157,13 +158,15 @@ def regret(study: dict, base: dict) -> dict:
 def pruning_bound(cfg) -> float | None:
     """What pruning and reusing the chosen trial as the first seed save when a run costs the
     same on both sides (no shared work): G trials + S seeds one by one, against one full trial,
-    G-1 trials stopped at the first rung (fraction p of their steps) and S-1 more seeds."""
+    G-1 trials stopped at the first rung (fraction p of their steps) and S-1 more seeds (S when
+    tune.train_seed keeps the trials apart from the seeds: nothing is reused)."""
     from medtune.tune import first_rung
 
     if cfg.tune.sampler != "grid":
         return None
     g, s, p = cfg.tune.points, cfg.train.seeds, first_rung(cfg.tune) or 1.0
-    return (g + s) / (1 + (g - 1) * p + (s - 1))
+    reused = 1 if cfg.tune.train_seed is None else 0
+    return (g + s) / (1 + (g - 1) * p + (s - reused))
 
 
 def train_loop_table(cfg, study: dict, base: dict) -> dict:
@@ -233,8 +236,12 @@ def main() -> None:
         print(f"{method:<10} {r['study_s']:>21.1f} {r['one_by_one_s']:>13.1f} {r['ratio']:>6.2f}x")
     bound = result["train_loop"]["pruning_bound"]
     if bound:
-        print(f"pruning + the chosen trial as seed 1, runs of equal cost: {bound:.2f}x")
-        print("  = (points + seeds) / (1 + (points - 1) x first rung + seeds - 1)")
+        if cfg.tune.train_seed is None:
+            print(f"pruning + the chosen trial as seed 1, runs of equal cost: {bound:.2f}x")
+            print("  = (points + seeds) / (1 + (points - 1) x first rung + seeds - 1)")
+        else:  # the trials train with their own seed: every reported seed is trained
+            print(f"pruning alone (tune.train_seed: no trial reused), runs of equal cost: {bound:.2f}x")
+            print("  = (points + seeds) / (1 + (points - 1) x first rung + seeds)")
     print(f"{'method':<10} {'study lr':>9} {'best lr':>9} {'val loss at study lr':>21} {'best':>8} {'regret':>8}")
     for method, r in result["tuning_regret"].items():
         print(

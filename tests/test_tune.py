@@ -306,6 +306,54 @@ def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
     assert read_split(prep, "test")
 
 
+def test_trials_train_with_tune_train_seed_in_a_study_of_their_own(tiny, tmp_path, monkeypatch):
+    """Without tune.train_seed the trials train with train.seed (so the first seed can reuse the
+    chosen trial); with it, with that seed, in another study (nothing of the first is reused)."""
+    from medtune.tune import run_tuning
+
+    seeds = []
+
+    def train(rc, data_dir, run_dir, *, on_validation=None, eval_points=(), **kw):
+        seeds.append(rc.train.seed)
+        Path(run_dir).mkdir(parents=True)
+        return {"val_loss": fake_loss(rc.learning_rate(), 1.0), "train_seconds": 0.01, "tokens_per_s": 1.0}
+
+    monkeypatch.setattr("medtune.train.train", train)
+    prep = write_records(tmp_path / "prep")
+    (tmp_path / "cmp").mkdir()
+    cfg = study_cfg(tmp_path, "tune.points=2", "tune.prune=false")
+    run_tuning(cfg, prep, tmp_path / "cmp", quiet=True)
+    assert seeds == [cfg.train.seed] * 2
+    seeds.clear()
+    run_tuning(
+        study_cfg(tmp_path, "tune.points=2", "tune.prune=false", "tune.train_seed=7"),
+        prep,
+        tmp_path / "cmp",
+        quiet=True,
+    )
+    assert seeds == [7, 7]
+
+
+def test_a_study_tuned_on_its_own_seed_retrains_every_reported_seed(tiny, tmp_path):
+    """tune.train_seed: the first seed's run is trained, not copied from the chosen trial (which
+    trained with another data order), and the verdict says no reported run was selected on."""
+    cfg = load_compare_config(
+        "tiny-study",
+        out=str(tmp_path / "cmp"),
+        methods="lora",
+        overrides=["tune.points=2", "tune.train_seed=7", "train.seeds=1", "quality.enabled=false", "samples=0"],
+    )
+    from medtune.compare import run_compare
+
+    results = run_compare(cfg, quiet=True)
+    out = tmp_path / "cmp"
+    t = results["study"]["tuning"]["lora"]
+    trial = out / "tuning" / "lora" / f"trial-{t['chosen_trial']:03d}"
+    assert (out / "runs" / "lora" / "metrics.jsonl").read_text() != (trial / "metrics.jsonl").read_text()
+    assert results["models"]["lora"]["lr"] == pytest.approx(t["chosen_lr"])
+    assert "the tuning trials trained with seed 7, so no reported run" in (out / "report.md").read_text()
+
+
 def test_real_tuning_reads_no_test_split(tiny, tmp_path):
     """Real (tiny) training under the guard: it would raise if train() touched test.jsonl."""
     from medtune.tune import run_tuning
@@ -328,6 +376,7 @@ def test_real_tuning_reads_no_test_split(tiny, tmp_path):
         ("tune.eval_points=[0.5, 0.25]", "tune.eval_points must be increasing"),
         ("tune.prune_from=0", "tune.prune_from must be a fraction in (0, 1]"),
         ("tune.grid.lroa=[1.0e-4]", "unknown method"),
+        ("tune.train_seed=-1", "tune.train_seed must be empty or an integer"),
     ],
 )
 @pytest.mark.parametrize("command", ["compare", "tune"])
@@ -581,7 +630,8 @@ def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny,
 
 
 def test_two_workers_share_a_postgres_study(tiny, tmp_path):
-    pgserver = pytest.importorskip("pgserver")
+    # .ci/run sets MEDTUNE_CI: there a missing pgserver fails this test instead of skipping it
+    pgserver = __import__("pgserver") if os.environ.get("MEDTUNE_CI") else pytest.importorskip("pgserver")
     server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
     try:
         url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)

@@ -1,14 +1,14 @@
 """`medtune compare`: prepare -> evaluate base -> train each method -> evaluate each -> report.
 
 Each stage records the hash of the config it ran with in <out>/stages.json; a rerun skips
-stages whose hash matches and whose artifacts exist (`--force` redoes them). All models are
-scored on the same token sequences, so paired differences against the base are valid.
+stages whose hash matches and whose artifacts exist (`--force` redoes them, tuning in the
+folder's own database included). All models are scored on the same token sequences, so paired
+differences against the base are valid.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -126,14 +126,30 @@ class Stages:
 
     def __init__(self, out: Path, force: bool):
         self.path = out / "stages.json"
-        self.done = json.loads(self.path.read_text()) if self.path.is_file() and not force else {}
+        self.done = _read_stages(self.path) if self.path.is_file() and not force else {}
 
     def finished(self, name: str, key: str, *artifacts: Path) -> bool:
         return self.done.get(name) == key and all(Path(a).exists() for a in artifacts)
 
     def mark(self, name: str, key: str) -> None:
+        from medtune.runs import write_json
+
         self.done[name] = key
-        self.path.write_text(json.dumps(self.done, indent=2))
+        write_json(self.path, self.done)  # atomic: a kill leaves the old record or the new one
+
+
+def _read_stages(path: Path) -> dict:
+    """The recorded stages; none when the file is unreadable. A stages.json cut short by a kill
+    (before writes were atomic) or broken by hand only costs time: every stage is redone, and
+    each one checks its own artifacts, so nothing stale is kept. An error would leave the user
+    to delete the file by hand for the same outcome."""
+    from medtune.runs import read_json
+
+    try:
+        done = read_json(path)
+    except MedtuneError:
+        return {}
+    return done if isinstance(done, dict) else {}
 
 
 def compare_command(args) -> None:
@@ -169,14 +185,17 @@ def check_compare(cfg: CompareConfig) -> None:
 def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     """compare.json records the comparison's identity; another config in the folder needs --force.
     Call with the folder's lock held."""
+    from medtune.runs import write_json
+
     meta_path = out / "compare.json"
     identity = identity_of(cfg)
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("identity") != identity:
+        old, why = _folder_identity(meta_path)
+        if old != identity:
             if not force:
                 raise MedtuneError(
-                    f"{out} holds a comparison with a different config; use another --out, or --force to replace it"
+                    f"{why or f'{out} holds a comparison with a different config'}; "
+                    "use another --out, or --force to replace it"
                 )
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +211,20 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
         "format": asdict(cfg.format),
         "methods": list(cfg.methods),
     }
-    meta_path.write_text(json.dumps(meta, indent=2, default=str))
+    write_json(meta_path, meta)  # atomic: a kill mid-write must not leave a folder no rerun can open
+
+
+def _folder_identity(meta_path: Path) -> tuple[Optional[str], str]:
+    """(identity recorded in compare.json, why it is unknown). An unreadable compare.json (cut
+    short by a kill before writes were atomic) says nothing about what the folder holds: it is
+    treated as another comparison, to replace with --force, never as this one."""
+    from medtune.runs import read_json
+
+    try:
+        old = read_json(meta_path)
+    except MedtuneError as e:
+        return None, f"{e}, so the comparison in {meta_path.parent} is unknown"
+    return (old.get("identity") if isinstance(old, dict) else None), ""
 
 
 def prep_key(cfg: CompareConfig) -> str:
@@ -268,7 +300,7 @@ class Comparison:
     def __init__(self, cfg: CompareConfig, out: Path, force: bool, quiet: bool):
         from medtune import models
 
-        self.cfg, self.out, self.quiet = cfg, out, quiet
+        self.cfg, self.out, self.quiet, self.force = cfg, out, quiet, force
         self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
         self.stages = Stages(out, force)
         self.prep, self.key = out / "prepared", prep_key(cfg)
@@ -285,7 +317,7 @@ class Comparison:
         from medtune.data.prepare import read_split
         from medtune.report.writer import build_results, write_report
         from medtune.shared_work import SharedWork
-        from medtune.tune import run_tuning, trial_dir_name
+        from medtune.tune import trial_dir_name
 
         cfg, out = self.cfg, self.out
         self.stage("prepare data")
@@ -294,13 +326,17 @@ class Comparison:
         # computed once for every trial and seed.
         shared = SharedWork.for_comparison(cfg, self.prep, out)
         try:
+            if self.force:
+                self.forget_earlier_work()
             tuned = {}
             if cfg.tune.enabled:
                 self.stage("tune learning rates on the validation split")
-                tuned = run_tuning(cfg, self.prep, out, quiet=self.quiet, shared=shared)
+                tuned = self.tune_stage(shared)
             self.test = read_split(self.prep, "test")[: cfg.eval.max_examples or None]
             self.evaluate_stage("base", None)
             for method in cfg.methods:
+                if cfg.tune.enabled and method not in tuned:
+                    continue  # every tuned rate diverged: marked by tune_stage, nothing to train
                 rc, t = cfg.run_config(method), tuned.get(method) or {}
                 for k, (name, seed) in enumerate(_seed_names(cfg, method)):
                     # The first seed at the chosen rate is the chosen trial itself: reuse its weights.
@@ -308,6 +344,8 @@ class Comparison:
                     if not self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), shared, reuse, method):
                         break  # diverged: the method is marked and not ranked; its other seeds are skipped
                     self.evaluate_stage(name, out / "runs" / name)
+                else:  # every seed trained and evaluated: an earlier divergence (another rate) is history
+                    self._clear_diverged(method)
         finally:
             shared.close()
         self.stage("write report")
@@ -332,7 +370,7 @@ class Comparison:
         if self.stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
             self.say("  done earlier, skipped")
             return True
-        if self.stages.finished(f"diverged:{name}", k, self.out / "diverged.json"):
+        if self.stages.finished(f"diverged:{name}", k) and (method or name) in self._diverged():
             self.say("  diverged earlier (see diverged.json), skipped")
             return False
         reusable = reuse is not None and is_complete(reuse) and _same_run(reuse, rc)
@@ -359,20 +397,82 @@ class Comparison:
         self.stages.mark(f"train:{name}", k)
         return True
 
+    def _diverged(self) -> dict:
+        """diverged.json: method -> run, lr, reason (the report lists these and ranks none of them)."""
+        from medtune.runs import read_json
+
+        path = self.out / "diverged.json"
+        return read_json(path) if path.is_file() else {}
+
     def _mark_diverged(self, method: str, run: str, reason: str, lr: float) -> None:
         from medtune.runs import write_json
 
-        path = self.out / "diverged.json"
-        done = json.loads(path.read_text()) if path.is_file() else {}
-        write_json(path, {**done, method: {"run": run, "lr": lr, "reason": reason}})
+        write_json(self.out / "diverged.json", {**self._diverged(), method: {"run": run, "lr": lr, "reason": reason}})
         for f in (self.out / "eval").glob(f"{method}*.json"):  # earlier seeds must not be ranked alone
             if f.name.split(".")[0] in {n for n, _ in _seed_names(self.cfg, method)}:
                 f.unlink()
+
+    def _clear_diverged(self, method: str) -> None:
+        """`method` trained and evaluated (e.g. rerun at a lower --set methods.M.lr): the report
+        must rank it, not list it as diverged. The file goes when no method is left in it."""
+        from medtune.runs import write_json
+
+        done = self._diverged()
+        if method not in done:
+            return
+        del done[method]
+        if done:
+            write_json(self.out / "diverged.json", done)
+        else:
+            (self.out / "diverged.json").unlink()
+
+    def forget_earlier_work(self) -> None:
+        """--force redoes every stage, tuning included. With the same identity the folder keeps
+        its tuning database, where every study is finished: its trials would be loaded, not
+        trained again, and seed 0 would copy the old chosen trial. Only the comparison's own
+        SQLite file goes; a --storage / tune.storage database may hold a study other workers
+        share, and is never dropped here. diverged.json goes too: each method gets a new try."""
+        (self.out / "diverged.json").unlink(missing_ok=True)
+        if self.cfg.tune.storage:
+            if self.cfg.tune.enabled:
+                self.say("  --force: trials already in the tuning storage are kept (drop its studies to retune)")
+            return
+        for suffix in ("", "-journal", "-wal", "-shm"):  # SQLite's side files belong to the database
+            (self.out / f"tuning.db{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(self.out / "tuning", ignore_errors=True)
+
+    def tune_stage(self, shared) -> dict:
+        """run_tuning, one method at a time: a method whose every trial diverged is marked in
+        diverged.json (as an untuned run that diverges is) and the others go on; raising would
+        stop the comparison, and every rerun would load the same finished study and stop again.
+        Returns {method: study summary} for the methods with a chosen rate."""
+        from dataclasses import replace
+
+        from medtune.runs import write_json
+        from medtune.tune import NoFiniteTrial, default_storage, lr_range, redact_url, run_tuning
+
+        cfg, tuned = self.cfg, {}
+        for method, args in cfg.methods.items():
+            try:
+                one = replace(cfg, methods={method: args})
+                tuned.update(run_tuning(one, self.prep, self.out, quiet=self.quiet, shared=shared))
+            except NoFiniteTrial:
+                centre = cfg.run_config(method).learning_rate()
+                low, high = lr_range(cfg.tune, method, centre)
+                reason = f"every tuned learning rate diverged (tried {low:.3g} to {high:.3g})"
+                self.say(f"  {method}: {reason}; not trained")
+                self._mark_diverged(method, "tuning", reason, centre)
+        # run_tuning wrote each method's summary over the last: the report reads them all
+        url = redact_url(cfg.tune.storage or default_storage(self.out))
+        (self.out / "tuning").mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "tuning" / "summary.json", {"storage": url, "methods": tuned})
+        return tuned
 
     def evaluate_stage(self, name: str, run_dir: Optional[Path]) -> None:
         from medtune import quality
         from medtune.data.tokenize import encode_records
         from medtune.evaluate import save_scores, score_examples
+        from medtune.runs import write_json
 
         cfg, out, stages, say, test = self.cfg, self.out, self.stages, self.say, self.test
         path = out / "eval" / f"{name}.json"
@@ -394,7 +494,7 @@ class Comparison:
         path.parent.mkdir(exist_ok=True)
         save_scores(scores, path)
         timing = {"seconds": time.perf_counter() - t0, "tokens": sum(len(e) for e in examples)}
-        (out / "eval" / f"{name}.timing.json").write_text(json.dumps(timing))
+        write_json(out / "eval" / f"{name}.timing.json", timing)
         quality.compare_stage(model, tok, test, cfg, out, name, say)  # answers, their scores, samples
         stages.mark(f"eval:{name}", k)
 
@@ -423,6 +523,5 @@ def tune_command(args) -> None:
         print("worker: no trial left to claim")
         return
     for method, r in results.items():
-        print(
-            f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), {len(r['trials'])} trials"
-        )
+        tried = r.get("rates_tried", len(r["trials"]))
+        print(f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), {tried} rates tried")

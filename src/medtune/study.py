@@ -380,11 +380,19 @@ def finish(out: Path, results: dict, pool: Pool) -> None:
             "peak_rss_mb": tr.get("peak_rss_mb"),
             "peak_gpu_mb": tr.get("peak_gpu_mb"),
             "tuning_seconds": (tuning.get(name) or {}).get("seconds"),
-            "tuning_trials": len((tuning.get(name) or {}).get("trials") or []) or None,
+            "tuning_trials": _rates_tried(tuning.get(name)),
             "lr": m.get("lr"),
             "prefix_cache": prefix_cache_cost(m, tuning.get(name)),
         }
     study["cost"] = cost
+
+
+def _rates_tried(t: dict | None) -> int | None:
+    """Learning rates a method's tuning ran (a failed attempt and its retries count once); a
+    summary written before `rates_tried` existed counts its attempts."""
+    if not t:
+        return None
+    return t.get("rates_tried") or len(t.get("trials") or []) or None
 
 
 def trained_runs(model: dict, tuning: dict | None, states: tuple[str, ...] = ("complete",)) -> list[dict]:

@@ -12,9 +12,13 @@ Storage and failures: trials live in a database (`sqlite:///<out>/tuning.db` unl
 `tune.storage` / `--storage` names another one Optuna accepts). A rerun of a killed tuning
 run loads the study and runs only what is missing: a trial left RUNNING by a dead process on
 this host is marked FAIL at start and re-enqueued with its learning rate (Optuna's
-RetryHeartbeatStaleTrialCallback); on other hosts the heartbeat finds it once it is older
-than the grace period. Several workers (`medtune tune --worker`, on one machine or several,
-each with its own --out) share one study through PostgreSQL; each grid point is trained once.
+RetryHeartbeatStaleTrialCallback, minus the failed attempt's own records: retry_callback); on
+other hosts the heartbeat finds it once it is older than the grace period. A database that
+fails mid-run, or a trial another process finished meanwhile, ends the command with one line
+(StorageLost). Tuning time sums each trial's own elapsed_seconds, never its start-to-end span.
+Several workers (`medtune tune --worker`, on one machine or several, each with its own --out)
+share one study through PostgreSQL (a worker without a shared --storage is refused); each
+grid point is trained once.
 
 Layout: setup (TuneConfig, grid, storage, study) -> objective (one trial) -> run (per method,
 until no work is left) -> worker / command entry points.
@@ -23,6 +27,7 @@ until no work is left) -> worker / command entry points.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -48,6 +53,16 @@ TUNE_BOOKKEEPING = ("enabled", "storage", "heartbeat_seconds", "max_retry")
 # the prefix cache's cold-step speed: study.prefix_cache_cost).
 RUN_COST_KEYS = ("train_seconds", "tokens", "tokens_per_s", "steps", "peak_rss_mb", "cache_cold_seconds",
                  "cache_cold_tokens")  # fmt: skip
+SEED_MAX = 2**32 - 1
+# What one attempt at a trial records about itself: a retry starts without them (Optuna's retry
+# copies every attribute; an inherited `worker` would name the dead process until the retry
+# writes its own, and `recover_dead_trials` could fail the live retry in between).
+ATTEMPT_ATTRS = ("worker", "failure", "elapsed_seconds", "diverged", "duplicate_of", *RUN_COST_KEYS)
+WORKER_NEEDS_STORAGE = (
+    "tune --worker needs a shared --storage URL (or tune.storage), e.g. postgresql+psycopg://user@host/db: "
+    "without one a worker would tune alone in a private SQLite study"
+)
+STORAGE_LOST = "tuning storage lost / trial taken over by another worker: rerun the same command to go on"
 
 
 # ---------------------------------------------------------------- setup
@@ -75,6 +90,12 @@ class TuneConfig:
     seed: int = 0  # sampler seed (the grid order; TPE's draws)
     heartbeat_seconds: int = 30  # a RUNNING trial silent for 3x this is stale (another host died)
     max_retry: int = 3  # re-runs of a trial whose process died
+    # The trials' train seed. None: train.seed, so the first seed's run at the chosen rate is the
+    # chosen trial itself (reused: one run less per method). But that run is the one the rate
+    # was picked on: among G trials its validation loss is the best partly by luck, and the luck
+    # carries to its test scores (a winner's curse, reported as a result). A seed apart from the
+    # evaluated ones (e.g. 1000) leaves every reported run unselected, at one more run per method.
+    train_seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         _one_of("tune.sampler", self.sampler, SAMPLERS)
@@ -83,6 +104,12 @@ class TuneConfig:
         _check(self.n_trials >= 1, f"tune.n_trials must be >= 1; got {self.n_trials}")
         _check(self.heartbeat_seconds >= 1, f"tune.heartbeat_seconds must be >= 1; got {self.heartbeat_seconds}")
         _check(self.max_retry >= 0, f"tune.max_retry must be >= 0; got {self.max_retry}")
+        # numpy (the samplers' RandomState) takes 0..2**32-1 only, and would fail after files are written
+        _check(0 <= self.seed <= SEED_MAX, f"tune.seed must be an integer in 0..{SEED_MAX}; got {self.seed}")
+        _check(
+            self.train_seed is None or 0 <= self.train_seed <= SEED_MAX,
+            f"tune.train_seed must be empty or an integer in 0..{SEED_MAX}; got {self.train_seed}",
+        )
         pts = [_number(p, "tune.eval_points") for p in self.eval_points]
         _check(
             bool(pts) and all(0 < p <= 1 for p in pts) and pts == sorted(set(pts)) and pts[-1] == 1.0,
@@ -171,9 +198,7 @@ def open_storage(url: str, tune: TuneConfig):
                 engine_kwargs={"connect_args": connect} if connect else None,
                 heartbeat_interval=tune.heartbeat_seconds,
                 grace_period=3 * tune.heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=tune.max_retry
-                ),
+                heartbeat_stale_trial_callback=retry_callback(tune.max_retry),
             )
         except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of every kind: one line
             msg = " ".join(str(e).split())[:300] or type(e).__name__
@@ -250,6 +275,8 @@ def method_space(ctx: TuneContext, method: str) -> MethodSpace:
     t = asdict(ctx.tune)
     for k in TUNE_BOOKKEEPING:
         t.pop(k)
+    if t["train_seed"] is None:
+        del t["train_seed"]  # the trials train with train.seed, as before the key existed: same study
     key = config_hash({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
     return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{key}")
 
@@ -265,7 +292,7 @@ def open_study(ctx: TuneContext, space: MethodSpace):
     if first is not None:
         # Steps are reported in percent of the run; rungs at the first pruning point, then x2
         # (50, 100 by default). Reports before it only draw the tuning curves.
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=_percent(first), reduction_factor=2)
+        pruner = _halving_pruner(_percent(first))
     else:
         pruner = optuna.pruners.NopPruner()
     return optuna.create_study(
@@ -276,6 +303,31 @@ def open_study(ctx: TuneContext, space: MethodSpace):
         direction="minimize",
         load_if_exists=True,
     )
+
+
+def _halving_pruner(min_resource: int):
+    """Successive halving (x2) whose rungs FAIL trials take no part in: a failed attempt's rung
+    value would stand next to its retry's, the same learning rate counted twice."""
+    import optuna
+
+    class LiveTrialsHalving(optuna.pruners.SuccessiveHalvingPruner):
+        def prune(self, study, trial) -> bool:
+            return super().prune(_WithoutFailed(study), trial)
+
+    return LiveTrialsHalving(min_resource=min_resource, reduction_factor=2)
+
+
+class _WithoutFailed:
+    """A study as the pruner sees it: get_trials() leaves FAIL trials out; the rest is the study's."""
+
+    def __init__(self, study) -> None:
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.state.name != "FAIL"]
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
 
 
 def first_rung(tune: TuneConfig) -> float | None:
@@ -292,6 +344,26 @@ def _percent(fraction: float) -> int:
 # ---------------------------------------------------------------- recovery
 
 
+def retry_callback(max_retry: int) -> Callable:
+    """Optuna's retry (a WAITING copy of a failed trial, same lr, max_retry times), minus what
+    belongs to the failed attempt: its ATTEMPT_ATTRS, and the pruner's `completed_rung_*` marks.
+    With those the retry counted as having passed the failed attempt's rungs (it could not be
+    pruned there) and the attempt's values stood twice among the rung's competitors."""
+    import optuna
+
+    with warnings.catch_warnings():  # experimental since Optuna 2.8 (open_storage says why that is fine)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def callback(study, trial) -> None:
+        clean = copy.deepcopy(trial)  # the caller's trial stays as the storage holds it
+        clean.system_attrs = {k: v for k, v in clean.system_attrs.items() if not k.startswith("completed_rung_")}
+        clean.user_attrs = {k: v for k, v in clean.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        retry(study, clean)
+
+    return callback
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # a trial recorded under our PID by an earlier, dead process
@@ -304,18 +376,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_dead_trials(study, tune: TuneConfig) -> list[int]:
+def recover_dead_trials(study, tune: TuneConfig, folder: Path | None = None) -> list[int]:
     """Mark RUNNING trials whose process is gone FAIL and re-enqueue them; returns their numbers.
 
-    This host: the PID recorded in the trial is checked at once. Other hosts: Optuna's
-    heartbeat (fail_stale_trials) once the trial is older than the grace period. Marking FAIL
-    succeeds for one process only, so two workers never enqueue the same retry twice."""
+    This host: the PID recorded in the trial is checked at once (and its time, from its run in
+    `folder`: _dead_elapsed). Other hosts: Optuna's heartbeat (fail_stale_trials) once the trial
+    is older than the grace period. Marking FAIL succeeds for one process only, so two workers
+    never enqueue the same retry twice."""
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     optuna.storages.fail_stale_trials(study)
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tune.max_retry)
+    retry = retry_callback(tune.max_retry)
     host, dead = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker") or {}
@@ -323,6 +396,7 @@ def recover_dead_trials(study, tune: TuneConfig) -> list[int]:
             continue
         try:
             study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")
+            study._storage.set_trial_user_attr(t._trial_id, "elapsed_seconds", _dead_elapsed(t, folder))
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -330,6 +404,20 @@ def recover_dead_trials(study, tune: TuneConfig) -> list[int]:
         retry(study, study._storage.get_trial(t._trial_id))
         dead.append(t.number)
     return dead
+
+
+def _dead_elapsed(t, folder: Path | None) -> float | None:
+    """What a trial whose process died had run, at least: the larger of the elapsed_seconds it
+    wrote at its last validation and the training time of its last logged step (metrics.jsonl,
+    every log_every steps; no setup or validation time in it). Not the span to now: that counts
+    the downtime until this rerun."""
+    from medtune.runs import read_metrics
+
+    known = [t.user_attrs.get("elapsed_seconds")]
+    if folder is not None:
+        known += [r["time"] for r in read_metrics(folder / trial_dir_name(t.number)) if "time" in r][-1:]
+    known = [float(v) for v in known if v is not None]
+    return max(known) if known else None
 
 
 # ---------------------------------------------------------------- objective
@@ -354,92 +442,147 @@ def _duplicate_of(study, number: int, lr: float) -> int | None:
     return None
 
 
+class NoFiniteTrial(MedtuneError):
+    """Every finished trial of a method diverged: compare marks the method diverged and goes on."""
+
+    def __init__(self, method: str):
+        super().__init__(f"tuning {method}: no trial finished with a finite validation loss")
+        self.method = method
+
+
+class StorageLost(MedtuneError):
+    """The trial's database failed, or another process finished the trial (it judged ours dead)."""
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    from optuna.exceptions import UpdateFinishedTrialError
+    from sqlalchemy.exc import SQLAlchemyError  # OperationalError and every driver error SQLAlchemy wraps
+
+    return (UpdateFinishedTrialError, SQLAlchemyError)
+
+
+def _lost_message(e: BaseException) -> str:
+    why = f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
+    head, _, tail = STORAGE_LOST.partition(": ")
+    return f"{head} ({why}): {tail}"
+
+
 def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
-    """One trial: train at the trial's lr, report validation loss at the eval points, prune."""
+    """One trial (`_trial`), its storage failures as one StorageLost line. `objective.lost` keeps
+    that line: Optuna's own bookkeeping of the trial fails next (telling a trial another process
+    finished raises ValueError), and `_storage_guard` shows the line instead of that."""
+    errors = _storage_errors()
+
+    def objective(trial) -> float:
+        try:
+            return _trial(ctx, space, trial)
+        except errors as e:
+            objective.lost = _lost_message(e)
+            raise StorageLost(objective.lost) from e
+
+    objective.lost = None
+    return objective
+
+
+def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
+    """Train at the trial's lr, report validation loss at the eval points, prune."""
     import optuna
 
     from medtune.config import run_with
     from medtune.train import Diverged, train
 
-    def objective(trial) -> float:
-        lr = trial.suggest_float("lr", space.low, space.high, log=True)
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-        trial.set_user_attr("failure", None)  # a retry inherits its dead predecessor's attributes
-        if space.grid:
-            dup = _duplicate_of(trial.study, trial.number, lr)
-            if dup is not None:
-                trial.set_user_attr("duplicate_of", dup)
-                raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
-        rc = run_with(ctx.cfg.run_config(space.method), lr)
-        run_dir = ctx.out / "tuning" / space.method / trial_dir_name(trial.number)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
+    t0 = time.perf_counter()
+    lr = trial.suggest_float("lr", space.low, space.high, log=True)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    trial.set_user_attr("failure", None)  # a retry from before ATTEMPT_ATTRS inherited its predecessor's
+    if space.grid:
+        dup = _duplicate_of(trial.study, trial.number, lr)
+        if dup is not None:
+            trial.set_user_attr("duplicate_of", dup)
+            raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
+    rc = run_with(ctx.cfg.run_config(space.method), lr, ctx.tune.train_seed)  # seed None: train.seed
+    run_dir = ctx.out / "tuning" / space.method / trial_dir_name(trial.number)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
 
-        def on_validation(step: int, val_loss: float, fraction: float) -> None:
-            point = _eval_point(step, fraction, ctx.tune.eval_points)
-            if point is None or point >= 1:
-                return  # step 0 (the base model for every lr), other validations, or the end
-            # Reported at the configured point (25, 50), not the rounded step's own fraction
-            # (2 of 10 steps is 20%), so every trial meets the pruner's rungs at the same place.
-            trial.report(val_loss, _percent(point))
-            if trial.should_prune():  # open_study chose the pruner: NopPruner when pruning is off
-                raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at {fraction:.0%} of the steps")
+    def on_validation(step: int, val_loss: float, fraction: float) -> None:
+        _record_elapsed(trial, t0)  # what a trial killed later (kill -9) is known to have cost
+        point = _eval_point(step, fraction, ctx.tune.eval_points)
+        if point is None or point >= 1:
+            return  # step 0 (the base model for every lr), other validations, or the end
+        # Reported at the configured point (25, 50), not the rounded step's own fraction
+        # (2 of 10 steps is 20%), so every trial meets the pruner's rungs at the same place.
+        trial.report(val_loss, _percent(point))
+        if trial.should_prune():  # open_study chose the pruner: NopPruner when pruning is off
+            raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at {fraction:.0%} of the steps")
 
-        t0, finished = time.perf_counter(), False
-        try:
-            summary = train(
-                rc,
-                ctx.prep,
-                run_dir,
-                quiet=True,
-                on_validation=on_validation,
-                eval_points=tuple(ctx.tune.eval_points),
-                shared=ctx.shared,
-            )
-            finished = True
-        except Diverged as e:
-            trial.set_user_attr("diverged", str(e))
-            _say_trial(ctx, space, trial.number, lr, "diverged", time.perf_counter() - t0)
-            return float("inf")
-        except optuna.TrialPruned:
-            _record_pruned_cost(trial, run_dir)
-            _say_trial(ctx, space, trial.number, lr, "pruned", time.perf_counter() - t0)
+    finished = False
+    try:
+        summary = train(
+            rc,
+            ctx.prep,
+            run_dir,
+            quiet=True,
+            on_validation=on_validation,
+            eval_points=tuple(ctx.tune.eval_points),
+            shared=ctx.shared,
+        )
+        finished = True
+    except Diverged as e:
+        trial.set_user_attr("diverged", str(e))
+        _say_trial(ctx, space, trial.number, lr, "diverged", _record_elapsed(trial, t0))
+        return float("inf")
+    except optuna.TrialPruned:
+        _record_pruned_cost(trial, run_dir)
+        _say_trial(ctx, space, trial.number, lr, "pruned", _record_elapsed(trial, t0))
+        raise
+    except (Exception, KeyboardInterrupt) as e:
+        stop = _stopped(ctx, trial, e, time.perf_counter() - t0)
+        if stop is e:
             raise
-        except (Exception, KeyboardInterrupt) as e:
-            stop = _stopped(ctx, trial, e)
-            if stop is e:
-                raise
-            raise stop from e
-        finally:
-            if not finished:
-                _drop_weights(run_dir)  # a finished trial keeps its weights until the choice is made
-        for k in RUN_COST_KEYS:
-            trial.set_user_attr(k, summary.get(k))
-        val = summary.get("val_loss")
-        if val is None or not math.isfinite(val):
-            trial.set_user_attr("diverged", "non-finite validation loss")
-            val = float("inf")
-        trial.report(val, 100)
-        _say_trial(ctx, space, trial.number, lr, f"val loss {val:.4f}", time.perf_counter() - t0)
-        return val
-
-    return objective
+        raise stop from e
+    finally:
+        if not finished:
+            _drop_weights(run_dir)  # a finished trial keeps its weights until the choice is made
+    for k in RUN_COST_KEYS:
+        trial.set_user_attr(k, summary.get(k))
+    val = summary.get("val_loss")
+    if val is None or not math.isfinite(val):
+        trial.set_user_attr("diverged", "non-finite validation loss")
+        val = float("inf")
+    trial.report(val, 100)
+    _say_trial(ctx, space, trial.number, lr, f"val loss {val:.4f}", _record_elapsed(trial, t0))
+    return val
 
 
-def _stopped(ctx: TuneContext, trial, e: BaseException) -> BaseException:
+def _record_elapsed(trial, t0: float) -> float:
+    """The trial's own running time so far (user attr `elapsed_seconds`; tuning time sums them)."""
+    seconds = time.perf_counter() - t0
+    trial.set_user_attr("elapsed_seconds", round(seconds, 3))
+    return seconds
+
+
+def _stopped(ctx: TuneContext, trial, e: BaseException, seconds: float) -> BaseException:
     """A trial stopped by Ctrl-C or an error (out of GPU memory, a full disk) ends FAIL (Optuna)
     and so does the command; a retry of its learning rate is queued now, by the one process that
     owns the trial, so the next run trains that grid point again instead of counting it as tried
     (tune.max_retry times at most). Returns what to raise: for Ctrl-C, a message that says how to
-    go on (not train --resume of the trial's folder: a retry starts over)."""
-    import optuna
+    go on (not train --resume of the trial's folder: a retry starts over).
+
+    Not when another process already finished the trial (UpdateFinishedTrialError): it judged
+    ours dead, failed it and queued its retry; a second retry would only queue a duplicate."""
+    from optuna.exceptions import UpdateFinishedTrialError
 
     from medtune.train import Interrupted
 
+    if isinstance(e, UpdateFinishedTrialError):
+        return e
     try:
         trial.set_user_attr("failure", f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=ctx.tune.max_retry)
-        retry(trial.study, trial.study._storage.get_trial(trial._trial_id))
+        trial.set_user_attr("elapsed_seconds", round(seconds, 3))
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        if not frozen.state.is_finished():
+            retry_callback(ctx.tune.max_retry)(trial.study, frozen)
     except Exception:  # noqa: BLE001 - the storage may be what failed; the original error is what to show
         pass
     if isinstance(e, Interrupted):
@@ -506,15 +649,20 @@ def work_left(study, space: MethodSpace, tune: TuneConfig) -> bool:
 def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
     """Run `method`'s trials until none is left; with `wait`, also until other workers' finish."""
     space = method_space(ctx, method)
-    study = open_study(ctx, space)
     objective = make_objective(ctx, space)
+    with _storage_guard(objective):
+        study = open_study(ctx, space)
+        _run_until_done(ctx, space, study, objective, wait)
+        return {**study_summary(study, space), "prune_from": first_rung(ctx.tune)}
 
+
+def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Callable, wait: bool) -> None:
     def stop_when_done(study, trial) -> None:
         if not work_left(study, space, ctx.tune):
             study.stop()
 
     while True:
-        recover_dead_trials(study, ctx.tune)
+        recover_dead_trials(study, ctx.tune, ctx.out / "tuning" / space.method)
         if work_left(study, space, ctx.tune):
             # No gc_after_trial: a trial's model copy, optimizer and activations are freed by
             # reference counting when train() returns (checked: no module of a finished trial
@@ -524,7 +672,23 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
         if not wait or not _others_running(study):
             break
         time.sleep(min(5.0, ctx.tune.heartbeat_seconds))  # another worker's trial: poll the shared study
-    return {**study_summary(study, space), "prune_from": first_rung(ctx.tune)}
+
+
+@contextlib.contextmanager
+def _storage_guard(objective: Callable):
+    """A database error anywhere in a method's tuning (between trials too), or the aftermath of
+    one a trial met (`objective.lost`), as one StorageLost line instead of a traceback."""
+    errors = _storage_errors()
+    try:
+        yield
+    except StorageLost:
+        raise
+    except Exception as e:
+        if getattr(objective, "lost", None):
+            raise StorageLost(objective.lost) from e
+        if isinstance(e, errors):
+            raise StorageLost(_lost_message(e)) from e
+        raise
 
 
 def _others_running(study) -> bool:
@@ -550,7 +714,6 @@ def study_summary(study, space: MethodSpace) -> dict:
     for t in study.get_trials(deepcopy=False):
         if "duplicate_of" in t.user_attrs:
             continue
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         inter = sorted(t.intermediate_values.items())
         rows.append(
             {
@@ -559,7 +722,7 @@ def study_summary(study, space: MethodSpace) -> dict:
                 "state": t.state.name.lower(),
                 "val_loss": t.value if t.value is not None else (inter[-1][1] if inter else None),
                 "curve": [[p / 100, v] for p, v in inter],
-                "seconds": seconds,
+                "seconds": trial_seconds(t),
                 "diverged": t.user_attrs.get("diverged"),
                 "failure": t.user_attrs.get("failure"),
                 **{k: t.user_attrs.get(k) for k in RUN_COST_KEYS},
@@ -577,8 +740,34 @@ def study_summary(study, space: MethodSpace) -> dict:
         "chosen_lr": best["lr"] if best else None,
         "chosen_trial": best["number"] if best else None,
         "best_val_loss": best["val_loss"] if best else None,
-        "seconds": sum(r["seconds"] or 0.0 for r in rows),
+        "seconds": sum(r["seconds"] or 0.0 for r in rows),  # every attempt's own time, retries included
+        "rates_tried": rates_tried(rows),  # "tuning trials": `trials` lists every attempt
     }
+
+
+def trial_seconds(t) -> float | None:
+    """A trial's own running time: `elapsed_seconds`, which the trial writes at every validation
+    and when it ends (complete, pruned, diverged, failed). For a trial killed outright (kill -9),
+    what the rerun that failed it knew (_dead_elapsed): a lower bound, where its start-to-end span
+    would count the hours until that rerun. Trials from before the attribute: their span if they
+    ended in their own process (complete, pruned), else unknown (None)."""
+    s = t.user_attrs.get("elapsed_seconds")
+    if s is not None:
+        return float(s)
+    if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
+
+
+def rates_tried(rows: list[dict]) -> int:
+    """Learning rates that trained (complete, pruned, failed, running), each once: a failed
+    attempt and its retries are one grid point."""
+    lrs: list[float] = []
+    for r in rows:
+        lr = r["lr"]
+        if r["state"] != "waiting" and lr is not None and not any(_same_lr(lr, x) for x in lrs):
+            lrs.append(lr)
+    return len(lrs)
 
 
 def run_tuning(
@@ -597,6 +786,8 @@ def run_tuning(
             "tuning runs one trial per process: launch it without torchrun/accelerate "
             "(for several GPUs, start one `medtune tune --worker --storage URL` per GPU)"
         )
+    if worker and not cfg.tune.storage:
+        raise MedtuneError(WORKER_NEEDS_STORAGE)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     url = cfg.tune.storage or default_storage(out)
     storage = open_storage(url, cfg.tune)
@@ -615,10 +806,12 @@ def run_tuning(
                 r = results[method]
                 keep_only_chosen(out / "tuning" / method, None if worker else r["chosen_trial"])
                 if r["chosen_lr"] is None and not worker:
-                    raise MedtuneError(f"tuning {method}: no trial finished with a finite validation loss")
+                    if any(t["state"] == "complete" for t in r["trials"]):  # they ran: every loss non-finite
+                        raise NoFiniteTrial(method)
+                    raise MedtuneError(f"tuning {method}: no trial finished (each failure: tuning/summary.json)")
                 say(
                     f"  {method}: chosen lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
-                    f"{len(r['trials'])} trials, {time.perf_counter() - t0:.0f}s here"
+                    f"{r['rates_tried']} learning rates tried, {time.perf_counter() - t0:.0f}s here"
                     if r["chosen_lr"] is not None
                     else f"  {method}: no finished trial yet"
                 )

@@ -60,6 +60,7 @@ def verdict_lines(results: dict) -> list[str]:
         f"{S} seed{'s' if S > 1 else ''} per method (train seeds {', '.join(map(str, study['seed_values']))}: data "
         f"order and adapter initialisation); learning rates "
         + how
+        + _trial_seed(results)
         + f". Values are means over seeds (± sd); {unit_sentence(study)}. "
         "Differences are paired on the same test examples; **bold**: the interval excludes 0.\n"
     )
@@ -80,6 +81,19 @@ def verdict_lines(results: dict) -> list[str]:
             L.extend(_difference_table(by_pair, group))
     L.extend(cost_lines(study))
     return L
+
+
+def _trial_seed(results: dict) -> str:
+    """Whether a reported run is also the trial its rate was chosen on (tune.train_seed)."""
+    if not (results.get("study") or {}).get("tuning"):
+        return ""
+    seed = (results["config"].get("tune") or {}).get("train_seed")
+    if seed is None:
+        return (
+            "; the first seed's run is the chosen tuning trial itself (reused; its scores carry the luck "
+            "that helped choose it: `tune.train_seed` tunes on a seed of its own)"
+        )
+    return f"; the tuning trials trained with seed {seed}, so no reported run is one a rate was chosen on"
 
 
 def _ranked(r: dict, below: list[dict], by_pair: dict, key: str, fmt: str) -> str:

@@ -1,0 +1,119 @@
+"""A comparison folder's state across reruns: diverged.json, --force and tuning, torn state files.
+
+Each test runs the tiny random model on a small synthetic CSV, with answer quality and samples
+off, so a whole comparison takes seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from medtune.compare import load_compare_config, run_compare
+
+FAST = ["quality.enabled=false", "samples=0", "max_new_tokens=4"]
+TUNED = [*FAST, "tune.points=2", "train.seeds=1"]  # tiny-study: two rates a method, one seed
+
+
+@pytest.fixture
+def qa(tmp_path, tiny) -> Path:
+    """Synthetic questions in the Kaggle CSV layout: compare runs prepare itself."""
+    p = tmp_path / "qa.csv"
+    with open(p, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["question", "answer", "source", "focus_area"])
+        for i in range(60):
+            q, a = f"What are the symptoms of disease {i} ?", f"Disease {i} causes pain and fever in {i % 5 + 1} ways."
+            w.writerow([q, a, "SYN", f"disease {i}"])
+    return p
+
+
+def _cfg(qa: Path, preset: str = "tiny", methods: str = "lora", sets=()):
+    return load_compare_config(
+        preset, data=str(qa), methods=methods, out=str(qa.parent / "cmp"), overrides=[*FAST, *sets]
+    )
+
+
+def test_a_diverged_method_trained_at_another_rate_is_ranked_again(qa, monkeypatch):
+    """BOFT-like story: lora diverges, the user reruns the same folder with another rate
+    (method settings are not the folder's identity) and it trains: not diverged any more."""
+    out = qa.parent / "cmp"
+    monkeypatch.setenv("MEDTUNE_NAN_AT_STEP", "1")
+    first = run_compare(_cfg(qa), quiet=True)
+    assert set(first["diverged"]) == {"lora"} and "lora" not in first["models"]
+    monkeypatch.delenv("MEDTUNE_NAN_AT_STEP")
+    again = run_compare(_cfg(qa, sets=["methods.lora.lr=1e-4"]), quiet=True)
+    assert again["diverged"] == {} and "lora" in again["models"]
+    assert not (out / "diverged.json").exists()  # the last entry gone: the file goes
+    assert "**lora: diverged**" not in (out / "report.md").read_text()
+
+
+def test_force_trains_the_tuning_trials_again(qa, monkeypatch):
+    """Same identity + --force: the folder's own tuning.db and tuning/ go, so every trial trains."""
+    import medtune.train as train_mod
+
+    cfg = _cfg(qa, "tiny-study", sets=TUNED)
+    run_compare(cfg, quiet=True)
+    out, real, trained = qa.parent / "cmp", train_mod.train, []
+
+    def train(rc, data_dir, run_dir, **kw):
+        trained.append(Path(run_dir).relative_to(out).parts[0])
+        return real(rc, data_dir, run_dir, **kw)
+
+    monkeypatch.setattr(train_mod, "train", train)
+    run_compare(cfg, quiet=True)
+    assert trained == []  # a plain rerun: everything done earlier
+    results = run_compare(cfg, force=True, quiet=True)
+    assert trained.count("tuning") == 2  # both grid points trained again
+    assert results["study"]["tuning"]["lora"]["chosen_lr"] is not None and "lora" in results["models"]
+
+
+def test_a_torn_stages_json_redoes_the_stages(qa):
+    """A stages.json cut short (a kill mid-write before writes were atomic) is no traceback:
+    nothing is recorded, every stage runs again, and the file is whole afterwards."""
+    out = qa.parent / "cmp"
+    run_compare(_cfg(qa), quiet=True)
+    text = (out / "stages.json").read_text()
+    (out / "stages.json").write_text(text[: len(text) // 2])
+    results = run_compare(_cfg(qa), quiet=True)
+    assert "lora" in results["models"] and json.loads((out / "stages.json").read_text()) == json.loads(text)
+    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary file behind
+
+
+def test_a_torn_compare_json_is_one_line_and_force_replaces_it(qa, capsys):
+    out = qa.parent / "cmp"
+    args = ["compare", "--preset", "tiny", "--data", qa, "--methods", "lora", "--out", out]
+    args += [x for s in FAST for x in ("--set", s)]
+    assert run_cli(args, capsys)[0] == 0
+    text = (out / "compare.json").read_text()
+    (out / "compare.json").write_text(text[: len(text) // 2])
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "compare.json is not valid JSON" in err and "--force" in err
+    assert run_cli([*args, "--force"], capsys)[0] == 0
+    assert json.loads((out / "compare.json").read_text())["methods"] == ["lora"]
+
+
+def test_a_method_whose_every_tuned_rate_diverged_is_marked_and_the_others_go_on(qa, monkeypatch):
+    """lora's every step is non-finite, so every tuning trial diverges; selective, tuned after
+    it, trains and is ranked. A rerun marks lora again instead of stopping."""
+    import medtune.train as train_mod
+
+    real_step = train_mod.train_step
+
+    def step(s, gbatch, state):
+        return None if s.cfg.method == "lora" else real_step(s, gbatch, state)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+    cfg = _cfg(qa, "tiny-study", methods="lora,selective", sets=TUNED)
+    for _ in range(2):
+        results = run_compare(cfg, quiet=True)
+        assert set(results["diverged"]) == {"lora"} and results["diverged"]["lora"]["run"] == "tuning"
+        assert results["diverged"]["lora"]["reason"].startswith("every tuned learning rate diverged")
+        assert "selective" in results["models"] and "lora" not in results["models"]
+        assert set(results["study"]["tuning"]) == {"selective"}
+    assert "**lora: diverged**" in (qa.parent / "cmp" / "report.md").read_text()

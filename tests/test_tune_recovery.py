@@ -1,0 +1,285 @@
+"""Tuning after failures: retries that start clean, tuning time and trial counts that ignore
+downtime and retries, storage failures as one line, and config errors caught before any write.
+
+The tuning runs drive the real Optuna study (SQLite in tmp_path) with a fake `train()` whose
+validation losses the test chooses, as tests/test_tune.py does; nothing here trains a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_records
+from medtune.compare import load_compare_config
+from medtune.errors import MedtuneError
+
+GRID = [1.0e-4, 1.0e-3]
+
+
+def study_cfg(tmp_path, *sets):
+    grid = f"tune.grid.lora=[{', '.join(map(str, GRID))}]"
+    return load_compare_config("tiny-study", out=str(tmp_path / "cmp"), methods="lora", overrides=[grid, *sets])
+
+
+def scripted_train(monkeypatch, script):
+    """train() replaced: call k (over the whole test) runs `script(k, lr, validate, run_dir)`, where
+    validate(fraction, loss) calls on_validation where train() would on a 10-step run; returns
+    script's final validation loss, or whatever it raises. Returns the list of trained rates."""
+    calls = []
+
+    def train(rc, data_dir, run_dir, *, on_validation=None, **kw):
+        Path(run_dir).mkdir(parents=True)
+        calls.append(rc.learning_rate())
+
+        def validate(fraction: float, loss: float) -> None:
+            step = max(1, round(fraction * 10)) if fraction > 0 else 0
+            on_validation(step, loss, step / 10)
+
+        val = script(len(calls) - 1, rc.learning_rate(), validate, Path(run_dir))
+        return {"val_loss": val, "train_seconds": 0.01, "tokens_per_s": 1.0, "steps": 10}
+
+    monkeypatch.setattr("medtune.train.train", train)
+    return calls
+
+
+def tuning(tmp_path, cfg=None):
+    from medtune.tune import run_tuning
+
+    out = tmp_path / "cmp"
+    out.mkdir(exist_ok=True)
+    return run_tuning(cfg or study_cfg(tmp_path), write_records(tmp_path / "prep"), out, quiet=True)["lora"]
+
+
+def optuna_trials(tmp_path) -> list:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cmp' / 'tuning.db'}")
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+# ---------------------------------------------------------------- retries start clean
+
+
+def test_retry_callback_drops_the_failed_attempts_rungs_and_attributes():
+    """Optuna's RetryHeartbeatStaleTrialCallback copies every system attr of the failed trial,
+    the pruner's completed_rung_* included; ours keeps the retry bookkeeping and the lr only."""
+    import optuna
+
+    from medtune.tune import retry_callback
+
+    study = optuna.create_study(storage=optuna.storages.RDBStorage("sqlite:///:memory:"))
+    t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)})
+    study._storage.set_trial_system_attr(t._trial_id, "completed_rung_0", 1.0)
+    study._storage.set_trial_system_attr(t._trial_id, "grid_id", 3)
+    for k, v in (("worker", {"host": "h", "pid": 1}), ("elapsed_seconds", 9.0), ("failure", "x"), ("note", "kept")):
+        t.set_user_attr(k, v)
+    study.tell(t, state=optuna.trial.TrialState.FAIL)
+    retry_callback(max_retry=1)(study, study.trials[0])
+    retry = study.trials[1]
+    assert retry.state.name == "WAITING" and retry.params == t.params
+    assert not any(k.startswith("completed_rung_") for k in retry.system_attrs)
+    assert retry.system_attrs["grid_id"] == 3 and retry.system_attrs["retry_history"] == [0]
+    assert retry.user_attrs == {"note": "kept"}
+    assert study.trials[0].system_attrs["completed_rung_0"] == 1.0  # the failed trial keeps its record
+    retry_callback(max_retry=1)(study, retry)  # a retry of the retry: over max_retry, none queued
+    assert len(study.trials) == 2
+
+
+def test_a_retry_after_the_rung_can_still_be_pruned_there(tiny, tmp_path, monkeypatch):
+    """Trial 1 passes the 50% rung (loss 1.0 beats trial 0's 2.0), then Ctrl-C. Its retry meets
+    the rung at 3.0, worse than trial 0: pruned there. Before the fix the retry inherited
+    completed_rung_0 = 1.0, so the pruner started it at the next rung (100%) and it ran to the
+    end (state complete), carrying the old attempt's 1.0 into every later comparison."""
+    from medtune.train import Interrupted
+
+    def script(k, lr, validate, run_dir):
+        validate(0.0, 4.0)
+        validate(0.25, 3.5)
+        validate(0.5, [2.0, 1.0, 3.0][k])
+        if k == 1:
+            raise Interrupted("interrupted at step 5")
+        validate(1.0, 1.5)
+        return 1.5
+
+    calls = scripted_train(monkeypatch, script)
+    with pytest.raises(Interrupted):
+        tuning(tmp_path)
+    r = tuning(tmp_path)
+    assert len(calls) == 3 and calls[2] == calls[1]  # the stopped rate, retried once
+    by_number = {t.number: t for t in optuna_trials(tmp_path)}
+    failed, retry = by_number[1], by_number[2]
+    assert failed.state.name == "FAIL" and failed.system_attrs["completed_rung_0"] == 1.0
+    assert retry.system_attrs["retry_history"] == [1]
+    assert retry.state.name == "PRUNED" and retry.system_attrs["completed_rung_0"] == 3.0  # its own value
+    assert r["chosen_trial"] == 0
+
+
+# ---------------------------------------------------------------- tuning time and trials
+
+
+def test_a_killed_trial_counts_its_own_time_not_the_downtime(tiny, tmp_path, monkeypatch):
+    """A trial whose process dies outright (SystemExit escapes Optuna as kill -9 would: the
+    trial stays RUNNING) is marked FAIL by the next run, hours later here (its start is moved
+    back 3 h). Tuning time counts the seconds it ran up to its last validation, not that span;
+    tuning trials count each learning rate once (its retry is the same grid point). Its time is
+    what is known of it: here its last logged step's training time (metrics.jsonl), which is
+    later than its last validation."""
+    import sqlalchemy
+
+    def script(k, lr, validate, run_dir):
+        validate(0.0, 4.0)
+        validate(0.25, 3.0)
+        if k == 1:  # trains on to step 4 (logged: 42 s of training since its start), then dies
+            (run_dir / "metrics.jsonl").write_text('{"step": 4, "loss": 2.5, "tokens": 400, "time": 42.0}\n')
+            raise SystemExit(137)  # no Python error handling, as with kill -9
+        validate(0.5, 2.0)
+        validate(1.0, 1.5)
+        return 1.5
+
+    scripted_train(monkeypatch, script)
+    with pytest.raises(SystemExit):
+        tuning(tmp_path)
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'cmp' / 'tuning.db'}")
+    hours_ago = (datetime.datetime.now() - datetime.timedelta(hours=3)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with engine.begin() as db:
+        db.execute(sqlalchemy.text("UPDATE trials SET datetime_start = :t WHERE number = 1"), {"t": hours_ago})
+    engine.dispose()
+    r = tuning(tmp_path)
+    rows = {t["number"]: t for t in r["trials"]}
+    assert rows[1]["state"] == "fail" and rows[1]["failure"] == "process died"
+    killed = next(t for t in optuna_trials(tmp_path) if t.number == 1)
+    assert (killed.datetime_complete - killed.datetime_start).total_seconds() > 3 * 3600 - 60
+    assert rows[1]["seconds"] == 42.0  # its own time up to its last logged step
+    assert r["seconds"] == pytest.approx(sum(t["seconds"] for t in r["trials"])) and r["seconds"] < 600
+    assert len(r["trials"]) == 3 and r["rates_tried"] == len(GRID)
+
+
+def test_tuning_trials_count_each_rate_once():
+    from medtune.tune import rates_tried
+
+    rows = [
+        {"lr": 1e-4, "state": "complete"},
+        {"lr": 1e-3, "state": "fail"},
+        {"lr": 1e-3 * (1 + 1e-12), "state": "pruned"},  # its retry (the same grid point)
+        {"lr": 3e-3, "state": "fail"},  # out of retries: still a rate that was tried
+        {"lr": 1e-2, "state": "waiting"},  # queued, never run
+    ]
+    assert rates_tried(rows) == 3
+
+
+# ---------------------------------------------------------------- storage failures
+
+
+def test_a_trial_taken_over_by_another_worker_is_one_line_and_not_retried_twice(tiny, tmp_path, monkeypatch):
+    """Mid-trial, another process judges this trial dead: it marks it FAIL and queues its retry
+    (what recover_dead_trials and Optuna's heartbeat do). This process's next report raises
+    UpdateFinishedTrialError, and Optuna's own tell of the trial a ValueError: the command ends
+    with one MedtuneError line and queues no second retry; the rerun trains each rate once."""
+    import optuna
+
+    from medtune.tune import STORAGE_LOST, retry_callback
+
+    def script(k, lr, validate, run_dir):
+        validate(0.0, 4.0)
+        if k == 1:
+            storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cmp' / 'tuning.db'}")
+            study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+            (mine,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            storage.set_trial_state_values(mine._trial_id, optuna.trial.TrialState.FAIL)
+            retry_callback(3)(study, storage.get_trial(mine._trial_id))
+        validate(0.25, 3.0)
+        validate(0.5, 2.0)
+        validate(1.0, 1.5)
+        return 1.5
+
+    calls = scripted_train(monkeypatch, script)
+    with pytest.raises(MedtuneError) as e:
+        tuning(tmp_path)
+    msg = str(e.value)
+    assert "taken over by another worker" in msg and msg.endswith(STORAGE_LOST.split(": ")[-1]) and "\n" not in msg
+    assert "UpdateFinishedTrialError" in msg
+    states = sorted(t.state.name for t in optuna_trials(tmp_path))
+    assert states == ["COMPLETE", "FAIL", "WAITING"]  # one retry: the other worker's
+    r = tuning(tmp_path)
+    done = [t for t in r["trials"] if t["state"] in ("complete", "pruned")]
+    assert sorted(t["lr"] for t in done) == GRID and len(calls) == 3
+
+
+def test_a_database_error_mid_trial_is_one_line_and_the_rate_is_retried(tiny, tmp_path, monkeypatch):
+    """A database error while reporting (here: OperationalError from Trial.report, the storage
+    itself still answering): one line, the trial ends FAIL with its retry queued, the rerun
+    trains the rate again."""
+    import optuna
+    import sqlalchemy
+
+    real_report = optuna.trial.Trial.report
+    broken = {"once": True}
+
+    def report(self, value, step):
+        if self.number == 1 and broken.pop("once", False):
+            raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database is locked"))
+        return real_report(self, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", report)
+
+    def script(k, lr, validate, run_dir):
+        for f, loss in ((0.0, 4.0), (0.25, 3.0), (0.5, 2.0 - k / 10), (1.0, 1.5 - k / 10)):
+            validate(f, loss)
+        return 1.5 - k / 10
+
+    calls = scripted_train(monkeypatch, script)
+    with pytest.raises(MedtuneError, match="tuning storage lost .*OperationalError.*rerun the same command"):
+        tuning(tmp_path)
+    r = tuning(tmp_path)
+    assert [t["state"] for t in sorted(r["trials"], key=lambda t: t["number"])] == ["complete", "fail", "complete"]
+    assert len(calls) == 3 and calls[2] == calls[1] and r["rates_tried"] == len(GRID)
+
+
+# ---------------------------------------------------------------- config errors before any write
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_a_seed_numpy_refuses_is_one_line_before_any_write(command, seed, tmp_path, capsys):
+    """numpy's RandomState (the samplers') takes 0..2**32-1. Unchecked, the command went on to
+    write the folder and prepare the data (the preset's), then failed in numpy with a traceback."""
+    out = tmp_path / "o"
+    code, _, err = run_cli([command, "--preset", "tiny-study", "--out", out, "--set", f"tune.seed={seed}"], capsys)
+    assert code == 2 and "tune.seed must be an integer in 0..4294967295" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_largest_seed_numpy_takes_is_accepted():
+    from medtune.tune import TuneConfig
+
+    assert TuneConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def qa_csv(path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["question", "answer", "source", "focus_area"])
+        w.writerows([f"What is disease {i} ?", f"Disease {i} causes pain.", "SYN", f"d{i}"] for i in range(20))
+    return path
+
+
+def test_a_worker_without_shared_storage_is_refused_before_any_write(tmp_path, capsys):
+    """Unchecked, the worker made its folder and tuned alone in <out>/tuning.db, shared with no one."""
+    out = tmp_path / "w"
+    data = qa_csv(tmp_path / "qa.csv")
+    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--data", data, "--out", out, "--worker"], capsys)
+    assert code == 2 and "needs a shared --storage URL" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_run_tuning_refuses_a_worker_without_shared_storage(tmp_path):
+    from medtune.tune import run_tuning
+
+    with pytest.raises(MedtuneError, match="needs a shared --storage URL"):
+        run_tuning(study_cfg(tmp_path), tmp_path / "prep", tmp_path / "cmp", worker=True)
+    assert not (tmp_path / "cmp").exists()
