@@ -387,14 +387,15 @@ def test_bad_tuning_config_is_one_line(command, setting, message, tmp_path, caps
     assert not out.exists()
 
 
-def test_unreachable_storage_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["tune", "compare"])
+def test_unreachable_storage_is_one_line(command, tmp_path, capsys):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"postgresql+psycopg://medtune:s3cret@127.0.0.1:{port}/nope"
     out = tmp_path / "o"
     data = qa_csv(tmp_path / "qa.csv")  # the storage is opened after the data is found
-    code, _, err = run_cli(["tune", "--preset", "tiny-study", "--data", data, "--out", out, "--storage", url], capsys)
+    code, _, err = run_cli([command, "--preset", "tiny-study", "--data", data, "--out", out, "--storage", url], capsys)
     assert code == 2 and "cannot open tuning storage" in err and len(err.strip().splitlines()) == 1, err
     assert "s3cret" not in err
     assert not out.exists()

@@ -128,6 +128,7 @@ def _compare_parser(sub) -> None:
     p.add_argument(
         "--force", action="store_true", help="redo finished stages / replace a comparison with another config"
     )
+    p.add_argument("--storage", help="database URL for the tuning trials (default: sqlite in the comparison folder)")
 
 
 def _tune_parser(sub) -> None:

@@ -153,7 +153,8 @@ def _read_stages(path: Path) -> dict:
 
 
 def compare_command(args) -> None:
-    cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, args.overrides)
+    sets = [*args.overrides, *([f"tune.storage={args.storage}"] if args.storage else [])]  # as `medtune tune`
+    cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, sets)
     run_compare(cfg, force=args.force)
 
 
