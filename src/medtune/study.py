@@ -104,9 +104,8 @@ def t_quantile(p: float, df: float) -> float:
 class Pool:
     """Every model's per-seed metrics and their test-sampling bootstrap values (see module doc)."""
 
-    def __init__(self, n_boot: int, seed: int):
+    def __init__(self, n_boot: int):
         self.n_boot = n_boot
-        self.seed = seed
         self.points: dict = {}  # model -> metric -> [per-seed point]
         self.samples: dict = {}  # model -> metric -> (B,) seed mean under each unit resample
 
@@ -166,7 +165,7 @@ class Pool:
 def pool_scores(base: Scores, runs: dict[str, list[Scores]], n_boot: int, seed: int, groups: list | None) -> Pool:
     """Perplexity and accuracy of base and every method's seeds on one test split."""
     w = bootstrap_weights(len(base.ids), n_boot, seed, groups)
-    pool = Pool(n_boot, seed)
+    pool = Pool(n_boot)
     for name, seeds in {"base": [base], **runs}.items():
         for s in seeds:
             if s.ids != base.ids:
