@@ -150,7 +150,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     study = saved["study"]
     assert saved["schema_version"] == SCHEMA_VERSION and study["seeds"] == 2
-    assert study["bootstrap"]["unit"] == "focus groups" and study["bootstrap"]["seed_noise"] == "welch_t"
+    assert study["bootstrap"]["unit"] == "focus groups" and study["bootstrap"]["seed_noise"] == "paired_t"
     assert (out / "tuning.db").is_file() and (out / "tuning_curves.png").is_file() and (out / "pareto.png").is_file()
     for method in ("selective", "lora"):
         t = study["tuning"][method]

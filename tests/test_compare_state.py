@@ -117,3 +117,17 @@ def test_a_method_whose_every_tuned_rate_diverged_is_marked_and_the_others_go_on
         assert "selective" in results["models"] and "lora" not in results["models"]
         assert set(results["study"]["tuning"]) == {"selective"}
     assert "**lora: diverged**" in (qa.parent / "cmp" / "report.md").read_text()
+
+
+def test_folders_made_before_tune_train_seed_existed_still_open():
+    """A comparison folder's identity must not change when a release adds a config key at a
+    default that computes the same thing: tune.train_seed (new in f0dc624) left unset changes
+    no trial, so a folder made by 0cb79df reopens without --force. The reference is the identity
+    0cb79df wrote into compare.json for this command (`medtune compare --preset cpu-study --data
+    ../shared/medquad`); the folder is not needed."""
+    from medtune.compare import identity_of
+
+    cfg = load_compare_config("cpu-study", data="../shared/medquad", out="cs")
+    assert identity_of(cfg) == "b3732ff6d91b193a"
+    seeded = load_compare_config("cpu-study", data="../shared/medquad", out="cs", overrides=["tune.train_seed=7"])
+    assert identity_of(seeded) != identity_of(cfg)  # trials on a seed of their own: another study

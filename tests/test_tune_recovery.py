@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,22 @@ def test_run_tuning_refuses_a_worker_without_shared_storage(tmp_path):
     with pytest.raises(MedtuneError, match="needs a shared --storage URL"):
         run_tuning(study_cfg(tmp_path), tmp_path / "prep", tmp_path / "cmp", worker=True)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_grid_whose_every_trial_failed_says_so_and_where_the_failures_are(tmp_path, monkeypatch):
+    """With no retries left, a rerun has nothing to train: one error naming tuning/summary.json,
+    which then lists each failed trial's reason (it was not written before the error)."""
+    import torch
+
+    def out_of_memory(k, lr, validate, run_dir):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    scripted_train(monkeypatch, out_of_memory)
+    cfg = study_cfg(tmp_path, "tune.max_retry=0")
+    for _ in GRID:  # each run stops at its trial's error; without retries every grid point fails once
+        with pytest.raises(torch.OutOfMemoryError):
+            tuning(tmp_path, cfg)
+    with pytest.raises(MedtuneError, match=r"no trial finished \(each failure: tuning/summary.json\)"):
+        tuning(tmp_path, cfg)
+    rows = json.loads((tmp_path / "cmp" / "tuning" / "summary.json").read_text())["methods"]["lora"]["trials"]
+    assert sorted(r["lr"] for r in rows) == GRID and all("OutOfMemoryError" in r["failure"] for r in rows)

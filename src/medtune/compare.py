@@ -30,7 +30,7 @@ from medtune.config import (
 )
 from medtune.errors import MedtuneError
 from medtune.quality import QualityConfig
-from medtune.tune import TUNE_BOOKKEEPING, TuneConfig
+from medtune.tune import TuneConfig, tune_identity
 
 PRESETS = importlib.resources.files("medtune") / "presets"
 
@@ -159,13 +159,14 @@ def compare_command(args) -> None:
 
 
 # Keys of the config that do not change what a comparison computes (a rerun with other values
-# resumes the folder); in tune:, TUNE_BOOKKEEPING (where trials are stored, dead-worker handling).
+# resumes the folder); in tune:, what tune.tune_identity leaves out (where trials are stored,
+# dead-worker handling, an unset train_seed).
 _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
 
 
 def identity_of(cfg: CompareConfig) -> str:
     whole = experiment_of(asdict(cfg))
-    whole["tune"] = {k: v for k, v in whole["tune"].items() if k not in TUNE_BOOKKEEPING}
+    whole["tune"] = tune_identity(whole["tune"])
     return config_hash({k: v for k, v in whole.items() if k not in _NOT_IDENTITY})
 
 
@@ -456,14 +457,14 @@ class Comparison:
         for method, args in cfg.methods.items():
             try:
                 one = replace(cfg, methods={method: args})
-                tuned.update(run_tuning(one, self.prep, self.out, quiet=self.quiet, shared=shared))
+                tuned.update(run_tuning(one, self.prep, self.out, quiet=self.quiet, shared=shared, write_summary=False))
             except NoFiniteTrial:
                 centre = cfg.run_config(method).learning_rate()
                 low, high = lr_range(cfg.tune, method, centre)
                 reason = f"every tuned learning rate diverged (tried {low:.3g} to {high:.3g})"
                 self.say(f"  {method}: {reason}; not trained")
                 self._mark_diverged(method, "tuning", reason, centre)
-        # run_tuning wrote each method's summary over the last: the report reads them all
+        # one file for every method (run_tuning saw one method at a time): the report reads it
         url = redact_url(cfg.tune.storage or default_storage(self.out))
         (self.out / "tuning").mkdir(parents=True, exist_ok=True)
         write_json(self.out / "tuning" / "summary.json", {"storage": url, "methods": tuned})

@@ -8,14 +8,17 @@ Intervals have two independent parts. Test sampling: one bootstrap shared by eve
 each resample b drawing the test split's units (focus groups for a grouped split, else
 examples) as weights W[b] used for every model (paired); a method's statistic in resample b
 is the mean over its seeds of the ratio-of-sums metric under W[b], and the 2.5/97.5
-percentiles give the interval. Training noise: the seeds' Welch t half-width, t(0.975, df) x
-sqrt(sum over the methods involved of sd^2 / S) with Welch-Satterthwaite df (S - 1 for one
-method), added in quadrature to each side of the percentile interval. Resampling S = 2-3
-seeds instead (the previous rule) spans about the seeds' range and, when seed noise
-dominates, marked 20% (S = 3) to 30% (S = 2) of differences between equal methods clear; with
-the t part it is 1-2% in the same simulation (tests/test_tune.py): conservative, as Welch's
-test itself is at S = 2-3 (2-3%). With one seed per model the interval is the paired
-bootstrap alone. A difference is "clear" when its 95% interval excludes 0.
+percentiles give the interval. Training noise: a t half-width added in quadrature to each
+side of the percentile interval. For one method (and its difference vs base, which has no
+seeds): t(0.975, S - 1) x sd / sqrt(S). Between two methods trained on the same seed values
+the seeds are paired (seed k gives both the same data order at the same batch size):
+t(0.975, S - 1) x sd of the per-seed differences / sqrt(S), which removes what the seeds
+share and stays valid however the two methods' seeds correlate. Otherwise (other seed values): Welch, t(0.975, df) x
+sqrt(sum of sd^2 / S) with Welch-Satterthwaite df. Resampling S = 2-3 seeds instead (an
+earlier rule) spans about the seeds' range and marked 20% (S = 3) to 30% (S = 2) of
+differences between equal methods clear in a simulation; with the t part it is 5% or less
+(tests/test_tune.py, tests/test_seed_pairing.py). With one seed per model the interval is
+the paired bootstrap alone. A difference is "clear" when its 95% interval excludes 0.
 """
 
 from __future__ import annotations
@@ -108,21 +111,40 @@ class Pool:
         self.n_boot = n_boot
         self.points: dict = {}  # model -> metric -> [per-seed point]
         self.samples: dict = {}  # model -> metric -> (B,) seed mean under each unit resample
+        self.seed_values: dict = {}  # model -> metric -> the train seed of each point, in order
 
-    def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]]) -> None:
+    def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]], seeds=None) -> None:
+        """`seeds`: the train seed of each entry (default 0, 1, ...); two models with the same
+        seed values are paired seed by seed."""
+        seeds = tuple(range(len(per_seed)) if seeds is None else seeds)
+        if len(seeds) != len(per_seed):
+            raise ValueError(f"{model}: {len(per_seed)} seed entries but seeds {seeds}")
         for key in per_seed[0]:
+            self.seed_values.setdefault(model, {})[key] = seeds
             boot = np.stack([d[key][1] for d in per_seed], axis=1)  # (B, S)
             self.points.setdefault(model, {})[key] = [d[key][0] for d in per_seed]
             self.samples.setdefault(model, {})[key] = boot.mean(1)
 
+    def paired(self, a: str, b: str, key: str) -> bool:
+        """Both scored on `key` for the same (several) train seeds: seed k is one draw of the
+        data order both trained on, so their difference is taken seed by seed."""
+        sa = self.seed_values.get(a, {}).get(key, ())
+        return len(sa) > 1 and sa == self.seed_values.get(b, {}).get(key)
+
     def seed_noise(self, models: tuple[str, ...], key: str) -> tuple[float, float]:
-        """(standard error, Welch df) of the seed means' training noise: sum of sd^2 / S over the
-        models with several seeds; (0, inf) when none has."""
-        terms = []
-        for m in models:
-            pts = np.asarray(self.points[m][key], dtype=np.float64)
-            if pts.size > 1:
-                terms.append((float(np.var(pts, ddof=1)) / pts.size, pts.size - 1))
+        """(standard error, df) of the seed means' training noise (b minus a for two models):
+        paired seeds: sd of the per-seed differences / sqrt(S), S - 1 df; else Welch, the sum of
+        sd^2 / S over the models with several seeds, Welch-Satterthwaite df; (0, inf) when no
+        model has several seeds."""
+        if len(models) == 2 and self.paired(*models, key):
+            a, b = (np.asarray(self.points[m][key], dtype=np.float64) for m in models)
+            terms = [(float(np.var(b - a, ddof=1)) / a.size, a.size - 1)]
+        else:
+            terms = []
+            for m in models:
+                pts = np.asarray(self.points[m][key], dtype=np.float64)
+                if pts.size > 1:
+                    terms.append((float(np.var(pts, ddof=1)) / pts.size, pts.size - 1))
         var = sum(v for v, _ in terms)
         if not terms or var == 0:
             return 0.0, math.inf
@@ -162,23 +184,37 @@ class Pool:
         return {"a": a, "b": b, "metric": key, "diff": d, "ci": ci, "clear": clear}
 
 
-def pool_scores(base: Scores, runs: dict[str, list[Scores]], n_boot: int, seed: int, groups: list | None) -> Pool:
-    """Perplexity and accuracy of base and every method's seeds on one test split."""
+def pool_scores(
+    base: Scores,
+    runs: dict[str, list[Scores]],
+    n_boot: int,
+    seed: int,
+    groups: list | None,
+    seed_values: dict[str, list[int]] | None = None,
+) -> Pool:
+    """Perplexity and accuracy of base and every method's seeds on one test split. `seed_values`:
+    each method's train seeds, in the order of its runs (default 0, 1, ...)."""
     w = bootstrap_weights(len(base.ids), n_boot, seed, groups)
     pool = Pool(n_boot)
     for name, seeds in {"base": [base], **runs}.items():
         for s in seeds:
             if s.ids != base.ids:
                 raise ValueError(f"{name} was scored on other examples than base")
-        pool.add(name, [_score_samples(s, w) for s in seeds])
+        pool.add(name, [_score_samples(s, w) for s in seeds], (seed_values or {}).get(name))
     return pool
 
 
 def pool_quality(
-    pool: Pool, gens: dict[str, list[list[dict]]], metrics: list[str], groups: list | None, seed: int
+    pool: Pool,
+    gens: dict[str, list[list[dict]]],
+    metrics: list[str],
+    groups: list | None,
+    seed: int,
+    seed_values: dict[str, list[int]] | None = None,
 ) -> list[str]:
     """Adds quality.<metric> (per-answer means, pooled over seeds) to `pool`; returns the metrics
-    every answer of every model has. The answers are resampled with their own weights (same seed)."""
+    every answer of every model has. The answers are resampled with their own weights (same seed).
+    `seed_values`: as for pool_scores."""
     names = list(gens)
     if not names:
         return []
@@ -197,7 +233,7 @@ def pool_quality(
                 {f"quality.{m}": _mean_samples(np.asarray([r[m] for r in rows], dtype=np.float64), w) for m in usable}
             )
         if usable:
-            pool.add(name, per_seed)
+            pool.add(name, per_seed, (seed_values or {}).get(name))
     return usable
 
 
@@ -307,11 +343,13 @@ def collect(out: Path, cfg: dict, methods: list[str]) -> tuple[dict, dict, Pool]
     w = bootstrap_weights(len(base.ids), n_boot, seed, groups)
     models = {"base": {"metrics": summarize(base, n_boot, seed, groups, weights=w)}}
     runs: dict[str, list[Scores]] = {}
+    trained_seeds: dict[str, list[int]] = {}  # pairs methods seed by seed (Pool.paired)
     for method in methods:
         present = [(n, s) for n, s in run_names(method, S, seed0) if (out / "eval" / f"{n}.json").is_file()]
         if not present:
             continue
         runs[method] = [load_scores(out / "eval" / f"{n}.json") for n, _ in present]
+        trained_seeds[method] = [s for _, s in present]
         seeds = []
         for (name, s), scores in zip(present, runs[method]):
             seeds.append({"run": name, "seed": s, "metrics": summarize(scores, n_boot, seed, groups, weights=w)})
@@ -326,7 +364,7 @@ def collect(out: Path, cfg: dict, methods: list[str]) -> tuple[dict, dict, Pool]
         timing = out / "eval" / f"{name}.timing.json"
         if timing.is_file():
             models[name]["eval_timing"] = read_json(timing)
-    pool = pool_scores(base, runs, n_boot, seed, groups)
+    pool = pool_scores(base, runs, n_boot, seed, groups, trained_seeds)
     for method, scores in runs.items():
         if len(scores) > 1:  # the seed mean; intervals add the seeds' spread (Pool.interval)
             pooled = pooled_metrics(pool, method, len(base.ids))
@@ -340,7 +378,7 @@ def collect(out: Path, cfg: dict, methods: list[str]) -> tuple[dict, dict, Pool]
     study = {
         "seeds": S,
         "seed_values": [seed0 + k for k in range(S)],
-        "bootstrap": {**unit, "resamples": n_boot, "seed_noise": "welch_t" if S > 1 else None},
+        "bootstrap": {**unit, "resamples": n_boot, "seed_noise": "paired_t" if S > 1 else None},
         "tuning": _tuning(out) if (cfg.get("tune") or {}).get("enabled") else None,  # not a stale one
     }
     return models, study, pool
@@ -442,13 +480,14 @@ def _add_quality(out: Path, results: dict, pool: Pool) -> None:
 
     cfg = results["config"]
     S, seed0 = int(cfg["train"].get("seeds") or 1), int(cfg["train"]["seed"])
-    gens = {}
+    gens, seeds = {}, {}
     for name in results["models"]:
-        runs = [name] if name == "base" else [n for n, _ in run_names(name, S, seed0)]
-        paths = [Path(out) / "generations" / f"{n}.jsonl" for n in runs]
-        rows = [quality.read_generations(p) for p in paths if p.is_file()]
-        if rows:
-            gens[name] = rows
+        runs = [(name, seed0)] if name == "base" else run_names(name, S, seed0)
+        present = [(Path(out) / "generations" / f"{n}.jsonl", s) for n, s in runs]
+        present = [(p, s) for p, s in present if p.is_file()]
+        if present:
+            gens[name] = [quality.read_generations(p) for p, _ in present]
+            seeds[name] = [s for _, s in present]
     if "base" not in gens:
         return
     from medtune.data.prepare import read_split
@@ -459,7 +498,7 @@ def _add_quality(out: Path, results: dict, pool: Pool) -> None:
         by_id = {r.id: r for r in test}
         if all(r["id"] in by_id for r in gens["base"][0]):
             groups = quality.group_ids_for(test, [by_id[r["id"]] for r in gens["base"][0]])
-    usable = pool_quality(pool, gens, list(quality.METRICS), groups, cfg["eval"]["seed"])
+    usable = pool_quality(pool, gens, list(quality.METRICS), groups, cfg["eval"]["seed"], seeds)
     if any(len(runs) > 1 for runs in gens.values()):
         _pooled_quality_tables(results, pool, usable, S)
 

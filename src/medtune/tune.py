@@ -272,13 +272,20 @@ def method_space(ctx: TuneContext, method: str) -> MethodSpace:
     run = experiment_of(rc.to_dict())  # a smaller micro-batch (after running out of memory) is the same study
     run["train"].pop("lr", None)
     run["train"].pop("seeds", None)
-    t = asdict(ctx.tune)
-    for k in TUNE_BOOKKEEPING:
-        t.pop(k)
-    if t["train_seed"] is None:
-        del t["train_seed"]  # the trials train with train.seed, as before the key existed: same study
+    t = tune_identity(asdict(ctx.tune))
     key = config_hash({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
     return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{key}")
+
+
+def tune_identity(tune: dict) -> dict:
+    """The tune: keys that change what the trials compute, for a study's name and a comparison's
+    identity: no TUNE_BOOKKEEPING, and no train_seed while it is unset (the trials then train
+    with train.seed, as before the key existed, so studies and comparison folders made by
+    earlier releases still match)."""
+    t = {k: v for k, v in tune.items() if k not in TUNE_BOOKKEEPING}
+    if t.get("train_seed") is None:
+        t.pop("train_seed", None)
+    return t
 
 
 def open_study(ctx: TuneContext, space: MethodSpace):
@@ -771,15 +778,22 @@ def rates_tried(rows: list[dict]) -> int:
 
 
 def run_tuning(
-    cfg, prep: Path, out: Path, *, worker: bool = False, quiet: bool = False, shared: SharedWork | None = None
+    cfg,
+    prep: Path,
+    out: Path,
+    *,
+    worker: bool = False,
+    quiet: bool = False,
+    shared: SharedWork | None = None,
+    write_summary: bool = True,
 ) -> dict:
     """Tune every method of `cfg` on `prep`'s train/val splits; never reads the test split.
 
     Returns {method: study_summary}; also written to <out>/tuning/summary.json (not by workers,
-    whose view of a shared study may be partial)."""
+    whose view of a shared study may be partial, nor with write_summary=False: compare's
+    tune_stage calls this per method and writes the combined file once)."""
     from medtune import models
     from medtune.data.prepare import data_fingerprint
-    from medtune.runs import write_json
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MedtuneError(
@@ -808,6 +822,7 @@ def run_tuning(
                 if r["chosen_lr"] is None and not worker:
                     if any(t["state"] == "complete" for t in r["trials"]):  # they ran: every loss non-finite
                         raise NoFiniteTrial(method)
+                    _write_summary(out, url, results)  # the failures the message points to
                     raise MedtuneError(f"tuning {method}: no trial finished (each failure: tuning/summary.json)")
                 say(
                     f"  {method}: chosen lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
@@ -818,10 +833,16 @@ def run_tuning(
     finally:
         if own:
             shared.close()
-    if not worker:
-        (out / "tuning").mkdir(parents=True, exist_ok=True)
-        write_json(out / "tuning" / "summary.json", {"storage": redact_url(url), "methods": results})
+    if write_summary and not worker:
+        _write_summary(out, url, results)
     return results
+
+
+def _write_summary(out: Path, url: str, results: dict) -> None:
+    from medtune.runs import write_json
+
+    (out / "tuning").mkdir(parents=True, exist_ok=True)
+    write_json(out / "tuning" / "summary.json", {"storage": redact_url(url), "methods": results})
 
 
 def _describe(ctx: TuneContext, method: str) -> str:

@@ -31,7 +31,7 @@ def annotate_bars(ax, bars, vals, fmt: str, fontsize: int) -> None:
 
 def save(fig, ax, path: Path, legend_size: int | None = 8) -> None:
     """The house style's finish: frameless legend, no top/right spines, tight, saved, closed."""
-    if legend_size:
+    if legend_size and ax.get_legend_handles_labels()[0]:  # nothing labelled (one model): no empty box
         ax.legend(frameon=False, fontsize=legend_size)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
