@@ -209,3 +209,30 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "other examples" in err
+
+
+@pytest.mark.parametrize("kind, unit", [("random", "examples"), ("grouped", "focus groups"), (None, "focus groups")])
+def test_evaluate_resamples_the_unit_its_split_kept_together(kind, unit, tiny, tmp_path, capsys):
+    """A grouped split kept focus groups together, so they are what the bootstrap draws; a random
+    split kept nothing together, so examples are (as compare does). A folder that does not say
+    (no stats.json) gets groups, the wider choice. Answer quality follows the same unit."""
+    from conftest import write_records
+    from medtune.data.prepare import read_split
+    from medtune.data.split import group_ids
+    from medtune.evaluate import load_scores
+
+    data = write_records(tmp_path / "prep", n_test=16)  # 8 topics: focus groups of 2 test questions
+    if kind:
+        (data / "stats.json").write_text(json.dumps({"split": kind}))
+    out, scores = tmp_path / "r.json", tmp_path / "s.json"
+    args = ["evaluate", "--model", tiny, "--data", data, "--out", out, "--scores", scores, "--bootstrap", 200]
+    code, _, err = run_cli([*args, "--generate", 4, "--max-new-tokens", 3], capsys)
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["bootstrap"]["unit"] == unit and res["quality"]["bootstrap"]["unit"] == unit
+    s, groups = load_scores(scores), group_ids(read_split(data, "test"))
+    assert len(set(groups)) == 8
+    ref = summarize(s, 200, 0, None if unit == "examples" else groups)
+    other = summarize(s, 200, 0, groups if unit == "examples" else None)
+    assert res["answer"]["perplexity_ci"] == pytest.approx(ref["answer"]["perplexity_ci"])
+    assert ref["answer"]["perplexity_ci"] != pytest.approx(other["answer"]["perplexity_ci"])  # the unit matters

@@ -1,7 +1,7 @@
 """`medtune evaluate`: score a base model or a trained run on a prepared split.
 
 check inputs (EvalConfig, output paths: before any weights load) -> load -> score ->
-summarize (intervals over the split's focus groups) -> optional paired difference and
+summarize (intervals over the split's focus groups, or examples for a random split) -> optional paired difference and
 generated-answer quality -> print and write.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medtune.config import EvalConfig
-from medtune.data.prepare import read_split
+from medtune.data.prepare import read_split, split_kind
 from medtune.data.split import group_ids
 from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
@@ -27,7 +27,10 @@ def evaluate_command(args) -> dict:
     if args.max_length:
         fmt = replace(fmt, max_length=args.max_length)
     scores = _score(model, tok, encode_records(tok, records, fmt), ecfg, label, args.per_example)
-    groups = group_ids(records)  # the unit a grouped split keeps together is the unit resampled
+    # The unit a grouped split keeps together is the unit resampled; a random split kept
+    # nothing together, so its examples are (as compare does). Unknown: groups, the wider choice.
+    grouped = split_kind(Path(args.data)) != "random"
+    groups = group_ids(records) if grouped else None
     summary = summarize(scores, ecfg.bootstrap, ecfg.seed, groups)
     if args.scores:
         save_scores(scores, Path(args.scores))
@@ -52,7 +55,7 @@ def evaluate_command(args) -> dict:
     if args.generate is not None:
         from medtune.quality import evaluate_generate
 
-        result["quality"] = evaluate_generate(model, tok, records, fmt, args, label)
+        result["quality"] = evaluate_generate(model, tok, records, fmt, args, label, grouped)
     result["environment"] = environment()
     if args.out:
         write_json(Path(args.out), result)  # strict JSON: a NaN metric becomes null + "nonfinite"

@@ -366,8 +366,10 @@ def group_ids_for(records: list, sample: list) -> Optional[list]:
 # ---------------------------------------------------------------- medtune evaluate --generate
 
 
-def evaluate_generate(model, tok, records: list, fmt, args, label: str) -> dict:
-    """`medtune evaluate --generate N`: answer N seeded test questions, score, print, save JSONL."""
+def evaluate_generate(model, tok, records: list, fmt, args, label: str, grouped: bool = True) -> dict:
+    """`medtune evaluate --generate N`: answer N seeded test questions, score, print, save JSONL.
+    grouped: resample the questions' focus groups (else single answers: a random split)."""
+    from medtune.evaluate import bootstrap_unit
     from medtune.report.tables import print_quality
 
     sample = select_sample(records, args.generate, 0)
@@ -375,8 +377,9 @@ def evaluate_generate(model, tok, records: list, fmt, args, label: str) -> dict:
     timing["scoring"] = score_rows(rows)
     path = Path(args.generations) if args.generations else Path("generations") / f"{_file_label(args, label)}.jsonl"
     write_generations(path, rows)
-    agg = aggregate({label: rows}, args.bootstrap, 0, group_ids_for(records, sample))[label]
-    summary = {**agg, "generation": timing, "generations_file": str(path)}
+    groups = group_ids_for(records, sample) if grouped else None
+    agg = aggregate({label: rows}, args.bootstrap, 0, groups)[label]
+    summary = {**agg, "bootstrap": bootstrap_unit(groups), "generation": timing, "generations_file": str(path)}
     print_quality(label, summary)
     print(f"generations: {path}")
     return summary

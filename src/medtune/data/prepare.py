@@ -232,6 +232,17 @@ def data_fingerprint(data_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def split_kind(folder: Path) -> str | None:
+    """How the prepared folder was split ("grouped" or "random", from stats.json); None when it
+    does not say (a folder written by hand)."""
+    p = Path(folder) / "stats.json"
+    try:
+        kind = json.loads(p.read_text()).get("split") if p.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in ("grouped", "random") else None
+
+
 def read_split(folder: Path, split: str) -> list[Record]:
     """Read one split of a prepared folder; every problem is a one-line MedtuneError."""
     if split in FORBIDDEN_SPLITS:
