@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from medtune.compare import load_compare_config, run_compare
+from medtune.compare import identity_of, load_compare_config, run_compare
+from medtune.errors import MedtuneError
 
 FAST = ["quality.enabled=false", "samples=0", "max_new_tokens=4"]
 TUNED = [*FAST, "tune.points=2", "train.seeds=1"]  # tiny-study: two rates a method, one seed
@@ -119,15 +120,53 @@ def test_a_method_whose_every_tuned_rate_diverged_is_marked_and_the_others_go_on
     assert "**lora: diverged**" in (qa.parent / "cmp" / "report.md").read_text()
 
 
-def test_folders_made_before_tune_train_seed_existed_still_open():
-    """A comparison folder's identity must not change when a release adds a config key at a
-    default that computes the same thing: tune.train_seed (new in f0dc624) left unset changes
-    no trial, so a folder made by 0cb79df reopens without --force. The reference is the identity
-    0cb79df wrote into compare.json for this command (`medtune compare --preset cpu-study --data
-    ../shared/medquad`); the folder is not needed."""
-    from medtune.compare import identity_of
+def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
+    """compare.json as an earlier release wrote it: its config without keys added since
+    (tune.train_seed, new in f0dc624), another train.seeds, and that release's hash (any value:
+    the folder is judged by its config). The folder reopens without --force (before, a new key
+    or more seeds demanded --force, which deletes every finished run and trial); a config that
+    computes something else is still refused."""
+    from dataclasses import asdict
 
-    cfg = load_compare_config("cpu-study", data="../shared/medquad", out="cs")
-    assert identity_of(cfg) == "b3732ff6d91b193a"
+    from medtune.compare import open_folder
+
+    cfg = load_compare_config("cpu-study", data="../shared/medquad", out=str(tmp_path / "cs"))
+    old = asdict(cfg)
+    del old["tune"]["train_seed"]
+    old["train"]["seeds"] = 2
+    (tmp_path / "cs").mkdir()
+    meta = {"identity": "0123456789abcdef", "config": old, "model": cfg.model, "format": old["format"]}
+    (tmp_path / "cs" / "compare.json").write_text(json.dumps({**meta, "methods": list(cfg.methods)}))
+    (tmp_path / "cs" / "stages.json").write_text("{}")
+    open_folder(cfg, tmp_path / "cs", force=False)  # same computation: opens, keeps the folder
+    assert (tmp_path / "cs" / "stages.json").is_file()
+    other = load_compare_config(
+        "cpu-study", data="../shared/medquad", out=str(tmp_path / "cs"), overrides=["tune.span=10"]
+    )
+    with pytest.raises(MedtuneError, match="holds a comparison with a different config"):
+        open_folder(other, tmp_path / "cs", force=False)
     seeded = load_compare_config("cpu-study", data="../shared/medquad", out="cs", overrides=["tune.train_seed=7"])
     assert identity_of(seeded) != identity_of(cfg)  # trials on a seed of their own: another study
+
+
+def test_more_seeds_add_runs_and_keep_the_finished_ones(qa, tmp_path):
+    """train.seeds 1 -> 2 on a finished tuned comparison: the tuning and the first seed are
+    reused (not trained again), one run is added, and the verdict pools both seeds; back to 1,
+    the report is the first seed's again and nothing is deleted."""
+    out = tmp_path / "cmp"
+
+    def run(seeds: int) -> dict:
+        sets = [*TUNED[:-1], f"train.seeds={seeds}"]
+        cfg = load_compare_config("tiny-study", data=str(qa), out=str(out), methods="lora", overrides=sets)
+        return run_compare(cfg, quiet=True)
+
+    first = run(1)
+    summary = out / "runs" / "lora" / "summary.json"
+    stamp, trials = summary.stat().st_mtime_ns, first["study"]["tuning"]["lora"]["trials"]
+    two = run(2)
+    assert summary.stat().st_mtime_ns == stamp and (out / "runs" / "lora-seed1" / "summary.json").is_file()
+    assert two["study"]["tuning"]["lora"]["trials"] == trials  # no trial trained again
+    assert two["study"]["seeds"] == 2 and len(two["models"]["lora"]["seeds"]) == 2
+    one = run(1)
+    assert one["study"]["seeds"] == 1 and one["models"]["lora"]["metrics"] == first["models"]["lora"]["metrics"]
+    assert (out / "runs" / "lora-seed1").is_dir()

@@ -167,6 +167,9 @@ _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "
 def identity_of(cfg: CompareConfig) -> str:
     whole = experiment_of(asdict(cfg))
     whole["tune"] = tune_identity(whole["tune"])
+    # train.seeds: more seeds add runs beside the finished ones, fewer report the first ones; each
+    # run's own stage key has its seed (train_stage), so no run is mistaken for another.
+    whole["train"] = {k: v for k, v in whole["train"].items() if k != "seeds"}
     return config_hash({k: v for k, v in whole.items() if k not in _NOT_IDENTITY})
 
 
@@ -217,16 +220,25 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
 
 
 def _folder_identity(meta_path: Path) -> tuple[Optional[str], str]:
-    """(identity recorded in compare.json, why it is unknown). An unreadable compare.json (cut
-    short by a kill before writes were atomic) says nothing about what the folder holds: it is
-    treated as another comparison, to replace with --force, never as this one."""
+    """(the folder's identity, why it is unknown). Recomputed from the config compare.json keeps,
+    under today's rules: a folder made by an earlier release is then judged by what it computed,
+    not by that release's hash (a key added since, at its default, or train.seeds, which left the
+    identity later, must not demand --force and lose the finished runs). The recorded hash is the
+    fallback for a config this release cannot read. An unreadable compare.json (cut short by a
+    kill before writes were atomic) says nothing about what the folder holds: it is treated as
+    another comparison, to replace with --force, never as this one."""
     from medtune.runs import read_json
 
     try:
         old = read_json(meta_path)
     except MedtuneError as e:
         return None, f"{e}, so the comparison in {meta_path.parent} is unknown"
-    return (old.get("identity") if isinstance(old, dict) else None), ""
+    if not isinstance(old, dict):
+        return None, ""
+    try:
+        return identity_of(from_dict(CompareConfig, old.get("config"), "compare.json config")), ""
+    except (MedtuneError, TypeError, ValueError, AttributeError):
+        return old.get("identity"), ""
 
 
 def prep_key(cfg: CompareConfig) -> str:
