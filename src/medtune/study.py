@@ -13,11 +13,11 @@ side of the percentile interval. For one method (and its difference vs base, whi
 seeds): t(0.975, S - 1) x sd / sqrt(S). Between two methods trained on the same seed values
 the seeds are paired (seed k gives both the same data order at the same batch size):
 t(0.975, S - 1) x sd of the per-seed differences / sqrt(S), which removes what the seeds
-share and stays valid however the two methods' seeds correlate. Otherwise (other seed values): Welch, t(0.975, df) x
-sqrt(sum of sd^2 / S) with Welch-Satterthwaite df. Resampling S = 2-3 seeds instead (an
-earlier rule) spans about the seeds' range and marked 20% (S = 3) to 30% (S = 2) of
-differences between equal methods clear in a simulation; with the t part it is 5% or less
-(tests/test_tune.py, tests/test_seed_pairing.py). With one seed per model the interval is
+share and stays valid however the two methods' seeds correlate. Otherwise (other seed
+values): Welch, t(0.975, df) x sqrt(sum of sd^2 / S), Welch-Satterthwaite df. Resampling
+S = 2-3 seeds instead (an earlier rule) spans about the seeds' range and marked 20% (S = 3)
+to 30% (S = 2) of differences between equal methods clear in a simulation; with the t part
+it is 5% or less (tests/test_tune.py, tests/test_seed_pairing.py). With one seed per model the interval is
 the paired bootstrap alone. A difference is "clear" when its 95% interval excludes 0.
 """
 
