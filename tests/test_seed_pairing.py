@@ -41,7 +41,8 @@ def test_same_seed_values_are_paired_seed_by_seed():
     half = T975[2] * np.std(per_seed, ddof=1) / math.sqrt(3)
     assert d["diff"] == pytest.approx(per_seed.mean())
     assert d["ci"] == pytest.approx([per_seed.mean() - half, per_seed.mean() + half], abs=2e-3)
-    assert d["clear"]  # b is better on every seed by about the same amount
+    assert d["clear"] and d["seed_noise"] == "paired_t"  # b is better on every seed by about the same amount
+    assert pool.difference("base", "a", "answer.perplexity")["seed_noise"] == "welch_t"  # one side has seeds
     # Each method alone (and its difference vs base, which has one run) keeps its own seeds' t.
     s = pool.summary("a", "answer.perplexity")
     half_a = T975[2] * np.std(np.exp(a_logs), ddof=1) / math.sqrt(3)
@@ -61,7 +62,7 @@ def test_other_seed_values_fall_back_to_welch():
     assert t_quantile(0.975, 4) == pytest.approx(T975[4], abs=1e-3)
     half = t_quantile(0.975, df) * math.sqrt(va + vb)
     assert d["ci"] == pytest.approx([d["diff"] - half, d["diff"] + half], abs=2e-3)
-    assert not d["clear"]  # unpaired, the seeds' spread hides the gap
+    assert not d["clear"] and d["seed_noise"] == "welch_t"  # unpaired, the seeds' spread hides the gap
 
 
 def test_quality_pairs_only_the_seeds_both_models_answered():

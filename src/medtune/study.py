@@ -181,7 +181,9 @@ class Pool:
         d = float(np.mean(self.points[b][key]) - np.mean(self.points[a][key]))
         ci = self.interval(d, self.samples[b][key] - self.samples[a][key], (a, b), key)
         clear = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0))
-        return {"a": a, "b": b, "metric": key, "diff": d, "ci": ci, "clear": clear}
+        several = any(len(self.points[m][key]) > 1 for m in (a, b))
+        seeds = "paired_t" if self.paired(a, b, key) else "welch_t" if several else None  # which t rule
+        return {"a": a, "b": b, "metric": key, "diff": d, "ci": ci, "clear": clear, "seed_noise": seeds}
 
 
 def pool_scores(
