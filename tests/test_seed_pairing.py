@@ -18,15 +18,10 @@ T975 = {2: 4.303, 4: 2.776}  # two-sided 95% critical values of Student's t (any
 def flat_run(log_ppl: float, n: int = 30) -> Scores:
     """Every example has the same loss per token, so every bootstrap resample gives the same
     perplexity: the interval is then the seeds' t part alone."""
+    from test_tune import scores_of
+
     tok = np.arange(5, 5 + n)
-    nll = tok * log_ppl
-    cor = (tok * 0.5).astype(np.int64)
-    return Scores(
-        [str(i) for i in range(n)],
-        {"answer": nll, "all": nll},
-        {"answer": tok, "all": tok},
-        {"answer": cor, "all": cor},
-    )
+    return scores_of(tok, tok * log_ppl, (tok * 0.5).astype(np.int64))
 
 
 def test_same_seed_values_are_paired_seed_by_seed():

@@ -433,18 +433,22 @@ def test_bootstrap_weights_draw_whole_groups():
     assert np.array_equal(bootstrap_weights(10, 50, 1, groups), bootstrap_weights(10, 50, 1, groups))
 
 
+def scores_of(tok: np.ndarray, nll: np.ndarray, cor: np.ndarray) -> Scores:
+    """Per-example sums, the same in both scopes; ids 0..n-1."""
+    return Scores(
+        [str(i) for i in range(len(tok))],
+        {"answer": nll, "all": nll},
+        {"answer": tok, "all": tok},
+        {"answer": cor, "all": cor},
+    )
+
+
 def fake_scores(nll_per_token, groups_of, seed=0):
     rng = np.random.default_rng(seed)
     n = len(groups_of)
     tok = rng.integers(5, 20, n)
     nll = tok * (np.asarray(nll_per_token) + rng.normal(0, 0.3, n))
-    cor = (tok * 0.4).astype(np.int64)
-    return Scores(
-        [str(i) for i in range(n)],
-        {"answer": nll, "all": nll},
-        {"answer": tok, "all": tok},
-        {"answer": cor, "all": cor},
-    )
+    return scores_of(tok, nll, (tok * 0.4).astype(np.int64))
 
 
 def test_group_bootstrap_is_wider_for_correlated_groups():
