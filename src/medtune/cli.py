@@ -273,13 +273,8 @@ def cmd_compare(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from medtune.compare import load_compare_config, tune_command
-    from medtune.tune import WORKER_NEEDS_STORAGE
+    from medtune.compare import tune_command
 
-    if args.worker and not args.storage:  # before tune_command writes anything; the preset or --set may name one
-        cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, args.overrides)
-        if not cfg.tune.storage:
-            raise MedtuneError(WORKER_NEEDS_STORAGE)
     tune_command(args)
 
 

@@ -462,8 +462,7 @@ class Comparison:
         Returns {method: study summary} for the methods with a chosen rate."""
         from dataclasses import replace
 
-        from medtune.runs import write_json
-        from medtune.tune import NoFiniteTrial, default_storage, lr_range, redact_url, run_tuning
+        from medtune.tune import NoFiniteTrial, default_storage, lr_range, run_tuning, save_summary
 
         cfg, tuned = self.cfg, {}
         for method, args in cfg.methods.items():
@@ -476,10 +475,7 @@ class Comparison:
                 reason = f"every tuned learning rate diverged (tried {low:.3g} to {high:.3g})"
                 self.say(f"  {method}: {reason}; not trained")
                 self._mark_diverged(method, "tuning", reason, centre)
-        # one file for every method (run_tuning saw one method at a time): the report reads it
-        url = redact_url(cfg.tune.storage or default_storage(self.out))
-        (self.out / "tuning").mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "tuning" / "summary.json", {"storage": url, "methods": tuned})
+        save_summary(self.out, cfg.tune.storage or default_storage(self.out), tuned)  # every method in one file
         return tuned
 
     def evaluate_stage(self, name: str, run_dir: Optional[Path]) -> None:
@@ -520,12 +516,14 @@ def tune_command(args) -> None:
     the other workers' trials (and without writing tuning/summary.json)."""
     from medtune.locking import FolderLock
     from medtune.runs import ensure_writable
-    from medtune.tune import run_tuning
+    from medtune.tune import WORKER_NEEDS_STORAGE, run_tuning
 
     overrides = [*args.overrides, "tune.enabled=true"]
     if args.storage:
         overrides.append(f"tune.storage={args.storage}")
     cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, overrides)
+    if args.worker and not cfg.tune.storage:  # before anything is written (run_tuning checks it too, later)
+        raise MedtuneError(WORKER_NEEDS_STORAGE)
     out = Path(cfg.out)
     check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
     ensure_writable(out, what="comparison folder")
@@ -537,5 +535,7 @@ def tune_command(args) -> None:
         print("worker: no trial left to claim")
         return
     for method, r in results.items():
-        tried = r.get("rates_tried", len(r["trials"]))
-        print(f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), {tried} rates tried")
+        print(
+            f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), "
+            f"{r['rates_tried']} rates tried"
+        )

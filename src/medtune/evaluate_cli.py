@@ -1,8 +1,8 @@
 """`medtune evaluate`: score a base model or a trained run on a prepared split.
 
 check inputs (EvalConfig, output paths: before any weights load) -> load -> score ->
-summarize (intervals over the split's focus groups, or examples for a random split) -> optional paired difference and
-generated-answer quality -> print and write.
+summarize (intervals over the split's focus groups, or examples for a random split) ->
+optional paired difference and generated-answer quality -> print and write.
 """
 
 from __future__ import annotations

@@ -544,7 +544,7 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
         _say_trial(ctx, space, trial.number, lr, "pruned", _record_elapsed(trial, t0))
         raise
     except (Exception, KeyboardInterrupt) as e:
-        stop = _stopped(ctx, trial, e, time.perf_counter() - t0)
+        stop = _stopped(ctx, trial, e, t0)
         if stop is e:
             raise
         raise stop from e
@@ -569,7 +569,7 @@ def _record_elapsed(trial, t0: float) -> float:
     return seconds
 
 
-def _stopped(ctx: TuneContext, trial, e: BaseException, seconds: float) -> BaseException:
+def _stopped(ctx: TuneContext, trial, e: BaseException, t0: float) -> BaseException:
     """A trial stopped by Ctrl-C or an error (out of GPU memory, a full disk) ends FAIL (Optuna)
     and so does the command; a retry of its learning rate is queued now, by the one process that
     owns the trial, so the next run trains that grid point again instead of counting it as tried
@@ -586,7 +586,7 @@ def _stopped(ctx: TuneContext, trial, e: BaseException, seconds: float) -> BaseE
         return e
     try:
         trial.set_user_attr("failure", f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-        trial.set_user_attr("elapsed_seconds", round(seconds, 3))
+        _record_elapsed(trial, t0)
         frozen = trial.study._storage.get_trial(trial._trial_id)
         if not frozen.state.is_finished():
             retry_callback(ctx.tune.max_retry)(trial.study, frozen)
@@ -822,7 +822,7 @@ def run_tuning(
                 if r["chosen_lr"] is None and not worker:
                     if any(t["state"] == "complete" for t in r["trials"]):  # they ran: every loss non-finite
                         raise NoFiniteTrial(method)
-                    _write_summary(out, url, results)  # the failures the message points to
+                    save_summary(out, url, results)  # the failures the message points to
                     raise MedtuneError(f"tuning {method}: no trial finished (each failure: tuning/summary.json)")
                 say(
                     f"  {method}: chosen lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
@@ -834,11 +834,12 @@ def run_tuning(
         if own:
             shared.close()
     if write_summary and not worker:
-        _write_summary(out, url, results)
+        save_summary(out, url, results)
     return results
 
 
-def _write_summary(out: Path, url: str, results: dict) -> None:
+def save_summary(out: Path, url: str, results: dict) -> None:
+    """<out>/tuning/summary.json: every method's study summary (the report reads it)."""
     from medtune.runs import write_json
 
     (out / "tuning").mkdir(parents=True, exist_ok=True)

@@ -36,16 +36,16 @@ def _diff_cell(d: dict, fmt: str) -> str:
 def unit_sentence(study: dict) -> str:
     b = study["bootstrap"]
     unit = b["unit"] + (f" ({b['count']:,})" if b.get("count") else "")
-    if b.get("seed_noise") == "paired_t":  # seeds: a t interval added in quadrature (medtune.study)
-        return (
-            f"95% intervals: bootstrap resampling {unit} ({b['resamples']} resamples), each side widened "
-            "in quadrature by the seeds' t half-width (S - 1 degrees of freedom; between two methods, "
-            "of their per-seed differences: seed k gave both the same data order)"
+    if b.get("seed_noise"):  # seeds: a t interval added in quadrature (medtune.study)
+        t = (
+            "t half-width (S - 1 degrees of freedom; between two methods, of their per-seed differences: "
+            "seed k gave both the same data order)"
+            if b["seed_noise"] == "paired_t"
+            else "Welch t half-width (S - 1 degrees of freedom per method)"  # results.json of 0cb79df..2810898
         )
-    if b.get("seed_noise"):  # results.json of 0cb79df..2810898: Welch t for every difference
         return (
             f"95% intervals: bootstrap resampling {unit} ({b['resamples']} resamples), each side widened "
-            "in quadrature by the seeds' Welch t half-width (S - 1 degrees of freedom per method)"
+            f"in quadrature by the seeds' {t}"
         )
     seeds = " and, per method, its seeds" if b.get("seeds_resampled") else ""  # results.json from before the t rule
     return f"95% bootstrap intervals resampling {unit}{seeds}, {b['resamples']} resamples"
