@@ -131,6 +131,51 @@ def test_aggregate_means_intervals_and_paired_differences():
         quality.aggregate({"base": base, "lora": better[::-1]}, 50, 0)
 
 
+@pytest.mark.parametrize("split, unit", [("random", "examples"), ("grouped", "focus groups")])
+def test_report_answer_intervals_resample_what_the_split_kept_together(split, unit, tmp_path):
+    """The report's answer-quality intervals draw the unit the perplexity intervals draw: focus
+    groups formed over the whole test split for a grouped split, single answers for a random one."""
+    from conftest import write_records
+    from medtune.data.prepare import read_split
+    from medtune.data.split import group_ids
+    from medtune.report.quality_section import add_quality
+
+    out = tmp_path / "cmp"
+    write_records(out / "prepared", n_test=16)  # topics cycle every 8: test-i and test-(i+8) share one
+    ids = [f"test-{i}" for i in (0, 1, 2, 3, 8, 9, 10, 11)]  # 4 groups of 2 answers
+    rng = np.random.default_rng(1)
+    gens = {
+        name: [
+            {
+                "id": i,
+                "rougeL": float(x),
+                "similarity": float(x),
+                "stopped": bool(x > 0.5),
+                "repetition": 0.0,
+                "tokens": 4,
+            }
+            for i, x in zip(ids, rng.random(len(ids)))
+        ]
+        for name in ("base", "lora")
+    }
+    for name, rows in gens.items():
+        quality.write_generations(out / "generations" / f"{name}.jsonl", rows)
+    cfg = {"quality": {"enabled": True}, "max_new_tokens": 8, "eval": {"bootstrap": 300, "seed": 0}}
+    results = {"config": {**cfg, "data": {"split": split}}, "models": {"base": {}, "lora": {}}}
+    add_quality(out, results)
+    gid = dict(
+        zip((r.id for r in read_split(out / "prepared", "test")), group_ids(read_split(out / "prepared", "test")))
+    )
+    groups = [gid[i] for i in ids] if unit == "focus groups" else None
+    assert groups is None or len(set(groups)) == 4
+    want, other = (quality.aggregate(gens, 300, 0, g) for g in (groups, None if groups else [gid[i] for i in ids]))
+    got = results["models"]["lora"]["quality"]
+    assert results["quality"]["bootstrap_unit"] == unit
+    assert got["metrics"]["rougeL"]["ci"] == pytest.approx(want["lora"]["metrics"]["rougeL"]["ci"])
+    assert got["diff_vs_base"]["rougeL"]["ci"] == pytest.approx(want["lora"]["diff_vs_base"]["rougeL"]["ci"])
+    assert want["lora"]["metrics"]["rougeL"]["ci"] != pytest.approx(other["lora"]["metrics"]["rougeL"]["ci"])
+
+
 def test_bootstrap_weights_draw_whole_groups():
     groups = [0, 0, 0, 1, 2, 2, 3, 3, 3, 3]
     W = quality.bootstrap_weights(len(groups), 200, 0, groups)

@@ -310,6 +310,15 @@ def test_groups(out: Path, cfg: dict, ids: list[str]) -> list | None:
     return [gid[i] for i in ids]
 
 
+def answer_groups(out: Path, cfg: dict, rows: list[dict]) -> list | None:
+    """Bootstrap units of generated answers: test_groups of their questions, or None (single
+    answers) when they are not questions of prepared/test.jsonl (generated from another split)."""
+    try:
+        return test_groups(out, cfg, [r["id"] for r in rows])
+    except MedtuneError:
+        return None
+
+
 def _run_entry(out: Path, name: str) -> dict:
     from medtune.runs import read_json, read_metrics
 
@@ -492,14 +501,7 @@ def _add_quality(out: Path, results: dict, pool: Pool) -> None:
             seeds[name] = [s for _, s in present]
     if "base" not in gens:
         return
-    from medtune.data.prepare import read_split
-
-    groups = None
-    if cfg["data"]["split"] == "grouped":
-        test = read_split(Path(out) / "prepared", "test")
-        by_id = {r.id: r for r in test}
-        if all(r["id"] in by_id for r in gens["base"][0]):
-            groups = quality.group_ids_for(test, [by_id[r["id"]] for r in gens["base"][0]])
+    groups = answer_groups(out, cfg, gens["base"][0])
     usable = pool_quality(pool, gens, list(quality.METRICS), groups, cfg["eval"]["seed"], seeds)
     if any(len(runs) > 1 for runs in gens.values()):
         _pooled_quality_tables(results, pool, usable, S)

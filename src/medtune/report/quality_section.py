@@ -12,6 +12,7 @@ from pathlib import Path
 
 from medtune import quality
 from medtune.report.tables import QUALITY_ROWS
+from medtune.study import answer_groups
 
 
 def add_quality(out: Path, results: dict) -> None:
@@ -30,7 +31,9 @@ def add_quality(out: Path, results: dict) -> None:
             timings[name] = json.loads(t.read_text()) if t.is_file() else {}
     if "base" not in gens:
         return
-    groups = _groups(out, cfg, gens["base"])
+    # The unit the split kept together (focus groups, or examples for a random split), over the
+    # whole test split as the perplexity intervals use: one rule for every interval of a report.
+    groups = answer_groups(out, cfg, gens["base"])
     agg = quality.aggregate(gens, cfg["eval"]["bootstrap"], cfg["eval"]["seed"], groups)
     for name, entry in agg.items():
         models[name]["quality"] = {**entry, "generation": timings.get(name, {})}
@@ -43,18 +46,6 @@ def add_quality(out: Path, results: dict) -> None:
         "rougeL": scoring.get("rougeL", "rouge-score, use_stemmer=True"),
         "bootstrap_unit": "focus groups" if groups is not None else "examples",
     }
-
-
-def _groups(out: Path, cfg: dict, rows: list[dict]):
-    from medtune.data.prepare import read_split
-
-    test = read_split(out / "prepared", "test")
-    if cfg["eval"].get("max_examples"):
-        test = test[: cfg["eval"]["max_examples"]]
-    by_id = {r.id: r for r in test}
-    if any(r["id"] not in by_id for r in rows):
-        return None  # answers from another split: resample single answers
-    return quality.group_ids_for(test, [by_id[r["id"]] for r in rows])
 
 
 def _cell(m: dict | None, fmt: str, signed: bool = False) -> str:
