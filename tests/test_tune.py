@@ -193,7 +193,8 @@ def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
     """A trial left RUNNING by a process that no longer exists is marked FAIL and re-run."""
     from medtune.data.prepare import data_fingerprint
     from medtune.shared_work import SharedWork
-    from medtune.tune import TuneContext, method_space, open_storage, open_study, run_tuning
+    from medtune.trial_storage import open_storage
+    from medtune.tune import TuneContext, method_space, open_study, run_tuning
 
     cfg = study_cfg(tmp_path)
     prep = write_records(tmp_path / "prep")

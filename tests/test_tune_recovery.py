@@ -71,7 +71,7 @@ def test_retry_callback_drops_the_failed_attempts_rungs_and_attributes():
     the pruner's completed_rung_* included; ours keeps the retry bookkeeping and the lr only."""
     import optuna
 
-    from medtune.tune import retry_callback
+    from medtune.trial_storage import retry_callback
 
     study = optuna.create_study(storage=optuna.storages.RDBStorage("sqlite:///:memory:"))
     t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)})
@@ -183,7 +183,7 @@ def test_a_trial_taken_over_by_another_worker_is_one_line_and_not_retried_twice(
     with one MedtuneError line and queues no second retry; the rerun trains each rate once."""
     import optuna
 
-    from medtune.tune import STORAGE_LOST, retry_callback
+    from medtune.trial_storage import STORAGE_LOST, retry_callback
 
     def script(k, lr, validate, run_dir):
         validate(0.0, 4.0)

@@ -182,7 +182,7 @@ def check_compare(cfg: CompareConfig) -> None:
     if cfg.data.source is not None and not Path(cfg.data.source).exists():
         raise MedtuneError(f"data not found: {cfg.data.source}")
     if cfg.tune.enabled and cfg.tune.storage:
-        from medtune.tune import open_storage
+        from medtune.trial_storage import open_storage
 
         open_storage(cfg.tune.storage, cfg.tune)  # unreachable: one line, before anything is written
 
@@ -206,7 +206,7 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     whole = asdict(cfg)
     if cfg.tune.storage:  # compare.json and results.json carry the config: never a database password
-        from medtune.tune import redact_url
+        from medtune.trial_storage import redact_url
 
         whole["tune"]["storage"] = redact_url(cfg.tune.storage)
     meta = {
@@ -331,7 +331,7 @@ class Comparison:
         from medtune.data.prepare import read_split
         from medtune.report.writer import build_results, write_report
         from medtune.shared_work import SharedWork
-        from medtune.tune import trial_dir_name
+        from medtune.trial_storage import trial_dir_name
 
         cfg, out = self.cfg, self.out
         self.stage("prepare data")
@@ -462,7 +462,8 @@ class Comparison:
         Returns {method: study summary} for the methods with a chosen rate."""
         from dataclasses import replace
 
-        from medtune.tune import NoFiniteTrial, default_storage, lr_range, run_tuning, save_summary
+        from medtune.trial_storage import default_storage
+        from medtune.tune import NoFiniteTrial, lr_range, run_tuning, save_summary
 
         cfg, tuned = self.cfg, {}
         for method, args in cfg.methods.items():
