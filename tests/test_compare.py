@@ -129,10 +129,18 @@ def test_presets_study():
     assert study.model == "smollm2-135m" and study.data.split == "grouped" and study.tune.enabled
     assert set(study.methods) == {"selective", "lora", "boft"} and study.train.seeds == 3
     assert not load_compare_config("cpu-demo").tune.enabled  # make demo stays untuned
-    paper = load_compare_config("paper", overrides=["tune.enabled=true", "data.val_fraction=0.05"])
-    assert paper.tune.enabled and paper.tune.sampler == "grid"
-    with pytest.raises(MedtuneError, match="val_fraction"):  # the study's protocol has no validation split
-        load_compare_config("paper", overrides=["tune.enabled=true"])
+    # paper accepts the same tuning with --set tune.enabled=true alone: the study's protocol has
+    # no validation split, so tuning takes tune.val_fraction of the training pairs, and says so
+    assert (
+        load_compare_config("paper").data.val_fraction == 0 and load_compare_config("paper").validation_note() is None
+    )
+    paper = load_compare_config("paper", overrides=["tune.enabled=true"])
+    assert paper.tune.enabled and paper.tune.sampler == "grid" and paper.data.val_fraction == 0.05
+    assert "0.05 of the training pairs" in paper.validation_note()
+    given = load_compare_config("paper", overrides=["tune.enabled=true", "data.val_fraction=0.1"])
+    assert given.data.val_fraction == 0.1 and given.validation_note() is None  # a split of the user's own
+    with pytest.raises(MedtuneError, match="tune.val_fraction"):  # 0: refuse rather than tune on nothing
+        load_compare_config("paper", overrides=["tune.enabled=true", "tune.val_fraction=0"])
 
 
 def test_tuned_study_end_to_end(tiny_compare, tmp_path):

@@ -378,14 +378,33 @@ def test_real_tuning_reads_no_test_split(tiny, tmp_path):
         ("tune.prune_from=0", "tune.prune_from must be a fraction in (0, 1]"),
         ("tune.grid.lroa=[1.0e-4]", "unknown method"),
         ("tune.train_seed=-1", "tune.train_seed must be empty or an integer"),
+        ("tune.val_fraction=1", "tune.val_fraction must be in [0, 1)"),
+        (("data.val_fraction=0", "tune.val_fraction=0"), "data.val_fraction and tune.val_fraction are 0"),
     ],
 )
 @pytest.mark.parametrize("command", ["compare", "tune"])
 def test_bad_tuning_config_is_one_line(command, setting, message, tmp_path, capsys):
     out = tmp_path / "o"
-    code, _, err = run_cli([command, "--preset", "tiny-study", "--out", out, "--set", setting], capsys)
+    sets = [x for kv in (setting if isinstance(setting, tuple) else (setting,)) for x in ("--set", kv)]
+    code, _, err = run_cli([command, "--preset", "tiny-study", "--out", out, *sets], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_tuning_a_protocol_without_validation_split_takes_one_from_train(tmp_path, capsys):
+    """paper has no validation split (data.val_fraction 0): `--set tune.enabled=true` alone tunes,
+    on tune.val_fraction of the training pairs, says so, and never on the test split."""
+    from medtune.data.prepare import read_split
+
+    data, out = qa_csv(tmp_path / "qa.csv"), tmp_path / "o"
+    args = [*TUNE_ARGS, "--set", "tune.points=1", "--set", "data.val_fraction=0", "--set", "tune.val_fraction=0.1"]
+    code, stdout, err = run_cli([*args, "--data", data, "--out", out], capsys)
+    assert code == 0, err
+    assert "0.1 of the training pairs become the validation split" in stdout
+    val, test = read_split(out / "prepared", "val"), read_split(out / "prepared", "test")
+    assert len(val) > 0 and not {r.id for r in val} & {r.id for r in test}
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["config"]["data"]["val_fraction"] == 0.1  # what the split computed is what the folder records
 
 
 @pytest.mark.parametrize("command", ["tune", "compare"])

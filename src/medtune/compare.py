@@ -63,11 +63,26 @@ class CompareConfig:
 
         for name in self.tune.grid:
             get_method(name)  # tune.grid names methods (a typo is an error, an unselected method is fine)
-        if self.tune.enabled and self.data.val_fraction == 0:
-            raise MedtuneError(
-                "tuning chooses learning rates on the validation split, and data.val_fraction is 0: "
-                "add --set data.val_fraction=0.05"
-            )
+        self.validation_for_tuning = self.tune.enabled and self.data.val_fraction == 0
+        if self.validation_for_tuning:
+            if not self.tune.val_fraction:
+                raise MedtuneError(
+                    "tuning chooses learning rates on the validation split, and data.val_fraction and "
+                    "tune.val_fraction are 0: add --set tune.val_fraction=0.05"
+                )
+            # A protocol without a validation split (paper): tuning takes its own from the training
+            # pairs, never from the test split. Not a dataclass field: compare.json records the
+            # resulting data.val_fraction, which is what the split computes.
+            self.data.val_fraction = self.tune.val_fraction
+
+    def validation_note(self) -> str | None:
+        """One line for a comparison whose validation split exists only for tuning."""
+        if not getattr(self, "validation_for_tuning", False):
+            return None
+        return (
+            f"tuning: data.val_fraction is 0, so {self.tune.val_fraction:g} of the training pairs become the "
+            "validation split that chooses learning rates (tune.val_fraction); every run trains on the rest"
+        )
 
     def run_config(self, name: str) -> RunConfig:
         args = dict(self.methods.get(name) or {})
@@ -334,6 +349,8 @@ class Comparison:
         from medtune.trial_storage import trial_dir_name
 
         cfg, out = self.cfg, self.out
+        if cfg.validation_note():
+            self.say(cfg.validation_note())
         self.stage("prepare data")
         prepare_stage(cfg, out, self.quiet, self.stages)
         # Base model, tokenized splits, step-0 validation and selective's frozen-prefix states:
@@ -528,6 +545,8 @@ def tune_command(args) -> None:
     out = Path(cfg.out)
     check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
     ensure_writable(out, what="comparison folder")
+    if cfg.validation_note():
+        print(cfg.validation_note())
     with FolderLock(out, "comparison"):
         open_folder(cfg, out, force=False)
         prep = prepare_stage(cfg, out)

@@ -53,7 +53,8 @@ from medtune.trial_storage import (
 SAMPLERS = ("grid", "tpe")
 # tune: keys that change nothing a trial computes (whether tuning runs, where trials are stored,
 # how dead workers are found): left out of the study's name and of the comparison's identity.
-TUNE_BOOKKEEPING = ("enabled", "storage", "heartbeat_seconds", "max_retry")
+# val_fraction acts through data.val_fraction, which is part of the identity itself.
+TUNE_BOOKKEEPING = ("enabled", "storage", "heartbeat_seconds", "max_retry", "val_fraction")
 SEED_MAX = 2**32 - 1
 WORKER_NEEDS_STORAGE = (
     "tune --worker needs a shared --storage URL (or tune.storage), e.g. postgresql+psycopg://user@host/db: "
@@ -82,6 +83,10 @@ class TuneConfig:
     # trailed 5.3e-3 at 25% of its steps (2.561 vs 2.520), led at 50% (2.365 vs 2.406) and won
     # at the end (2.250 vs 2.349): pruning at 25% threw the best rate away.
     prune_from: float = 0.5
+    # The validation share tuning takes from the training pairs when the data config has none
+    # (data.val_fraction 0, as in the paper protocol): tuning never reads the test split, so
+    # with tuning on, the runs train on that much less. 0: refuse instead.
+    val_fraction: float = 0.05
     storage: Optional[str] = None  # any database URL Optuna accepts; None: sqlite:///<out>/tuning.db
     seed: int = 0  # sampler seed (the grid order; TPE's draws)
     heartbeat_seconds: int = 30  # a RUNNING trial silent for 3x this is stale (another host died)
@@ -99,6 +104,7 @@ class TuneConfig:
         _check(math.isfinite(self.span) and self.span >= 1, f"tune.span must be a number >= 1; got {self.span}")
         _check(self.n_trials >= 1, f"tune.n_trials must be >= 1; got {self.n_trials}")
         _check(self.heartbeat_seconds >= 1, f"tune.heartbeat_seconds must be >= 1; got {self.heartbeat_seconds}")
+        _check(0 <= self.val_fraction < 1, f"tune.val_fraction must be in [0, 1); got {self.val_fraction}")
         _check(self.max_retry >= 0, f"tune.max_retry must be >= 0; got {self.max_retry}")
         # numpy (the samplers' RandomState) takes 0..2**32-1 only, and would fail after files are written
         _check(0 <= self.seed <= SEED_MAX, f"tune.seed must be an integer in 0..{SEED_MAX}; got {self.seed}")
