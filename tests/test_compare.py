@@ -96,7 +96,7 @@ def test_compare_refuses_other_config_without_force(tiny_compare, capsys):
     code, _, err = run_cli(
         ["compare", "--preset", "tiny", "--data", cfg.data.source, "--out", out, "--set", "train.epochs=2"], capsys
     )
-    assert code == 2 and "different config" in err
+    assert code == 2 and "different config (train.epochs 1.0 -> 2.0)" in err  # says what differs
     assert (out / "results.json").read_text() == before
 
 
@@ -295,3 +295,17 @@ def test_prefix_cache_cost_splits_cold_and_cached_steps():
     assert prefix_cache_cost(two_epochs, None)["run_seconds_alone"] == pytest.approx(100 / 10 + 100 / 25)
     lora = {"train": {**run(5.0, 100, 0.0, 0), "epochs": 1.0}, "seeds": []}
     assert prefix_cache_cost(lora, None) is None  # no cold step: its train time is already the cost alone
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "max_new_tokens=0"], "max_new_tokens must be >= 1; got 0"),  # generate() failed mid-comparison
+        (["--storage", "sqlite:///trials.db"], "does not tune: add --set tune.enabled=true"),  # was ignored
+    ],
+)
+def test_compare_settings_that_cannot_work_are_one_line(args, message, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = run_cli(["compare", "--preset", "tiny", "--out", out, *args], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

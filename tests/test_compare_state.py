@@ -143,7 +143,7 @@ def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
     other = load_compare_config(
         "cpu-study", data="../shared/medquad", out=str(tmp_path / "cs"), overrides=["tune.span=10"]
     )
-    with pytest.raises(MedtuneError, match="holds a comparison with a different config"):
+    with pytest.raises(MedtuneError, match=r"holds a comparison with a different config \(tune.span 32.0 -> 10.0\)"):
         open_folder(other, tmp_path / "cs", force=False)
     seeded = load_compare_config("cpu-study", data="../shared/medquad", out="cs", overrides=["tune.train_seed=7"])
     assert identity_of(seeded) != identity_of(cfg)  # trials on a seed of their own: another study

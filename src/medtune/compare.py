@@ -59,6 +59,13 @@ class CompareConfig:
             self.run_config(name)  # validates the method name and its arguments
         if self.samples < 0:
             raise MedtuneError(f"samples must be >= 0; got {self.samples}")
+        if self.max_new_tokens < 1:  # transformers' generate would fail at the first answer, mid-comparison
+            raise MedtuneError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
+        if self.tune.storage and not self.tune.enabled:
+            raise MedtuneError(
+                "a tuning storage was given, but this comparison does not tune: add --set tune.enabled=true "
+                "(or drop --storage)"
+            )
         from medtune.methods import get_method
 
         for name in self.tune.grid:
@@ -179,13 +186,30 @@ def compare_command(args) -> None:
 _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
 
 
-def identity_of(cfg: CompareConfig) -> str:
+def identity_fields(cfg: CompareConfig) -> dict:
+    """The part of the config that decides what the comparison computes."""
     whole = experiment_of(asdict(cfg))
     whole["tune"] = tune_identity(whole["tune"])
     # train.seeds: more seeds add runs beside the finished ones, fewer report the first ones; each
     # run's own stage key has its seed (train_stage), so no run is mistaken for another.
     whole["train"] = {k: v for k, v in whole["train"].items() if k != "seeds"}
-    return config_hash({k: v for k, v in whole.items() if k not in _NOT_IDENTITY})
+    return {k: v for k, v in whole.items() if k not in _NOT_IDENTITY}
+
+
+def identity_of(cfg: CompareConfig) -> str:
+    return config_hash(identity_fields(cfg))
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identity_fields dicts, as 'key old -> new'."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b, key = old.get(k), new.get(k), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, key + ".")
+        elif a != b:
+            out.append(f"{key} {a!r} -> {b!r}")
+    return out
 
 
 def check_compare(cfg: CompareConfig) -> None:
@@ -210,13 +234,14 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     meta_path = out / "compare.json"
     identity = identity_of(cfg)
     if meta_path.is_file():
-        old, why = _folder_identity(meta_path)
+        old, why, fields = _folder_identity(meta_path)
         if old != identity:
             if not force:
-                raise MedtuneError(
-                    f"{why or f'{out} holds a comparison with a different config'}; "
-                    "use another --out, or --force to replace it"
-                )
+                if not why:
+                    diff = changed_keys(fields, identity_fields(cfg)) if fields else []
+                    shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+                    why = f"{out} holds a comparison with a different config" + (f" ({shown})" if diff else "")
+                raise MedtuneError(f"{why}; use another --out, or --force to replace it")
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     whole = asdict(cfg)
@@ -234,26 +259,29 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     write_json(meta_path, meta)  # atomic: a kill mid-write must not leave a folder no rerun can open
 
 
-def _folder_identity(meta_path: Path) -> tuple[Optional[str], str]:
-    """(the folder's identity, why it is unknown). Recomputed from the config compare.json keeps,
-    under today's rules: a folder made by an earlier release is then judged by what it computed,
-    not by that release's hash (a key added since, at its default, or train.seeds, which left the
-    identity later, must not demand --force and lose the finished runs). The recorded hash is the
-    fallback for a config this release cannot read. An unreadable compare.json (cut short by a
-    kill before writes were atomic) says nothing about what the folder holds: it is treated as
-    another comparison, to replace with --force, never as this one."""
+def _folder_identity(meta_path: Path) -> tuple[Optional[str], str, Optional[dict]]:
+    """(the folder's identity, why it is unknown, its identity_fields when readable).
+
+    Recomputed from the config compare.json keeps, under today's rules: a folder made by an
+    earlier release is then judged by what it computed, not by that release's hash (a key added
+    since, at its default, or train.seeds, which left the identity later, must not demand --force
+    and lose the finished runs). The recorded hash is the fallback for a config this release
+    cannot read. An unreadable compare.json (cut short by a kill before writes were atomic) says
+    nothing about what the folder holds: it is treated as another comparison, to replace with
+    --force, never as this one."""
     from medtune.runs import read_json
 
     try:
         old = read_json(meta_path)
     except MedtuneError as e:
-        return None, f"{e}, so the comparison in {meta_path.parent} is unknown"
+        return None, f"{e}, so the comparison in {meta_path.parent} is unknown", None
     if not isinstance(old, dict):
-        return None, ""
+        return None, "", None
     try:
-        return identity_of(from_dict(CompareConfig, old.get("config"), "compare.json config")), ""
+        fields = identity_fields(from_dict(CompareConfig, old.get("config"), "compare.json config"))
+        return config_hash(fields), "", fields
     except (MedtuneError, TypeError, ValueError, AttributeError):
-        return old.get("identity"), ""
+        return old.get("identity"), "", None
 
 
 def prep_key(cfg: CompareConfig) -> str:
