@@ -286,6 +286,26 @@ def test_report_lists_each_rate_once_and_flags_one_that_never_finished():
     assert line.index("0.001:") < line.index("0.003:") < line.index("0.01:")
 
 
+@pytest.mark.parametrize("chosen, side", [(1e-3, "bottom"), (3e-3, None), (1e-2, "top")])
+def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged(chosen, side):
+    """The best rate at an end of the grid may not be the best rate: the tuning lines and the
+    cost table say so; a rate inside the grid is not flagged."""
+    from medtune.report.study_section import cost_lines, tuning_lines
+
+    trials = [
+        {"number": i, "lr": lr, "state": "complete", "val_loss": 2.0 + i} for i, lr in enumerate([1e-3, 3e-3, 1e-2])
+    ]
+    t = {"trials": trials, "chosen_lr": chosen, "default_lr": 3e-3, "range": [1e-3, 1e-2], "prune_from": 0.5}
+    line = next(x for x in tuning_lines({"lora": t}) if x.startswith("- `lora`"))
+    row = next(
+        x for x in cost_lines({"tuning": {"lora": t}, "cost": {"lora": {"lr": chosen}}}) if x.startswith("| lora")
+    )
+    if side:
+        assert f"**at the {side} of the searched range**" in line and f"(grid {side})" in row
+    else:
+        assert "searched range" not in line and "(grid" not in row
+
+
 def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
     from medtune.data.prepare import read_split
     from medtune.tune import run_tuning, test_split_guarded
@@ -397,10 +417,11 @@ def test_tuning_a_protocol_without_validation_split_takes_one_from_train(tmp_pat
     from medtune.data.prepare import read_split
 
     data, out = qa_csv(tmp_path / "qa.csv"), tmp_path / "o"
-    args = [*TUNE_ARGS, "--set", "tune.points=1", "--set", "data.val_fraction=0", "--set", "tune.val_fraction=0.1"]
+    args = [*TUNE_ARGS, "--set", "tune.points=2", "--set", "data.val_fraction=0", "--set", "tune.val_fraction=0.1"]
     code, stdout, err = run_cli([*args, "--data", data, "--out", out], capsys)
     assert code == 0, err
     assert "0.1 of the training pairs become the validation split" in stdout
+    assert "of the searched range (a wider range may do better)" in stdout  # 2 points: the choice is an end
     val, test = read_split(out / "prepared", "val"), read_split(out / "prepared", "test")
     assert len(val) > 0 and not {r.id for r in val} & {r.id for r in test}
     saved = json.loads((out / "compare.json").read_text())

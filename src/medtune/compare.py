@@ -582,8 +582,10 @@ def tune_command(args) -> None:
     if args.worker:
         print("worker: no trial left to claim")
         return
+    from medtune.report.study_section import edge_note
+
     for method, r in results.items():
         print(
             f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), "
-            f"{r['rates_tried']} rates tried"
+            f"{r['rates_tried']} rates tried{edge_note(r).replace('**', '')}"
         )

@@ -137,8 +137,10 @@ def cost_lines(study: dict) -> list[str]:
     ]
     for name, c in cost.items():
         sd = f" ± {c['train_seconds_sd']:.1f}" if c.get("train_seconds_sd") is not None else ""
+        side = edge_side((study.get("tuning") or {}).get(name))
+        edge = f" (grid {side})" if side else ""  # the tuning lines below say why that matters
         L.append(
-            f"| {name} | {_num(c.get('lr'), '{:.3g}')} | {_num(c.get('trainable'), '{:,}')} "
+            f"| {name} | {_num(c.get('lr'), '{:.3g}')}{edge} | {_num(c.get('trainable'), '{:,}')} "
             f"| {_num(c.get('train_seconds'), '{:.1f}')}{sd} | {_num(c.get('tokens_per_s'), '{:.0f}')} "
             f"| {_num(c.get('peak_gpu_mb' if gpu else 'peak_rss_mb'), '{:.0f}')} "
             f"| {_num(c.get('tuning_seconds'), '{:.0f}')} | {_num(c.get('tuning_trials'), '{}')} |"
@@ -186,7 +188,7 @@ def tuning_lines(tuning: dict) -> list[str]:
     for method, t in tuning.items():
         cells = ", ".join(_trial_cell(r) for r in _one_trial_per_rate(t.get("trials") or []))
         chosen = _num(t.get("chosen_lr"), "{:.3g}")
-        edge = _edge(t)
+        edge = edge_note(t)
         L.append(f"- `{method}`: chosen {chosen} (default {t['default_lr']:.3g}){edge}; {cells}")
     L.append("")
     return L
@@ -209,17 +211,21 @@ def _trial_cell(r: dict) -> str:
     return f"{r['lr']:.3g}: {_num(r['val_loss'], '{:.4f}')}" + ("" if r["state"] == "complete" else f" ({r['state']})")
 
 
-def _edge(t: dict) -> str:
-    """A chosen rate at the end of the searched range may not be the best one: say so."""
-    lo, hi = (t.get("range") or [None, None])[:2]
-    lr = t.get("chosen_lr")
+def edge_side(t: dict | None) -> str | None:
+    """'top' / 'bottom' when a method's chosen rate is at that end of its searched range."""
+    lo, hi = ((t or {}).get("range") or [None, None])[:2]
+    lr = (t or {}).get("chosen_lr")
     if lr is None or lo is None or lo == hi:
-        return ""
+        return None
     if lr >= hi * (1 - 1e-9):
-        return ", **at the top of the searched range** (a wider range may do better)"
-    if lr <= lo * (1 + 1e-9):
-        return ", **at the bottom of the searched range** (a wider range may do better)"
-    return ""
+        return "top"
+    return "bottom" if lr <= lo * (1 + 1e-9) else None
+
+
+def edge_note(t: dict) -> str:
+    """A chosen rate at the end of the searched range may not be the best one: say so."""
+    side = edge_side(t)
+    return f", **at the {side} of the searched range** (a wider range may do better)" if side else ""
 
 
 def _num(v, fmt: str) -> str:
