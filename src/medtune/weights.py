@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from medtune.errors import MedtuneError
 from medtune.methods import get_method, unique_params
+from medtune.methods.peft_methods import quiet_peft_deprecations
 from medtune.runs import write_json
 
 
@@ -214,7 +215,8 @@ def _load_adapter(base_model, folder: Path):
         raise MedtuneError(f"{cfg_path} is corrupt: no peft_type")
     saved = read_tensors(weights)
     try:
-        model = PeftModel.from_pretrained(base_model, folder)
+        with quiet_peft_deprecations():
+            model = PeftModel.from_pretrained(base_model, folder)
     except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MedtuneError(f"cannot load adapter {folder}: {reason}") from None

@@ -8,6 +8,8 @@ for that model_type (GPT-2: c_attn), else the user must name them.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -77,12 +79,22 @@ def _model_cfg(model) -> dict:
     return base_model(model).config.to_dict()
 
 
+@contextlib.contextmanager
+def quiet_peft_deprecations():
+    """PEFT reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model (a
+    FutureWarning per trial, seed and reload); nothing a medtune user can change, so not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
 def _wrap(model, peft_config, method: str, details: dict | None = None):
     from peft import get_peft_model
 
     base_total = count_params(model)
     try:
-        model = get_peft_model(model, peft_config)
+        with quiet_peft_deprecations():
+            model = get_peft_model(model, peft_config)
     except ValueError as e:
         raise MedtuneError(f"{method}: {str(e).splitlines()[0]}") from None
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
