@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import TINY, run_cli
 from medtune import models
 from medtune.data.tokenize import Example
 from medtune.evaluate import Scores, paired_difference, score_examples, summarize
@@ -236,3 +236,170 @@ def test_evaluate_resamples_the_unit_its_split_kept_together(kind, unit, tiny, t
     other = summarize(s, 200, 0, groups if unit == "examples" else None)
     assert res["answer"]["perplexity_ci"] == pytest.approx(ref["answer"]["perplexity_ci"])
     assert ref["answer"]["perplexity_ci"] != pytest.approx(other["answer"]["perplexity_ci"])  # the unit matters
+
+
+def _no_model_load(*a, **k):
+    raise AssertionError("a model was loaded before the inputs were checked")
+
+
+def _one_line(code: int, err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("medtune: error: "), err
+    return lines[0]
+
+
+def _files(folder) -> set:
+    return {p.relative_to(folder) for p in folder.rglob("*")}
+
+
+def _fake_scores(ids):
+    n = len(ids)
+    d = lambda v: {"answer": np.full(n, v), "all": np.full(n, v + 1)}
+    return Scores(list(ids), d(2.0), d(3), d(1))
+
+
+def test_evaluate_bad_paired_with_fails_before_loading_and_writes_nothing(prepared, tmp_path, capsys, monkeypatch):
+    from medtune.evaluate import save_scores
+
+    monkeypatch.setattr(models, "load", _no_model_load)
+    monkeypatch.setattr(models, "load_tokenizer", _no_model_load)
+    monkeypatch.chdir(tmp_path)
+    ids = [f"test-{i}" for i in range(8)]  # the ids of conftest.write_records' test split
+    save_scores(_fake_scores(ids), tmp_path / "good.json")
+    good = json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "bad.json").write_text("scores: 1\n")
+    (tmp_path / "noids.json").write_text(json.dumps({k: v for k, v in good.items() if k != "ids"}))
+    (tmp_path / "noscope.json").write_text(json.dumps({"ids": ids, "answer": good["answer"]}))
+    short = {**good, "all": {**good["all"], "nll": good["all"]["nll"][:3]}}
+    (tmp_path / "short.json").write_text(json.dumps(short))
+    cases = {  # --paired-with value -> what the one line says
+        "nope.json": "no such file",
+        "bad.json": "not valid JSON",
+        "noids.json": "'ids' is missing",
+        "noscope.json": "'all.nll' is missing",
+        "short.json": "'all.nll' is not a list of 8 numbers",
+        "prep": "is a folder",
+    }
+    before = _files(tmp_path)
+    outs = ["--out", "o/r.json", "--scores", "s.json", "--per-example", "pe.jsonl"]
+    for path, says in cases.items():
+        args = ["evaluate", "--model", TINY, "--data", prepared, "--paired-with", path, *outs]
+        line = _one_line(*run_cli(args, capsys)[::2])
+        assert f"--paired-with {path}: " in line and says in line, line
+    # the scores of other examples (here: all 8 against the first 3) are refused up front too
+    args = ["evaluate", "--model", TINY, "--data", prepared, "--paired-with", "good.json", "--max-examples", 3]
+    line = _one_line(*run_cli([*args, *outs], capsys)[::2])
+    assert "other examples" in line and "(8 vs 3)" in line, line
+    assert _files(tmp_path) == before  # nothing written, not even a folder
+
+
+def test_evaluate_unwritable_output_fails_before_loading(prepared, tmp_path, capsys, monkeypatch):
+    """Each output path is checked before the model loads, in one line that names the option and
+    the path as typed (relative here, not resolved), and nothing is written."""
+    import tempfile
+
+    monkeypatch.setattr(models, "load", _no_model_load)
+    monkeypatch.setattr(models, "load_tokenizer", _no_model_load)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    base = ["evaluate", "--model", TINY, "--data", prepared]
+    cases = [  # (extra args, the line says)
+        (["--out", "afile/x.json"], "--out afile/x.json: afile is a file"),
+        (["--scores", "afile/sub/s.json"], "--scores afile/sub/s.json: afile is a file"),
+        (["--per-example", "afile/pe.jsonl"], "--per-example afile/pe.jsonl: afile is a file"),
+        (["--generate", 2, "--generations", "afile/g.jsonl"], "--generations afile/g.jsonl: afile is a file"),
+        (["--out", "prep"], "--out prep: is a folder"),
+        (["--out", "ok.json", "--per-example", "afile/new/pe.jsonl"], "--per-example afile/new/pe.jsonl: afile is"),
+    ]
+    before = _files(tmp_path)
+    for extra, says in cases:
+        line = _one_line(*run_cli([*base, *extra], capsys)[::2])
+        assert says in line, (extra, line)
+    assert _files(tmp_path) == before
+
+    def refused(*a, **k):  # a read-only folder, as root sees it: the probe file is refused
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    line = _one_line(*run_cli([*base, "--scores", "new/s.json"], capsys)[::2])
+    assert "--scores new/s.json: cannot write in . (Permission denied)" in line, line
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--max-examples", -1], "--max-examples must be >= 1; got -1"),
+        (["--bootstrap", 3], "--bootstrap must be >= 10; got 3"),
+        (["--batch-tokens", 3], "--batch-tokens must be 0 (auto) or >= 8; got 3"),
+        (["--max-length", 2], "--max-length must be >= 8; got 2"),
+    ],
+)
+def test_evaluate_bad_number_names_the_option(extra, says, prepared, capsys, monkeypatch):
+    monkeypatch.setattr(models, "load", _no_model_load)
+    line = _one_line(*run_cli(["evaluate", "--model", TINY, "--data", prepared, *extra], capsys)[::2])
+    assert says in line and "eval." not in line, line
+
+
+def _table_lines(out: str) -> list[str]:
+    lines = out.splitlines()
+    assert lines and all(len(x) <= 80 for x in lines), "\n".join(x for x in lines if len(x) > 80)
+    return lines
+
+
+def test_evaluate_makes_missing_folders_and_prints_whole_intervals(tiny, prepared, tmp_path, capsys, monkeypatch):
+    """Missing parent folders of the outputs are made; the printed table fits 80 columns (what a
+    pipe gets) with each interval whole, as written to --out. A pairing refused after scoring
+    (other scored tokens: another --max-length) leaves none of that run's outputs."""
+    from rich.console import Console
+
+    from medtune.report import tables
+
+    monkeypatch.setattr(tables, "console", Console(width=80))
+    o, s, pe = tmp_path / "a" / "b" / "r.json", tmp_path / "c" / "s.json", tmp_path / "d" / "pe.jsonl"
+    args = ["evaluate", "--model", tiny, "--data", prepared, "--max-examples", 4, "--bootstrap", 20]
+    code, out, err = run_cli([*args, "--out", o, "--scores", s, "--per-example", pe], capsys)
+    assert code == 0, err
+    res = json.loads(o.read_text())
+    assert res["examples"] == 4 and len(pe.read_text().splitlines()) == 4 and s.is_file()
+    text = "\n".join(_table_lines(out))
+    for scope in ("answer", "all"):
+        m = res[scope]
+        assert f"{m['perplexity']:.3f}" in text and f"{m['accuracy']:.4f}" in text
+        assert "[{:.3f}, {:.3f}]".format(*m["perplexity_ci"]) in text, text
+        assert "[{:.4f}, {:.4f}]".format(*m["accuracy_ci"]) in text, text
+    o2, s2, pe2 = tmp_path / "e" / "r.json", tmp_path / "e" / "s.json", tmp_path / "e" / "pe.jsonl"
+    more = ["--paired-with", s, "--max-length", 16, "--out", o2, "--scores", s2, "--per-example", pe2]
+    line = _one_line(*run_cli([*args, *more], capsys)[::2])
+    assert f"cannot pair with {s}" in line and "different tokens" in line, line
+    assert not [p for p in (tmp_path / "e").rglob("*")], "a refused pairing left output behind"
+
+
+def test_tables_fit_80_columns_with_whole_numbers(capsys, monkeypatch):
+    """Six-digit perplexities (a base model on a 150k vocabulary), NaN (a diverged model) and
+    negative intervals (answer quality) all print whole, in brackets, within 80 columns."""
+    from rich.console import Console
+
+    from medtune.report import tables
+
+    monkeypatch.setattr(tables, "console", Console(width=80))
+
+    def m(p):
+        return {"perplexity": p, "perplexity_ci": [p * 0.9, p * 1.1], "accuracy": 0.4313, "accuracy_ci": [0.41, 0.52]}
+
+    summary = {"examples": 3300, "answer": {**m(151234.5678), "tokens": 495123}, "all": {**m(math.nan), "tokens": 9}}
+    tables.print_metrics("lora-r16 [seed 3]", summary)
+    text = "\n".join(_table_lines(capsys.readouterr().out))
+    for piece in ("151234.568", "[136111.111, 166358.025]", "[nan, nan]", "[0.4100, 0.5200]", "495,123", "[seed 3]"):
+        assert piece in text, (piece, text)
+    ci = lambda lo, hi: {"mean": (lo + hi) / 2, "ci": [lo, hi]}
+    quality = {
+        "answers": 3,
+        "generation": {"max_new_tokens": 160, "tokens_per_s": 95.0},
+        "metrics": {"rougeL": ci(0.1, 0.3), "similarity": ci(-0.041, -0.002), "tokens": ci(3.0, 150.5)},
+    }
+    tables.print_quality("base", quality)
+    text = "\n".join(_table_lines(capsys.readouterr().out))
+    for piece in ("[0.100, 0.300]", "[-0.041, -0.002]", "[3.0, 150.5]"):
+        assert piece in text, (piece, text)

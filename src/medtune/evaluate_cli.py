@@ -1,12 +1,15 @@
 """`medtune evaluate`: score a base model or a trained run on a prepared split.
 
-check inputs (EvalConfig, output paths: before any weights load) -> load -> score ->
-summarize (intervals over the split's focus groups, or examples for a random split) ->
-optional paired difference and generated-answer quality -> print and write.
+check inputs (options, the split, --paired-with, output paths: before any weights load) ->
+load -> score -> summarize (intervals over the split's focus groups, or examples for a
+random split) -> optional paired difference and generated-answer quality -> print and write.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,24 +20,34 @@ from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS, SCOPES, load_scores, paired_difference, save_scores, score_examples, summarize
 from medtune.inference import autocast_for, load_for_inference
-from medtune.runs import ensure_writable, environment, write_json
+from medtune.runs import environment, write_json
 
 
 def evaluate_command(args) -> dict:
-    ecfg = EvalConfig(batch_tokens=args.batch_tokens, bootstrap=args.bootstrap, max_examples=args.max_examples)
-    records = _check_inputs(args)[: ecfg.max_examples]
+    ecfg = _eval_config(args)
+    records, other = _check_inputs(args)
     model, tok, fmt, label = load_for_inference(args.model, args.run)
     if args.max_length:
         fmt = replace(fmt, max_length=args.max_length)
-    scores = _score(model, tok, encode_records(tok, records, fmt), ecfg, label, args.per_example)
-    # The unit a grouped split keeps together is the unit resampled; a random split kept
-    # nothing together, so its examples are (as compare does). Unknown: groups, the wider choice.
-    grouped = split_kind(Path(args.data)) != "random"
-    groups = group_ids(records) if grouped else None
-    summary = summarize(scores, ecfg.bootstrap, ecfg.seed, groups)
+    # --per-example is streamed to a temporary sibling while scoring and renamed once the
+    # pairing (which can still refuse) has passed: a refusal leaves no output behind.
+    per_tmp = _tmp_sibling(args.per_example) if args.per_example else None
+    try:
+        scores = _score(model, tok, encode_records(tok, records, fmt), ecfg, label, per_tmp)
+        # The unit a grouped split keeps together is the unit resampled; a random split kept
+        # nothing together, so its examples are (as compare does). Unknown: groups, the wider choice.
+        grouped = split_kind(Path(args.data)) != "random"
+        groups = group_ids(records) if grouped else None
+        summary = summarize(scores, ecfg.bootstrap, ecfg.seed, groups)
+        paired = _paired(args.paired_with, other, scores, ecfg, groups) if other is not None else None
+        if per_tmp:
+            os.replace(per_tmp, args.per_example)
+    finally:
+        if per_tmp and per_tmp.exists():
+            per_tmp.unlink()
     if args.scores:
+        _parent(args.scores)
         save_scores(scores, Path(args.scores))
-    paired = _paired(args.paired_with, scores, ecfg, groups) if args.paired_with else None
     result = {
         "model": args.model,
         "run": args.run,
@@ -58,24 +71,120 @@ def evaluate_command(args) -> dict:
         result["quality"] = evaluate_generate(model, tok, records, fmt, args, label, grouped)
     result["environment"] = environment()
     if args.out:
-        write_json(Path(args.out), result)  # strict JSON: a NaN metric becomes null + "nonfinite"
+        write_json(_parent(args.out), result)  # strict JSON: a NaN metric becomes null + "nonfinite"
     return result
 
 
-def _check_inputs(args) -> list:
-    """Everything that needs no weights: the split, the generation sizes, the output paths."""
+def _eval_config(args) -> EvalConfig:
+    """The evaluation options, checked under the names the user typed (not eval.*)."""
+    if args.max_examples is not None and args.max_examples < 1:
+        raise MedtuneError(f"--max-examples must be >= 1; got {args.max_examples}")
+    if args.bootstrap < 10:
+        raise MedtuneError(f"--bootstrap must be >= 10; got {args.bootstrap}")
+    if args.batch_tokens != 0 and args.batch_tokens < 8:
+        raise MedtuneError(f"--batch-tokens must be 0 (auto) or >= 8; got {args.batch_tokens}")
+    if args.max_length is not None and args.max_length < 8:
+        raise MedtuneError(f"--max-length must be >= 8; got {args.max_length}")
+    return EvalConfig(batch_tokens=args.batch_tokens, bootstrap=args.bootstrap, max_examples=args.max_examples)
+
+
+def _check_inputs(args) -> tuple[list, object]:
+    """Everything that needs no weights: the split, the generation sizes, the --paired-with
+    scores (read, checked, matched against the examples to score), the output paths."""
     records = read_split(Path(args.data), args.split)
     if not records:
         raise MedtuneError(f"split {args.split!r} of {args.data} is empty")
+    records = records[: args.max_examples]
     if args.generate is not None and min(args.generate, args.max_new_tokens, args.generate_batch_size) < 1:
         raise MedtuneError("--generate, --max-new-tokens and --generate-batch-size must be >= 1")
-    for flag, path in (("--out", args.out), ("--per-example", args.per_example), ("--scores", args.scores)):
+    other = _read_paired(args.paired_with, [r.id for r in records]) if args.paired_with else None
+    outputs = [("--out", args.out), ("--per-example", args.per_example), ("--scores", args.scores)]
+    if args.generate is not None:
+        from medtune.quality import _file_label
+
+        outputs.append(("--generations", args.generations or f"generations/{_file_label(args, 'model')}.jsonl"))
+    for flag, path in outputs:
         if path:  # before the model loads and the split is scored, not after
-            ensure_writable(Path(path), is_file=True, what=flag)
-    return records
+            _check_output(flag, path)
+    return records, other
 
 
-def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: str | None):
+def _check_output(flag: str, given: str) -> None:
+    """One line naming the option and the path as typed if `given` cannot be written: the path is
+    a folder, or its nearest existing ancestor is a file or refuses a probe file (read-only,
+    root-owned: os.access would wave those through for root). Missing folders are fine: they
+    are made at write time (_parent)."""
+    path = Path(given)
+    if path.is_dir():
+        raise MedtuneError(f"{flag} {given}: is a folder; expected a file name")
+    probe = path.parent
+    while not probe.exists() and not probe.is_symlink():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MedtuneError(f"{flag} {given}: {probe} is {'a file' if probe.exists() else 'a broken link'}")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".medtune-probe-"):
+            pass
+    except OSError as e:
+        raise MedtuneError(f"{flag} {given}: cannot write in {probe} ({e.strerror or e})") from None
+
+
+def _parent(given: str) -> Path:
+    """`given` as a Path, its missing parent folders made (checked by _check_output)."""
+    path = Path(given)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _tmp_sibling(given: str) -> Path:
+    path = _parent(given)
+    return path.with_name(path.name + ".tmp")
+
+
+def _read_paired(path: str, ids: list[str]):
+    """The --paired-with scores, as load_scores reads them, after checking that the file is
+    a --scores file (JSON with ids and, per scope, nll/tokens/correct lists as long as ids)
+    of the examples this run will score."""
+    where = f"--paired-with {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MedtuneError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise MedtuneError(f"{where}: is a folder; expected a --scores file") from None
+    except json.JSONDecodeError as e:
+        raise MedtuneError(f"{where}: not valid JSON ({e}); expected a --scores file") from None
+    except UnicodeDecodeError:
+        raise MedtuneError(f"{where}: not valid JSON (not UTF-8 text); expected a --scores file") from None
+    except OSError as e:
+        raise MedtuneError(f"{where}: cannot read ({e.strerror or e})") from None
+    _check_scores_shape(data, where)
+    if data["ids"] != ids:
+        raise MedtuneError(
+            f"{where} scored other examples than this run ({len(data['ids'])} vs {len(ids)}); "
+            "use the same --data, --split and --max-examples"
+        )
+    return load_scores(Path(path))
+
+
+def _check_scores_shape(data, where: str) -> None:
+    hint = "expected a --scores file of medtune evaluate"
+    if not isinstance(data, dict):
+        raise MedtuneError(f"{where}: the top level is not an object; {hint}")
+    ids = data.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise MedtuneError(f"{where}: key 'ids' is {'missing' if ids is None else 'not a list of ids'}; {hint}")
+    for s in SCOPES:
+        for key in ("nll", "tokens", "correct"):
+            v = data.get(s, {}).get(key) if isinstance(data.get(s), dict) else None
+            if v is None:
+                raise MedtuneError(f"{where}: key '{s}.{key}' is missing; {hint}")
+            ok = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            if not ok or len(v) != len(ids):
+                raise MedtuneError(f"{where}: '{s}.{key}' is not a list of {len(ids)} numbers (one per id); {hint}")
+
+
+def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: Path | None):
     fh = open(per_example, "w") if per_example else None
     try:
         return score_examples(
@@ -86,14 +195,8 @@ def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: str 
             fh.close()
 
 
-def _paired(path: str, scores, ecfg: EvalConfig, groups) -> dict:
-    other = load_scores(Path(path))
-    if other.ids != scores.ids:
-        raise MedtuneError(
-            f"{path} scored other examples than this run ({len(other.ids)} vs {len(scores.ids)}); "
-            "use the same --data, --split and --max-examples"
-        )
-    try:
+def _paired(path: str, other, scores, ecfg: EvalConfig, groups) -> dict:
+    try:  # the examples were matched up front (_read_paired); the scored tokens can still differ
         return paired_difference(other, scores, ecfg.bootstrap, ecfg.seed, groups)
     except ValueError as e:
         raise MedtuneError(f"cannot pair with {path}: {e}") from None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from medtune.config import SCOPES
 
@@ -22,7 +24,8 @@ def print_prepare_stats(stats: dict, out) -> None:
     )
     t = Table(title=f"prepared -> {out}")
     for col in ("split", "examples", "sources", "tokens mean", "median", "p90", "max", f"> {stats['max_length']}"):
-        t.add_column(col, justify="right" if col not in ("split", "sources") else "left")
+        # fold, not cut, a long source name ("MPlusHealthTopics") on an 80-column terminal
+        t.add_column(col, justify="right" if col not in ("split", "sources") else "left", overflow="fold")
     for name, s in stats["splits"].items():
         tk = s.get("tokens", {})
         top = ", ".join(f"{k} {v}" for k, v in list(s["by_source"].items())[:3])
@@ -39,19 +42,27 @@ def print_prepare_stats(stats: dict, out) -> None:
     console.print(t)
 
 
+def _interval(lo: float, hi: float, fmt: str) -> Text:
+    """The interval as [lo, hi], plain text: as a str, rich would take "[nan, nan]" for markup."""
+    return Text(f"[{fmt.format(lo)}, {fmt.format(hi)}]")
+
+
 def print_metrics(name: str, summary: dict) -> None:
-    t = Table(title=f"{name}: {summary['examples']} examples")
-    for col in ("scope", "perplexity", "95% CI", "next-token acc.", "95% CI", "scored tokens"):
-        t.add_column(col, justify="right")
+    """Perplexity and accuracy with their 95% intervals, one row per scope. Fits 80 columns with
+    every digit shown (intervals as "[lo, hi]", up to six-digit perplexities); the scored tokens
+    go in the title. A narrower terminal folds a number onto a second line instead of cutting it."""
+    tokens = ", ".join(f"{summary[s]['tokens']:,} {s}" for s in SCOPES)
+    t = Table(title=f"{escape(name)}: {summary['examples']} examples ({tokens} scored tokens)")
+    for col in ("scope", "perplexity", "95% CI", "accuracy", "95% CI"):
+        t.add_column(col, justify="left" if col == "scope" else "right", overflow="fold")
     for scope in SCOPES:
         m = summary[scope]
         t.add_row(
             scope,
             f"{m['perplexity']:.3f}",
-            f"{m['perplexity_ci'][0]:.3f}-{m['perplexity_ci'][1]:.3f}",
+            _interval(*m["perplexity_ci"], "{:.3f}"),
             f"{m['accuracy']:.4f}",
-            f"{m['accuracy_ci'][0]:.4f}-{m['accuracy_ci'][1]:.4f}",
-            f"{m['tokens']:,}",
+            _interval(*m["accuracy_ci"], "{:.4f}"),
         )
     console.print(t)
 
@@ -69,15 +80,16 @@ def print_quality(name: str, summary: dict) -> None:
     """Answer-quality means with 95% intervals (summary: one model of quality.aggregate + generation)."""
     gen = summary.get("generation", {})
     t = Table(
-        title=f"{name}: {summary['answers']} greedy answers, at most {gen.get('max_new_tokens', '?')} new tokens "
+        title=f"{escape(name)}: {summary['answers']} greedy answers, "
+        f"at most {gen.get('max_new_tokens', '?')} new tokens "
         f"({gen.get('tokens_per_s', float('nan')):.0f} new tokens/s)"
     )
     for col in ("metric", "mean", "95% CI"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
+        t.add_column(col, justify="left" if col == "metric" else "right", overflow="fold")
     for key, label, fmt in QUALITY_ROWS:
         m = summary["metrics"].get(key)
         if m is None:
-            t.add_row(label, "skipped", (gen.get("scoring") or {}).get(key, ""))
+            t.add_row(label, "skipped", Text(str((gen.get("scoring") or {}).get(key, ""))))
         else:
-            t.add_row(label, fmt.format(m["mean"]), f"{fmt.format(m['ci'][0])}-{fmt.format(m['ci'][1])}")
+            t.add_row(label, fmt.format(m["mean"]), _interval(*m["ci"], fmt))
     console.print(t)
