@@ -133,8 +133,10 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
         raw.setdefault("data", {})["source"] = data
     if model:
         raw["model"] = model
-    if methods:
+    if methods is not None:
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        if not chosen:
+            raise MedtuneError(f"--methods names no method (got {methods!r}); leave it out for the preset's methods")
         given = raw.get("methods") or {}
         raw["methods"] = {m: given.get(m, {}) for m in chosen}
     if out:
