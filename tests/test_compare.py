@@ -310,3 +310,20 @@ def test_compare_settings_that_cannot_work_are_one_line(args, message, tmp_path,
     code, _, err = run_cli(["compare", "--preset", "tiny", "--out", out, *args], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("unit, count, examples, warned", [("focus groups", 4, 9, True), ("examples", None, 40, False)])
+def test_report_warns_when_intervals_rest_on_few_units(unit, count, examples, warned):
+    """A bootstrap over a handful of focus groups gives intervals that look precise and are not."""
+    from medtune.report.writer import FEW_UNITS, _header
+
+    boot = {"unit": unit, **({"count": count} if count else {})}
+    results = {
+        "config": {"model": "m", "eval": {"bootstrap": 100}, "format": {"max_length": 64}},
+        "data": {"split": "grouped", "seed": 0},
+        "models": {"base": {"metrics": {"examples": examples, "bootstrap": boot}}},
+    }
+    text = "\n".join(_header(results))
+    assert ("intervals from so few units are not reliable" in text) == warned
+    assert not warned or f"Only {count} {unit} to resample" in text
+    assert (count or examples) < FEW_UNITS if warned else examples >= FEW_UNITS

@@ -34,6 +34,10 @@ PAPER = {
 }
 
 
+# Below this many resampling units (focus groups or examples) a percentile bootstrap says little.
+FEW_UNITS = 20
+
+
 def build_results(out: Path) -> dict:
     """Gather the folder's artifacts into results.json: per model (base + methods, seeds inside),
     the seed-pooled study section (tuning, pairwise differences, verdict, cost), answer quality."""
@@ -169,6 +173,13 @@ def _header(results: dict) -> list[str]:
         f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are {intervals}; "
         "differences vs base are paired (same examples, same tokens).\n"
     )
+    b = (study or {}).get("bootstrap") or test.get("bootstrap") or {}
+    units = b.get("count") or (test["examples"] if b.get("unit", "examples") == "examples" else None)
+    if units is not None and units < FEW_UNITS:
+        L.append(
+            f"**Only {units} {b.get('unit', 'examples')} to resample: intervals from so few units are not "
+            "reliable (they can be far too narrow). Use more test data before reading anything into them.**\n"
+        )
     return L
 
 
