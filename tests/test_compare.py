@@ -303,6 +303,7 @@ def test_prefix_cache_cost_splits_cold_and_cached_steps():
         (["--set", "max_new_tokens=0"], "max_new_tokens must be >= 1; got 0"),  # generate() failed mid-comparison
         (["--storage", "sqlite:///trials.db"], "does not tune: add --set tune.enabled=true"),  # was ignored
         (["--methods", ""], "--methods names no method"),  # ran the preset's methods
+        (["--set", "methods.lora.lr=-1e-3"], "methods.lora.lr must be > 0"),  # was named train.lr
     ],
 )
 def test_compare_settings_that_cannot_work_are_one_line(args, message, tmp_path, capsys):

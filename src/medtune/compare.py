@@ -9,6 +9,7 @@ differences against the base are valid.
 from __future__ import annotations
 
 import importlib.resources
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from medtune.config import (
 )
 from medtune.errors import MedtuneError
 from medtune.quality import QualityConfig
+from medtune.schema import as_number
 from medtune.tune import TuneConfig, tune_identity
 
 PRESETS = importlib.resources.files("medtune") / "presets"
@@ -94,6 +96,10 @@ class CompareConfig:
     def run_config(self, name: str) -> RunConfig:
         args = dict(self.methods.get(name) or {})
         lr = args.pop("lr", None)
+        if lr is not None:  # named as the user set it, not as the train.lr it becomes
+            lr = as_number(lr, f"methods.{name}.lr", "must be a number")
+            if not (math.isfinite(lr) and lr > 0):
+                raise MedtuneError(f"methods.{name}.lr must be > 0; got {lr}")
         train = TrainConfig(**{**asdict(self.train), **({"lr": float(lr)} if lr is not None else {})})
         return from_dict(
             RunConfig,
