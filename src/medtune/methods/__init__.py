@@ -10,6 +10,7 @@ not go through PEFT.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,12 +44,13 @@ class TrainableReport:
     def summary(self) -> str:
         mods = self.trained_modules
         shown = ", ".join(mods) if len(mods) <= 8 else ", ".join(mods[:8]) + f", ... ({len(mods)} modules)"
+        # wrapped to 80 columns: module lists run to ~190 characters
         lines = [
             f"method {self.method}: {self.trainable:,} trainable of {self.total:,} parameters "
             f"({100 * self.share:.3f}%)",
-            f"  trained: {shown}",
+            textwrap.fill(shown, 80, initial_indent="  trained: ", subsequent_indent=" " * 11, break_long_words=False),
         ]
-        lines += [f"  note: {n}" for n in self.notes]
+        lines += [textwrap.fill(n, 80, initial_indent="  note: ", subsequent_indent=" " * 8) for n in self.notes]
         return "\n".join(lines)
 
 
