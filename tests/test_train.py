@@ -384,3 +384,148 @@ def test_run_folder_without_checkpoint_says_what_to_do(tiny, prepared, tmp_path,
     code, _, err = run_cli([*base, "--set", "train.max_steps=1", "--force"], capsys)
     assert code == 0, err
     assert (run / "summary.json").is_file()
+
+
+def _interrupted(tiny, data, run, **over):
+    """A lora run stopped after its second step (checkpoint on disk), as Ctrl-C would leave it."""
+    with pytest.raises(Interrupted):
+        train(cfg(tiny, "lora", **over), data, run, quiet=True, stop_after=2)
+    assert (run / "checkpoint" / "state.json").is_file()
+    return run
+
+
+def _config_data_dir(run, value=None):
+    """The data folder run/config.yaml records; with `value`, rewrite it (a run from an older medtune)."""
+    import yaml
+
+    d = yaml.safe_load((run / "config.yaml").read_text())
+    if value is not None:
+        d["data_dir"] = value
+        (run / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    return d["data_dir"]
+
+
+def test_resume_from_another_directory_finds_the_data(tiny, tmp_path, monkeypatch, capsys):
+    from conftest import write_records
+
+    work, elsewhere = tmp_path / "aw", tmp_path / "elsewhere"
+    write_records(work / "p24")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    new = _interrupted(tiny, Path("p24"), Path("runs") / "kr2").absolute()  # --data p24 --out runs, as typed
+    old = _interrupted(tiny, Path("p24"), Path("runs") / "old").absolute()
+    assert _config_data_dir(new) == str(work / "p24")  # recorded absolute
+    _config_data_dir(old, "p24")  # a config written before: relative to the directory of the time
+    monkeypatch.chdir(elsewhere)
+    for run in (new, old):
+        code, _, err = run_cli(["train", "--resume", run], capsys)
+        assert code == 0, err
+        assert json.loads((run / "summary.json").read_text())["steps"] == 12
+    assert _config_data_dir(old) == str(work / "p24")  # the resume recorded where it found the data
+
+
+def test_old_relative_data_dir_of_a_moved_comparison_and_of_a_lost_folder(tiny, tmp_path, monkeypatch, capsys):
+    from conftest import write_records
+
+    monkeypatch.chdir(tmp_path)
+    ct = tmp_path / "moved" / "ct"  # a comparison's run, written with --out somewhere/ct, then moved
+    run = _interrupted(tiny, write_records(ct / "prepared"), ct / "runs" / "lora")
+    _config_data_dir(run, "somewhere/ct/prepared")
+    write_records(tmp_path / "somewhere" / "ct" / "prepared", n_train=20)  # here, but other data
+    code, _, err = run_cli(["train", "--resume", run], capsys)
+    assert code == 0, err
+    assert _config_data_dir(run) == str(ct / "prepared")
+    lost = _interrupted(tiny, write_records(tmp_path / "gone"), tmp_path / "runs" / "lost")
+    _config_data_dir(lost, "gone")
+    shutil.rmtree(tmp_path / "gone")
+    code, _, err = run_cli(["train", "--resume", lost], capsys)
+    assert code == 2 and "--data DIR" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_with_data_uses_that_folder_if_it_holds_the_same_data(tiny, tmp_path, capsys):
+    from conftest import write_records
+
+    run = _interrupted(tiny, write_records(tmp_path / "a"), tmp_path / "runs" / "r")
+    (tmp_path / "a").rename(tmp_path / "b")
+    other = write_records(tmp_path / "other", n_train=20)
+    code, _, err = run_cli(["train", "--resume", run], capsys)
+    assert code == 2 and "--data DIR" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(["train", "--resume", run, "--data", other], capsys)
+    assert code == 2 and "other prepared data" in err and len(err.strip().splitlines()) == 1, err
+    assert not (run / "summary.json").exists()
+    code, _, err = run_cli(["train", "--resume", run, "--data", tmp_path / "b"], capsys)
+    assert code == 0, err
+    assert _config_data_dir(run) == str(tmp_path / "b")
+    # a run that recorded nothing about its data accepts the folder it is given
+    run2 = _interrupted(tiny, tmp_path / "b", tmp_path / "runs" / "r2")
+    (run2 / "data.fingerprint").unlink()
+    code, _, err = run_cli(["train", "--resume", run2, "--data", other], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "extra,flag",
+    [
+        (["--method", "boft"], "--method"),
+        (["--model", "tiny-random-llama"], "--model"),
+        (["--config", "x.yaml"], "--config"),
+        (["--name", "other"], "--name"),
+        (["--out", "elsewhere"], "--out"),
+        (["--force"], "--force"),
+    ],
+)
+def test_resume_refuses_options_it_would_ignore(extra, flag, tiny, prepared, tmp_path, capsys):
+    from medtune.runs import save_config
+
+    run = tmp_path / "runs" / "lora"
+    run.mkdir(parents=True)
+    save_config(run, cfg(tiny, "lora"), str(prepared))
+    before = (run / "config.yaml").read_text()
+    code, _, err = run_cli(["train", "--resume", run, *extra], capsys)
+    assert code == 2 and f"drop {flag}" in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "config.yaml").read_text() == before and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    from conftest import write_records
+
+    tmp = tmp_path_factory.mktemp("finished")
+    run = tmp / "run"
+    train(cfg(tiny, "lora", train__max_steps=1, train__epochs=1), write_records(tmp / "prep"), run, quiet=True)
+    return run
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1; got 0"),
+        (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1; got -5"),
+        (["--method", "boft"], "drop --method"),
+    ],
+)
+def test_ask_bad_input_is_one_line(extra, message, finished, capsys):
+    code, out, err = run_cli(["ask", finished, "What is gout?", *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err
+
+
+def test_ask_answers(finished, capsys):
+    code, out, err = run_cli(["ask", finished, "What is gout?", "--max-new-tokens", "3"], capsys)
+    assert code == 0 and out.startswith("[lora] "), err
+
+
+def test_python_m_medtune_and_help_texts():
+    from medtune.compare import preset_names
+
+    def help_of(*args):
+        r = subprocess.run([sys.executable, "-m", "medtune", *args, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return " ".join(r.stdout.split())
+
+    assert help_of().startswith("usage: medtune")
+    compare = help_of("compare")
+    assert all(name in compare for name in preset_names()) and "tiny-study" in compare
+    prepare = help_of("prepare")
+    assert "what remains after the test split" in prepare
+    for option in ("--split", "--seed", "--test-fraction", "--max-examples", "--question-column", "--focus-column"):
+        assert prepare.split(option)[-1].split("--")[0].strip(), option  # each option has its own help line

@@ -60,16 +60,26 @@ def _prepare_parser(sub) -> None:
         "--data", help="MedQuAD XML folder or .zip, CSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)"
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--split", choices=["grouped", "random"], default="grouped")
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-examples", type=int)
+    p.add_argument(
+        "--split",
+        choices=["grouped", "random"],
+        default="grouped",
+        help="grouped (default): pairs sharing a question text or focus entity stay in one split; random: seeded",
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of the pairs held out for test (0.2)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="share of what remains after the test split kept for validation (0.05; 0 = none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of --max-examples (0)")
+    p.add_argument("--max-examples", type=int, help="keep this many pairs after cleaning, each split in proportion")
     p.add_argument("--max-length", type=int, default=512, help="for the truncation statistics")
-    p.add_argument("--question-column")
-    p.add_argument("--answer-column")
-    p.add_argument("--source-column")
-    p.add_argument("--focus-column")
+    p.add_argument("--question-column", help="question column of a CSV/JSONL/Parquet/hub source (default: question)")
+    p.add_argument("--answer-column", help="answer column (default: answer)")
+    p.add_argument("--source-column", help="source column, optional (default: source, when present)")
+    p.add_argument("--focus-column", help="focus entity column, optional (default: focus_area or focus, when present)")
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
     _add_model(p)
     p.add_argument("--no-tokenize", action="store_true", help="skip token-length statistics (no model needed)")
@@ -85,9 +95,13 @@ def _train_parser(sub) -> None:
     p.add_argument("--method", help="selective, lora, boft, oft, ia3, full")
     p.add_argument("--data", help="prepared data folder (from medtune prepare)")
     _add_model(p, default=None)
-    p.add_argument("--out", default="runs", help="parent folder of run folders")
+    p.add_argument("--out", help="parent folder of run folders (default: runs)")
     p.add_argument("--name", help="run folder name (default: the method)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its own config (add --data DIR if its prepared data moved)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
     _add_overrides(p)
 
@@ -122,9 +136,7 @@ def _evaluate_parser(sub) -> None:
 
 def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="the study end to end: prepare, train each method, evaluate, report")
-    _add_comparison(
-        p, "a preset shipped with medtune (cpu-demo, cpu-study, paper, tiny) or a YAML path", "output folder"
-    )
+    _add_comparison(p, f"a preset shipped with medtune ({', '.join(_preset_names())}) or a YAML path", "output folder")
     p.add_argument(
         "--force", action="store_true", help="redo finished stages / replace a comparison with another config"
     )
@@ -152,6 +164,14 @@ def _add_comparison(p, preset_help: str, out_what: str, out_note: str = "") -> N
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _preset_names() -> list[str]:
+    """The presets shipped in medtune/presets (without importing medtune.compare, which loads torch)."""
+    import importlib.resources
+
+    folder = importlib.resources.files("medtune") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild report.md, results.json and figures from a comparison folder")
     p.add_argument("dir")
@@ -161,8 +181,8 @@ def _ask_parser(sub) -> None:
     p = sub.add_parser("ask", help="answer a question with a trained model (not medical advice)")
     p.add_argument("target", help="a run folder, or a comparison folder with --method")
     p.add_argument("question")
-    p.add_argument("--method", help="which method's run in a comparison folder (default: base model when absent)")
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--method", help="which method's run in a comparison folder (default or 'base': the base model)")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit (>= 1; 160)")
 
 
 def _version() -> str:
@@ -221,18 +241,78 @@ def cmd_train(args) -> None:
     from medtune.train import train
 
     if args.resume:
-        from medtune.runs import load_config
-
-        cfg, data_dir = load_config(Path(args.resume))
-        cfg = _resume_overrides(cfg, args.overrides)
-        train(cfg, Path(data_dir), Path(args.resume), resume=True)
+        cfg, data_dir = _resume_inputs(args)
+        train(cfg, data_dir, Path(args.resume), resume=True)
         return
     if not args.method and not args.config:
         raise MedtuneError("train needs --method (selective, lora, boft, oft, ia3, full) or --config")
     if not args.data:
         raise MedtuneError("train needs --data PREPARED_FOLDER (from medtune prepare)")
     cfg = _run_config(args)
-    train(cfg, Path(args.data), Path(args.out) / (args.name or cfg.method), force=args.force)
+    train(cfg, Path(args.data), Path(args.out or "runs") / (args.name or cfg.method), force=args.force)
+
+
+# Options a resumed run would ignore, refused rather than dropped: it continues in its own folder,
+# with its own config, from its checkpoint.
+_RESUME_IGNORES = (
+    ("method", "--method", "with its own method"),
+    ("model", "--model", "on its own base model"),
+    ("config", "--config", "with its own config (--set may change how long and how it runs)"),
+    ("name", "--name", "in its own folder"),
+    ("out", "--out", "in its own folder"),
+    ("force", "--force", "from its checkpoint (to start over, rerun without --resume)"),
+)
+
+
+def _resume_inputs(args):
+    """(config, prepared data folder) of `train --resume`, every problem one line before weights load."""
+    from medtune.runs import data_dir_candidates, is_complete, load_config
+
+    run = Path(args.resume)
+    for attr, flag, how in _RESUME_IGNORES:
+        if getattr(args, attr):
+            raise MedtuneError(f"--resume continues {run} {how}; drop {flag}")
+    cfg, recorded = load_config(run)
+    cfg = _resume_overrides(cfg, args.overrides)
+    if is_complete(run):
+        raise MedtuneError(f"run {run} already finished; nothing to resume")
+    if args.data:
+        _check_same_data(run, Path(args.data))
+        return cfg, Path(args.data)
+    if not recorded:
+        raise MedtuneError(f"run {run} does not record its prepared data folder; pass --data DIR")
+    found = data_dir_candidates(run, recorded)
+    if not found:
+        raise MedtuneError(
+            f"the prepared data of run {run} is not at {recorded} (nor beside the run); "
+            "pass --data DIR with the data it started on"
+        )
+    return cfg, _same_data_first(run, found)
+
+
+def _same_data_first(run: Path, found: list[Path]) -> Path:
+    """The candidate holding the data the run started on; else the first (train then says it changed)."""
+    from medtune.data.prepare import data_fingerprint
+    from medtune.runs import recorded_fingerprint
+
+    want = recorded_fingerprint(run)
+    if want is None or len(found) == 1:
+        return found[0]
+    return next((c for c in found if data_fingerprint(c) == want), found[0])
+
+
+def _check_same_data(run: Path, data: Path) -> None:
+    """--data on resume must hold the data the run started on (when the run recorded which)."""
+    from medtune.data.prepare import data_fingerprint, read_split
+    from medtune.runs import recorded_fingerprint
+
+    read_split(data, "train")  # a missing or broken folder: its own one-line error
+    want = recorded_fingerprint(run)
+    if want is not None and (got := data_fingerprint(data)) != want:
+        raise MedtuneError(
+            f"--data {data} holds other prepared data than run {run} started on "
+            f"(fingerprint {got}, the run's {want}); resume needs the same data"
+        )
 
 
 # What a resumed run may change: how long it runs, and how it executes (micro-batch, threads,

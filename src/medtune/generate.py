@@ -81,6 +81,8 @@ def generate_answers(
     """
     if batch_size < 1:
         raise MedtuneError(f"generation batch size must be >= 1; got {batch_size}")
+    if max_new_tokens < 1:
+        raise MedtuneError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     model.eval()
     eos = eos_id(tok)
     prompts = [prompt_text(tok, q, fmt) for q in questions]
@@ -113,10 +115,20 @@ def greedy_answer(model, tok, question: str, fmt, max_new_tokens: int = 160) -> 
 def ask_command(args) -> None:
     from medtune.inference import load_for_inference
 
+    if args.max_new_tokens < 1:
+        raise MedtuneError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
     target = Path(args.target)
     if not target.exists():
         raise MedtuneError(f"not found: {target} (give a run folder or a comparison folder)")
     if (target / "config.yaml").is_file():
+        if args.method:
+            from medtune.runs import load_config
+
+            own = load_config(target)[0].method
+            raise MedtuneError(
+                f"{target} is a run folder: it answers with its own method ({own}); "
+                "drop --method (it picks a run in a comparison folder)"
+            )
         model, tok, fmt, label = load_for_inference(None, target)
     elif (target / "compare.json").is_file():
         import json

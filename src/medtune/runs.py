@@ -108,6 +108,11 @@ def read_json(path: Path) -> dict:
         raise MedtuneError(f"{path} is not valid JSON: {e.msg}") from None
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def git_hash() -> str:
     try:
         here = Path(__file__).resolve().parent
@@ -137,7 +142,7 @@ def environment(extra: dict | None = None) -> dict:
         "git": git_hash(),
         "device": torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
-        else f"cpu ({torch.get_num_threads()} threads)",
+        else f"cpu ({_count(torch.get_num_threads(), 'thread')})",
         "cuda": torch.version.cuda,
     }
     env.update(extra or {})
@@ -145,8 +150,10 @@ def environment(extra: dict | None = None) -> dict:
 
 
 def save_config(run_dir: Path, cfg: RunConfig, data_dir: str) -> None:
+    """config.yaml with the data folder as an absolute path: a resume from another directory
+    (or a comparison given a relative --out) must find the same folder."""
     d = cfg.to_dict()
-    d["data_dir"] = str(data_dir)
+    d["data_dir"] = str(Path(data_dir).expanduser().resolve())
     (run_dir / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
 
 
@@ -167,6 +174,35 @@ def load_config(run_dir: Path) -> tuple[RunConfig, str]:
         raise MedtuneError(f"{p} is not a medtune run config: it holds a {type(d).__name__}, not a mapping")
     data_dir = d.pop("data_dir", "")
     return from_dict(RunConfig, d, str(p)), data_dir
+
+
+def recorded_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of the prepared data the run started on (data.fingerprint), if recorded."""
+    p = Path(run_dir) / "data.fingerprint"
+    return (p.read_text().strip() or None) if p.is_file() else None
+
+
+def data_dir_candidates(run_dir: Path, recorded) -> list[Path]:
+    """Prepared data folders (holding train.jsonl) where the run's recorded data folder may be.
+
+    Runs written before data folders were recorded as absolute paths hold the path as typed,
+    relative to the directory training started in. That directory is not known, so look where it
+    most likely was, in this order: the current directory; for a comparison's run
+    (<comparison>/runs/<name>), the comparison's prepared/ beside runs/; then each folder above
+    the run (`--out runs` from the folder holding the data, or a comparison's relative --out).
+    """
+    if not recorded or not isinstance(recorded, str):
+        return []
+    rel = Path(recorded).expanduser()
+    if rel.is_absolute():
+        candidates = [rel]
+    else:
+        run_dir = Path(run_dir).absolute()
+        candidates = [Path.cwd() / rel]
+        if run_dir.parent.name == "runs" and rel.name == "prepared":
+            candidates.append(run_dir.parent.parent / "prepared")
+        candidates += [folder / rel for folder in run_dir.parents]
+    return [c for c in dict.fromkeys(c.resolve() for c in candidates) if (c / "train.jsonl").is_file()]
 
 
 def _yaml_problem(e) -> str:
