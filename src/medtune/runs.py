@@ -108,9 +108,9 @@ def read_json(path: Path) -> dict:
         raise MedtuneError(f"{path} is not valid JSON: {e.msg}") from None
 
 
-def _count(n: int, noun: str) -> str:
-    """'1 thread', '2 threads'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def count_of(n: int, noun: str) -> str:
+    """'1 thread', '2 threads' (nouns with a plain -s plural)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def git_hash() -> str:
@@ -142,7 +142,7 @@ def environment(extra: dict | None = None) -> dict:
         "git": git_hash(),
         "device": torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
-        else f"cpu ({_count(torch.get_num_threads(), 'thread')})",
+        else f"cpu ({count_of(torch.get_num_threads(), 'thread')})",
         "cuda": torch.version.cuda,
     }
     env.update(extra or {})

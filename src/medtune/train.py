@@ -233,11 +233,9 @@ def _check_run_folder(run_dir: Path, resume: bool, force: bool, data_dir: Path) 
         return checkpoint
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
-            what = "finished" if is_complete(run_dir) else "unfinished"
+            what = "a finished" if is_complete(run_dir) else "an unfinished"
             hint = "" if is_complete(run_dir) else ", --resume it,"
-            raise MedtuneError(
-                f"run folder {run_dir} already holds an {what} run; pick another --name{hint} or --force"
-            )
+            raise MedtuneError(f"run folder {run_dir} already holds {what} run; pick another --name{hint} or --force")
         if not (run_dir / "config.yaml").is_file():
             raise MedtuneError(f"{run_dir} is not a medtune run folder (no config.yaml); refusing to replace it")
         for p in run_dir.iterdir():

@@ -13,7 +13,7 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS
 from medtune.report.quality_section import add_quality, generation_speed, quality_lines, sample_scores
-from medtune.runs import Number, check_shape, environment, read_json, write_json
+from medtune.runs import Number, check_shape, count_of, environment, read_json, write_json
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
 # seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr']). Added to 3
@@ -169,7 +169,7 @@ def _header(results: dict) -> list[str]:
         else f"95% bootstrap intervals over examples ({cfg['eval']['bootstrap']} resamples)"
     )
     L.append(
-        f"Test split: {test['examples']:,} held-out examples; {data['split']} split (seed {data['seed']}); "
+        f"Test split: {count_of(test['examples'], 'held-out example')}; {data['split']} split (seed {data['seed']}); "
         f"sequences truncated at {cfg['format']['max_length']} tokens. Intervals are {intervals}; "
         "differences vs base are paired (same examples, same tokens).\n"
     )
