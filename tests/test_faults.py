@@ -563,6 +563,14 @@ def test_report_on_broken_results_json_is_one_line(case, tmp_path, capsys):
     assert not (tmp_path / "report.md").exists()
 
 
+def test_report_on_a_file_or_a_missing_folder_says_which(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert "afile is a file, not a comparison folder" in one_line_error(
+        *run_cli(["report", tmp_path / "afile"], capsys)[::2]
+    )
+    assert "comparison folder not found" in one_line_error(*run_cli(["report", tmp_path / "nope"], capsys)[::2])
+
+
 def test_report_refuses_bare_nan(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(results_doc()).replace("5.0,", "NaN,", 1))
     line = one_line_error(*run_cli(["report", tmp_path], capsys)[::2])

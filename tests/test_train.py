@@ -529,3 +529,19 @@ def test_python_m_medtune_and_help_texts():
     assert "what remains after the test split" in prepare
     for option in ("--split", "--seed", "--test-fraction", "--max-examples", "--question-column", "--focus-column"):
         assert prepare.split(option)[-1].split("--")[0].strip(), option  # each option has its own help line
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ("{not json", "compare.json is not valid JSON"),
+        ('{"methods": ["lora"]}', "compare.json names no model"),
+        ('{"model": "tiny", "format": {"max_lenght": 64}}', "max_lenght"),
+    ],
+)
+def test_ask_on_a_broken_comparison_folder_is_one_line(meta, message, tmp_path, capsys):
+    """ask reads the comparison's compare.json: a broken one is named, never a KeyError or TypeError."""
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compare.json").write_text(meta)
+    code, out, err = run_cli(["ask", tmp_path / "cmp", "What is gout?"], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from medtune import progress
 from medtune.data.tokenize import eos_id, prompt_text
 from medtune.errors import MedtuneError
 
@@ -93,12 +94,14 @@ def generate_answers(
     answers: list[Generation | None] = [None] * len(prompts)
     new_tokens = 0
     t0, c0 = time.perf_counter(), time.process_time()
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, max_new_tokens)):
-            ids, stopped = _trim(row, eos)
-            answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
-            new_tokens += len(ids) + int(stopped)
+    with progress.bar(len(prompts), "answers", unit="answer", disable=len(prompts) <= batch_size) as shown:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, max_new_tokens)):
+                ids, stopped = _trim(row, eos)
+                answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
+                new_tokens += len(ids) + int(stopped)
+            shown.update(len(chunk))  # per batch: the longest answer in it decides its time
     return GenerationRun(answers, time.perf_counter() - t0, new_tokens, time.process_time() - c0)
 
 
@@ -131,19 +134,23 @@ def ask_command(args) -> None:
             )
         model, tok, fmt, label = load_for_inference(None, target)
     elif (target / "compare.json").is_file():
-        import json
+        from medtune.runs import read_json
 
-        meta = json.loads((target / "compare.json").read_text())
+        meta = read_json(target / "compare.json")  # unreadable: one line naming the file
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+            raise MedtuneError(f"{target / 'compare.json'} names no model; rerun medtune compare there")
         if args.method and args.method != "base":
             run = target / "runs" / args.method
             if not run.is_dir():
-                raise MedtuneError(f"no {args.method!r} run in {target} (it has: {', '.join(meta['methods'])})")
+                has = ", ".join(map(str, meta.get("methods") or [])) or "none"
+                raise MedtuneError(f"no {args.method!r} run in {target} (it has: {has})")
             model, tok, fmt, label = load_for_inference(None, run)
         else:
             from medtune.config import FormatConfig
+            from medtune.schema import from_dict
 
+            fmt = from_dict(FormatConfig, meta.get("format") or {}, "compare.json format")  # before weights load
             model, tok, _, label = load_for_inference(meta["model"], None)
-            fmt = FormatConfig(**meta["format"])
     else:
         raise MedtuneError(f"{target} is neither a run folder nor a comparison folder")
     answer = greedy_answer(model, tok, args.question, fmt, args.max_new_tokens)

@@ -73,7 +73,9 @@ def build_results(out: Path) -> dict:
 def rebuild(out: Path) -> None:
     out = Path(out)
     if not out.is_dir():
-        raise MedtuneError(f"comparison folder not found: {out}")
+        raise MedtuneError(
+            f"{out} is a file, not a comparison folder" if out.exists() else f"comparison folder not found: {out}"
+        )
     p = out / "results.json"
     if not p.is_file():
         raise MedtuneError(f"{out} has no results.json (run medtune compare first)")
