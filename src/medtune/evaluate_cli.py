@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS, SCOPES, load_scores, paired_difference, save_scores, score_examples, summarize
 from medtune.inference import autocast_for, load_for_inference
-from medtune.runs import environment, write_json
+from medtune.runs import ensure_writable, environment, write_json
 
 
 def evaluate_command(args) -> dict:
@@ -105,32 +104,12 @@ def _check_inputs(args) -> tuple[list, object]:
         outputs.append(("--generations", args.generations or f"generations/{_file_label(args, 'model')}.jsonl"))
     for flag, path in outputs:
         if path:  # before the model loads and the split is scored, not after
-            _check_output(flag, path)
+            ensure_writable(Path(path), is_file=True, what=flag)  # missing folders: made at write time
     return records, other
 
 
-def _check_output(flag: str, given: str) -> None:
-    """One line naming the option and the path as typed if `given` cannot be written: the path is
-    a folder, or its nearest existing ancestor is a file or refuses a probe file (read-only,
-    root-owned: os.access would wave those through for root). Missing folders are fine: they
-    are made at write time (_parent)."""
-    path = Path(given)
-    if path.is_dir():
-        raise MedtuneError(f"{flag} {given}: is a folder; expected a file name")
-    probe = path.parent
-    while not probe.exists() and not probe.is_symlink():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise MedtuneError(f"{flag} {given}: {probe} is {'a file' if probe.exists() else 'a broken link'}")
-    try:
-        with tempfile.TemporaryFile(dir=probe, prefix=".medtune-probe-"):
-            pass
-    except OSError as e:
-        raise MedtuneError(f"{flag} {given}: cannot write in {probe} ({e.strerror or e})") from None
-
-
 def _parent(given: str) -> Path:
-    """`given` as a Path, its missing parent folders made (checked by _check_output)."""
+    """`given` as a Path, its missing parent folders made (checked by ensure_writable)."""
     path = Path(given)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -71,32 +71,31 @@ def write_json(path: Path, obj) -> None:
 
 
 def ensure_writable(path: Path, *, is_file: bool = False, what: str = "output folder") -> Path:
-    """Fail with one line, before anything slow is loaded, if `path` cannot be written.
+    """Fail with one line, before anything slow is loaded, if `path` cannot be written; returns
+    it absolute.
 
     `path` is a folder to create or write into (or, with is_file=True, a file whose folder
     that is). Checks that no component of the path is a file and that the folder, or its
     nearest existing parent, is a writable directory: by creating and removing a probe
     file there, which also catches read-only filesystems and root-owned folders that
-    os.access would wave through for root. Creates nothing that stays.
+    os.access would wave through for root. Creates nothing that stays. Messages name the
+    path as the user gave it (`what` is the option or the thing it is).
     """
-    path = Path(path).expanduser().absolute()
-    if is_file and path.is_dir():
-        raise MedtuneError(f"{what} {path} is a folder; expected a file name")
-    folder = path.parent if is_file else path
-    probe = folder
+    given = Path(path).expanduser()
+    if is_file and given.is_dir():
+        raise MedtuneError(f"{what} {given}: is a folder; expected a file name")
+    probe = given.parent if is_file else given
     while not probe.exists() and not probe.is_symlink():
-        probe = probe.parent
+        probe = probe.parent  # ends at '.' or '/', which exist
     if not probe.is_dir():
-        if probe == folder:
-            raise MedtuneError(f"{what} {folder} is a file, not a folder")
-        raise MedtuneError(f"cannot create {what} {folder}: {probe} is a file, not a folder")
+        kind = "a file" if probe.exists() else "a broken link"
+        raise MedtuneError(f"{what} {given}: {probe} is {kind}, not a folder")
     try:
         with tempfile.TemporaryFile(dir=probe, prefix=".medtune-probe-"):
             pass
     except OSError as e:
-        where = f"{what} {folder}" if probe == folder else f"{what} {folder} (in {probe})"
-        raise MedtuneError(f"cannot write {where}: {e.strerror or e}") from None
-    return path
+        raise MedtuneError(f"{what} {given}: cannot write in {probe} ({e.strerror or e})") from None
+    return given.absolute()
 
 
 def read_json(path: Path) -> dict:
