@@ -196,6 +196,8 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     report = (out / "report.md").read_text()
     assert report.index("## Verdict") < report.index("## Table 1")
     assert "resampling focus groups" in report
+    units = saved["quality"]["bootstrap_units"]  # 4 answers: the verdict warns about its quality rows
+    assert units <= 4 and f"rest on 4 answers in {units} focus groups: too few to trust" in report
     d = pairs[0]
     cell = f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
     assert cell in report and f"| {d['b']} − {d['a']} |" in report
@@ -316,7 +318,8 @@ def test_compare_settings_that_cannot_work_are_one_line(args, message, tmp_path,
 @pytest.mark.parametrize("unit, count, examples, warned", [("focus groups", 4, 9, True), ("examples", None, 40, False)])
 def test_report_warns_when_intervals_rest_on_few_units(unit, count, examples, warned):
     """A bootstrap over a handful of focus groups gives intervals that look precise and are not."""
-    from medtune.report.writer import FEW_UNITS, _header
+    from medtune.report.tables import FEW_UNITS
+    from medtune.report.writer import _header
 
     boot = {"unit": unit, **({"count": count} if count else {})}
     results = {

@@ -161,7 +161,7 @@ def test_report_answer_intervals_resample_what_the_split_kept_together(split, un
     for name, rows in gens.items():
         quality.write_generations(out / "generations" / f"{name}.jsonl", rows)
     cfg = {"quality": {"enabled": True}, "max_new_tokens": 8, "eval": {"bootstrap": 300, "seed": 0}}
-    results = {"config": {**cfg, "data": {"split": split}}, "models": {"base": {}, "lora": {}}}
+    results = {"config": {**cfg, "model": "m", "data": {"split": split}}, "models": {"base": {}, "lora": {}}}
     add_quality(out, results)
     gid = dict(
         zip((r.id for r in read_split(out / "prepared", "test")), group_ids(read_split(out / "prepared", "test")))
@@ -171,6 +171,11 @@ def test_report_answer_intervals_resample_what_the_split_kept_together(split, un
     want, other = (quality.aggregate(gens, 300, 0, g) for g in (groups, None if groups else [gid[i] for i in ids]))
     got = results["models"]["lora"]["quality"]
     assert results["quality"]["bootstrap_unit"] == unit
+    assert results["quality"]["bootstrap_units"] == (4 if groups else 8)
+    from medtune.report.quality_section import quality_lines
+
+    text = "\n".join(quality_lines(out, results))  # 8 answers: far too few units, and the section says so
+    assert f"**Only {4 if groups else 8} {unit} to resample here" in text
     assert got["metrics"]["rougeL"]["ci"] == pytest.approx(want["lora"]["metrics"]["rougeL"]["ci"])
     assert got["diff_vs_base"]["rougeL"]["ci"] == pytest.approx(want["lora"]["diff_vs_base"]["rougeL"]["ci"])
     assert want["lora"]["metrics"]["rougeL"]["ci"] != pytest.approx(other["lora"]["metrics"]["rougeL"]["ci"])

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from medtune import quality
-from medtune.report.tables import QUALITY_ROWS
+from medtune.report.tables import FEW_UNITS, QUALITY_ROWS
 from medtune.study import answer_groups
 
 
@@ -45,6 +45,7 @@ def add_quality(out: Path, results: dict) -> None:
         "similarity": scoring.get("similarity", "unknown"),
         "rougeL": scoring.get("rougeL", "rouge-score, use_stemmer=True"),
         "bootstrap_unit": "focus groups" if groups is not None else "examples",
+        "bootstrap_units": len(set(groups)) if groups is not None else len(gens["base"]),
     }
 
 
@@ -72,6 +73,12 @@ def quality_lines(out: Path, results: dict) -> list[str]:
         "Stop rate: share of answers that end at EOS before the limit. Repetition: share of repeated word 4-grams "
         "within an answer (loops score near 1).\n"
     )
+    units = q.get("bootstrap_units")
+    if units is not None and units < FEW_UNITS:
+        L.append(
+            f"**Only {units} {q['bootstrap_unit']} to resample here: these intervals, and the verdict's answer-quality "
+            "differences, are not reliable (an interval can even have zero width). Raise quality.n.**\n"
+        )
     if q.get("seeds_pooled"):
         L.append(
             f"Methods: the mean over the answers of their {q['seeds_pooled']} seeds (each seed's run answers the same "

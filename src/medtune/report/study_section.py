@@ -6,6 +6,8 @@ reproduces it without training or scoring.
 
 from __future__ import annotations
 
+from medtune.report.tables import FEW_UNITS
+
 LABELS = {
     "answer.perplexity": ("answer perplexity", "{:.3f}"),
     "answer.accuracy": ("answer next-token accuracy", "{:.4f}"),
@@ -85,6 +87,12 @@ def verdict_lines(results: dict) -> list[str]:
     for group in ([k for k in keys if not k.startswith("quality.")], [k for k in keys if k.startswith("quality.")]):
         if group:
             L.extend(_difference_table(by_pair, group))
+    q = results.get("quality") or {}
+    if any(k.startswith("quality.") for k in keys) and (q.get("bootstrap_units") or FEW_UNITS) < FEW_UNITS:
+        L.append(
+            f"The answer-quality differences rest on {q['answers']} answers in {q['bootstrap_units']} "
+            f"{q['bootstrap_unit']}: too few to trust, bold or not (raise quality.n).\n"
+        )
     L.extend(cost_lines(study))
     return L
 

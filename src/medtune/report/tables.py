@@ -67,6 +67,9 @@ def print_metrics(name: str, summary: dict) -> None:
     console.print(t)
 
 
+# Below this many resampling units (focus groups or examples) a percentile bootstrap says little:
+# the report says so beside intervals that rest on fewer.
+FEW_UNITS = 20
 QUALITY_ROWS = (  # (metric key, label, number format)
     ("rougeL", "ROUGE-L F1", "{:.3f}"),
     ("similarity", "semantic similarity", "{:.3f}"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS
 from medtune.report.quality_section import add_quality, generation_speed, quality_lines, sample_scores
+from medtune.report.tables import FEW_UNITS
 from medtune.runs import Number, check_shape, count_of, environment, read_json, write_json
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
@@ -32,10 +33,6 @@ PAPER = {
     "protocol": "random 80/20 split; question + separator + answer padded/truncated to a fixed length; 3 epochs; "
     "AdamW; bf16; one A100; scored tokens not stated",
 }
-
-
-# Below this many resampling units (focus groups or examples) a percentile bootstrap says little.
-FEW_UNITS = 20
 
 
 def build_results(out: Path) -> dict:
