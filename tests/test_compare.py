@@ -331,3 +331,28 @@ def test_report_warns_when_intervals_rest_on_few_units(unit, count, examples, wa
     assert ("intervals from so few units are not reliable" in text) == warned
     assert not warned or f"Only {count} {unit} to resample" in text
     assert (count or examples) < FEW_UNITS if warned else examples >= FEW_UNITS
+
+
+def test_study_figures_keep_their_numbers_readable(tmp_path, monkeypatch):
+    """pareto.png: a time axis spanning less than a decade still has numbers on it (it had none);
+    tuning_curves.png: a diverged rate does not flatten the others (the axis stops CLIP_NATS above
+    the best, the diverged point sits on the edge labelled with its value)."""
+    import matplotlib.pyplot as plt
+
+    from medtune.report import study_figures
+
+    shown = {}
+    monkeypatch.setattr(plt, "close", lambda fig: shown.setdefault("fig", fig))  # keep the figure to read it
+    cost = {m: {"train_seconds": s, "trainable": p} for m, s, p in [("lora", 30.0, 4.6e5), ("boft", 44.0, 1.1e6)]}
+    ranking = {"answer.perplexity": [{"model": m, "mean": 10.0, "ci": [9.0, 11.0]} for m in ("lora", "boft")]}
+    assert study_figures.pareto_figure({"study": {"cost": cost, "ranking": ranking}}, tmp_path / "p.png")
+    time_axis = shown.pop("fig").axes[0]
+    labels = [t.get_text() for t in time_axis.get_xticklabels(minor=True) + time_axis.get_xticklabels()]
+    assert any(text.strip() for text in labels), labels
+    trials = [{"lr": lr, "state": "complete", "val_loss": v} for lr, v in [(1e-3, 2.3), (1e-2, 2.1), (1e-1, 11.7)]]
+    tuning = {"lora": {"trials": trials, "chosen_lr": 1e-2, "best_val_loss": 2.1}}
+    monkeypatch.setattr(plt, "close", lambda fig: shown.setdefault("fig", fig))
+    study_figures.tuning_figure({"study": {"tuning": tuning}}, tmp_path / "t.png")
+    ax = shown["fig"].axes[0]
+    assert ax.get_ylim()[1] == pytest.approx(2.1 + study_figures.CLIP_NATS)
+    assert "11.70" in [t.get_text() for t in ax.texts]
