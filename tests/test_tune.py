@@ -644,6 +644,29 @@ def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(h
     assert (out / "report.md").is_file() and (out / "runs" / "lora" / "summary.json").is_file()
 
 
+def test_ctrl_c_after_a_trials_last_step_stops_between_trials_and_keeps_it(tiny, tmp_path):
+    """A Ctrl-C that lands after a trial's last step (here: while its weights are saved) used to
+    be lost (the comparison ran on to the end) or to raise inside Optuna's record of the trial (a
+    traceback, the finished trial left RUNNING and trained again). Now the trial finishes and is
+    recorded, and the command stops before the next one: one line, exit 130, nothing redone."""
+    data = qa_csv(tmp_path / "qa.csv")
+    out = tmp_path / "cmp"
+    args = ["compare", *TUNE_ARGS[1:], "--data", data, "--out", out, "--set", "tune.prune=false"]
+    args += ["--set", "train.seeds=1", "--set", "quality.enabled=false", "--set", "samples=0"]
+    line = stop_line(*interrupt_at(args, "save_weights", OMP_NUM_THREADS="1"))  # trial 0's final weights
+    assert "tuning interrupted between trials" in line and "rerun the same command" in line
+    url = f"sqlite:///{out / 'tuning.db'}"
+    before = {t.number: t for t in trials_of(url)}
+    assert [t.state.name for t in before.values()] == ["COMPLETE"]  # recorded, and no trial after it
+    done_mtime = (out / "tuning" / "lora" / "trial-000" / "summary.json").stat().st_mtime_ns
+    again = medtune(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    first = next(t for t in trials_of(url) if t.number == 0)
+    assert first.datetime_complete == before[0].datetime_complete  # not trained again
+    assert (out / "tuning" / "lora" / "trial-000" / "summary.json").stat().st_mtime_ns == done_mtime
+    assert len([t for t in trials_of(url) if t.state.name == "COMPLETE"]) == 3
+
+
 def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny, tmp_path):
     """compare's rerun continues an interrupted run from the checkpoint Ctrl-C saved (not from
     step 0, and not through the `train --resume` the message used to suggest, whose finished run

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from medtune import interrupts
 from medtune.config import (
     DataConfig,
     EvalConfig,
@@ -375,10 +376,17 @@ class Comparison:
         self.test = None
 
     def stage(self, label: str) -> None:
+        # Between stages is a safe point: a Ctrl-C during the last one (after a run's final step,
+        # while it was scored) stops here, with that stage recorded (medtune.interrupts).
+        interrupts.raise_if_requested("interrupted between stages; finished stages are kept: rerun the same command")
         self.n += 1
         self.say(f"\n[{self.n}/{self.total}] {label}  (elapsed {time.perf_counter() - self.t_start:.0f}s)")
 
     def run(self) -> dict:
+        with interrupts.deferred(self.say):
+            return self._run()
+
+    def _run(self) -> dict:
         from medtune.data.prepare import read_split
         from medtune.report.writer import build_results, write_report
         from medtune.shared_work import SharedWork

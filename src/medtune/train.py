@@ -22,7 +22,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from medtune import models
+from medtune import interrupts, models
 from medtune.checkpoint import find_checkpoint, has_checkpoint_files, load_checkpoint, remove_checkpoints
 from medtune.checkpoint import save_checkpoint as write_checkpoint
 from medtune.checks import check_run
@@ -41,6 +40,7 @@ from medtune.data.tokenize import Example, encode_records
 from medtune.errors import MedtuneError
 from medtune.faults import fault_point, nan_at_step
 from medtune.forward import LossModule, fast_path_reason, first_trainable_block
+from medtune.interrupts import Interrupted
 from medtune.locking import FolderLock
 from medtune.methods import TrainableReport, get_method, unique_params
 from medtune.prefix_cache import PrefixCache
@@ -50,10 +50,6 @@ from medtune.shared_work import SharedWork
 from medtune.weights import fingerprint, save_weights
 
 ValidationHook = Callable[[int, float, float], None]  # (step, validation loss, fraction of total steps)
-
-
-class Interrupted(Exception):
-    """Raised after Ctrl-C or SIGTERM once the checkpoint is safely on disk."""
 
 
 class Diverged(MedtuneError):
@@ -390,19 +386,13 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
 
 
 def fit(s: Setup, state: TrainState, stop_after=None, on_validation=None, fresh=True) -> None:
-    """The loop: steps until the plan is done, with logging, validation, checkpoints, interrupts."""
-    stop = {"flag": False}
+    """The loop: steps until the plan is done, with logging, validation, checkpoints, interrupts
+    (Ctrl-C / SIGTERM: a checkpoint after the current step, then Interrupted; medtune.interrupts)."""
+    with interrupts.deferred(None if s.quiet else s.log) if s.main or s.world == 1 else contextlib.nullcontext():
+        _fit(s, state, stop_after, on_validation, fresh)
 
-    def on_signal(signum, frame):
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        s.log(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to abort)")
 
-    handlers = {}
-    if s.main or s.world == 1:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # clusters send SIGTERM before a kill
-            handlers[sig] = signal.signal(sig, on_signal)
+def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) -> None:
     tb = _tensorboard(s.run_dir) if s.main else None
     if s.val_ex and fresh:
         start_validation(s, state, on_validation)  # step 0: the curve's starting point
@@ -419,8 +409,7 @@ def fit(s: Setup, state: TrainState, stop_after=None, on_validation=None, fresh=
                 _log_step(s, state, tb, progress, state.epoch + state.batch / len(batches))
                 if _validation_due(s, state):
                     validate(s, state, on_validation)
-                stop["flag"] |= stop_after is not None and state.step >= stop_after
-                if stop["flag"]:
+                if interrupts.requested() or (stop_after is not None and state.step >= stop_after):
                     save_checkpoint(s, state)
                     raise Interrupted(
                         f"interrupted at step {state.step}; resume with: medtune train --resume {s.run_dir}"
@@ -444,8 +433,6 @@ def fit(s: Setup, state: TrainState, stop_after=None, on_validation=None, fresh=
             validate(s, state, on_validation)
     finally:
         progress.close()
-        for sig, old in handlers.items():
-            signal.signal(sig, old)
         if tb is not None:
             tb.close()
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from medtune import interrupts
 from medtune.errors import MedtuneError
 from medtune.schema import _check, _one_of, as_number
 from medtune.shared_work import SharedWork
@@ -51,6 +52,7 @@ from medtune.trial_storage import (
 )
 
 SAMPLERS = ("grid", "tpe")
+TUNING_STOPPED = "tuning interrupted between trials; finished trials are kept: rerun the same command to go on"
 # tune: keys that change nothing a trial computes (whether tuning runs, where trials are stored,
 # how dead workers are found): left out of the study's name and of the comparison's identity.
 # val_fraction acts through data.val_fraction, which is part of the identity itself.
@@ -496,7 +498,8 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
 
 def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Callable, wait: bool) -> None:
     def stop_when_done(study, trial) -> None:
-        if not work_left(study, space, ctx.tune):
+        # Called once the trial's state is stored: a Ctrl-C that arrived meanwhile stops here.
+        if interrupts.requested() or not work_left(study, space, ctx.tune):
             study.stop()
 
     while True:
@@ -506,6 +509,7 @@ def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Call
             # reference counting when train() returns (checked: no module of a finished trial
             # outlives it), and a full collection walks every object of the process (~0.2 s a trial).
             study.optimize(objective, catch=(DuplicateTrial,), callbacks=[stop_when_done], gc_after_trial=False)
+            interrupts.raise_if_requested(TUNING_STOPPED)
             continue
         if not wait or not _others_running(study):
             break
@@ -626,7 +630,9 @@ def run_tuning(
     ctx = TuneContext(cfg, prep, out, storage, data_key, shared, say)
     results = {}
     try:
-        with test_split_guarded():
+        # Ctrl-C asks to stop at the next safe point (after a step, between trials), never
+        # inside Optuna's record of a trial (medtune.interrupts).
+        with test_split_guarded(), interrupts.deferred(say):
             for method in cfg.methods:
                 t0 = time.perf_counter()
                 say(f"  tuning {method} on the validation split ({_describe(ctx, method)})")
