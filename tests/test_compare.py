@@ -151,7 +151,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
         "tiny-study",
         data=tiny_compare[0].data.source,
         out=str(tmp_path / "study"),
-        overrides=["tune.points=3", "quality.n=4", "samples=1", "max_new_tokens=4"],
+        overrides=["tune.points=3", "quality.n=4", "samples=1", "max_new_tokens=4", "quality.max_new_tokens=3"],
     )
     out = tmp_path / "study"
     run_compare(cfg, quiet=True)
@@ -196,6 +196,8 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     report = (out / "report.md").read_text()
     assert report.index("## Verdict") < report.index("## Table 1")
     assert "resampling focus groups" in report
+    assert "## Sample answers (greedy, stops at EOS, at most 3 new tokens)" in report  # quality's limit, as generated
+    assert "With 2 seeds the seeds' part of every interval uses t(0.975, 1) = 12.7" in report
     units = saved["quality"]["bootstrap_units"]  # 4 answers: the verdict warns about its quality rows
     assert units <= 4 and f"rest on 4 answers in {units} focus groups: too few to trust" in report
     d = pairs[0]

@@ -109,3 +109,17 @@ def test_pairing_finds_gaps_a_shared_data_order_hides_and_keeps_false_clears_rar
     assert paired <= 0.08 and welch <= 0.08
     paired, welch = _clear_rates(seeds=3, gap=0.06, shared_sd=0.05, own_sd=0.005, reps=100)
     assert paired >= 0.9 and welch <= 0.5, (paired, welch)
+
+
+def test_an_interval_stops_at_what_the_metric_can_take():
+    """Two disagreeing seeds widen an interval by t(0.975, 1) = 12.7: answer tokens reached past
+    the generation limit (44.6 [0.0, 142.8] with at most 64); the study's own range cuts it."""
+    from medtune.study import Pool
+
+    pool = Pool(50)
+    rng = np.random.default_rng(0)
+    pool.add("lora", [{"quality.tokens": (p, p + rng.normal(0, 1, 50))} for p in (10.0, 60.0)])
+    wide = pool.summary("lora", "quality.tokens")["ci"]
+    assert wide[0] == 0.0 and wide[1] > 64  # cut at 0 (RANGE) only
+    pool.ranges["quality.tokens"] = (0.0, 64.0)
+    assert pool.summary("lora", "quality.tokens")["ci"] == [0.0, 64.0]

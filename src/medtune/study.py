@@ -112,6 +112,7 @@ class Pool:
         self.points: dict = {}  # model -> metric -> [per-seed point]
         self.samples: dict = {}  # model -> metric -> (B,) seed mean under each unit resample
         self.seed_values: dict = {}  # model -> metric -> the train seed of each point, in order
+        self.ranges: dict = {}  # metric -> (low, high) this study's values can take, beyond RANGE's
 
     def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]], seeds=None) -> None:
         """`seeds`: the train seed of each entry (default 0, 1, ...); two models with the same
@@ -166,7 +167,9 @@ class Pool:
     def summary(self, model: str, key: str) -> dict:
         pts = self.points[model][key]
         mean = float(np.mean(pts))
-        lo, hi = RANGE.get(key.rsplit(".", 1)[-1], (-math.inf, math.inf))
+        # the t widening of 2-3 seeds can reach past what is possible (44.6 [0.0, 142.8] answer
+        # tokens where at most 64 can be generated): an interval is cut at the metric's range
+        lo, hi = self.ranges.get(key) or RANGE.get(key.rsplit(".", 1)[-1], (-math.inf, math.inf))
         ci = self.interval(mean, self.samples[model][key], (model,), key)
         return {
             "mean": mean,
@@ -502,6 +505,9 @@ def _add_quality(out: Path, results: dict, pool: Pool) -> None:
     if "base" not in gens:
         return
     groups = answer_groups(out, cfg, gens["base"][0])
+    limit = (cfg.get("quality") or {}).get("max_new_tokens") or cfg.get("max_new_tokens")
+    if limit:
+        pool.ranges["quality.tokens"] = (0.0, float(limit))  # no answer is longer than the limit
     usable = pool_quality(pool, gens, list(quality.METRICS), groups, cfg["eval"]["seed"], seeds)
     if any(len(runs) > 1 for runs in gens.values()):
         _pooled_quality_tables(results, pool, usable, S)

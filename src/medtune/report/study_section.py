@@ -72,6 +72,11 @@ def verdict_lines(results: dict) -> list[str]:
         + f". Values are means over seeds (± sd); {unit_sentence(study)}. "
         "Differences are paired on the same test examples; **bold**: the interval excludes 0.\n"
     )
+    if S == 2:
+        L.append(
+            "With 2 seeds the seeds' part of every interval uses t(0.975, 1) = 12.7 times their standard error: "
+            "expect wide intervals (3 seeds: t = 4.3; `--set train.seeds=3` adds one run per method and keeps these).\n"
+        )
     L.append("| metric | ranking, best first (mean ± sd over seeds), and whom each is clearly better than |")
     L.append("|---|---|")
     by_pair: dict = {}

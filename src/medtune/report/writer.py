@@ -315,7 +315,8 @@ def _samples(results: dict) -> list[str]:
     with_samples = [n for n, m in models.items() if m.get("samples")]
     if not with_samples:
         return []
-    L = [f"## Sample answers (greedy, stops at EOS, at most {cfg['max_new_tokens']} new tokens)\n"]
+    limit = (cfg.get("quality") or {}).get("max_new_tokens") or cfg["max_new_tokens"]  # as quality.compare_stage
+    L = [f"## Sample answers (greedy, stops at EOS, at most {limit} new tokens)\n"]
     L.append("Not medical advice: these are outputs of small experimental models.\n")
     for i, s in enumerate(models[with_samples[0]]["samples"]):
         L.append(f"### Q{i + 1}. {s['question']}\n")
