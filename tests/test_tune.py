@@ -224,6 +224,39 @@ def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
     assert sum(t["lr"] == dead_lr for t in done) == 1
 
 
+def test_a_resumed_study_visits_the_grid_in_the_uninterrupted_order(tiny, tmp_path, fake_train, monkeypatch):
+    """Successive halving compares a trial with those that reported before it, so the order of
+    the grid decides what is pruned. Ctrl-C in the first trial queues its retry as trial 1; the
+    rerun must still visit the other points in the order an uninterrupted study does (it visited
+    them in another order, and pruned other trials)."""
+    from medtune.train import Interrupted
+    from medtune.tune import run_tuning
+
+    prep = write_records(tmp_path / "prep")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_tuning(study_cfg(tmp_path / "a"), prep, tmp_path / "a", quiet=True)
+    order = list(fake_train)  # the uninterrupted study's visiting order
+    fake_train.clear()
+    fake = sys.modules["medtune.train"].train
+
+    def stopped_first(rc, *a, **kw):
+        if not fake_train:
+            fake_train.append(rc.learning_rate())
+            raise Interrupted("interrupted at step 3")
+        return fake(rc, *a, **kw)
+
+    monkeypatch.setattr("medtune.train.train", stopped_first)
+    with pytest.raises(Interrupted):
+        run_tuning(study_cfg(tmp_path / "b"), prep, tmp_path / "b", quiet=True)
+    monkeypatch.setattr("medtune.train.train", fake)
+    r = run_tuning(study_cfg(tmp_path / "b"), prep, tmp_path / "b", quiet=True)["lora"]
+    assert fake_train == [order[0], *order]  # the stopped attempt, then the same order
+    states = {t["lr"]: t["state"] for t in r["trials"] if t["state"] != "fail"}
+    first = run_tuning(study_cfg(tmp_path / "a"), prep, tmp_path / "a", quiet=True)["lora"]
+    assert states == {t["lr"]: t["state"] for t in first["trials"]}  # the same trials pruned
+
+
 @pytest.mark.parametrize("error", ["interrupted", "second_ctrl_c", "out_of_memory"])
 def test_a_trial_stopped_by_an_error_is_rerun_by_the_next_run(error, tiny, tmp_path, fake_train, monkeypatch):
     """Ctrl-C (train() saves and raises Interrupted; a second one raises KeyboardInterrupt) or an

@@ -225,7 +225,7 @@ def open_study(ctx: TuneContext, space: MethodSpace):
     import optuna
 
     if space.grid:
-        sampler = optuna.samplers.GridSampler({"lr": space.grid}, seed=ctx.tune.seed)
+        sampler = _grid_in_order(optuna)({"lr": space.grid}, seed=ctx.tune.seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=ctx.tune.seed, n_startup_trials=max(2, ctx.tune.n_trials // 3))
     first = first_rung(ctx.tune)
@@ -243,6 +243,27 @@ def open_study(ctx: TuneContext, space: MethodSpace):
         direction="minimize",
         load_if_exists=True,
     )
+
+
+def _grid_in_order(optuna):
+    class GridInOrder(optuna.samplers.GridSampler):
+        """GridSampler that gives each new trial the first unclaimed grid point of its seeded
+        order. Optuna's gives trial k grid point k, then random ones; a retry takes the next trial
+        number, so after Ctrl-C in trial 0 a resumed study visited the rest in another order than
+        an uninterrupted one, and successive halving (which compares a trial with those that
+        reported before it) pruned other trials. Uninterrupted, both orders are the same.
+        Two workers claiming one point at once: the later trial is a DuplicateTrial (skipped)."""
+
+        def before_trial(self, study, trial) -> None:
+            if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+                return  # a retry (or an enqueued trial) keeps its point
+            free = self._get_unvisited_grid_ids(study)
+            if not free:
+                return super().before_trial(study, trial)
+            study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+            study._storage.set_trial_system_attr(trial._trial_id, "grid_id", min(free))
+
+    return GridInOrder
 
 
 def _halving_pruner(min_resource: int):
