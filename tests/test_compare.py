@@ -358,3 +358,18 @@ def test_study_figures_keep_their_numbers_readable(tmp_path, monkeypatch):
     ax = shown["fig"].axes[0]
     assert ax.get_ylim()[1] == pytest.approx(2.1 + study_figures.CLIP_NATS)
     assert "11.70" in [t.get_text() for t in ax.texts]
+
+
+def test_bar_labels_sit_above_the_whiskers(tmp_path, monkeypatch):
+    """A bar's value printed at the bar's top had its whisker running through it."""
+    import matplotlib.pyplot as plt
+
+    from medtune.report.figures import perplexity_figure
+
+    shown = {}
+    monkeypatch.setattr(plt, "close", lambda fig: shown.setdefault("fig", fig))
+    scope = {"perplexity": 12.0, "perplexity_ci": [9.0, 18.0]}
+    results = {"config": {"model": "m"}, "models": {n: {"metrics": {"answer": scope, "all": scope}} for n in "ab"}}
+    perplexity_figure(results, tmp_path / "p.png")
+    ax = shown["fig"].axes[0]
+    assert [t.xy[1] for t in ax.texts] == [18.0] * 4 and ax.get_ylim()[1] > 18.0

@@ -15,27 +15,34 @@ COLORS = {"answer": "#3b6ea8", "all": "#e0883b"}
 LABELS = {"answer": "answer tokens", "all": "all tokens (study)"}
 
 
-def annotate_bars(ax, bars, vals, fmt: str, fontsize: int) -> None:
-    """Each bar's value just above it."""
-    for b, v in zip(bars, vals):
+def annotate_bars(ax, bars, vals, fmt: str, fontsize: int, tops=None) -> None:
+    """Each bar's value just above it, or above its whisker (`tops`: the intervals' upper ends),
+    where the whisker does not run through the number."""
+    for b, v, top in zip(bars, vals, tops or vals):
         ax.annotate(
             fmt.format(v),
-            (b.get_x() + b.get_width() / 2, v),
+            (b.get_x() + b.get_width() / 2, max(v, top)),
             ha="center",
             va="bottom",
             fontsize=fontsize,
             xytext=(0, 2),
             textcoords="offset points",
         )
+    highest = max((max(v, t) for v, t in zip(vals, tops or vals)), default=None)
+    lo, hi = ax.get_ylim()
+    if highest is not None and highest + 0.08 * (highest - lo) > hi:  # room for the top label
+        ax.set_ylim(lo, highest + 0.08 * (highest - lo))
 
 
-def save(fig, ax, path: Path, legend_size: int | None = 8) -> None:
-    """The house style's finish: frameless legend, no top/right spines, tight, saved, closed."""
+def save(fig, ax, path: Path, legend_size: int | None = 8, outside: bool = False) -> None:
+    """The house style's finish: frameless legend (`outside`: right of the axes, for plots whose
+    lines fill them), no top/right spines, tight, saved, closed."""
     if legend_size and ax.get_legend_handles_labels()[0]:  # nothing labelled (one model): no empty box
-        ax.legend(frameon=False, fontsize=legend_size)
+        where = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if outside else {}
+        ax.legend(frameon=False, fontsize=legend_size, **where)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight" if outside else None)
     plt.close(fig)
 
 
@@ -50,7 +57,7 @@ def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> No
         ci = [models[n]["metrics"][scope][f"{metric}_ci"] for n in names]
         err = [[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]]
         bars = ax.bar(xs, vals, width, yerr=err, capsize=4, color=COLORS[scope], label=LABELS[scope])
-        annotate_bars(ax, bars, vals, "{:.3f}" if metric == "accuracy" else "{:.2f}", 8)
+        annotate_bars(ax, bars, vals, "{:.3f}" if metric == "accuracy" else "{:.2f}", 8, [c[1] for c in ci])
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -92,12 +99,14 @@ def loss_figure(results: dict, path: Path) -> None:
             ax.plot(s, v, "o--", color=line.get_color() if line else None, label=f"{name} validation")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (mean NLL per scored token, nats)")
-    ax.set_title("Training and validation loss")
-    save(fig, ax, path)
+    seeds = (results.get("study") or {}).get("seeds", 1)
+    ax.set_title("Training and validation loss" + (" (each method's first seed)" if seeds > 1 else ""))
+    save(fig, ax, path, outside=True)
 
 
 def quality_figure(results: dict, path: Path) -> None:
     """One panel per answer-quality metric: a bar per model with its 95% interval."""
+    from medtune.quality import METRICS
     from medtune.report.tables import QUALITY_ROWS
 
     models = {n: m["quality"] for n, m in results["models"].items() if m.get("quality")}
@@ -111,9 +120,10 @@ def quality_figure(results: dict, path: Path) -> None:
             vals = [s["mean"] for s in stats]
             err = [[v - s["ci"][0] for v, s in zip(vals, stats)], [s["ci"][1] - v for v, s in zip(vals, stats)]]
             bars = ax.bar(range(len(names)), vals, 0.6, yerr=err, capsize=4, color=COLORS["answer"])
-            annotate_bars(ax, bars, vals, fmt, 7)
+            annotate_bars(ax, bars, vals, fmt, 7, [s["ci"][1] for s in stats])
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
-        ax.set_title(label, fontsize=9)
+        better = METRICS.get(key, {}).get("higher_is_better")
+        ax.set_title(label + ("" if better is None else f"\n({'higher' if better else 'lower'} is better)"), fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(f"Answer quality, {results['config']['model']} (95% CI)", fontsize=10)
     fig.tight_layout()
