@@ -198,6 +198,8 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     assert "resampling focus groups" in report
     assert "## Sample answers (greedy, stops at EOS, at most 3 new tokens)" in report  # quality's limit, as generated
     assert "With 2 seeds the seeds' part of every interval uses t(0.975, 1) = 12.7" in report
+    assert "**In short**" in report and "- answer perplexity: " in report  # the verdict in words
+    assert "selective read the frozen prefix from the comparison's shared cache" in report  # under Efficiency
     units = saved["quality"]["bootstrap_units"]  # 4 answers: the verdict warns about its quality rows
     assert units <= 4 and f"rest on 4 answers in {units} focus groups: too few to trust" in report
     d = pairs[0]
@@ -373,3 +375,21 @@ def test_bar_labels_sit_above_the_whiskers(tmp_path, monkeypatch):
     perplexity_figure(results, tmp_path / "p.png")
     ax = shown["fig"].axes[0]
     assert [t.xy[1] for t in ax.texts] == [18.0] * 4 and ax.get_ylim()[1] > 18.0
+
+
+def test_verdict_says_in_words_who_clearly_beats_whom():
+    """The bottom line follows the pairs: only differences whose interval excludes 0 are named,
+    the better side taken from the ranking (lower perplexity ranks first)."""
+    from medtune.report.study_section import _bottom_line
+
+    def pair(a, b, clear):
+        return {"a": a, "b": b, "metric": "answer.perplexity", "clear": clear}
+
+    ranking = {"answer.perplexity": [{"model": m} for m in ("boft", "lora", "base", "selective")]}
+    pairs = [pair("base", "boft", True), pair("base", "lora", False), pair("base", "selective", True)]
+    pairs += [pair("lora", "boft", True), pair("selective", "boft", False), pair("selective", "lora", False)]
+    by_pair = {(d["a"], d["b"]): {d["metric"]: d} for d in pairs}
+    text = "\n".join(_bottom_line({"ranking": ranking}, by_pair))
+    want = "- answer perplexity: boft beats lora; clearly better than the base: boft; clearly worse than the base: "
+    want += "selective"
+    assert want in text

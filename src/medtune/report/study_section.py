@@ -88,6 +88,7 @@ def verdict_lines(results: dict) -> list[str]:
             f"| {label} | " + ", ".join(_ranked(r, rows[i + 1 :], by_pair, key, fmt) for i, r in enumerate(rows)) + " |"
         )
     L.append("")
+    L.extend(_bottom_line(study, by_pair))
     keys = list(study["ranking"])
     for group in ([k for k in keys if not k.startswith("quality.")], [k for k in keys if k.startswith("quality.")]):
         if group:
@@ -100,6 +101,32 @@ def verdict_lines(results: dict) -> list[str]:
         )
     L.extend(cost_lines(study))
     return L
+
+
+def _bottom_line(study: dict, by_pair: dict) -> list[str]:
+    """Per headline metric, in words: which method clearly beats which, and which differ clearly
+    from the base (the tables below give the numbers)."""
+    L = ["**In short** (clearly: the difference's interval excludes 0):\n"]
+    for key, rows in study["ranking"].items():
+        order = [r["model"] for r in rows]  # best first
+        beats, better, worse = [], [], []
+        for i, a in enumerate(order):
+            for b in order[i + 1 :]:
+                d = by_pair.get((a, b), by_pair.get((b, a), {})).get(key)
+                if not d or not d["clear"]:
+                    continue
+                if b == "base":
+                    better.append(a)
+                elif a == "base":
+                    worse.append(b)
+                else:
+                    beats.append(f"{a} beats {b}")
+        methods = [m for m in order if m != "base"]
+        parts = ["; ".join(beats) if beats else "no method clearly beats another"] if len(methods) > 1 else []
+        parts += [f"clearly better than the base: {', '.join(better)}"] if better else []
+        parts += [f"clearly worse than the base: {', '.join(worse)}"] if worse else []
+        L.append(f"- {_label(key)[0]}: {'; '.join(parts) or 'no clear difference from the base'}")
+    return L + [""]
 
 
 def _trial_seed(results: dict) -> str:

@@ -239,6 +239,13 @@ def _efficiency(results: dict) -> list[str]:
             f"| {_size(tr.get('weights_bytes', 0))} | {generation_speed(m)} |"
         )
     L.append("")
+    cached = [n for n, c in ((results.get("study") or {}).get("cost") or {}).items() if c.get("prefix_cache")]
+    if cached:  # the verdict's cost note and pareto.png give the time of a run on its own
+        L.append(
+            f"Train time here is the mean of each method's seeds as they ran; {', '.join(cached)} read the frozen "
+            "prefix from the comparison's shared cache, so one run on its own takes longer (the note under the "
+            "verdict's cost table says how long; pareto.png plots that time).\n"
+        )
     boft = models.get("boft", {}).get("trainable", {}).get("details", {})
     if boft:
         ext = "built" if boft.get("cuda_extension") else "did not build; PEFT fell back"
