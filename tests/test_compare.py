@@ -199,6 +199,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     assert "## Sample answers (greedy, stops at EOS, at most 3 new tokens)" in report  # quality's limit, as generated
     assert "With 2 seeds the seeds' part of every interval uses t(0.975, 1) = 12.7" in report
     assert "**In short**" in report and "- answer perplexity: " in report  # the verdict in words
+    assert "Run with `--set tune.points=3` `--set quality.n=4`" in report  # beside the preset's description
     assert "selective read the frozen prefix from the comparison's shared cache" in report  # under Efficiency
     units = saved["quality"]["bootstrap_units"]  # 4 answers: the verdict warns about its quality rows
     assert units <= 4 and f"rest on 4 answers in {units} focus groups: too few to trust" in report

@@ -149,7 +149,11 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
     if out:
         raw["out"] = out
     apply_overrides(raw, list(overrides))
-    return from_dict(CompareConfig, raw, "preset")
+    cfg = from_dict(CompareConfig, raw, "preset")
+    # Not a field (not part of what is computed): the report names them beside the preset's own
+    # description, which they may contradict (its "3 seeds" under --set train.seeds=2).
+    cfg.overrides = [o for o in overrides if not o.startswith("tune.storage=")]  # URLs may hold a password
+    return cfg
 
 
 class Stages:
@@ -264,6 +268,7 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
         "model": cfg.model,
         "format": asdict(cfg.format),
         "methods": list(cfg.methods),
+        "overrides": list(getattr(cfg, "overrides", [])),
     }
     write_json(meta_path, meta)  # atomic: a kill mid-write must not leave a folder no rerun can open
 

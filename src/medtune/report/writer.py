@@ -55,6 +55,7 @@ def build_results(out: Path) -> dict:
         "config": cfg,
         "data": stats,
         "metrics_definition": METRICS,
+        "overrides": meta.get("overrides") or [],
         "models": models,
         "study": study,
         "diverged": diverged,  # method -> run, lr, reason: trained to a non-finite loss, not ranked
@@ -160,6 +161,9 @@ def _header(results: dict) -> list[str]:
     L = [f"# medtune comparison: {cfg['model']} on MedQuAD\n"]
     if cfg.get("description"):
         L.append(cfg["description"].strip() + "\n")
+    if results.get("overrides"):  # the description is the preset's; these changed it
+        sets = " ".join(f"`--set {o}`" for o in results["overrides"])
+        L.append(f"Run with {sets} on top of the preset (the settings as run are under Setup and in results.json).\n")
     test = next(iter(models.values()))["metrics"]
     study = results.get("study")
     intervals = (
