@@ -230,7 +230,11 @@ def save_scores(scores: Scores, path: Path) -> None:
 
 
 def load_scores(path: Path) -> Scores:
-    data = json.loads(Path(path).read_text())
+    return scores_from_dict(json.loads(Path(path).read_text()))
+
+
+def scores_from_dict(data: dict) -> Scores:
+    """Scores from a --scores file's JSON (save_scores)."""
     return Scores(
         data["ids"],
         {s: np.array(data[s]["nll"], dtype=np.float64) for s in SCOPES},

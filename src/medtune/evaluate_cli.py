@@ -17,7 +17,15 @@ from medtune.data.prepare import read_split, split_kind
 from medtune.data.split import group_ids
 from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
-from medtune.evaluate import METRICS, SCOPES, load_scores, paired_difference, save_scores, score_examples, summarize
+from medtune.evaluate import (
+    METRICS,
+    SCOPES,
+    paired_difference,
+    save_scores,
+    score_examples,
+    scores_from_dict,
+    summarize,
+)
 from medtune.inference import autocast_for, load_for_inference
 from medtune.runs import ensure_writable, environment, write_json
 
@@ -143,7 +151,7 @@ def _read_paired(path: str, ids: list[str]):
             f"{where} scored other examples than this run ({len(data['ids'])} vs {len(ids)}); "
             "use the same --data, --split and --max-examples"
         )
-    return load_scores(Path(path))
+    return scores_from_dict(data)  # the JSON just read and checked, not the file a second time
 
 
 def _check_scores_shape(data, where: str) -> None:
