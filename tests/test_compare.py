@@ -363,6 +363,38 @@ def test_study_figures_keep_their_numbers_readable(tmp_path, monkeypatch):
     assert "11.70" in [t.get_text() for t in ax.texts]
 
 
+def test_tuning_curves_give_each_method_its_own_panel(tmp_path, monkeypatch):
+    """Methods tuned over the same grid (selective and BOFT in cpu-study) drew their markers on top
+    of each other on one axis; each method now has a panel holding its own trials only, titled with
+    its chosen rate, with its default rate dotted and the y axis shared."""
+    import matplotlib.pyplot as plt
+
+    from medtune.report import study_figures
+
+    shown = {}
+    monkeypatch.setattr(plt, "close", lambda fig: shown.setdefault("fig", fig))
+    grid = [1.8e-4, 5.6e-4, 1.8e-3, 5.7e-3]
+    losses = {"selective": [2.41, 2.37, 2.45, 3.47], "boft": [2.40, 2.36, 2.28, 2.50]}
+    states = {"selective": ["complete"] * 3 + ["pruned"], "boft": ["pruned", "pruned", "complete", "pruned"]}
+    tuning = {
+        m: {
+            "trials": [{"lr": lr, "state": s, "val_loss": v} for lr, s, v in zip(grid, states[m], losses[m])],
+            "chosen_lr": grid[losses[m].index(min(losses[m]))],
+            "best_val_loss": min(losses[m]),
+            "default_lr": 1e-3,
+        }
+        for m in losses
+    }
+    assert study_figures.tuning_figure({"study": {"tuning": tuning}}, tmp_path / "t.png")
+    axes = [ax for ax in shown["fig"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["selective: chosen 0.00056", "boft: chosen 0.0018"]
+    for ax, m in zip(axes, losses):
+        points = {(x, y) for ln in ax.get_lines() if ln.get_marker() == "o" for x, y in zip(*ln.get_data())}
+        assert points == set(zip(grid, losses[m]))  # its own trials, finished and pruned, and no other's
+        assert [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == ":"] == [1e-3]
+    assert axes[0].get_ylim() == axes[1].get_ylim()
+
+
 def test_bar_labels_sit_above_the_whiskers(tmp_path, monkeypatch):
     """A bar's value printed at the bar's top had its whisker running through it."""
     import matplotlib.pyplot as plt

@@ -107,6 +107,48 @@ def test_boft_records_butterfly_factor_used(tiny):
         assert any("butterfly factor" in n for n in report.notes)
 
 
+def test_boft_cuda_extension_build_output_stays_off_the_terminal(tiny, capfd, monkeypatch):
+    """On a GPU, PEFT builds BOFT's CUDA extension on first use with verbose=True: ninja and nvcc
+    wrote ~20 lines of compiler errors (torch 2.11) straight to the process's descriptors, into a
+    comparison's progress (seen on an H100). Here a stand-in build writes to both descriptors, from
+    Python and from a child process as ninja does, then fails as PEFT's does: none of it reaches the
+    terminal, the first error line is kept in the run's details and the note, and the descriptors
+    work again afterwards."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    from peft.tuners.boft import layer
+
+    def failing_build():
+        os.write(1, b"[1/3] nvcc -c fbd_cuda_kernel.cu\n")
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.stderr.write('fbd_cuda_kernel.cu(66): error: no suitable conversion\\n')",
+            ],
+            check=True,
+        )
+        os.write(2, b"ninja: build stopped: subcommand failed.\n")
+        warnings.warn("Failed to load the CUDA extension: no .so, check if ninja is available.", stacklevel=2)
+        return None
+
+    monkeypatch.setattr(layer, "get_fbd_cuda", failing_build)
+    model, _ = fresh(tiny)
+    spec = get_method("boft")
+    _, report = spec.apply(model, spec.make_config({"block_size": 8, "butterfly_factor": 2}))
+    print("after the build")
+    shown = capfd.readouterr()
+    assert "nvcc" not in shown.out + shown.err and "ninja" not in shown.out + shown.err
+    assert shown.out == "after the build\n"
+    assert report.details["cuda_extension"] is False
+    assert report.details["cuda_extension_build_error"] == "fbd_cuda_kernel.cu(66): error: no suitable conversion"
+    assert report.details["butterfly_factor_used"] == 1
+    assert any("no suitable conversion" in n for n in report.notes)
+
+
 def test_unknown_method_and_bad_args():
     with pytest.raises(MedtuneError, match="unknown method"):
         get_method("prefix")

@@ -9,6 +9,9 @@ for that model_type (GPT-2: c_attn), else the user must name them.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -222,7 +225,7 @@ def apply_boft(model, cfg: BoftArgs):
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, build_output_captured() as build:
         warnings.simplefilter("always")
         model, report = _wrap(model, pc, "boft")
     # PEFT falls back to butterfly factor 1 when its CUDA extension cannot build, and only warns:
@@ -235,15 +238,63 @@ def apply_boft(model, cfg: BoftArgs):
         "butterfly_factor_used": used[0] if len(used) == 1 else used,
         "block_num_and_size": blocks,
         "cuda_extension": not any("CUDA extension" in str(w.message) for w in caught),
+        "cuda_extension_build_error": first_error_line(build.get("text", "")),
         "layers": cfg.layers,
         "targets": targets,
     }
     if used and used != [cfg.butterfly_factor]:
         report.notes.append(
             f"PEFT used butterfly factor {used[0]}, not the {cfg.butterfly_factor} asked for "
-            "(its CUDA extension did not build)"
+            "(its CUDA extension did not build"
+            + (
+                f": {report.details['cuda_extension_build_error']}"
+                if report.details["cuda_extension_build_error"]
+                else ""
+            )
+            + ")"
         )
     return model, report
+
+
+@contextlib.contextmanager
+def build_output_captured():
+    """Send what is written to file descriptors 1 and 2 meanwhile to a file, and put it in the
+    yielded dict's "text" at the end. Why: on first use PEFT builds BOFT's CUDA extension with
+    `verbose=True`, and ninja and nvcc print to the process's descriptors, past sys.stdout: on a
+    GPU whose torch the extension does not compile against (torch 2.11) that is ~20 lines of
+    compiler errors in the middle of a comparison's progress, for a fallback PEFT handles itself.
+    The first error line is kept in the run's details instead. Without descriptors to redirect
+    (closed ones), it captures nothing."""
+    out: dict = {}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:
+        yield out
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, saved_fd in zip((1, 2), saved):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
+            sink.seek(0)
+            out["text"] = sink.read().decode(errors="replace")
+
+
+def first_error_line(text: str) -> str | None:
+    """nvcc's or ninja's first line naming an error, trimmed to one line of a report."""
+    for line in text.splitlines():
+        if "error" in line.lower():
+            line = line.strip()
+            return line if len(line) <= 200 else line[:197] + "..."
+    return None
 
 
 # --------------------------------------------------------------------------- OFT and IA3

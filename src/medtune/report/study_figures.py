@@ -12,39 +12,59 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from medtune.report.figures import save  # noqa: E402
-
 
 def tuning_figure(results: dict, path: Path) -> bool:
-    """One line per method over its trials' learning rates (log x): filled dots for finished
-    trials, hollow ones at the last reported loss of pruned trials, a star on the chosen rate."""
+    """One panel per method (methods often share grid points, and their markers hid each other on
+    one axis), validation loss over the trials' learning rates (log x, shared y): filled dots joined
+    for finished trials, hollow dots at the last reported loss of pruned ones (a loss at fewer steps,
+    so not joined), a star on the chosen rate, a dotted line at the method's default rate."""
     tuning = (results.get("study") or {}).get("tuning") or {}
     if not tuning:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for method, t in tuning.items():
-        rows = sorted((r for r in t.get("trials") or [] if _finite(r.get("val_loss"))), key=lambda r: r["lr"])
-        done = [r for r in rows if r["state"] == "complete"]
-        pruned = [r for r in rows if r["state"] == "pruned"]
-        (line,) = ax.plot([r["lr"] for r in done], [r["val_loss"] for r in done], "o-", label=method)
-        if pruned:
-            ax.plot(
-                [r["lr"] for r in pruned],
-                [r["val_loss"] for r in pruned],
-                "o",
-                mfc="none",
-                color=line.get_color(),
-                label=f"{method} (pruned: last reported)",
-            )
-        if t.get("chosen_lr") is not None and _finite(t.get("best_val_loss")):
-            ax.plot([t["chosen_lr"]], [t["best_val_loss"]], "*", ms=14, color=line.get_color())
-    _clip_high(ax, tuning)
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("validation loss (nats per scored token)")
-    ax.set_title("Tuning curves (validation split; star: chosen)")
-    save(fig, ax, path)
+    cols = min(len(tuning), 3)
+    rows = math.ceil(len(tuning) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 3.1 * cols, 0.6 + 3.2 * rows), dpi=120, sharey=True)
+    axes = list(getattr(axes, "flat", [axes]))
+    for ax, (method, t), color in zip(axes, tuning.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9):
+        _tuning_panel(ax, method, t, color)
+    for ax in axes[len(tuning) :]:
+        ax.set_visible(False)
+    _clip_high(axes[: len(tuning)], tuning)
+    for ax in axes[::cols]:
+        ax.set_ylabel("validation loss (nats per scored token)")
+    fig.suptitle("Tuning curves (validation split; star: chosen; dotted: default rate)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return True
+
+
+def _tuning_panel(ax, method: str, t: dict, color) -> None:
+    rows = sorted((r for r in t.get("trials") or [] if _finite(r.get("val_loss"))), key=lambda r: r["lr"])
+    done = [r for r in rows if r["state"] == "complete"]
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    ax.plot([r["lr"] for r in done], [r["val_loss"] for r in done], "o-", color=color, label="finished")
+    if pruned:
+        ax.plot(
+            [r["lr"] for r in pruned],
+            [r["val_loss"] for r in pruned],
+            "o",
+            mfc="none",
+            color=color,
+            label="pruned (last reported)",
+        )
+    if t.get("default_lr"):
+        ax.axvline(t["default_lr"], ls=":", color="grey", lw=1)
+    chosen = t.get("chosen_lr")
+    if chosen is not None and _finite(t.get("best_val_loss")):
+        ax.plot([chosen], [t["best_val_loss"]], "*", ms=14, color=color)
+    ax.set_xscale("log")
+    _label_short_log_axis(ax, [r["lr"] for r in rows] + [t.get("default_lr") or 0])
+    ax.set_xlabel("learning rate")
+    ax.set_title(f"{method}" + (f": chosen {chosen:.3g}" if chosen is not None else ": none finished"), fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    if pruned:
+        ax.legend(frameon=False, fontsize=7)
 
 
 # A rate that diverges scores several nats above the rest (cpu-study's LoRA at 5.7e-2: 11.7 vs
@@ -52,19 +72,22 @@ def tuning_figure(results: dict, path: Path) -> bool:
 CLIP_NATS = 1.5
 
 
-def _clip_high(ax, tuning: dict) -> None:
-    """Cut the y axis CLIP_NATS above the lowest loss when some losses are far above it; those
-    points sit on the top edge as triangles labelled with their value."""
+def _clip_high(axes: list, tuning: dict) -> None:
+    """Cut the shared y axis CLIP_NATS above the lowest loss when some losses are far above it;
+    those points sit on the top edge as triangles labelled with their value."""
     losses = [r["val_loss"] for t in tuning.values() for r in t.get("trials") or [] if _finite(r.get("val_loss"))]
     if not losses or max(losses) <= min(losses) + CLIP_NATS:
         return
     top = min(losses) + CLIP_NATS
-    ax.set_ylim(min(losses) - 0.05 * CLIP_NATS, top)
-    for line in [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]:
-        for x, y in zip(line.get_xdata(), line.get_ydata()):
-            if y > top:
-                ax.plot([x], [top], "^", color=line.get_color(), ms=9, clip_on=False)
-                ax.annotate(f"{y:.2f}", (x, top), xytext=(0, -14), textcoords="offset points", ha="center", fontsize=8)
+    axes[0].set_ylim(min(losses) - 0.05 * CLIP_NATS, top)  # shared: every panel follows
+    for ax in axes:
+        for line in [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]:
+            for x, y in zip(line.get_xdata(), line.get_ydata()):
+                if y > top:
+                    ax.plot([x], [top], "^", color=line.get_color(), ms=9, clip_on=False)
+                    ax.annotate(
+                        f"{y:.2f}", (x, top), xytext=(0, -14), textcoords="offset points", ha="center", fontsize=8
+                    )
 
 
 def _label_short_log_axis(ax, values: list[float]) -> None:
@@ -99,17 +122,29 @@ def pareto_figure(results: dict, path: Path, key: str = "answer.perplexity") -> 
                 continue
             xs.append(x)
             err = [[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]]
-            ax.errorbar([x], [r["mean"]], yerr=err, fmt="o", capsize=4, label=n)
+            ax.errorbar([x], [r["mean"]], yerr=err, fmt="o", capsize=4)
             ax.annotate(n, (x, r["mean"]), xytext=(5, 5), textcoords="offset points", fontsize=8)
-        if "base" in ranking:
-            ax.axhline(ranking["base"]["mean"], ls="--", color="grey", lw=1, label="base")
+        if "base" in ranking:  # named on the line itself: the points are named beside them, no legend
+            ax.axhline(ranking["base"]["mean"], ls="--", color="grey", lw=1)
+            ax.annotate(
+                "base",
+                (1, ranking["base"]["mean"]),
+                xycoords=("axes fraction", "data"),
+                xytext=(-2, 3),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+                color="grey",
+            )
         ax.set_xscale("log")
         _label_short_log_axis(ax, xs)
         ax.set_xlabel(label)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0].set_ylabel("test answer perplexity (lower is better)")
-    axes[0].legend(frameon=False, fontsize=8)
-    fig.suptitle("Quality vs cost (seed mean, 95% interval)")
+    fig.suptitle(
+        "Quality vs cost (seed mean, 95% interval of each alone; paired differences in report.md are narrower)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

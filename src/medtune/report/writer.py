@@ -253,6 +253,8 @@ def _efficiency(results: dict) -> list[str]:
     boft = models.get("boft", {}).get("trainable", {}).get("details", {})
     if boft:
         ext = "built" if boft.get("cuda_extension") else "did not build; PEFT fell back"
+        if boft.get("cuda_extension_build_error"):
+            ext = f"did not build: `{boft['cuda_extension_build_error']}`; PEFT fell back"
         L.append(
             f"BOFT butterfly factor: requested {boft.get('butterfly_factor_requested')}, used "
             f"{boft.get('butterfly_factor_used')} (PEFT's CUDA extension {ext}); blocks (number, size): "
