@@ -311,6 +311,7 @@ def test_prefix_cache_cost_splits_cold_and_cached_steps():
         (["--storage", "sqlite:///trials.db"], "does not tune: add --set tune.enabled=true"),  # was ignored
         (["--methods", ""], "--methods names no method"),  # ran the preset's methods
         (["--set", "methods.lora.lr=-1e-3"], "methods.lora.lr must be > 0"),  # was named train.lr
+        (["--set", "methods.lora=5"], "methods.lora must be a mapping"),  # was "'int' object is not iterable"
     ],
 )
 def test_compare_settings_that_cannot_work_are_one_line(args, message, tmp_path, capsys):

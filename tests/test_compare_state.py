@@ -114,10 +114,57 @@ def test_a_method_whose_every_tuned_rate_diverged_is_marked_and_the_others_go_on
     for _ in range(2):
         results = run_compare(cfg, quiet=True)
         assert set(results["diverged"]) == {"lora"} and results["diverged"]["lora"]["run"] == "tuning"
-        assert results["diverged"]["lora"]["reason"].startswith("every tuned learning rate diverged")
+        assert results["diverged"]["lora"]["reason"].startswith("every rate tuning trained to the end diverged")
         assert "selective" in results["models"] and "lora" not in results["models"]
         assert set(results["study"]["tuning"]) == {"selective"}
     assert "**lora: diverged**" in (qa.parent / "cmp" / "report.md").read_text()
+
+
+def test_a_rate_that_diverges_after_its_rung_prunes_no_other(qa, monkeypatch):
+    """lora at 3e-4 (the grid's first trial) leads at the 50% rung, then diverges. Its rung value
+    made successive halving prune 1e-5, so no rate finished with a finite loss and compare called
+    every tuned rate diverged. A diverged trial is now no competitor: 1e-5 trains to the end, is
+    chosen, and the report lists 3e-4 as diverged (it showed "-")."""
+    import medtune.train as train_mod
+
+    real_step = train_mod.train_step
+
+    def step(s, gbatch, state):
+        late = state.step >= 0.6 * s.plan.total_steps  # after the 50% rung was reported
+        return None if s.cfg.method == "lora" and s.lr > 1e-4 and late else real_step(s, gbatch, state)
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+    cfg = _cfg(qa, "tiny-study", methods="lora", sets=[*TUNED, "tune.grid={lora: [1e-5, 3e-4]}"])
+    results = run_compare(cfg, quiet=True)
+    trials = {t["lr"]: t for t in results["study"]["tuning"]["lora"]["trials"]}
+    assert trials[3e-4]["diverged"] and 0.5 in [p for p, _ in trials[3e-4]["curve"]]  # it reported at the rung
+    assert trials[1e-5]["state"] == "complete" and results["study"]["tuning"]["lora"]["chosen_lr"] == 1e-5
+    assert not results["diverged"] and "lora" in results["models"]
+    assert "0.0003: diverged" in (qa.parent / "cmp" / "report.md").read_text()
+
+
+def test_more_resamples_or_another_bootstrap_seed_only_rebuild_the_report(qa, monkeypatch):
+    """eval.bootstrap and eval.seed are read by the report's statistics alone (eval.seed also picks
+    the questions answered, off here). A rerun with other values was refused as another comparison
+    (and --force retrained everything); now every run and evaluation is kept, and the report uses
+    the new values."""
+    import medtune.train as train_mod
+    from medtune.evaluate import score_examples
+
+    results = run_compare(_cfg(qa, methods="lora,selective"), quiet=True)
+    assert results["study"]["bootstrap"]["resamples"] == 200  # tiny's
+    calls = []
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: calls.append("train"))
+    monkeypatch.setattr(
+        "medtune.evaluate.score_examples", lambda *a, **k: calls.append("score") or score_examples(*a, **k)
+    )
+    again = run_compare(_cfg(qa, methods="lora,selective", sets=["eval.bootstrap=300", "eval.seed=5"]), quiet=True)
+    assert calls == []
+    assert again["study"]["bootstrap"]["resamples"] == 300
+    old, new = (r["study"]["ranking"]["answer.perplexity"] for r in (results, again))
+    assert [m["mean"] for m in old] == [m["mean"] for m in new]  # the same scores, resampled otherwise
+    assert [m["ci"] for m in old] != [m["ci"] for m in new]
+    assert "300 resamples" in (qa.parent / "cmp" / "report.md").read_text()
 
 
 def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):

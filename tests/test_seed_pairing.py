@@ -123,3 +123,21 @@ def test_an_interval_stops_at_what_the_metric_can_take():
     assert wide[0] == 0.0 and wide[1] > 64  # cut at 0 (RANGE) only
     pool.ranges["quality.tokens"] = (0.0, 64.0)
     assert pool.summary("lora", "quality.tokens")["ci"] == [0.0, 64.0]
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_one_resampling_unit_supports_no_clear_difference(seeds):
+    """Every example in one focus group: each bootstrap resample is the sample itself, so the
+    interval carries no test-sampling error (zero width with one seed) and a 6-example difference
+    was called clear, bold and in the verdict's bottom line. With one unit nothing is clear; the
+    same scores over 30 units (groups of one example) still are."""
+    from medtune.study import pool_scores
+
+    base = flat_run(2.5)
+    runs = {"a": [flat_run(2.0 + 0.01 * k) for k in range(seeds)]}
+    one = pool_scores(base, runs, 100, 0, ["one focus"] * 30)
+    many = pool_scores(base, runs, 100, 0, [f"focus {i}" for i in range(30)])
+    for pool, clear in ((one, False), (many, True)):
+        d = pool.difference("base", "a", "answer.perplexity")
+        assert d["diff"] < -3 and d["clear"] is clear
+    assert one.units["answer.perplexity"] == 1 and many.units["answer.perplexity"] == 30

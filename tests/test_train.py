@@ -107,6 +107,32 @@ def test_resume_gives_same_weights(method, args, tiny, prepared, tmp_path):
     assert la == pytest.approx(lb, abs=1e-6)
 
 
+def _val_rows(run):
+    return [(r["step"], r["val_loss"]) for r in map(json.loads, (run / "metrics.jsonl").open()) if "val_loss" in r]
+
+
+def test_a_run_ends_validated_at_its_last_step(tiny, prepared, tmp_path):
+    """The summary's val_loss is the trained model's: a run that ends mid-epoch (max_steps) was
+    not validated at its end (its summary gave step 0's, the untrained model's loss), and neither
+    was a run resumed from a checkpoint taken at its last step (it differed from the same run
+    uninterrupted). References: the same run told to validate every 4 steps, and the run uninterrupted."""
+    short = train(cfg(tiny, "lora", train__max_steps=4), prepared, tmp_path / "short", quiet=True)  # 6 per epoch
+    every = train(cfg(tiny, "lora", train__max_steps=4, train__eval_every=4), prepared, tmp_path / "every", quiet=True)
+    assert [step for step, _ in _val_rows(tmp_path / "short")] == [0, 4]
+    assert short["val_loss"] == pytest.approx(every["val_loss"], abs=1e-7)
+    assert short["val_loss"] != _val_rows(tmp_path / "short")[0][1]
+
+    c = cfg(tiny, "lora", train__epochs=1)
+    whole = train(c, prepared, tmp_path / "whole", quiet=True)
+    with pytest.raises(Interrupted):
+        train(c, prepared, tmp_path / "cut", quiet=True, stop_after=6)  # the last step
+    resumed = train(c, prepared, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-7)
+    cut, uncut = _val_rows(tmp_path / "cut"), _val_rows(tmp_path / "whole")
+    assert [step for step, _ in cut] == [step for step, _ in uncut] == [0, 6]
+    assert [v for _, v in cut] == pytest.approx([v for _, v in uncut], abs=1e-7)
+
+
 def _weights(run):
     p = run / "trained.safetensors"
     return load_file(p) if p.is_file() else load_file(run / "adapter" / "adapter_model.safetensors")

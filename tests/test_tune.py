@@ -431,6 +431,7 @@ def test_real_tuning_reads_no_test_split(tiny, tmp_path):
         ("tune.prune_from=0", "tune.prune_from must be a fraction in (0, 1]"),
         ("tune.grid.lroa=[1.0e-4]", "unknown method"),
         ("tune.train_seed=-1", "tune.train_seed must be empty or an integer"),
+        ("tune.train_seed=1", "tune.train_seed=1 is one of the seeds the methods are reported with (0..1)"),
         ("tune.val_fraction=1", "tune.val_fraction must be in [0, 1)"),
         (("data.val_fraction=0", "tune.val_fraction=0"), "data.val_fraction and tune.val_fraction are 0"),
     ],

@@ -120,6 +120,35 @@ def test_a_retry_after_the_rung_can_still_be_pruned_there(tiny, tmp_path, monkey
     assert r["chosen_trial"] == 0
 
 
+def test_rates_pruned_behind_a_rate_that_then_diverged_get_one_full_run(tiny, tmp_path, monkeypatch):
+    """Trial 0 diverges after leading at the 50% rung; trial 1 was pruned (as another worker's
+    trial is when trial 0 still ran and led there). No rate finished with a finite loss, though one
+    might have: the best pruned rate is rerun once, never pruned (it meets the rung at 5.0, worse
+    than every pruned value), chosen, and a rerun of tuning trains nothing more."""
+    import optuna
+
+    from medtune.train import Diverged
+
+    def script(k, lr, validate, run_dir):
+        validate(0.0, 4.0)
+        validate(0.25, 3.5)
+        validate(0.5, [1.0, 2.0, 5.0][k])
+        if k == 0:
+            raise Diverged("training diverged at step 7")
+        if k == 1:
+            raise optuna.TrialPruned("trailing trial 0 at the rung")
+        validate(1.0, 1.7)
+        return 1.7
+
+    calls = scripted_train(monkeypatch, script)
+    r = tuning(tmp_path)
+    assert len(calls) == 3 and calls[2] == calls[1]
+    assert r["chosen_lr"] == calls[1] and r["chosen_trial"] == 2
+    rescue = {t["number"]: t for t in r["trials"]}[2]
+    assert rescue["state"] == "complete" and rescue["rescue_of"] == 1
+    assert tuning(tmp_path)["chosen_trial"] == 2 and len(calls) == 3  # nothing left to train
+
+
 # ---------------------------------------------------------------- tuning time and trials
 
 

@@ -173,7 +173,7 @@ def _preset_names() -> list[str]:
 
 
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="rebuild report.md, results.json and figures from a comparison folder")
+    p = sub.add_parser("report", help="rebuild report.md and the figures from a comparison folder's results.json")
     p.add_argument("dir")
 
 

@@ -58,7 +58,12 @@ class CompareConfig:
     def __post_init__(self):
         if not self.methods:
             raise MedtuneError("a comparison needs at least one method")
-        for name in self.methods:
+        for name, args in self.methods.items():
+            if args is not None and not isinstance(args, dict):
+                raise MedtuneError(
+                    f"methods.{name} must be a mapping of the method's arguments (e.g. --set methods.{name}.lr=1e-4); "
+                    f"got {args!r}"
+                )
             self.run_config(name)  # validates the method name and its arguments
         if self.samples < 0:
             raise MedtuneError(f"samples must be >= 0; got {self.samples}")
@@ -68,6 +73,15 @@ class CompareConfig:
             raise MedtuneError(
                 "a tuning storage was given, but this comparison does not tune: add --set tune.enabled=true "
                 "(or drop --storage)"
+            )
+        seeds = range(self.train.seed, self.train.seed + self.train.seeds)
+        if self.tune.enabled and self.tune.train_seed in seeds:
+            # That seed's run would be a chosen trial trained again, while the report says no
+            # reported run is one a rate was chosen on. Unset, the first seed reuses the trial.
+            raise MedtuneError(
+                f"tune.train_seed={self.tune.train_seed} is one of the seeds the methods are reported with "
+                f"({seeds.start}..{seeds.stop - 1}): leave it unset to reuse the chosen trial as the first seed, "
+                f"or give a seed outside them (e.g. {seeds.stop}) to choose rates on a seed of their own"
             )
         from medtune.methods import get_method
 
@@ -110,7 +124,9 @@ class CompareConfig:
                 "model": {"spec": self.model},
                 "format": asdict(self.format),
                 "train": asdict(train),
-                "eval": asdict(self.eval),
+                # A run carries the defaults of the report-only settings: train() never reads them,
+                # and its stage key must not change with them (more resamples retrained every run).
+                "eval": {**asdict(self.eval), **{k: getattr(EvalConfig(), k) for k in REPORT_ONLY_EVAL}},
             },
         )
 
@@ -197,6 +213,10 @@ def compare_command(args) -> None:
 # resumes the folder); in tune:, what tune.tune_identity leaves out (where trials are stored,
 # dead-worker handling, an unset train_seed).
 _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
+# What only the report's statistics read, from the saved per-example sums and answers: the
+# bootstrap's resamples and seed. A rerun with other values rebuilds the report and keeps every
+# run, evaluation and trial (eval.seed also picks quality's questions: quality.stage_key has it).
+REPORT_ONLY_EVAL = ("bootstrap", "seed")
 
 
 def identity_fields(cfg: CompareConfig) -> dict:
@@ -206,6 +226,7 @@ def identity_fields(cfg: CompareConfig) -> dict:
     # train.seeds: more seeds add runs beside the finished ones, fewer report the first ones; each
     # run's own stage key has its seed (train_stage), so no run is mistaken for another.
     whole["train"] = {k: v for k, v in whole["train"].items() if k != "seeds"}
+    whole["eval"] = {k: v for k, v in whole["eval"].items() if k not in REPORT_ONLY_EVAL}
     return {k: v for k, v in whole.items() if k not in _NOT_IDENTITY}
 
 
@@ -484,7 +505,7 @@ class Comparison:
         path = self.out / "diverged.json"
         return read_json(path) if path.is_file() else {}
 
-    def _mark_diverged(self, method: str, run: str, reason: str, lr: float) -> None:
+    def _mark_diverged(self, method: str, run: str, reason: str, lr: float | None) -> None:
         from medtune.runs import write_json
 
         write_json(self.out / "diverged.json", {**self._diverged(), method: {"run": run, "lr": lr, "reason": reason}})
@@ -536,12 +557,13 @@ class Comparison:
             try:
                 one = replace(cfg, methods={method: args})
                 tuned.update(run_tuning(one, self.prep, self.out, quiet=self.quiet, shared=shared, write_summary=False))
-            except NoFiniteTrial:
+            except NoFiniteTrial as e:
                 centre = cfg.run_config(method).learning_rate()
                 low, high = lr_range(cfg.tune, method, centre)
-                reason = f"every tuned learning rate diverged (tried {low:.3g} to {high:.3g})"
+                rates = ", ".join(f"{lr:.3g}" for lr in e.diverged_lrs)
+                reason = f"every rate tuning trained to the end diverged ({rates}; searched {low:.3g} to {high:.3g})"
                 self.say(f"  {method}: {reason}; not trained")
-                self._mark_diverged(method, "tuning", reason, centre)
+                self._mark_diverged(method, "tuning", reason, None)
         save_summary(self.out, cfg.tune.storage or default_storage(self.out), tuned)  # every method in one file
         return tuned
 
@@ -555,9 +577,13 @@ class Comparison:
         path = out / "eval" / f"{name}.json"
         run_key = stages.done.get(f"train:{name}", "base")
         scoring = experiment_of({"eval": asdict(cfg.eval)})["eval"]
-        k = config_hash({"prep": self.key, "eval": scoring, "run": run_key, "quality": quality.stage_key(cfg)})
+        keys = [  # the second: how releases before REPORT_ONLY_EVAL keyed it (their evaluations stand)
+            config_hash({"prep": self.key, "eval": e, "run": run_key, "quality": quality.stage_key(cfg)})
+            for e in ({k: v for k, v in scoring.items() if k not in REPORT_ONLY_EVAL}, scoring)
+        ]
+        k = keys[0]
         self.stage(f"evaluate {name}")
-        if stages.finished(f"eval:{name}", k, path, *quality.artifacts(cfg, out, name)):
+        if any(stages.finished(f"eval:{name}", key, path, *quality.artifacts(cfg, out, name)) for key in keys):
             say("  done earlier, skipped")
             return
         from medtune.inference import autocast_for, load_for_inference

@@ -316,7 +316,7 @@ def stage_key(cfg) -> dict:
         "quality": asdict(cfg.quality),
         "max_new_tokens": cfg.max_new_tokens,
         "samples": cfg.samples,
-        "seed": cfg.eval.seed,
+        "seed": cfg.eval.seed if _count(cfg) else None,  # it picks the questions answered; none: unused
     }
 
 

@@ -113,15 +113,18 @@ class Pool:
         self.samples: dict = {}  # model -> metric -> (B,) seed mean under each unit resample
         self.seed_values: dict = {}  # model -> metric -> the train seed of each point, in order
         self.ranges: dict = {}  # metric -> (low, high) this study's values can take, beyond RANGE's
+        self.units: dict = {}  # metric -> how many resampling units (focus groups or examples) it has
 
-    def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]], seeds=None) -> None:
+    def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]], seeds=None, units=None) -> None:
         """`seeds`: the train seed of each entry (default 0, 1, ...); two models with the same
-        seed values are paired seed by seed."""
+        seed values are paired seed by seed. `units`: the resampling units behind the values."""
         seeds = tuple(range(len(per_seed)) if seeds is None else seeds)
         if len(seeds) != len(per_seed):
             raise ValueError(f"{model}: {len(per_seed)} seed entries but seeds {seeds}")
         for key in per_seed[0]:
             self.seed_values.setdefault(model, {})[key] = seeds
+            if units is not None:
+                self.units[key] = units
             boot = np.stack([d[key][1] for d in per_seed], axis=1)  # (B, S)
             self.points.setdefault(model, {})[key] = [d[key][0] for d in per_seed]
             self.samples.setdefault(model, {})[key] = boot.mean(1)
@@ -183,7 +186,9 @@ class Pool:
         methods' seed noise."""
         d = float(np.mean(self.points[b][key]) - np.mean(self.points[a][key]))
         ci = self.interval(d, self.samples[b][key] - self.samples[a][key], (a, b), key)
-        clear = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0))
+        # One resampling unit: every resample is the sample itself, so the interval says nothing
+        # about test sampling (zero width without seed noise) and no difference can be called clear.
+        clear = bool(np.isfinite(ci).all() and (ci[0] > 0 or ci[1] < 0)) and self.units.get(key, 2) > 1
         several = any(len(self.points[m][key]) > 1 for m in (a, b))
         seeds = "paired_t" if self.paired(a, b, key) else "welch_t" if several else None  # which t rule
         return {"a": a, "b": b, "metric": key, "diff": d, "ci": ci, "clear": clear, "seed_noise": seeds}
@@ -205,8 +210,12 @@ def pool_scores(
         for s in seeds:
             if s.ids != base.ids:
                 raise ValueError(f"{name} was scored on other examples than base")
-        pool.add(name, [_score_samples(s, w) for s in seeds], (seed_values or {}).get(name))
+        pool.add(name, [_score_samples(s, w) for s in seeds], (seed_values or {}).get(name), _units(groups, base.ids))
     return pool
+
+
+def _units(groups: list | None, ids: list) -> int:
+    return len(set(groups)) if groups is not None else len(ids)
 
 
 def pool_quality(
@@ -238,7 +247,7 @@ def pool_quality(
                 {f"quality.{m}": _mean_samples(np.asarray([r[m] for r in rows], dtype=np.float64), w) for m in usable}
             )
         if usable:
-            pool.add(name, per_seed, (seed_values or {}).get(name))
+            pool.add(name, per_seed, (seed_values or {}).get(name), _units(groups, ids))
     return usable
 
 

@@ -74,6 +74,7 @@ class TrainState:
     skipped_nonfinite: int = 0
     last_loss: float | None = None
     val_loss: float | None = None
+    val_step: int | None = None  # the step val_loss was computed at: the run ends validated at its last
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
@@ -419,17 +420,15 @@ def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) ->
                     last_save = time.perf_counter()
             if state.batch >= len(batches):  # the epoch is done
                 state.epoch, state.batch = state.epoch + 1, 0
-                if not s.cfg.train.eval_every and s.val_ex and state.step not in s.eval_steps:
+                if not s.cfg.train.eval_every and s.val_ex and state.val_step != state.step:
                     validate(s, state, on_validation)
                 if state.step < s.plan.total_steps:
                     save_checkpoint(s, state)
                     last_save = time.perf_counter()
-        if (
-            s.cfg.train.eval_every
-            and s.val_ex
-            and state.step % s.cfg.train.eval_every
-            and state.step not in s.eval_steps
-        ):
+        # The last step is always validated: a run that ends mid-epoch (max_steps, fractional
+        # epochs) or resumes from a checkpoint of its last step has not been (the summary's
+        # val_loss was then an earlier step's, often the untrained model's).
+        if s.val_ex and state.val_step != state.step:
             validate(s, state, on_validation)
     finally:
         progress.close()
@@ -525,7 +524,7 @@ def start_validation(s: Setup, state: TrainState, on_validation: ValidationHook 
         if s.shared is not None and math.isfinite(loss):
             s.shared.base_val_loss[scope] = loss
         return loss
-    state.val_loss = known
+    state.val_loss, state.val_step = known, state.step
     if s.main:
         append_metrics(s.run_dir, {"step": 0, "val_loss": known, "val_scope": scope, "shared": "base model"})
     if on_validation is not None:
@@ -536,7 +535,7 @@ def start_validation(s: Setup, state: TrainState, on_validation: ValidationHook 
 def validate(s: Setup, state: TrainState, on_validation: ValidationHook | None = None) -> float:
     """Validation loss per scored token (the training scope), logged and passed to the hook."""
     loss = validation_loss(s)
-    state.val_loss = loss if math.isfinite(loss) else None
+    state.val_loss, state.val_step = (loss if math.isfinite(loss) else None), state.step
     if s.main:
         row = {"step": state.step, "val_loss": state.val_loss, "val_scope": s.cfg.format.loss_scope}
         append_metrics(s.run_dir, row)

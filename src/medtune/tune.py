@@ -273,19 +273,27 @@ def _halving_pruner(min_resource: int):
 
     class LiveTrialsHalving(optuna.pruners.SuccessiveHalvingPruner):
         def prune(self, study, trial) -> bool:
-            return super().prune(_WithoutFailed(study), trial)
+            if trial.user_attrs.get(RESCUE):
+                return False  # rescue_pruned's rerun: it runs to the end
+            return super().prune(_Competitors(study), trial)
 
     return LiveTrialsHalving(min_resource=min_resource, reduction_factor=2)
 
 
-class _WithoutFailed:
-    """A study as the pruner sees it: get_trials() leaves FAIL trials out; the rest is the study's."""
+class _Competitors:
+    """A study as the pruner sees it: get_trials() leaves out FAIL trials and trials that diverged
+    (COMPLETE at inf). A trial that led at a rung and then diverged kept its rung value, and later
+    trials were pruned for trailing a rate that blew up (every good rate, in a 2-point grid)."""
 
     def __init__(self, study) -> None:
         self._study = study
 
     def get_trials(self, deepcopy: bool = True, states=None) -> list:
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if t.state.name != "FAIL"]
+        return [
+            t
+            for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+            if t.state.name != "FAIL" and "diverged" not in t.user_attrs
+        ]
 
     def __getattr__(self, name: str):
         return getattr(self._study, name)
@@ -313,11 +321,13 @@ def _same_lr(a: float | None, b: float) -> bool:
     return a is not None and math.isclose(a, b, rel_tol=1e-9)
 
 
-def _duplicate_of(study, number: int, lr: float) -> int | None:
+def _duplicate_of(study, number: int, lr: float, rescue: bool = False) -> int | None:
+    """The trial that claimed this grid point first; a rescue (rescue_pruned) reruns a pruned
+    trial's point on purpose and is a duplicate only of another rescue."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-        if t.number == number or not _same_lr(t.params.get("lr"), lr):
+        if t.number == number or not _same_lr(t.params.get("lr"), lr) or (RESCUE in t.user_attrs) != rescue:
             continue
         if t.state != TrialState.RUNNING or t.number < number:
             return t.number
@@ -327,9 +337,9 @@ def _duplicate_of(study, number: int, lr: float) -> int | None:
 class NoFiniteTrial(MedtuneError):
     """Every finished trial of a method diverged: compare marks the method diverged and goes on."""
 
-    def __init__(self, method: str):
+    def __init__(self, method: str, diverged_lrs: list[float]):
         super().__init__(f"tuning {method}: no trial finished with a finite validation loss")
-        self.method = method
+        self.method, self.diverged_lrs = method, sorted(set(diverged_lrs))
 
 
 def make_objective(ctx: TuneContext, space: MethodSpace) -> Callable:
@@ -361,7 +371,7 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     trial.set_user_attr("failure", None)  # a retry from before ATTEMPT_ATTRS inherited its predecessor's
     if space.grid:
-        dup = _duplicate_of(trial.study, trial.number, lr)
+        dup = _duplicate_of(trial.study, trial.number, lr, RESCUE in trial.user_attrs)
         if dup is not None:
             trial.set_user_attr("duplicate_of", dup)
             raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
@@ -514,7 +524,29 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
     with storage_guard(objective):
         study = open_study(ctx, space)
         _run_until_done(ctx, space, study, objective, wait)
+        if rescue_pruned(study):
+            _run_until_done(ctx, space, study, objective, wait)
         return {**study_summary(study, space), "prune_from": first_rung(ctx.tune)}
+
+
+RESCUE = "rescue_of"  # user attr of rescue_pruned's rerun: the pruned trial it reruns
+
+
+def rescue_pruned(study) -> bool:
+    """Every trial that finished diverged, and others were pruned: they were stopped for trailing
+    rates that later blew up, so none of the rates that might work was trained to the end. Enqueue
+    the best pruned rate (its last reported loss) once more, never pruned; once per study."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.user_attrs.get(RESCUE) is not None for t in trials):
+        return False
+    if any(t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value) for t in trials):
+        return False
+    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+    if not pruned:
+        return False
+    best = min(pruned, key=lambda t: t.intermediate_values[max(t.intermediate_values)])
+    study.enqueue_trial({"lr": best.params["lr"]}, user_attrs={RESCUE: best.number}, skip_if_exists=False)
+    return True
 
 
 def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Callable, wait: bool) -> None:
@@ -571,6 +603,7 @@ def study_summary(study, space: MethodSpace) -> dict:
                 "seconds": trial_seconds(t),
                 "diverged": t.user_attrs.get("diverged"),
                 "failure": t.user_attrs.get("failure"),
+                "rescue_of": t.user_attrs.get(RESCUE),
                 **{k: t.user_attrs.get(k) for k in RUN_COST_KEYS},
             }
         )
@@ -662,7 +695,7 @@ def run_tuning(
                 keep_only_chosen(out / "tuning" / method, None if worker else r["chosen_trial"])
                 if r["chosen_lr"] is None and not worker:
                     if any(t["state"] == "complete" for t in r["trials"]):  # they ran: every loss non-finite
-                        raise NoFiniteTrial(method)
+                        raise NoFiniteTrial(method, [t["lr"] for t in r["trials"] if t["state"] == "complete"])
                     save_summary(out, url, results)  # the failures the message points to
                     raise MedtuneError(f"tuning {method}: no trial finished (each failure: tuning/summary.json)")
                 say(

@@ -58,11 +58,8 @@ def verdict_lines(results: dict) -> list[str]:
     if not study or not study.get("ranking"):
         return []
     S = study["seeds"]
-    how = (
-        "tuned per method on the validation split (the test split is never read while tuning)"
-        if study.get("tuning")
-        else "as set"
-    )
+    tuned = study.get("tuning") or ((results.get("config") or {}).get("tune") or {}).get("enabled")
+    how = "tuned per method on the validation split (the test split is never read while tuning)" if tuned else "as set"
     L = ["## Verdict\n"]
     L.append(
         f"{S} seed{'s' if S > 1 else ''} per method (train seeds {', '.join(map(str, study['seed_values']))}: data "
@@ -237,10 +234,11 @@ def tuning_lines(tuning: dict) -> list[str]:
 def _one_trial_per_rate(trials: list[dict]) -> list[dict]:
     """Per learning rate, the trial that finished (complete or pruned); a rate whose every attempt
     failed (Ctrl-C, out of memory: retried up to tune.max_retry times) shows its last attempt."""
+    rank = {"complete": 2, "pruned": 1}  # a rescue's full run (tune.rescue_pruned) over its pruned attempt
     by_lr: dict[float, dict] = {}
     for r in sorted((r for r in trials if r["lr"] is not None), key=lambda r: r["number"]):
         kept = by_lr.get(r["lr"])
-        if kept is None or kept["state"] not in ("complete", "pruned"):
+        if kept is None or rank.get(r["state"], 0) > rank.get(kept["state"], 0):
             by_lr[r["lr"]] = r
     return [by_lr[lr] for lr in sorted(by_lr)]
 
@@ -248,7 +246,11 @@ def _one_trial_per_rate(trials: list[dict]) -> list[dict]:
 def _trial_cell(r: dict) -> str:
     if r["state"] == "fail":
         return f"{r['lr']:.3g}: **never finished** ({r.get('failure') or 'failed'})"
-    return f"{r['lr']:.3g}: {_num(r['val_loss'], '{:.4f}')}" + ("" if r["state"] == "complete" else f" ({r['state']})")
+    if r.get("diverged"):
+        return f"{r['lr']:.3g}: diverged"
+    rescue = " (rerun to the end: every trial that finished had diverged)" if r.get("rescue_of") is not None else ""
+    state = "" if r["state"] == "complete" else f" ({r['state']})"
+    return f"{r['lr']:.3g}: {_num(r['val_loss'], '{:.4f}')}{state}{rescue}"
 
 
 def edge_side(t: dict | None) -> str | None:

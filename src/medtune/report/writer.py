@@ -138,7 +138,8 @@ def write_report(out: Path, results: dict) -> None:
     out = Path(out)
     L = _header(results)
     for method, d in (results.get("diverged") or {}).items():
-        L.append(f"**{method}: diverged** (run {d['run']}, learning rate {d['lr']:g}); not ranked. {d['reason']}\n")
+        rate = f", learning rate {d['lr']:g}" if d.get("lr") is not None else ""  # tuning: the reason lists them
+        L.append(f"**{method}: diverged** (run {d['run']}{rate}); not ranked. {d['reason']}\n")
     L.extend(verdict_lines(results))
     L.extend(_table1(results))
     L.extend(quality_lines(out, results))
