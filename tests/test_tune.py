@@ -463,17 +463,29 @@ def test_tuning_a_protocol_without_validation_split_takes_one_from_train(tmp_pat
 
 
 @pytest.mark.parametrize("command", ["tune", "compare"])
-def test_unreachable_storage_is_one_line(command, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "creds", ["medtune:s3cret@127.0.0.1:{port}/nope", "medtune@127.0.0.1:{port}/nope?password=s3cret"]
+)
+def test_unreachable_storage_is_one_line(command, creds, tmp_path, capsys):
+    """The password is never shown, in user:password@ or in libpq's ?password= (it was)."""
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"postgresql+psycopg://medtune:s3cret@127.0.0.1:{port}/nope"
+    url = f"postgresql+psycopg://{creds.format(port=port)}"
     out = tmp_path / "o"
     data = qa_csv(tmp_path / "qa.csv")  # the storage is opened after the data is found
     code, _, err = run_cli([command, "--preset", "tiny-study", "--data", data, "--out", out, "--storage", url], capsys)
     assert code == 2 and "cannot open tuning storage" in err and len(err.strip().splitlines()) == 1, err
     assert "s3cret" not in err
     assert not out.exists()
+
+
+def test_a_storage_url_set_with_a_space_before_the_equals_is_not_recorded():
+    """--set "tune.storage =URL" reads as tune.storage; the overrides the report shows kept it,
+    password and all, since only "tune.storage=" was filtered out."""
+    url = "postgresql+psycopg://medtune:s3cret@127.0.0.1:1/db"
+    cfg = load_compare_config("tiny-study", overrides=[f"tune.storage ={url}", "train.seeds=1"])
+    assert cfg.tune.storage == url and cfg.overrides == ["train.seeds=1"]
 
 
 def test_storage_without_its_driver_says_what_to_install(tmp_path, capsys):
@@ -770,3 +782,15 @@ def test_two_workers_share_a_postgres_study(tiny, tmp_path):
         assert len(trials_of(url)) == len(trials)
     finally:
         server.cleanup()
+
+
+@pytest.mark.parametrize("command", ["tune", "compare"])
+def test_a_refused_output_folder_leaves_no_storage_database_behind(command, tmp_path, capsys):
+    """The output folder is checked before the storage is opened: opening a SQLite --storage
+    creates its database file, which a refusal of the folder after it left behind."""
+    (tmp_path / "afile").write_text("x")
+    db = tmp_path / "new.db"
+    args = [command, "--preset", "tiny-study", "--out", tmp_path / "afile" / "o", "--storage", f"sqlite:///{db}"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert not db.exists()

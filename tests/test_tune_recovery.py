@@ -149,6 +149,98 @@ def test_rates_pruned_behind_a_rate_that_then_diverged_get_one_full_run(tiny, tm
     assert tuning(tmp_path)["chosen_trial"] == 2 and len(calls) == 3  # nothing left to train
 
 
+def test_ctrl_c_while_waiting_for_another_workers_trial_stops_within_a_poll(tiny, tmp_path, monkeypatch, capsys):
+    """Every grid point is done but trial 2 runs on another host: tune waits for it, and says
+    so once. Ctrl-C during the wait was only noted: the command waited on (until that trial ended,
+    or its heartbeat went stale and its retry started, only to stop at step 1 and spend a retry).
+    Now it stops at the next poll and starts nothing."""
+    import os
+    import signal
+    import time
+    import types
+
+    import optuna
+
+    from medtune.train import Interrupted
+    from medtune.tune import run_tuning
+
+    calls = scripted_train(monkeypatch, lambda k, lr, validate, run_dir: 1.5)
+    tuning(tmp_path)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'cmp' / 'tuning.db'}")
+    (name,) = optuna.get_all_study_names(storage)
+    elsewhere = optuna.load_study(study_name=name, storage=storage).ask()
+    elsewhere.set_user_attr("worker", {"host": "elsewhere", "pid": 4242})
+    polls = []
+
+    def sleep(seconds):  # the Ctrl-C arrives during the first poll's sleep
+        polls.append(seconds)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("medtune.tune.time", types.SimpleNamespace(perf_counter=time.perf_counter, sleep=sleep))
+    with pytest.raises(Interrupted, match="rerun the same command"):
+        run_tuning(study_cfg(tmp_path), write_records(tmp_path / "prep"), tmp_path / "cmp")
+    assert len(polls) == 1 and len(calls) == len(GRID)
+    out = capsys.readouterr().out
+    assert out.count("waiting for trial 2 (elsewhere pid 4242) running elsewhere") == 1, out
+    assert [t.state.name for t in optuna_trials(tmp_path)].count("RUNNING") == 1  # left to its own worker
+
+
+def test_a_grid_point_claimed_by_two_workers_at_once_is_trained_once(tiny, tmp_path, monkeypatch):
+    """Trial 1 (another worker, on another host) has claimed grid point 2 but not yet stored its
+    lr when trial 2 here looks for a claim and sees none; trial 1 then goes on past the
+    later-numbered trial 2, so both trained the point (seen with 4 SQLite workers). Trial 2 now
+    looks again at its step-0 validation, finds trial 1's lr and gives way: no step taken, no
+    folder left, no retry queued."""
+    import optuna
+
+    from medtune.tune import run_tuning
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    studies = {}
+
+    def study():
+        storage = optuna.storages.RDBStorage(url)
+        (name,) = optuna.get_all_study_names(storage)
+        return optuna.load_study(study_name=name, storage=storage)
+
+    def script(k, lr, validate, run_dir):
+        if k == 0:  # the other worker claims the next trial number, its lr not stored yet
+            other = study().ask()
+            other.set_user_attr("worker", {"host": "elsewhere", "pid": 4242})
+            studies["other"] = other
+        if k == 1:  # ... and stores it while this trial sets up
+            s = study()
+            dist = s.trials[0].distributions["lr"]
+            s._storage.set_trial_param(studies["other"]._trial_id, "lr", dist.to_internal_repr(lr), dist)
+        validate(0.0, 4.0)
+        return 1.5
+
+    calls = scripted_train(monkeypatch, script)
+    (tmp_path / "cmp").mkdir()
+    run_tuning(
+        study_cfg(tmp_path, f"tune.storage={url}"), write_records(tmp_path / "prep"), tmp_path / "cmp", worker=True
+    )
+    trials = study().get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING", "FAIL"]
+    assert trials[2].user_attrs["duplicate_of"] == 1 and trials[2].params["lr"] == trials[1].params["lr"] == calls[1]
+    assert len(calls) == 2 and not (tmp_path / "cmp" / "tuning" / "lora" / "trial-002").exists()
+
+
+def test_a_worker_that_ends_before_the_study_says_best_so_far():
+    from medtune.tune import _outcome_line
+
+    r = {"chosen_lr": 2e-4, "best_val_loss": 5.8822, "rates_tried": 3}
+    done = _outcome_line("lora", {**r, "trials": [{"state": "complete"}] * 3}, 12.0)
+    ongoing = _outcome_line("lora", {**r, "trials": [{"state": "complete"}] * 2 + [{"state": "running"}]}, 12.0)
+    assert done.startswith("  lora: chosen lr 0.0002") and "running" not in done
+    assert ongoing.startswith("  lora: best so far lr 0.0002") and ongoing.endswith("1 trial still running elsewhere")
+    failed = [{"lr": 3e-4, "state": "fail"}] * 2  # both attempts of 3e-4 failed: tune.max_retry spent
+    lost = _outcome_line("lora", {**r, "trials": [{"lr": 2e-4, "state": "complete"}, *failed]}, 12.0)
+    assert (
+        lost.endswith("; never finished: 0.0003 (tuning/summary.json says why)") and "0.0002" not in lost.split(";")[2]
+    )
+
+
 # ---------------------------------------------------------------- tuning time and trials
 
 
@@ -240,19 +332,24 @@ def test_a_trial_taken_over_by_another_worker_is_one_line_and_not_retried_twice(
     assert sorted(t["lr"] for t in done) == GRID and len(calls) == 3
 
 
-def test_a_database_error_mid_trial_is_one_line_and_the_rate_is_retried(tiny, tmp_path, monkeypatch):
-    """A database error while reporting (here: OperationalError from Trial.report, the storage
-    itself still answering): one line, the trial ends FAIL with its retry queued, the rerun
-    trains the rate again."""
+@pytest.mark.parametrize("error", ["OperationalError", "StorageInternalError"])
+def test_a_database_error_mid_trial_is_one_line_and_the_rate_is_retried(error, tiny, tmp_path, monkeypatch):
+    """A database error while reporting (here from Trial.report, the storage itself still
+    answering): one line, the trial ends FAIL with its retry queued, the rerun trains the rate
+    again. Optuna's RDBStorage raises StorageInternalError (a failed commit's SQLAlchemyError
+    wrapped), which gave seven chained tracebacks with a PostgreSQL stopped mid-trial."""
     import optuna
     import sqlalchemy
 
     real_report = optuna.trial.Trial.report
     broken = {"once": True}
+    locked = sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database is locked"))
 
     def report(self, value, step):
         if self.number == 1 and broken.pop("once", False):
-            raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database is locked"))
+            if error == "StorageInternalError":
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit") from locked
+            raise locked
         return real_report(self, value, step)
 
     monkeypatch.setattr(optuna.trial.Trial, "report", report)
@@ -263,11 +360,29 @@ def test_a_database_error_mid_trial_is_one_line_and_the_rate_is_retried(tiny, tm
         return 1.5 - k / 10
 
     calls = scripted_train(monkeypatch, script)
-    with pytest.raises(MedtuneError, match="tuning storage lost .*OperationalError.*rerun the same command"):
+    with pytest.raises(MedtuneError, match=f"tuning storage lost .*{error}.*rerun the same command"):
         tuning(tmp_path)
     r = tuning(tmp_path)
     assert [t["state"] for t in sorted(r["trials"], key=lambda t: t["number"])] == ["complete", "fail", "complete"]
     assert len(calls) == 3 and calls[2] == calls[1] and r["rates_tried"] == len(GRID)
+
+
+def test_a_database_lost_while_optuna_records_a_trial_is_one_line(tiny, tmp_path, monkeypatch):
+    """The database fails as Optuna stores a finished trial's state: Optuna's own cleanup then
+    raises UnboundLocalError (Optuna 5), the storage error only its context. Still one line."""
+    import optuna
+
+    real = optuna.storages.RDBStorage.set_trial_state_values
+
+    def set_state(self, trial_id, state, values=None):
+        if state == optuna.trial.TrialState.COMPLETE:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit")
+        return real(self, trial_id, state, values)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", set_state)
+    scripted_train(monkeypatch, lambda k, lr, validate, run_dir: 1.5)
+    with pytest.raises(MedtuneError, match="tuning storage lost .*StorageInternalError.*rerun the same command"):
+        tuning(tmp_path)
 
 
 # ---------------------------------------------------------------- config errors before any write

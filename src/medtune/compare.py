@@ -168,7 +168,8 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
     cfg = from_dict(CompareConfig, raw, "preset")
     # Not a field (not part of what is computed): the report names them beside the preset's own
     # description, which they may contradict (its "3 seeds" under --set train.seeds=2).
-    cfg.overrides = [o for o in overrides if not o.startswith("tune.storage=")]  # URLs may hold a password
+    # URLs may hold a password; the key as apply_overrides reads it ("tune.storage =..." too)
+    cfg.overrides = [o for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
     return cfg
 
 
@@ -373,8 +374,8 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     from medtune.runs import ensure_writable
 
     out = Path(cfg.out)
+    ensure_writable(out, what="comparison folder")  # before check_compare opens a --storage
     check_compare(cfg)
-    ensure_writable(out, what="comparison folder")
     with FolderLock(out, "comparison"):
         open_folder(cfg, out, force)
         return Comparison(cfg, out, force, quiet).run()
@@ -618,8 +619,10 @@ def tune_command(args) -> None:
     if args.worker and not cfg.tune.storage:  # before anything is written (run_tuning checks it too, later)
         raise MedtuneError(WORKER_NEEDS_STORAGE)
     out = Path(cfg.out)
-    check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
+    # The folder first: opening a SQLite --storage creates its database, which a refusal after
+    # it left behind. ensure_writable creates nothing.
     ensure_writable(out, what="comparison folder")
+    check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
     if cfg.validation_note():
         print(cfg.validation_note())
     with FolderLock(out, "comparison"):

@@ -41,12 +41,21 @@ def default_storage(out: Path) -> str:
 
 
 def redact_url(url: str) -> str:
+    """The URL without its password: user:password@ and a ?password= query (libpq takes both)."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        shown = make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown up to its credentials
-        return url.split("@")[-1]
+        shown = url.split("@")[-1]
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", shown)
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, without SQLAlchemy's "(Background on this error at:
+    https://sqlalche.me/...)" link, which says nothing about this database."""
+    msg = re.sub(r"\(Background on this error at: [^)]*\)", "", str(e))
+    return " ".join(msg.split())[:limit] or type(e).__name__
 
 
 def open_storage(url: str, tune):
@@ -74,14 +83,17 @@ def open_storage(url: str, tune):
                 heartbeat_stale_trial_callback=retry_callback(tune.max_retry),
             )
         except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of every kind: one line
-            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            msg = one_line(e)
             # Two workers starting together race to create Optuna's tables; the loser's CREATE
-            # fails with "already exists" / a duplicate key, and a retry finds the tables made.
-            if attempt < 3 and ("already exists" in msg or "duplicate key" in msg):
+            # fails with "already exists" / a duplicate key (PostgreSQL) or a UNIQUE constraint on
+            # alembic_version (SQLite), and a retry finds the tables made.
+            if attempt < 3 and any(w in msg for w in ("already exists", "duplicate key", "UNIQUE constraint failed")):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             if "DB access module" in msg:  # Optuna's words for a driver that does not import
                 msg = f"its database driver is not installed ({_driver_hint(url)})"
+            elif "Can't load plugin: sqlalchemy.dialects:" in msg:  # postgres://, an unknown dialect
+                msg += "; PostgreSQL URLs start postgresql+psycopg://, SQLite ones sqlite:///"
             raise MedtuneError(f"cannot open tuning storage {redact_url(url)}: {msg}") from None
 
 
@@ -192,14 +204,15 @@ class StorageLost(MedtuneError):
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:
-    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
     from sqlalchemy.exc import SQLAlchemyError  # OperationalError and every driver error SQLAlchemy wraps
 
-    return (UpdateFinishedTrialError, SQLAlchemyError)
+    # Optuna's RDBStorage wraps a failed commit's SQLAlchemyError in StorageInternalError.
+    return (UpdateFinishedTrialError, StorageInternalError, SQLAlchemyError)
 
 
 def lost_message(e: BaseException) -> str:
-    why = f"{type(e).__name__}: {' '.join(str(e).split())}"[:200]
+    why = f"{type(e).__name__}: {one_line(e)}"[:200]
     head, _, tail = STORAGE_LOST.partition(": ")
     return f"{head} ({why}): {tail}"
 
@@ -220,6 +233,20 @@ def storage_guard(objective: Callable):
     except Exception as e:
         if getattr(objective, "lost", None):
             raise StorageLost(objective.lost) from e
-        if isinstance(e, errors):
-            raise StorageLost(lost_message(e)) from e
+        cause = _storage_cause(e, errors)
+        if cause is not None:
+            raise StorageLost(lost_message(cause)) from e
         raise
+
+
+def _storage_cause(e: BaseException | None, errors: tuple) -> BaseException | None:
+    """The database error behind `e`, if any. A database that fails while Optuna records a trial
+    surfaces as whatever Optuna's own cleanup raises next (UnboundLocalError in Optuna 5), with
+    the database error as its context."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, errors):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

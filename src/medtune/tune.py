@@ -321,6 +321,18 @@ def _same_lr(a: float | None, b: float) -> bool:
     return a is not None and math.isclose(a, b, rel_tol=1e-9)
 
 
+def _give_way(trial, lr: float) -> None:
+    """Raise DuplicateTrial if another trial claimed this grid point first. Looked at twice: when
+    the trial starts, and again at its step-0 validation. Two workers can pass the first look
+    together (seen with 4 SQLite workers): the later-numbered trial looked before the earlier one
+    had stored its lr, and the earlier one goes on past later-numbered RUNNING trials, so both
+    trained the point. By the second look the earlier trial's lr is stored (its first act)."""
+    dup = _duplicate_of(trial.study, trial.number, lr, RESCUE in trial.user_attrs)
+    if dup is not None:
+        trial.set_user_attr("duplicate_of", dup)
+        raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
+
+
 def _duplicate_of(study, number: int, lr: float, rescue: bool = False) -> int | None:
     """The trial that claimed this grid point first; a rescue (rescue_pruned) reruns a pruned
     trial's point on purpose and is a duplicate only of another rescue."""
@@ -371,10 +383,7 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     trial.set_user_attr("failure", None)  # a retry from before ATTEMPT_ATTRS inherited its predecessor's
     if space.grid:
-        dup = _duplicate_of(trial.study, trial.number, lr, RESCUE in trial.user_attrs)
-        if dup is not None:
-            trial.set_user_attr("duplicate_of", dup)
-            raise DuplicateTrial(f"grid point lr={lr:g} is trial {dup}'s")
+        _give_way(trial, lr)
     rc = run_with(ctx.cfg.run_config(space.method), lr, ctx.tune.train_seed)  # seed None: train.seed
     run_dir = ctx.out / "tuning" / space.method / trial_dir_name(trial.number)
     if run_dir.exists():
@@ -382,6 +391,8 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
 
     def on_validation(step: int, val_loss: float, fraction: float) -> None:
         _record_elapsed(trial, t0)  # what a trial killed later (kill -9) is known to have cost
+        if step == 0 and space.grid:
+            _give_way(trial, lr)  # the second look: after the model's setup, before any step
         point = _eval_point(step, fraction, ctx.tune.eval_points)
         if point is None or point >= 1:
             return  # step 0 (the base model for every lr), other validations, or the end
@@ -407,6 +418,9 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
         trial.set_user_attr("diverged", str(e))
         _say_trial(ctx, space, trial.number, lr, "diverged", _record_elapsed(trial, t0))
         return float("inf")
+    except DuplicateTrial:
+        shutil.rmtree(run_dir, ignore_errors=True)  # another worker trains this point: not a failure to retry
+        raise
     except optuna.TrialPruned:
         _record_pruned_cost(trial, run_dir)
         _say_trial(ctx, space, trial.number, lr, "pruned", _record_elapsed(trial, t0))
@@ -453,7 +467,10 @@ def _stopped(ctx: TuneContext, trial, e: BaseException, t0: float) -> BaseExcept
     if isinstance(e, UpdateFinishedTrialError):
         return e
     try:
-        trial.set_user_attr("failure", f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        # Ctrl-C: not Interrupted's own "resume with: medtune train --resume <trial>", which fails
+        # (a trial's checkpoints go; its retry starts over)
+        why = "Ctrl-C or SIGTERM" if isinstance(e, Interrupted) else " ".join(str(e).split())[:200]
+        trial.set_user_attr("failure", f"{type(e).__name__}: {why}")
         _record_elapsed(trial, t0)
         frozen = trial.study._storage.get_trial(trial._trial_id)
         if not frozen.state.is_finished():
@@ -523,6 +540,12 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
     objective = make_objective(ctx, space)
     with storage_guard(objective):
         study = open_study(ctx, space)
+        if ctx.cfg.tune.storage:  # a shared database: say whether this joined other workers' study
+            n = len(study.get_trials(deepcopy=False))
+            ctx.say(
+                f"  {'joined' if n else 'created'} study {space.study_name} ({n} trial{'' if n == 1 else 's'} so far; "
+                "workers share a study only with the same preset, settings and data)"
+            )
         _run_until_done(ctx, space, study, objective, wait)
         if rescue_pruned(study):
             _run_until_done(ctx, space, study, objective, wait)
@@ -555,7 +578,9 @@ def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Call
         if interrupts.requested() or not work_left(study, space, ctx.tune):
             study.stop()
 
+    waiting_for = None
     while True:
+        interrupts.raise_if_requested(TUNING_STOPPED)  # before a retry starts only to stop at step 1
         recover_dead_trials(study, ctx.tune, ctx.out / "tuning" / space.method)
         if work_left(study, space, ctx.tune):
             # No gc_after_trial: a trial's model copy, optimizer and activations are freed by
@@ -564,15 +589,28 @@ def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Call
             study.optimize(objective, catch=(DuplicateTrial,), callbacks=[stop_when_done], gc_after_trial=False)
             interrupts.raise_if_requested(TUNING_STOPPED)
             continue
-        if not wait or not _others_running(study):
+        running = _others_running(study)
+        if not wait or not running:
             break
+        if running != waiting_for:  # say once what the command waits for, not every poll
+            waiting_for = running
+            ctx.say(f"  {space.method}: waiting for {_describe_running(running)} (Ctrl-C stops; rerun to go on)")
         time.sleep(min(5.0, ctx.tune.heartbeat_seconds))  # another worker's trial: poll the shared study
 
 
-def _others_running(study) -> bool:
+def _others_running(study) -> list[tuple]:
+    """(number, host, pid) of each RUNNING trial: another worker's, or a dead one not yet failed."""
     from optuna.trial import TrialState
 
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return [
+        (t.number, (t.user_attrs.get("worker") or {}).get("host"), (t.user_attrs.get("worker") or {}).get("pid"))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    ]
+
+
+def _describe_running(running: list[tuple]) -> str:
+    trials = ", ".join(f"{n} ({host or '?'} pid {pid or '?'})" for n, host, pid in running)
+    return f"trial{'s' if len(running) > 1 else ''} {trials} running elsewhere"
 
 
 def _record_pruned_cost(trial, run_dir: Path) -> None:
@@ -622,6 +660,30 @@ def study_summary(study, space: MethodSpace) -> dict:
         "seconds": sum(r["seconds"] or 0.0 for r in rows),  # every attempt's own time, retries included
         "rates_tried": rates_tried(rows),  # "tuning trials": `trials` lists every attempt
     }
+
+
+def _outcome_line(method: str, r: dict, seconds: float) -> str:
+    """What tuning a method ended with. A worker can end while other workers' trials still run:
+    its best is then the best so far, not the study's choice."""
+    running = sum(t["state"] == "running" for t in r["trials"])
+    if r["chosen_lr"] is None:
+        return f"  {method}: no finished trial yet" + (f" ({running} still running elsewhere)" if running else "")
+    word = "best so far" if running else "chosen"
+    line = (
+        f"  {method}: {word} lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
+        f"{r['rates_tried']} learning rates tried, {seconds:.0f}s here"
+    )
+    never = _never_finished(r["trials"])
+    if never:  # every attempt failed (tune.max_retry spent): the choice is among the others only
+        line += f"; never finished: {', '.join(f'{lr:.3g}' for lr in never)} (tuning/summary.json says why)"
+    return line + (f"; {running} trial{'s' if running > 1 else ''} still running elsewhere" if running else "")
+
+
+def _never_finished(trials: list[dict]) -> list[float]:
+    """Rates none of whose attempts finished (complete or pruned) nor still runs."""
+    rates = {t["lr"] for t in trials if t.get("lr") is not None}
+    ended = {t.get("lr") for t in trials if t["state"] in ("complete", "pruned", "running", "waiting")}
+    return sorted(rates - ended)
 
 
 def trial_seconds(t) -> float | None:
@@ -698,12 +760,7 @@ def run_tuning(
                         raise NoFiniteTrial(method, [t["lr"] for t in r["trials"] if t["state"] == "complete"])
                     save_summary(out, url, results)  # the failures the message points to
                     raise MedtuneError(f"tuning {method}: no trial finished (each failure: tuning/summary.json)")
-                say(
-                    f"  {method}: chosen lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
-                    f"{r['rates_tried']} learning rates tried, {time.perf_counter() - t0:.0f}s here"
-                    if r["chosen_lr"] is not None
-                    else f"  {method}: no finished trial yet"
-                )
+                say(_outcome_line(method, r, time.perf_counter() - t0))
     finally:
         if own:
             shared.close()

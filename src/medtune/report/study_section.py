@@ -133,8 +133,8 @@ def _trial_seed(results: dict) -> str:
     seed = (results["config"].get("tune") or {}).get("train_seed")
     if seed is None:
         return (
-            "; the first seed's run is the chosen tuning trial itself (reused; its scores carry the luck "
-            "that helped choose it: `tune.train_seed` tunes on a seed of its own)"
+            "; the first seed's run is the chosen tuning trial itself (same rate, seed and data; its scores carry "
+            "the luck that helped choose it: `tune.train_seed` tunes on a seed of its own)"
         )
     return f"; the tuning trials trained with seed {seed}, so no reported run is one a rate was chosen on"
 
