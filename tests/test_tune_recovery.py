@@ -47,6 +47,13 @@ def scripted_train(monkeypatch, script):
     return calls
 
 
+def to_the_rung(validate, at_half: float) -> None:
+    """A script's validations up to the 50% rung (the first one that prunes in tiny-study)."""
+    validate(0.0, 4.0)
+    validate(0.25, 3.5)
+    validate(0.5, at_half)
+
+
 def tuning(tmp_path, cfg=None):
     from medtune.tune import run_tuning
 
@@ -99,9 +106,7 @@ def test_a_retry_after_the_rung_can_still_be_pruned_there(tiny, tmp_path, monkey
     from medtune.train import Interrupted
 
     def script(k, lr, validate, run_dir):
-        validate(0.0, 4.0)
-        validate(0.25, 3.5)
-        validate(0.5, [2.0, 1.0, 3.0][k])
+        to_the_rung(validate, [2.0, 1.0, 3.0][k])
         if k == 1:
             raise Interrupted("interrupted at step 5")
         validate(1.0, 1.5)
@@ -130,9 +135,7 @@ def test_rates_pruned_behind_a_rate_that_then_diverged_get_one_full_run(tiny, tm
     from medtune.train import Diverged
 
     def script(k, lr, validate, run_dir):
-        validate(0.0, 4.0)
-        validate(0.25, 3.5)
-        validate(0.5, [1.0, 2.0, 5.0][k])
+        to_the_rung(validate, [1.0, 2.0, 5.0][k])
         if k == 0:
             raise Diverged("training diverged at step 7")
         if k == 1:
@@ -224,6 +227,43 @@ def test_a_grid_point_claimed_by_two_workers_at_once_is_trained_once(tiny, tmp_p
     assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING", "FAIL"]
     assert trials[2].user_attrs["duplicate_of"] == 1 and trials[2].params["lr"] == trials[1].params["lr"] == calls[1]
     assert len(calls) == 2 and not (tmp_path / "cmp" / "tuning" / "lora" / "trial-002").exists()
+
+
+def test_a_worker_with_other_settings_than_the_study_in_progress_is_refused(tiny, tmp_path, monkeypatch):
+    """While worker A trains its first trial, worker B starts on the same database with another
+    train.epochs. B used to create a study of its own and tune alone, for as long as A's whole
+    study, saying nothing; now it stops with one line naming what differs, before any study or
+    trial is written. A worker with A's settings joins."""
+    import optuna
+
+    from medtune.tune import run_tuning
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    prep = write_records(tmp_path / "prep")
+    seen = {}
+
+    def worker(name, *sets):
+        (tmp_path / name).mkdir(exist_ok=True)
+        return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
+
+    def script(k, lr, validate, run_dir):
+        if k == 0:  # A's trial 0 runs: B starts now
+            with pytest.raises(MedtuneError) as refused:
+                worker("b", "train.epochs=2")
+            seen["message"] = str(refused.value)
+            seen["studies"] = optuna.study.get_all_study_names(optuna.storages.RDBStorage(url))
+        validate(0.0, 4.0)
+        return 1.5
+
+    calls = scripted_train(monkeypatch, script)
+    worker("a")
+    msg = seen["message"]
+    assert "not the one in progress in this storage" in msg and "1 trial running or queued" in msg, msg
+    assert "it differs in run.train.epochs 1.0 -> 2.0" in msg and "\n" not in msg
+    assert len(seen["studies"]) == 1 and len(calls) == len(GRID)  # B wrote no study, trained nothing
+    joined = worker("a2")["lora"]  # A's settings join its study: nothing left to train
+    assert joined["chosen_lr"] is not None and len(calls) == len(GRID)
+    assert len(optuna.study.get_all_study_names(optuna.storages.RDBStorage(url))) == 1
 
 
 def test_a_worker_that_ends_before_the_study_says_best_so_far():

@@ -24,6 +24,7 @@ from medtune.config import (
     RunConfig,
     TrainConfig,
     apply_overrides,
+    changed_keys,
     config_hash,
     experiment_of,
     from_dict,
@@ -233,18 +234,6 @@ def identity_fields(cfg: CompareConfig) -> dict:
 
 def identity_of(cfg: CompareConfig) -> str:
     return config_hash(identity_fields(cfg))
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two identity_fields dicts, as 'key old -> new'."""
-    out = []
-    for k in sorted(set(old) | set(new), key=str):
-        a, b, key = old.get(k), new.get(k), f"{prefix}{k}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_keys(a, b, key + ".")
-        elif a != b:
-            out.append(f"{key} {a!r} -> {b!r}")
-    return out
 
 
 def check_compare(cfg: CompareConfig) -> None:

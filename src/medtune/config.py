@@ -279,6 +279,19 @@ def experiment_of(config: dict) -> dict:
     return out
 
 
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (a comparison's identity_fields,
+    a tuning study's identity), as 'key old -> new'."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b, key = old.get(k), new.get(k), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, key + ".")
+        elif a != b:
+            out.append(f"{key} {a!r} -> {b!r}")
+    return out
+
+
 def config_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able object: used to decide whether a stage can be skipped."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

@@ -23,6 +23,7 @@ until no work is left) -> worker / command entry points.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -178,6 +179,7 @@ class MethodSpace:
     low: float
     high: float
     study_name: str
+    identity: dict = field(default_factory=dict)  # what study_name hashes: stored in the study
 
 
 @dataclass
@@ -206,8 +208,8 @@ def method_space(ctx: TuneContext, method: str) -> MethodSpace:
     run["train"].pop("lr", None)
     run["train"].pop("seeds", None)
     t = tune_identity(asdict(ctx.tune))
-    key = config_hash({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
-    return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{key}")
+    identity = {"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]}
+    return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{config_hash(identity)}", identity)
 
 
 def tune_identity(tune: dict) -> dict:
@@ -235,7 +237,7 @@ def open_study(ctx: TuneContext, space: MethodSpace):
         pruner = _halving_pruner(_percent(first))
     else:
         pruner = optuna.pruners.NopPruner()
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=ctx.storage,
         study_name=space.study_name,
         sampler=sampler,
@@ -243,6 +245,42 @@ def open_study(ctx: TuneContext, space: MethodSpace):
         direction="minimize",
         load_if_exists=True,
     )
+    if "identity" not in study.user_attrs:  # what a worker with other settings is told differs
+        study.set_user_attr("identity", _as_json(space.identity))
+    return study
+
+
+def _as_json(d: dict) -> dict:
+    """`d` as a study's user attribute stores and returns it (tuples as lists, others as text)."""
+    return json.loads(json.dumps(d, default=str))
+
+
+def refuse_a_lone_worker(storage, space: MethodSpace) -> None:
+    """A worker whose study does not exist yet while another study of the method has trials in
+    progress in the same database: it would tune alone (another --set, data or preset than the
+    other workers'), silently, for hours. One line naming what differs instead."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from medtune.config import changed_keys
+
+    names = optuna.study.get_all_study_names(storage)
+    if space.study_name in names:
+        return
+    for name in sorted(n for n in names if n.startswith(f"medtune-{space.method}-")):
+        other = optuna.load_study(study_name=name, storage=storage)
+        live = other.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        if not live:
+            continue
+        diff = changed_keys(other.user_attrs.get("identity") or {}, _as_json(space.identity))
+        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        raise MedtuneError(
+            f"this worker's {space.method} study is not the one in progress in this storage ({name}, "
+            f"{len(live)} trial{'s' if len(live) > 1 else ''} running or queued"
+            + (f"; it differs in {shown}" if diff and other.user_attrs.get("identity") else "")
+            + "): give the worker the other workers' --preset, --set and data, or another storage for a study "
+            "of its own"
+        )
 
 
 def _grid_in_order(optuna):
@@ -539,6 +577,8 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
     space = method_space(ctx, method)
     objective = make_objective(ctx, space)
     with storage_guard(objective):
+        if not wait:
+            refuse_a_lone_worker(ctx.storage, space)
         study = open_study(ctx, space)
         if ctx.cfg.tune.storage:  # a shared database: say whether this joined other workers' study
             n = len(study.get_trials(deepcopy=False))
