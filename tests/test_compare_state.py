@@ -167,6 +167,28 @@ def test_more_resamples_or_another_bootstrap_seed_only_rebuild_the_report(qa, mo
     assert "300 resamples" in (qa.parent / "cmp" / "report.md").read_text()
 
 
+def test_runs_an_earlier_release_keyed_with_report_only_settings_are_kept(qa, monkeypatch):
+    """Earlier releases put the comparison's eval.bootstrap / eval.seed into each run's config and
+    stage key; runs now carry the defaults. A run of such a folder (tiny's bootstrap 200, an
+    older key in stages.json) is the same run on the same data: kept, not trained again."""
+    import medtune.train as train_mod
+
+    cfg = _cfg(qa, methods="lora")
+    run_compare(cfg, quiet=True)
+    out = qa.parent / "cmp"
+    conf = out / "runs" / "lora" / "config.yaml"
+    assert "bootstrap: 1000" in conf.read_text()
+    conf.write_text(conf.read_text().replace("bootstrap: 1000", "bootstrap: 200"))  # as that release wrote it
+    stages = json.loads((out / "stages.json").read_text())
+    (out / "stages.json").write_text(json.dumps({**stages, "train:lora": "an earlier release's key"}))
+
+    def train(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(train_mod, "train", train)
+    assert "lora" in run_compare(cfg, quiet=True)["models"]
+
+
 def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
     """compare.json as an earlier release wrote it: its config without keys added since
     (tune.train_seed, new in f0dc624), another train.seeds, and that release's hash (any value:

@@ -156,3 +156,21 @@ def test_unknown_method_and_bad_args():
         get_method("lora").make_config({"rank": 4})
     with pytest.raises(MedtuneError, match="r must be"):
         get_method("lora").make_config({"r": 0})
+
+
+def test_build_output_capture_with_stderr_closed_leaves_stdout_working():
+    """`medtune compare ... 2>&-`: with fd 2 closed, os.dup(1) returned 2, so the "saved" stdout
+    was the descriptor the capture then redirected, and every later line went to a deleted file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from medtune.methods.peft_methods import build_output_captured\n"
+        "os.close(2)\n"
+        "with build_output_captured() as out:\n"
+        "    os.write(1, b'inside\\n')\n"
+        "print('after', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines()[-1:] == ["after"], (done.stdout, done.stderr)

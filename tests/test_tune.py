@@ -486,6 +486,10 @@ def test_a_storage_url_set_with_a_space_before_the_equals_is_not_recorded():
     url = "postgresql+psycopg://medtune:s3cret@127.0.0.1:1/db"
     cfg = load_compare_config("tiny-study", overrides=[f"tune.storage ={url}", "train.seeds=1"])
     assert cfg.tune.storage == url and cfg.overrides == ["train.seeds=1"]
+    inside = load_compare_config("tiny-study", overrides=[f'tune={{enabled: true, storage: "{url}"}}'])
+    assert (
+        inside.tune.storage == url and "s3cret" not in str(inside.overrides) and "medtune:***@" in inside.overrides[0]
+    )
 
 
 def test_storage_without_its_driver_says_what_to_install(tmp_path, capsys):

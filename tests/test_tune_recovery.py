@@ -125,31 +125,54 @@ def test_a_retry_after_the_rung_can_still_be_pruned_there(tiny, tmp_path, monkey
     assert r["chosen_trial"] == 0
 
 
-def test_rates_pruned_behind_a_rate_that_then_diverged_get_one_full_run(tiny, tmp_path, monkeypatch):
-    """Trial 0 diverges after leading at the 50% rung; trial 1 was pruned (as another worker's
-    trial is when trial 0 still ran and led there). No rate finished with a finite loss, though one
+@pytest.mark.parametrize("pruned", [1, 0])
+def test_rates_pruned_behind_a_rate_that_then_diverged_get_one_full_run(pruned, tiny, tmp_path, monkeypatch):
+    """One trial diverges after leading at the 50% rung; the other was pruned (as another
+    worker's trial is when the leader still ran). No rate finished with a finite loss, though one
     might have: the best pruned rate is rerun once, never pruned (it meets the rung at 5.0, worse
-    than every pruned value), chosen, and a rerun of tuning trains nothing more."""
+    than every pruned value), chosen, and a rerun of tuning trains nothing more. Trial 0 as the
+    pruned one: its rescue's mark is 0, which the pruner read as no mark (the rescue was pruned)."""
     import optuna
 
     from medtune.train import Diverged
 
     def script(k, lr, validate, run_dir):
-        to_the_rung(validate, [1.0, 2.0, 5.0][k])
-        if k == 0:
-            raise Diverged("training diverged at step 7")
-        if k == 1:
-            raise optuna.TrialPruned("trailing trial 0 at the rung")
-        validate(1.0, 1.7)
-        return 1.7
+        to_the_rung(validate, 5.0 if k == 2 else 2.0 if k == pruned else 1.0)
+        if k == 2:
+            validate(1.0, 1.7)
+            return 1.7
+        if k == pruned:
+            raise optuna.TrialPruned("trailing the other trial at the rung")
+        raise Diverged("training diverged at step 7")
 
     calls = scripted_train(monkeypatch, script)
     r = tuning(tmp_path)
-    assert len(calls) == 3 and calls[2] == calls[1]
-    assert r["chosen_lr"] == calls[1] and r["chosen_trial"] == 2
+    assert len(calls) == 3 and calls[2] == calls[pruned]
+    assert r["chosen_lr"] == calls[pruned] and r["chosen_trial"] == 2
     rescue = {t["number"]: t for t in r["trials"]}[2]
-    assert rescue["state"] == "complete" and rescue["rescue_of"] == 1
+    assert rescue["state"] == "complete" and rescue["rescue_of"] == pruned
     assert tuning(tmp_path)["chosen_trial"] == 2 and len(calls) == 3  # nothing left to train
+
+
+def test_no_rescue_while_a_trial_still_runs():
+    """A worker returns while other workers' trials run: one of those may still finish finite, so
+    rescue_pruned waits (it started an unpruned full run that was then wasted)."""
+    import optuna
+
+    from medtune.tune import rescue_pruned
+
+    study = optuna.create_study(storage=optuna.storages.RDBStorage("sqlite:///:memory:"))
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    diverged = study.ask(dist)
+    diverged.set_user_attr("diverged", "non-finite")
+    study.tell(diverged, float("inf"))
+    pruned = study.ask(dist)
+    pruned.report(2.0, 50)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    running = study.ask(dist)
+    assert rescue_pruned(study) is False and len(study.trials) == 3
+    study.tell(running, float("inf"))
+    assert rescue_pruned(study) is True and study.trials[-1].state.name == "WAITING"
 
 
 def test_ctrl_c_while_waiting_for_another_workers_trial_stops_within_a_poll(tiny, tmp_path, monkeypatch, capsys):
@@ -247,7 +270,10 @@ def test_a_worker_with_other_settings_than_the_study_in_progress_is_refused(tiny
         return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
 
     def script(k, lr, validate, run_dir):
-        if k == 0:  # A's trial 0 runs: B starts now
+        if k == 0:  # A's trial 0 runs: B starts now (A as another process: here they share one PID)
+            (running,) = [t for t in optuna_trials_at(url) if t.state.name == "RUNNING"]
+            storage = optuna.storages.RDBStorage(url)
+            storage.set_trial_user_attr(running._trial_id, "worker", {"host": "elsewhere", "pid": 4242})
             with pytest.raises(MedtuneError) as refused:
                 worker("b", "train.epochs=2")
             seen["message"] = str(refused.value)
@@ -258,12 +284,47 @@ def test_a_worker_with_other_settings_than_the_study_in_progress_is_refused(tiny
     calls = scripted_train(monkeypatch, script)
     worker("a")
     msg = seen["message"]
-    assert "not the one in progress in this storage" in msg and "1 trial running or queued" in msg, msg
+    assert "not the one in progress in this storage" in msg and "1 trial running;" in msg, msg
     assert "it differs in run.train.epochs 1.0 -> 2.0" in msg and "\n" not in msg
     assert len(seen["studies"]) == 1 and len(calls) == len(GRID)  # B wrote no study, trained nothing
     joined = worker("a2")["lora"]  # A's settings join its study: nothing left to train
     assert joined["chosen_lr"] is not None and len(calls) == len(GRID)
     assert len(optuna.study.get_all_study_names(optuna.storages.RDBStorage(url))) == 1
+
+
+def test_a_study_whose_workers_were_stopped_does_not_block_a_new_one(tiny, tmp_path, monkeypatch):
+    """Worker A was stopped by Ctrl-C: its study keeps a FAIL trial and the queued retry
+    (WAITING), nothing runs. A worker with other settings is not refused: it was, for good."""
+    from medtune.train import Interrupted
+    from medtune.tune import run_tuning
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    prep = write_records(tmp_path / "prep")
+
+    def worker(name, *sets):
+        (tmp_path / name).mkdir(exist_ok=True)
+        return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
+
+    def script(k, lr, validate, run_dir):
+        if k == 0:
+            raise Interrupted("interrupted at step 1")
+        validate(0.0, 4.0)
+        return 1.5
+
+    calls = scripted_train(monkeypatch, script)
+    with pytest.raises(Interrupted):
+        worker("a")
+    assert [t.state.name for t in optuna_trials_at(url)] == ["FAIL", "WAITING"]
+    assert worker("b", "train.epochs=2")["lora"]["chosen_lr"] is not None
+    assert len(calls) == 1 + len(GRID)
+
+
+def optuna_trials_at(url: str) -> list:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
 def test_a_worker_that_ends_before_the_study_says_best_so_far():

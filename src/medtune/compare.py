@@ -18,6 +18,7 @@ from typing import Optional
 
 from medtune import interrupts
 from medtune.config import (
+    REPORT_ONLY_EVAL,
     DataConfig,
     EvalConfig,
     FormatConfig,
@@ -169,8 +170,11 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
     cfg = from_dict(CompareConfig, raw, "preset")
     # Not a field (not part of what is computed): the report names them beside the preset's own
     # description, which they may contradict (its "3 seeds" under --set train.seeds=2).
-    # URLs may hold a password; the key as apply_overrides reads it ("tune.storage =..." too)
-    cfg.overrides = [o for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
+    # URLs may hold a password: tune.storage (as apply_overrides reads the key: "tune.storage =..."
+    # too) is left out, and any other URL's password masked (tune={storage: ...})
+    from medtune.trial_storage import redact_text
+
+    cfg.overrides = [redact_text(o) for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
     return cfg
 
 
@@ -215,10 +219,6 @@ def compare_command(args) -> None:
 # resumes the folder); in tune:, what tune.tune_identity leaves out (where trials are stored,
 # dead-worker handling, an unset train_seed).
 _NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
-# What only the report's statistics read, from the saved per-example sums and answers: the
-# bootstrap's resamples and seed. A rerun with other values rebuilds the report and keeps every
-# run, evaluation and trial (eval.seed also picks quality's questions: quality.stage_key has it).
-REPORT_ONLY_EVAL = ("bootstrap", "seed")
 
 
 def identity_fields(cfg: CompareConfig) -> dict:
@@ -338,8 +338,13 @@ def _same_run(run_dir: Path, rc: RunConfig) -> bool:
     """Was `run_dir` trained (or started) with exactly this run config?"""
     from medtune.runs import load_config
 
+    def computed(d: dict) -> dict:  # an earlier release's runs carry their eval.bootstrap / seed
+        d = experiment_of(d)
+        d["eval"] = {k: v for k, v in d["eval"].items() if k not in REPORT_ONLY_EVAL}
+        return d
+
     try:
-        return experiment_of(load_config(run_dir)[0].to_dict()) == experiment_of(rc.to_dict())
+        return computed(load_config(run_dir)[0].to_dict()) == computed(rc.to_dict())
     except MedtuneError:
         return False  # an unreadable config.yaml: not a run to build on
 
@@ -450,7 +455,8 @@ class Comparison:
 
         False when the run diverged (non-finite loss): recorded in diverged.json, so the report
         marks the method instead of ranking it, and the comparison goes on with the others."""
-        from medtune.runs import is_complete
+        from medtune.data.prepare import data_fingerprint
+        from medtune.runs import is_complete, recorded_fingerprint
         from medtune.train import Diverged, Interrupted, train
 
         run_dir = self.out / "runs" / name
@@ -459,6 +465,18 @@ class Comparison:
         k = config_hash({"prep": self.key, "run": run})
         self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
         if self.stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
+            self.say("  done earlier, skipped")
+            return True
+        if (
+            is_complete(run_dir)
+            and _same_run(run_dir, rc)
+            and recorded_fingerprint(run_dir) == data_fingerprint(self.prep)
+        ):
+            # The same run on the same data under another key (one an earlier release keyed with
+            # its eval.bootstrap / eval.seed), or under none (a torn stages.json). A recorded key
+            # stays: the evaluation's key holds it.
+            if f"train:{name}" not in self.stages.done:
+                self.stages.mark(f"train:{name}", k)
             self.say("  done earlier, skipped")
             return True
         if self.stages.finished(f"diverged:{name}", k) and (method or name) in self._diverged():
@@ -567,9 +585,13 @@ class Comparison:
         path = out / "eval" / f"{name}.json"
         run_key = stages.done.get(f"train:{name}", "base")
         scoring = experiment_of({"eval": asdict(cfg.eval)})["eval"]
-        keys = [  # the second: how releases before REPORT_ONLY_EVAL keyed it (their evaluations stand)
-            config_hash({"prep": self.key, "eval": e, "run": run_key, "quality": quality.stage_key(cfg)})
-            for e in ({k: v for k, v in scoring.items() if k not in REPORT_ONLY_EVAL}, scoring)
+        earlier = {**quality.stage_key(cfg), "seed": cfg.eval.seed}  # the quality key before REPORT_ONLY_EVAL
+        keys = [  # the second: how earlier releases keyed it (their evaluations stand)
+            config_hash({"prep": self.key, "eval": e, "run": run_key, "quality": q})
+            for e, q in (
+                ({k: v for k, v in scoring.items() if k not in REPORT_ONLY_EVAL}, quality.stage_key(cfg)),
+                (scoring, earlier),
+            )
         ]
         k = keys[0]
         self.stage(f"evaluate {name}")

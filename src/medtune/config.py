@@ -270,6 +270,12 @@ EXECUTION_ONLY = {
 }
 
 
+# What only the report's statistics read, from the saved per-example sums and answers: the
+# bootstrap's resamples and seed. A rerun with other values rebuilds the report and keeps every
+# run, evaluation and trial (eval.seed also picks quality's questions: quality.stage_key has it).
+REPORT_ONLY_EVAL = ("bootstrap", "seed")
+
+
 def experiment_of(config: dict) -> dict:
     """A run's or a comparison's config dict without its EXECUTION_ONLY keys (what identifies it)."""
     out = dict(config)

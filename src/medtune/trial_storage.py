@@ -51,6 +51,12 @@ def redact_url(url: str) -> str:
     return re.sub(r"(?i)(password=)[^&]*", r"\1***", shown)
 
 
+def redact_text(text: str) -> str:
+    """Passwords of any URL in `text` masked (a --set that names a storage inside a mapping)."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(?i)(password=)[^&\s\"',}]*", r"\1***", text)
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, without SQLAlchemy's "(Background on this error at:
     https://sqlalche.me/...)" link, which says nothing about this database."""
@@ -143,7 +149,7 @@ def retry_callback(max_retry: int) -> Callable:
     return callback
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # a trial recorded under our PID by an earlier, dead process
     try:
@@ -171,7 +177,7 @@ def recover_dead_trials(study, tune, folder: Path | None = None) -> list[int]:
     host, dead = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker") or {}
-        if w.get("host") != host or _pid_alive(int(w.get("pid", -1))):
+        if w.get("host") != host or pid_alive(int(w.get("pid", -1))):
             continue
         try:
             study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")

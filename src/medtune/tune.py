@@ -44,6 +44,7 @@ from medtune.trial_storage import (
     default_storage,
     lost_message,
     open_storage,
+    pid_alive,
     recover_dead_trials,
     redact_url,
     retry_callback,
@@ -180,6 +181,7 @@ class MethodSpace:
     high: float
     study_name: str
     identity: dict = field(default_factory=dict)  # what study_name hashes: stored in the study
+    earlier_name: str | None = None  # the name an earlier release gave this study, when it differs
 
 
 @dataclass
@@ -198,7 +200,7 @@ class TuneContext:
 
 
 def method_space(ctx: TuneContext, method: str) -> MethodSpace:
-    from medtune.config import config_hash, experiment_of
+    from medtune.config import REPORT_ONLY_EVAL, config_hash, experiment_of
 
     rc = ctx.cfg.run_config(method)
     centre = rc.learning_rate()
@@ -209,7 +211,14 @@ def method_space(ctx: TuneContext, method: str) -> MethodSpace:
     run["train"].pop("seeds", None)
     t = tune_identity(asdict(ctx.tune))
     identity = {"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]}
-    return MethodSpace(method, centre, grid, low, high, f"medtune-{method}-{config_hash(identity)}", identity)
+    # Earlier releases hashed the comparison's eval.bootstrap / eval.seed in (runs now carry the
+    # defaults: REPORT_ONLY_EVAL); a study they made under other values keeps its trials.
+    earlier = {k: getattr(ctx.cfg.eval, k) for k in REPORT_ONLY_EVAL}
+    named = {**identity, "run": {**run, "eval": {**run["eval"], **earlier}}}
+    earlier_name = f"medtune-{method}-{config_hash(named)}" if named != identity else None
+    return MethodSpace(
+        method, centre, grid, low, high, f"medtune-{method}-{config_hash(identity)}", identity, earlier_name
+    )
 
 
 def tune_identity(tune: dict) -> dict:
@@ -255,12 +264,25 @@ def _as_json(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+def _as_named_before(storage, space: MethodSpace) -> MethodSpace:
+    """`space` under the name an earlier release gave its study, when only that study exists."""
+    import dataclasses
+
+    import optuna
+
+    if space.earlier_name is None:
+        return space
+    names = optuna.study.get_all_study_names(storage)
+    if space.study_name in names or space.earlier_name not in names:
+        return space
+    return dataclasses.replace(space, study_name=space.earlier_name)
+
+
 def refuse_a_lone_worker(storage, space: MethodSpace) -> None:
     """A worker whose study does not exist yet while another study of the method has trials in
     progress in the same database: it would tune alone (another --set, data or preset than the
     other workers'), silently, for hours. One line naming what differs instead."""
     import optuna
-    from optuna.trial import TrialState
 
     from medtune.config import changed_keys
 
@@ -269,18 +291,38 @@ def refuse_a_lone_worker(storage, space: MethodSpace) -> None:
         return
     for name in sorted(n for n in names if n.startswith(f"medtune-{space.method}-")):
         other = optuna.load_study(study_name=name, storage=storage)
-        live = other.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        live = _live_trials(other, storage)
         if not live:
             continue
         diff = changed_keys(other.user_attrs.get("identity") or {}, _as_json(space.identity))
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise MedtuneError(
             f"this worker's {space.method} study is not the one in progress in this storage ({name}, "
-            f"{len(live)} trial{'s' if len(live) > 1 else ''} running or queued"
+            f"{len(live)} trial{'s' if len(live) > 1 else ''} running"
             + (f"; it differs in {shown}" if diff and other.user_attrs.get("identity") else "")
             + "): give the worker the other workers' --preset, --set and data, or another storage for a study "
             "of its own"
         )
+
+
+def _live_trials(study, storage) -> list:
+    """RUNNING trials whose worker is alive: not one whose heartbeat went stale (a worker killed
+    elsewhere) nor one of this host whose process is gone. WAITING retries are not progress: a
+    study whose workers were all stopped keeps them until one comes back."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    try:
+        stale = set(storage._get_stale_trial_ids(study._study_id))  # read-only; private in Optuna 5
+    except Exception:  # noqa: BLE001 - heartbeats off or another storage: count every running trial
+        stale = set()
+    host = socket.gethostname()
+
+    def alive(t) -> bool:
+        w = t.user_attrs.get("worker") or {}
+        return w.get("host") != host or pid_alive(int(w.get("pid", -1)))
+
+    return [t for t in running if t._trial_id not in stale and alive(t)]
 
 
 def _grid_in_order(optuna):
@@ -311,7 +353,7 @@ def _halving_pruner(min_resource: int):
 
     class LiveTrialsHalving(optuna.pruners.SuccessiveHalvingPruner):
         def prune(self, study, trial) -> bool:
-            if trial.user_attrs.get(RESCUE):
+            if RESCUE in trial.user_attrs:  # its value is a trial number, 0 included
                 return False  # rescue_pruned's rerun: it runs to the end
             return super().prune(_Competitors(study), trial)
 
@@ -577,6 +619,7 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
     space = method_space(ctx, method)
     objective = make_objective(ctx, space)
     with storage_guard(objective):
+        space = _as_named_before(ctx.storage, space)
         if not wait:
             refuse_a_lone_worker(ctx.storage, space)
         study = open_study(ctx, space)
@@ -602,6 +645,8 @@ def rescue_pruned(study) -> bool:
     trials = study.get_trials(deepcopy=False)
     if any(t.user_attrs.get(RESCUE) is not None for t in trials):
         return False
+    if any(t.state.name in ("RUNNING", "WAITING") for t in trials):
+        return False  # another worker's trial may still finish (a worker returns while others run)
     if any(t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value) for t in trials):
         return False
     pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]

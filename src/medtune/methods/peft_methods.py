@@ -9,6 +9,7 @@ for that model_type (GPT-2: c_attn), else the user must name them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sys
 import tempfile
@@ -269,7 +270,9 @@ def build_output_captured():
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        saved = [os.dup(1), os.dup(2)]
+        for fd in (1, 2):
+            os.fstat(fd)  # a closed one: os.dup of the other would return its number (2), not a copy
+        saved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in (1, 2)]  # copies numbered >= 3
     except OSError:
         yield out
         return
