@@ -259,15 +259,12 @@ def test_a_worker_with_other_settings_than_the_study_in_progress_is_refused(tiny
     trial is written. A worker with A's settings joins."""
     import optuna
 
-    from medtune.tune import run_tuning
-
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     prep = write_records(tmp_path / "prep")
     seen = {}
 
     def worker(name, *sets):
-        (tmp_path / name).mkdir(exist_ok=True)
-        return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
+        return shared_worker(tmp_path, url, prep, name, *sets)
 
     def script(k, lr, validate, run_dir):
         if k == 0:  # A's trial 0 runs: B starts now (A as another process: here they share one PID)
@@ -296,20 +293,18 @@ def test_a_study_whose_workers_were_stopped_does_not_block_a_new_one(tiny, tmp_p
     """Worker A was stopped by Ctrl-C: its study keeps a FAIL trial and the queued retry
     (WAITING), nothing runs. A worker with other settings is not refused: it was, for good."""
     from medtune.train import Interrupted
-    from medtune.tune import run_tuning
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     prep = write_records(tmp_path / "prep")
 
     def worker(name, *sets):
-        (tmp_path / name).mkdir(exist_ok=True)
-        return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
+        return shared_worker(tmp_path, url, prep, name, *sets)
 
-    def script(k, lr, validate, run_dir):
-        if k == 0:
-            raise Interrupted("interrupted at step 1")
+    def script(k, lr, validate, run_dir):  # A's first trial is stopped; every later one finishes
         validate(0.0, 4.0)
-        return 1.5
+        if k > 0:
+            return 1.5
+        raise Interrupted("interrupted at step 1")
 
     calls = scripted_train(monkeypatch, script)
     with pytest.raises(Interrupted):
@@ -317,6 +312,14 @@ def test_a_study_whose_workers_were_stopped_does_not_block_a_new_one(tiny, tmp_p
     assert [t.state.name for t in optuna_trials_at(url)] == ["FAIL", "WAITING"]
     assert worker("b", "train.epochs=2")["lora"]["chosen_lr"] is not None
     assert len(calls) == 1 + len(GRID)
+
+
+def shared_worker(tmp_path, url: str, prep, name: str, *sets):
+    """A `medtune tune --worker` of tiny-study's lora on the database `url`, out in tmp_path/name."""
+    from medtune.tune import run_tuning
+
+    (tmp_path / name).mkdir(exist_ok=True)
+    return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
 
 
 def optuna_trials_at(url: str) -> list:
