@@ -31,6 +31,7 @@ from medtune.config import (
     from_dict,
     read_yaml,
     run_with,  # noqa: F401  (re-exported for benchmarks)
+    scoring_of,
 )
 from medtune.errors import MedtuneError
 from medtune.quality import QualityConfig
@@ -228,7 +229,7 @@ def identity_fields(cfg: CompareConfig) -> dict:
     # train.seeds: more seeds add runs beside the finished ones, fewer report the first ones; each
     # run's own stage key has its seed (train_stage), so no run is mistaken for another.
     whole["train"] = {k: v for k, v in whole["train"].items() if k != "seeds"}
-    whole["eval"] = {k: v for k, v in whole["eval"].items() if k not in REPORT_ONLY_EVAL}
+    whole["eval"] = scoring_of(whole["eval"])
     return {k: v for k, v in whole.items() if k not in _NOT_IDENTITY}
 
 
@@ -340,7 +341,7 @@ def _same_run(run_dir: Path, rc: RunConfig) -> bool:
 
     def computed(d: dict) -> dict:  # an earlier release's runs carry their eval.bootstrap / seed
         d = experiment_of(d)
-        d["eval"] = {k: v for k, v in d["eval"].items() if k not in REPORT_ONLY_EVAL}
+        d["eval"] = scoring_of(d["eval"])
         return d
 
     try:
@@ -589,7 +590,7 @@ class Comparison:
         keys = [  # the second: how earlier releases keyed it (their evaluations stand)
             config_hash({"prep": self.key, "eval": e, "run": run_key, "quality": q})
             for e, q in (
-                ({k: v for k, v in scoring.items() if k not in REPORT_ONLY_EVAL}, quality.stage_key(cfg)),
+                (scoring_of(scoring), quality.stage_key(cfg)),
                 (scoring, earlier),
             )
         ]

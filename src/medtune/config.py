@@ -276,6 +276,11 @@ EXECUTION_ONLY = {
 REPORT_ONLY_EVAL = ("bootstrap", "seed")
 
 
+def scoring_of(eval_section: dict) -> dict:
+    """An eval section without its REPORT_ONLY_EVAL keys: what scoring computes with."""
+    return {k: v for k, v in eval_section.items() if k not in REPORT_ONLY_EVAL}
+
+
 def experiment_of(config: dict) -> dict:
     """A run's or a comparison's config dict without its EXECUTION_ONLY keys (what identifies it)."""
     out = dict(config)

@@ -144,7 +144,12 @@ def bootstrap_unit(groups: list | None) -> dict:
     """What a bootstrap resampled, for results.json and the report."""
     if groups is None:
         return {"unit": "examples", "count": None}
-    return {"unit": "focus groups", "count": len({str(x) for x in groups})}
+    return {"unit": "focus groups", "count": unit_count(groups, len(groups))}
+
+
+def unit_count(groups: list | None, examples: int) -> int:
+    """How many units a bootstrap resamples: the focus groups, or (groups None) the examples."""
+    return len({str(x) for x in groups}) if groups is not None else examples
 
 
 def _ratio_samples(w: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:

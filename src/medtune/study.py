@@ -32,7 +32,7 @@ from statistics import NormalDist
 import numpy as np
 
 from medtune.errors import MedtuneError
-from medtune.evaluate import SCOPES, Scores, _interval, bootstrap_weights
+from medtune.evaluate import SCOPES, Scores, _interval, bootstrap_weights, unit_count
 
 # Headline metrics of the verdict: (key, lower_is_better). Quality metrics join when present.
 HEADLINE = (("answer.perplexity", True), ("answer.accuracy", False))
@@ -210,12 +210,9 @@ def pool_scores(
         for s in seeds:
             if s.ids != base.ids:
                 raise ValueError(f"{name} was scored on other examples than base")
-        pool.add(name, [_score_samples(s, w) for s in seeds], (seed_values or {}).get(name), _units(groups, base.ids))
+        units = unit_count(groups, len(base.ids))
+        pool.add(name, [_score_samples(s, w) for s in seeds], (seed_values or {}).get(name), units)
     return pool
-
-
-def _units(groups: list | None, ids: list) -> int:
-    return len(set(groups)) if groups is not None else len(ids)
 
 
 def pool_quality(
@@ -247,7 +244,7 @@ def pool_quality(
                 {f"quality.{m}": _mean_samples(np.asarray([r[m] for r in rows], dtype=np.float64), w) for m in usable}
             )
         if usable:
-            pool.add(name, per_seed, (seed_values or {}).get(name), _units(groups, ids))
+            pool.add(name, per_seed, (seed_values or {}).get(name), unit_count(groups, len(ids)))
     return usable
 
 

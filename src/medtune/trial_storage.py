@@ -48,7 +48,7 @@ def redact_url(url: str) -> str:
         shown = make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown up to its credentials
         shown = url.split("@")[-1]
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", shown)
+    return redact_text(shown)
 
 
 def redact_text(text: str) -> str:
@@ -149,7 +149,13 @@ def retry_callback(max_retry: int) -> Callable:
     return callback
 
 
-def pid_alive(pid: int) -> bool:
+def died_here(trial) -> bool:
+    """Was `trial` run by a process of this host that is gone? (Other hosts: heartbeats tell.)"""
+    w = trial.user_attrs.get("worker") or {}
+    return w.get("host") == socket.gethostname() and not _pid_alive(int(w.get("pid", -1)))
+
+
+def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # a trial recorded under our PID by an earlier, dead process
     try:
@@ -174,10 +180,9 @@ def recover_dead_trials(study, tune, folder: Path | None = None) -> list[int]:
 
     optuna.storages.fail_stale_trials(study)
     retry = retry_callback(tune.max_retry)
-    host, dead = socket.gethostname(), []
+    dead = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        w = t.user_attrs.get("worker") or {}
-        if w.get("host") != host or pid_alive(int(w.get("pid", -1))):
+        if not died_here(t):
             continue
         try:
             study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")

@@ -42,9 +42,9 @@ from medtune.trial_storage import (
     RUN_COST_KEYS,
     StorageLost,
     default_storage,
+    died_here,
     lost_message,
     open_storage,
-    pid_alive,
     recover_dead_trials,
     redact_url,
     retry_callback,
@@ -210,11 +210,11 @@ def method_space(ctx: TuneContext, method: str) -> MethodSpace:
     run["train"].pop("lr", None)
     run["train"].pop("seeds", None)
     t = tune_identity(asdict(ctx.tune))
-    identity = {"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]}
+    identity = _as_json({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
     # Earlier releases hashed the comparison's eval.bootstrap / eval.seed in (runs now carry the
     # defaults: REPORT_ONLY_EVAL); a study they made under other values keeps its trials.
     earlier = {k: getattr(ctx.cfg.eval, k) for k in REPORT_ONLY_EVAL}
-    named = {**identity, "run": {**run, "eval": {**run["eval"], **earlier}}}
+    named = {**identity, "run": {**identity["run"], "eval": {**identity["run"]["eval"], **earlier}}}
     earlier_name = f"medtune-{method}-{config_hash(named)}" if named != identity else None
     return MethodSpace(
         method, centre, grid, low, high, f"medtune-{method}-{config_hash(identity)}", identity, earlier_name
@@ -255,38 +255,35 @@ def open_study(ctx: TuneContext, space: MethodSpace):
         load_if_exists=True,
     )
     if "identity" not in study.user_attrs:  # what a worker with other settings is told differs
-        study.set_user_attr("identity", _as_json(space.identity))
+        study.set_user_attr("identity", space.identity)
     return study
 
 
 def _as_json(d: dict) -> dict:
-    """`d` as a study's user attribute stores and returns it (tuples as lists, others as text)."""
+    """`d` as a study's user attribute stores and returns it (tuples as lists, others as text):
+    the study name hashes the same dict a worker compares with the stored one."""
     return json.loads(json.dumps(d, default=str))
 
 
-def _as_named_before(storage, space: MethodSpace) -> MethodSpace:
-    """`space` under the name an earlier release gave its study, when only that study exists."""
+def _as_named_before(names: list[str], space: MethodSpace) -> MethodSpace:
+    """`space` under the name an earlier release gave its study, when only that study exists
+    among `names` (the storage's studies)."""
     import dataclasses
 
-    import optuna
-
-    if space.earlier_name is None:
-        return space
-    names = optuna.study.get_all_study_names(storage)
-    if space.study_name in names or space.earlier_name not in names:
+    if space.earlier_name is None or space.study_name in names or space.earlier_name not in names:
         return space
     return dataclasses.replace(space, study_name=space.earlier_name)
 
 
-def refuse_a_lone_worker(storage, space: MethodSpace) -> None:
-    """A worker whose study does not exist yet while another study of the method has trials in
-    progress in the same database: it would tune alone (another --set, data or preset than the
-    other workers'), silently, for hours. One line naming what differs instead."""
+def refuse_a_lone_worker(storage, names: list[str], space: MethodSpace) -> None:
+    """A worker whose study does not exist yet (among `names`, the storage's studies) while another
+    study of the method has trials in progress in the same database: it would tune alone (another
+    --set, data or preset than the other workers'), silently, for hours. One line naming what
+    differs instead."""
     import optuna
 
     from medtune.config import changed_keys
 
-    names = optuna.study.get_all_study_names(storage)
     if space.study_name in names:
         return
     for name in sorted(n for n in names if n.startswith(f"medtune-{space.method}-")):
@@ -294,7 +291,7 @@ def refuse_a_lone_worker(storage, space: MethodSpace) -> None:
         live = _live_trials(other, storage)
         if not live:
             continue
-        diff = changed_keys(other.user_attrs.get("identity") or {}, _as_json(space.identity))
+        diff = changed_keys(other.user_attrs.get("identity") or {}, space.identity)
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise MedtuneError(
             f"this worker's {space.method} study is not the one in progress in this storage ({name}, "
@@ -316,13 +313,7 @@ def _live_trials(study, storage) -> list:
         stale = set(storage._get_stale_trial_ids(study._study_id))  # read-only; private in Optuna 5
     except Exception:  # noqa: BLE001 - heartbeats off or another storage: count every running trial
         stale = set()
-    host = socket.gethostname()
-
-    def alive(t) -> bool:
-        w = t.user_attrs.get("worker") or {}
-        return w.get("host") != host or pid_alive(int(w.get("pid", -1)))
-
-    return [t for t in running if t._trial_id not in stale and alive(t)]
+    return [t for t in running if t._trial_id not in stale and not died_here(t)]
 
 
 def _grid_in_order(optuna):
@@ -619,9 +610,12 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
     space = method_space(ctx, method)
     objective = make_objective(ctx, space)
     with storage_guard(objective):
-        space = _as_named_before(ctx.storage, space)
+        import optuna
+
+        names = optuna.study.get_all_study_names(ctx.storage)
+        space = _as_named_before(names, space)
         if not wait:
-            refuse_a_lone_worker(ctx.storage, space)
+            refuse_a_lone_worker(ctx.storage, names, space)
         study = open_study(ctx, space)
         if ctx.cfg.tune.storage:  # a shared database: say whether this joined other workers' study
             n = len(study.get_trials(deepcopy=False))
@@ -643,7 +637,7 @@ def rescue_pruned(study) -> bool:
     rates that later blew up, so none of the rates that might work was trained to the end. Enqueue
     the best pruned rate (its last reported loss) once more, never pruned; once per study."""
     trials = study.get_trials(deepcopy=False)
-    if any(t.user_attrs.get(RESCUE) is not None for t in trials):
+    if any(RESCUE in t.user_attrs for t in trials):
         return False
     if any(t.state.name in ("RUNNING", "WAITING") for t in trials):
         return False  # another worker's trial may still finish (a worker returns while others run)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from medtune import quality
+from medtune.evaluate import unit_count
 from medtune.report.tables import FEW_UNITS, QUALITY_ROWS
 from medtune.study import answer_groups
 
@@ -45,7 +46,7 @@ def add_quality(out: Path, results: dict) -> None:
         "similarity": scoring.get("similarity", "unknown"),
         "rougeL": scoring.get("rougeL", "rouge-score, use_stemmer=True"),
         "bootstrap_unit": "focus groups" if groups is not None else "examples",
-        "bootstrap_units": len(set(groups)) if groups is not None else len(gens["base"]),
+        "bootstrap_units": unit_count(groups, len(gens["base"])),
     }
 
 
