@@ -778,12 +778,16 @@ def test_two_workers_share_a_postgres_study(tiny, tmp_path):
         assert all("duplicate_of" in t.user_attrs for t in others)  # lost a race; never trained
         dirs = [d for i in range(2) for d in (tmp_path / f"w{i}" / "tuning" / "lora").glob("trial-*")]
         assert len(dirs) == 4  # four trainings across both workers
-        # the main process reads the finished shared study: nothing left to run
-        main = medtune(
-            [*TUNE_ARGS, "--set", "tune.points=4", "--data", data, "--out", tmp_path / "w0", "--storage", url]
-        )
+        # The workers are done: a comparison on the same storage, data and settings (its own
+        # folder) finds every trial stored, tunes nothing more and goes on to seeds and report.
+        args = ["compare", *TUNE_ARGS[1:], "--set", "tune.points=4", "--set", "train.seeds=1"]
+        main = medtune([*args, "--data", data, "--out", tmp_path / "cmp", "--storage", url])
         assert main.returncode == 0, main.stderr[-2000:]
         assert len(trials_of(url)) == len(trials)
+        assert not (tmp_path / "cmp" / "tuning" / "lora").exists()  # no trial trained here
+        chosen = min((t for t in trained if t.state.name == "COMPLETE"), key=lambda t: t.value).params["lr"]
+        results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+        assert results["models"]["lora"]["lr"] == pytest.approx(chosen)
     finally:
         server.cleanup()
 
