@@ -9,6 +9,8 @@ from medtune.data.sources import ColumnMap, Record, load_records
 from medtune.data.split import overlap, split_records
 from medtune.errors import MedtuneError
 
+SPLITS = ("train", "val", "test")
+
 XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Document id="0001" source="GARD" url="http://x">
 <Focus>Gout &amp; Friends</Focus>
@@ -174,6 +176,48 @@ def test_prepare_writes_splits_and_stats(tmp_path, capsys, tiny):
     assert sum(s["count"] for s in stats["splits"].values()) == 10
     assert stats["splits"]["train"]["tokens"]["truncated_share"] > 0
     assert stats["overlap"]["questions_in_several_splits"] == 0
+
+
+def test_ids_repeated_across_collections_are_made_unique(tmp_path, capsys):
+    """MedQuAD numbers documents per collection: document 0049 of GHR and of NIDDK give the same
+    ids. Prepared ids are unique (the source added only where an id repeats), and a sample keeps
+    the order of the ids as read (so earlier preparations' data order and questions stay)."""
+    from medtune.data.clean import unique_ids
+
+    root = tmp_path / "mq"
+    for folder, source in (("3_GHR_QA", "GHR"), ("5_NIDDK_QA", "NIDDK")):
+        pairs = "".join(
+            f'<QAPair pid="{k}"><Question qtype="x">What is {source} question {k} ?</Question>'
+            f"<Answer>Answer {k} from {source}.</Answer></QAPair>"
+            for k in range(1, 13)
+        )
+        (root / folder).mkdir(parents=True)
+        (root / folder / "0049.xml").write_text(
+            f'<Document id="0049" source="{source}"><Focus>{source} focus</Focus><QAPairs>{pairs}</QAPairs></Document>'
+        )
+    args = ["prepare", "--data", root, "--out", tmp_path / "p", "--no-tokenize", "--split", "random"]
+    code, _, err = run_cli([*args, "--max-examples", "16"], capsys)
+    assert code == 0, err
+    prepared = {s: [json.loads(x) for x in (tmp_path / "p" / f"{s}.jsonl").read_text().splitlines()] for s in SPLITS}
+    rows = [r for s in SPLITS for r in prepared[s]]
+    ids = [r["id"] for r in rows]
+    assert len(set(ids)) == len(ids) == 16
+    for r in rows:  # the id as read (document-pair), plus the source when another collection has it
+        read = f"0049-{r['question'].split()[-2]}"
+        assert r["id"] == (f"{read}+{r['source']}" if r["id"].startswith("0049-") else r["id"])
+    for s in SPLITS:  # a sample is ordered by the ids as read; the source breaks no order
+        bare = [r["id"].split("+")[0] for r in prepared[s]]
+        assert bare == sorted(bare)
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert stats["ids_made_unique"] == sum("+" in i for i in ids) > 0
+    # same source and id twice, and a suffixed id meeting an id the data already had
+    recs = [
+        Record(id=i, question="q", answer="a", source=src)
+        for i, src in [("x", "C"), ("x", "C"), ("a", "X"), ("a", "Y"), ("a+X", "Z"), ("b", "")]
+    ]
+    made = unique_ids(recs)
+    assert len(set(made)) == len(made) and made[-1] == "b" and made[3] == "a+Y"
+    assert all(m.startswith(r.id) for m, r in zip(made, recs))
 
 
 def test_parquet_with_mapping(tmp_path):

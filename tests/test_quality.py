@@ -356,3 +356,34 @@ def test_compare_reports_answer_quality_without_embedding_package(tmp_path, tiny
     run_compare(cfg)
     assert "done earlier, skipped" in capsys.readouterr().out
     assert quality.read_generations(out / "generations" / "base.jsonl") == rows["base"]
+
+
+def test_bootstrap_groups_stay_right_where_ids_repeat(tmp_path):
+    """MedQuAD's ids repeat across its collections (0000049-3 is a GHR and a NIDDK question), so
+    groups are matched by position (scores, evaluate --generate) and by id + question (answers),
+    never by id alone: by id, both questions took the second one's group."""
+    from conftest import write_records
+    from medtune.data.prepare import read_split
+    from medtune.study import answer_groups, test_groups
+
+    out = tmp_path / "cmp"
+    write_records(out / "prepared", n_test=16)  # topics cycle every 8: test-i and test-(i+8) share one
+    path = out / "prepared" / "test.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["id"] = rows[0]["id"]  # two questions of different topics, one id
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = read_split(out / "prepared", "test")
+    cfg = {"data": {"split": "grouped"}}
+
+    def same_as_the_data(groups: list, positions: list[int]) -> None:
+        at = dict(zip(positions, groups))
+        assert at[0] == at[8] and at[1] == at[9] and at[0] != at[1]  # topics decide, not ids
+
+    scored = test_groups(out, cfg, [r.id for r in test])
+    same_as_the_data(scored, list(range(16)))
+    assert len(set(scored)) == 8  # one group per topic
+    sample = [9, 0, 8, 1]
+    answers = [{"id": test[i].id, "question": test[i].question} for i in sample]
+    same_as_the_data(answer_groups(out, cfg, answers), sample)
+    same_as_the_data(quality.sample_groups(test, sample), sample)
+    assert answer_groups(out, cfg, [{"id": test[0].id}]) is None  # an id held twice, no question: no guess

@@ -72,11 +72,15 @@ class QualityConfig:
 # ---------------------------------------------------------------- sample
 
 
+def sample_order(count: int, n: int, seed: int) -> list[int]:
+    """Positions of the first n of a seeded permutation of `count` records: the same questions for
+    every model, and a larger n keeps the smaller sample as its prefix (so the report's first 5
+    samples never change)."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(count)[:n]]
+
+
 def select_sample(records: list, n: int, seed: int) -> list:
-    """The first n of a seeded permutation: the same questions for every model, and a larger n
-    keeps the smaller sample as its prefix (so the report's first 5 samples never change)."""
-    order = np.random.default_rng(seed).permutation(len(records))[:n]
-    return [records[i] for i in order]
+    return [records[i] for i in sample_order(len(records), n, seed)]
 
 
 # ---------------------------------------------------------------- per-answer metrics
@@ -357,13 +361,13 @@ def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callab
         write_json(Path(out) / "samples" / f"{name}.json", rows[: cfg.samples])
 
 
-def group_ids_for(records: list, sample: list) -> Optional[list]:
-    """Resampling groups of the sampled records, computed over the whole split (a group can link
-    sampled records through unsampled ones)."""
+def sample_groups(records: list, order: list[int]) -> list:
+    """Resampling groups of the records at `order`, computed over the whole split (a group can link
+    sampled records through unsampled ones); by position, since ids need not be unique."""
     from medtune.data.split import group_ids
 
-    gid = dict(zip((r.id for r in records), group_ids(records)))
-    return [gid[r.id] for r in sample]
+    groups = group_ids(records)
+    return [groups[i] for i in order]
 
 
 # ---------------------------------------------------------------- medtune evaluate --generate
@@ -375,12 +379,13 @@ def evaluate_generate(model, tok, records: list, fmt, args, label: str, grouped:
     from medtune.evaluate import bootstrap_unit
     from medtune.report.tables import print_quality
 
-    sample = select_sample(records, args.generate, 0)
+    order = sample_order(len(records), args.generate, 0)
+    sample = [records[i] for i in order]
     rows, timing = generate_rows(model, tok, sample, fmt, args.max_new_tokens, args.generate_batch_size)
     timing["scoring"] = score_rows(rows)
     path = Path(args.generations) if args.generations else Path("generations") / f"{_file_label(args, label)}.jsonl"
     write_generations(path, rows)
-    groups = group_ids_for(records, sample) if grouped else None
+    groups = sample_groups(records, order) if grouped else None
     agg = aggregate({label: rows}, args.bootstrap, 0, groups)[label]
     summary = {**agg, "bootstrap": bootstrap_unit(groups), "generation": timing, "generations_file": str(path)}
     print_quality(label, summary)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from itertools import combinations
 from pathlib import Path
 from statistics import NormalDist
@@ -305,27 +306,45 @@ def pooled_diff_vs_base(pool: Pool, model: str) -> dict:
 # ---------------------------------------------------------------- results.json
 
 
-def test_groups(out: Path, cfg: dict, ids: list[str]) -> list | None:
-    """Bootstrap units of the scored test examples: leakage groups for a grouped split, else None."""
-    if cfg["data"]["split"] != "grouped":
-        return None
+def _test_split_groups(out: Path) -> tuple[list, list[int]]:
+    """prepared/test.jsonl and each record's leakage group, computed over the whole split (a group
+    can link two scored examples through one that was not scored)."""
     from medtune.data.prepare import read_split
     from medtune.data.split import group_ids
 
     test = read_split(Path(out) / "prepared", "test")
-    gid = dict(zip((r.id for r in test), group_ids(test)))  # groups over the whole split
-    if any(i not in gid for i in ids):
+    return test, group_ids(test)
+
+
+def test_groups(out: Path, cfg: dict, ids: list[str]) -> list | None:
+    """Bootstrap units of the scored test examples: leakage groups for a grouped split, else None.
+    Matched by position, not by id: the scores follow the split's order, and an id need not be
+    unique (a MedQuAD document number repeats across its collections: 0000049-3 is a GHR and a
+    NIDDK question; folders prepared before medtune made ids unique keep such ids)."""
+    if cfg["data"]["split"] != "grouped":
+        return None
+    test, groups = _test_split_groups(out)
+    if ids != [r.id for r in test][: len(ids)]:
         raise MedtuneError(f"{out}: the scored examples are not those of prepared/test.jsonl; rerun medtune compare")
-    return [gid[i] for i in ids]
+    return groups[: len(ids)]
 
 
 def answer_groups(out: Path, cfg: dict, rows: list[dict]) -> list | None:
-    """Bootstrap units of generated answers: test_groups of their questions, or None (single
-    answers) when they are not questions of prepared/test.jsonl (generated from another split)."""
-    try:
-        return test_groups(out, cfg, [r["id"] for r in rows])
-    except MedtuneError:
+    """Bootstrap units of generated answers (a seeded sample of the test questions): their
+    questions' leakage groups, or None (single answers) when they are not questions of
+    prepared/test.jsonl (generated from another split). A row is matched by its id and question
+    text: two records sharing both share a group (the same question), so the match is exact even
+    where ids repeat. A row without its question is matched by an id the split holds once."""
+    if cfg["data"]["split"] != "grouped":
         return None
+    test, groups = _test_split_groups(out)
+    gid = {(r.id, r.question): g for r, g in zip(test, groups)}
+    once = Counter(r.id for r in test)
+    gid.update({(r.id, None): g for r, g in zip(test, groups) if once[r.id] == 1})
+    keys = [(r["id"], r.get("question")) for r in rows]
+    if any(k not in gid for k in keys):
+        return None
+    return [gid[k] for k in keys]
 
 
 def _run_entry(out: Path, name: str) -> dict:

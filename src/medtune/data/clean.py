@@ -14,6 +14,7 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 _INLINE_BULLET = re.compile(r"\s{2,}- (?=\S)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
+_NOT_ID = re.compile(r"[^0-9A-Za-z_.-]+")
 
 
 def clean_text(text: str) -> str:
@@ -66,3 +67,21 @@ def clean_records(records: list[Record]) -> tuple[list[Record], Counter]:
             )
         )
     return kept, dropped
+
+
+def unique_ids(records: list[Record]) -> list[str]:
+    """Each record's id, made unique. MedQuAD numbers its documents per collection, so one id
+    names several questions (0000049-3 is a GHR and a NIDDK question; 27,033 of its 47,457 pairs
+    share an id). A repeated id gets its source ("0000049-3+GHR"), then, still repeated, its
+    occurrence ("+1", "+2"); a unique id is kept as it is. Per-example files, generations and
+    paired scores name each example by its id."""
+    ids = [r.id for r in records]
+    counts = Counter(ids)
+    ids = [f"{i}+{_NOT_ID.sub('', r.source)}" if counts[i] > 1 and r.source else i for i, r in zip(ids, records)]
+    while len(set(ids)) < len(ids):  # one pass unless a suffixed id meets an id the data already had
+        counts, seen = Counter(ids), Counter()
+        for k, i in enumerate(ids):
+            if counts[i] > 1:
+                seen[i] += 1
+                ids[k] = f"{i}+{seen[i]}"
+    return ids

@@ -16,11 +16,11 @@ import shutil
 import statistics
 import tempfile
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from medtune.config import DataConfig, FormatConfig
-from medtune.data.clean import clean_records
+from medtune.data.clean import clean_records, unique_ids
 from medtune.data.sources import ColumnMap, Record, load_records
 from medtune.data.split import overlap, split_records
 from medtune.errors import MedtuneError
@@ -41,6 +41,18 @@ def _subsample(splits: dict[str, list[Record]], max_examples: int, seed: int) ->
             k = 1
         out[name] = sorted(rng.sample(recs, k), key=lambda r: r.id) if k < len(recs) else recs
     return out
+
+
+def _with_unique_ids(kept: list[Record], splits: dict[str, list[Record]]) -> tuple[dict, int]:
+    """The splits with ids unique over the whole source (unique_ids), and how many changed.
+    Renamed after the split and the sample, which orders a sample by its ids as read, so that a
+    sample keeps the order (and so the data order and the answered questions) it had before
+    medtune made ids unique."""
+    new = {id(r): i for r, i in zip(kept, unique_ids(kept))}
+    out = {
+        name: [r if r.id == new[id(r)] else replace(r, id=new[id(r)]) for r in recs] for name, recs in splits.items()
+    }
+    return out, sum(r.id != new[id(r)] for recs in splits.values() for r in recs)
 
 
 def length_stats(lengths: list[int], max_length: int) -> dict:
@@ -70,6 +82,7 @@ def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> t
     splits = split_records(kept, data.split, data.test_fraction, data.val_fraction, data.seed)
     if data.max_examples:
         splits = _subsample(splits, data.max_examples, data.seed)
+    splits, renamed = _with_unique_ids(kept, splits)
     if not splits["train"] or not splits["test"]:
         raise MedtuneError(f"too few examples ({len(kept)}) for a train and a test split")
 
@@ -78,6 +91,7 @@ def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> t
         "rows_read": len(records),
         "rows_kept": len(kept),
         "dropped": dict(dropped),
+        "ids_made_unique": renamed,
         "split": data.split,
         "seed": data.seed,
         "overlap": overlap(splits),

@@ -17,6 +17,8 @@ def print_prepare_stats(stats: dict, out) -> None:
     console.print(
         f"[bold]{stats['rows_read']:,}[/] pairs read, [bold]{stats['rows_kept']:,}[/] kept (dropped: {dropped})"
     )
+    if stats.get("ids_made_unique"):  # MedQuAD repeats document numbers across its collections
+        console.print(f"{stats['ids_made_unique']:,} repeated ids made unique as <id>+<source>")
     ov = stats["overlap"]
     console.print(
         f"split: {stats['split']} (seed {stats['seed']}); overlap between splits: "
