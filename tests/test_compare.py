@@ -114,6 +114,23 @@ def test_compare_bad_input(args, msg, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command,preset", [("compare", "tiny"), ("tune", "tiny-study")])
+@pytest.mark.parametrize("made_by_the_user", [False, True])
+def test_bad_data_found_by_prepare_leaves_no_folder_to_block_the_rerun(
+    command, preset, made_by_the_user, tmp_path, capsys
+):
+    """prepare finds the bad columns after compare.json is written: that file must go, or the
+    corrected rerun is refused as "a comparison with a different config (data.source ...)"."""
+    bad = tmp_path / "cols.csv"
+    bad.write_text("q,a\nWhat is gout?,Arthritis.\n")
+    out = tmp_path / "o"
+    if made_by_the_user:
+        out.mkdir()
+    code, _, err = run_cli([command, "--preset", preset, "--data", bad, "--out", out], capsys)
+    assert code == 2 and "lacks columns question, answer" in err and len(err.strip().splitlines()) == 1, err
+    assert (list(out.iterdir()) == []) if made_by_the_user else not out.exists()
+
+
 def test_presets_are_valid_and_documented():
     for name in ("paper", "cpu-demo", "tiny", "cpu-study", "tiny-study"):
         load_compare_config(name)  # validates every value and method argument

@@ -73,6 +73,26 @@ def test_force_trains_the_tuning_trials_again(qa, monkeypatch):
     assert results["study"]["tuning"]["lora"]["chosen_lr"] is not None and "lora" in results["models"]
 
 
+def test_force_trains_every_run_again(qa, monkeypatch):
+    """--force redoes every stage: a finished run of the same config on the same data is trained
+    again, not adopted as "done earlier" (which a rerun without --force does)."""
+    import medtune.train as train_mod
+
+    cfg = _cfg(qa, methods="selective,lora")
+    run_compare(cfg, quiet=True)
+    real, trained = train_mod.train, []
+
+    def train(rc, data_dir, run_dir, **kw):
+        trained.append(Path(run_dir).name)
+        return real(rc, data_dir, run_dir, **kw)
+
+    monkeypatch.setattr(train_mod, "train", train)
+    run_compare(cfg, quiet=True)
+    assert trained == []
+    run_compare(cfg, force=True, quiet=True)
+    assert sorted(trained) == ["lora", "selective"]
+
+
 def test_a_torn_stages_json_redoes_the_stages(qa):
     """A stages.json cut short (a kill mid-write before writes were atomic) is no traceback:
     nothing is recorded, every stage runs again, and the file is whole afterwards."""

@@ -237,6 +237,10 @@ def test_loss_goes_down_on_tiny(tiny, prepared, tmp_path):
         (["--method", "lora", "--set", "train.lr=0"], "train.lr must be > 0"),
         (["--method", "lora", "--set", "method_args.targets=[qkv_proj]"], "qkv_proj"),
         (["--method", "lora", "--set", "train.epochs=-1"], "train.epochs"),
+        # list elements are checked too: these were tracebacks inside PEFT / a sort
+        (["--method", "lora", "--set", "method_args.targets=[1,2]"], "lora.targets[0] must be a string"),
+        (["--method", "lora", "--set", "method_args.layers=[a]"], "lora.layers[0] must be an integer"),
+        (["--method", "boft", "--set", "method_args.layers=[true]"], "boft.layers[0] must be an integer"),
     ],
 )
 def test_train_bad_input(extra, message, tiny, prepared, tmp_path, capsys):
@@ -248,7 +252,9 @@ def test_train_bad_input(extra, message, tiny, prepared, tmp_path, capsys):
 def test_train_unreadable_data(tiny, tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train.jsonl").write_text("{not json\n")
-    for data in (tmp_path / "missing", tmp_path / "bad"):
+    (tmp_path / "typed").mkdir()  # valid JSON, wrong types: a hand-edited file (was a traceback in tokenization)
+    (tmp_path / "typed" / "train.jsonl").write_text('{"id": 5, "question": 3, "answer": null}\n')
+    for data in (tmp_path / "missing", tmp_path / "bad", tmp_path / "typed"):
         code, _, err = run_cli(
             ["train", "--method", "lora", "--data", data, "--model", tiny, "--out", tmp_path / "runs"], capsys
         )
@@ -571,3 +577,25 @@ def test_ask_on_a_broken_comparison_folder_is_one_line(meta, message, tmp_path, 
     (tmp_path / "cmp" / "compare.json").write_text(meta)
     code, out, err = run_cli(["ask", tmp_path / "cmp", "What is gout?"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prepare", "--data", "x", "--out", "y", "--max-examples", "abc"], "--max-examples: invalid int value"),
+        (["prepare", "--data", "x"], "required: --out"),
+        (["evaluate", "--data", "d", "--bootstrap", "abc"], "--bootstrap: invalid int value"),
+        (["train", "--method", "lora", "--bogus"], "unrecognized arguments: --bogus"),
+        (["prepare", "--data", "x", "--out", "y", "--split", "foo"], "--split: invalid choice"),
+    ],
+)
+def test_argument_errors_are_one_line(args, message, capsys):
+    """argparse's errors get the contract of every bad input: one `medtune: error:` line, exit 2
+    (its default printed the usage block first)."""
+    from medtune.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("medtune: error:"), err
+    assert message in err and "--help" in err

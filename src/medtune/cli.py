@@ -35,8 +35,17 @@ def _add_overrides(p):
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a value of the wrong type, a missing or unknown flag) as the one line
+    every other bad input gets; its default prints the usage block first. Subcommands' parsers
+    are of this class too (add_subparsers makes them of the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"medtune: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="medtune", description="Fine-tune small causal language models on medical QA and compare methods fairly."
     )
     ap.add_argument("--version", action="version", version=f"medtune {_version()}")

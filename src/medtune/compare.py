@@ -12,6 +12,7 @@ import importlib.resources
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -285,6 +286,24 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     write_json(meta_path, meta)  # atomic: a kill mid-write must not leave a folder no rerun can open
 
 
+@contextmanager
+def opened_folder(cfg: CompareConfig, out: Path, force: bool):
+    """open_folder, undone when the command fails before its first stage finished (bad data is
+    found by prepare, after compare.json is written): a compare.json alone would make the corrected
+    rerun "a comparison with a different config". stages.json appears with the first finished stage."""
+    existed = out.exists()
+    open_folder(cfg, out, force)
+    try:
+        yield
+    except BaseException:
+        if not (out / "stages.json").exists():
+            if existed:
+                (out / "compare.json").unlink(missing_ok=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def _folder_identity(meta_path: Path) -> tuple[Optional[str], str, Optional[dict]]:
     """(the folder's identity, why it is unknown, its identity_fields when readable).
 
@@ -371,8 +390,7 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
     out = Path(cfg.out)
     ensure_writable(out, what="comparison folder")  # before check_compare opens a --storage
     check_compare(cfg)
-    with FolderLock(out, "comparison"):
-        open_folder(cfg, out, force)
+    with FolderLock(out, "comparison"), opened_folder(cfg, out, force):
         return Comparison(cfg, out, force, quiet).run()
 
 
@@ -469,7 +487,8 @@ class Comparison:
             self.say("  done earlier, skipped")
             return True
         if (
-            is_complete(run_dir)
+            not self.force  # --force redoes every stage: no run is adopted or resumed
+            and is_complete(run_dir)
             and _same_run(run_dir, rc)
             and recorded_fingerprint(run_dir) == data_fingerprint(self.prep)
         ):
@@ -484,7 +503,7 @@ class Comparison:
             self.say("  diverged earlier (see diverged.json), skipped")
             return False
         reusable = reuse is not None and is_complete(reuse) and _same_run(reuse, rc)
-        resume = not reusable and _resumable(run_dir, rc)
+        resume = not reusable and not self.force and _resumable(run_dir, rc)
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)
         if reusable:
@@ -637,8 +656,7 @@ def tune_command(args) -> None:
     check_compare(cfg)  # includes: an unreachable storage is one line, before anything is written
     if cfg.validation_note():
         print(cfg.validation_note())
-    with FolderLock(out, "comparison"):
-        open_folder(cfg, out, force=False)
+    with FolderLock(out, "comparison"), opened_folder(cfg, out, force=False):
         prep = prepare_stage(cfg, out)
         results = run_tuning(cfg, prep, out, worker=args.worker)
     if args.worker:

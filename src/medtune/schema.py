@@ -85,11 +85,19 @@ def _coerce(tp, value, where):
             raise MedtuneError(f"{where} must be a string; got {value!r}")
         return value
     if tp is list or origin is list:
-        if isinstance(value, str):
+        given_as_text = isinstance(value, str)
+        if given_as_text:  # "q_proj,v_proj" or "8,9"
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise MedtuneError(f"{where} must be a list; got {value!r}")
-        return list(value)
+        item = (get_args(tp) or (None,))[0]
+        if item is None:
+            return list(value)
+        if given_as_text and item is int:
+            value = [int(v) if v.lstrip("-").isdigit() else v for v in value]
+        # Each element checked here: a wrong one (targets=[1], layers=[a]) failed later inside
+        # PEFT or a sort, as a traceback.
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise MedtuneError(f"{where} must be a mapping; got {value!r}")

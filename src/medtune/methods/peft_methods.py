@@ -121,9 +121,9 @@ class LoraArgs:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    targets: Optional[list] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
+    targets: Optional[list[str]] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
     use_dora: bool = False
-    layers: Optional[list] = None  # blocks to adapt; None = all
+    layers: Optional[list[int]] = None  # blocks to adapt; None = all
 
     def __post_init__(self):
         if self.r < 1:
@@ -169,8 +169,8 @@ class BoftArgs:
     block_num: int = 0  # alternative to block_size (exactly one of them non-zero)
     butterfly_factor: int = 1
     dropout: float = 0.05
-    targets: Optional[list] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
-    layers: Optional[list] = None  # the study adapted a subset of blocks; None = all
+    targets: Optional[list[str]] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
+    layers: Optional[list[int]] = None  # the study adapted a subset of blocks; None = all
 
     def __post_init__(self):
         if (self.block_size > 0) == (self.block_num > 0):
@@ -307,8 +307,8 @@ def first_error_line(text: str) -> str | None:
 class OftArgs:
     block_size: int = 32
     dropout: float = 0.0
-    targets: Optional[list] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
-    layers: Optional[list] = None
+    targets: Optional[list[str]] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
+    layers: Optional[list[int]] = None
 
     def __post_init__(self):
         if self.block_size < 1:
@@ -342,8 +342,8 @@ def apply_oft(model, cfg: OftArgs):
 
 @dataclass
 class Ia3Args:
-    targets: Optional[list] = None  # None: the family's (k_proj, v_proj, down_proj; Phi-3: qkv_proj, down_proj)
-    feedforward: Optional[list] = None  # None: the family's (down_proj); must be among the targets
+    targets: Optional[list[str]] = None  # None: the family's (k_proj, v_proj, down_proj; Phi-3: qkv_proj, down_proj)
+    feedforward: Optional[list[str]] = None  # None: the family's (down_proj); must be among the targets
 
     def __post_init__(self):
         if self.targets is not None and self.feedforward is not None:
