@@ -220,6 +220,20 @@ def test_ids_repeated_across_collections_are_made_unique(tmp_path, capsys):
     assert all(m.startswith(r.id) for m, r in zip(made, recs))
 
 
+@pytest.mark.parametrize("n", [5, 10, 11, 17])
+def test_max_examples_keeps_that_many(n, tmp_path, capsys):
+    """Each split's share is rounded (and kept >= 1): --max-examples 10 kept 11 before."""
+    rows = "".join(f"What is disease {i} ?,It is rare {i}.,SYN,topic {i}\n" for i in range(60))
+    (tmp_path / "qa.csv").write_text("question,answer,source,focus_area\n" + rows)
+    args = ["prepare", "--data", tmp_path / "qa.csv", "--out", tmp_path / "p", "--no-tokenize"]
+    code, _, err = run_cli([*args, "--max-examples", n], capsys)
+    assert code == 0, err
+    counts = [len((tmp_path / "p" / f"{s}.jsonl").read_text().splitlines()) for s in SPLITS]
+    assert sum(counts) == n and min(counts) >= 1, counts
+    code, _, err = run_cli([*args, "--force", "--max-examples", "2"], capsys)
+    assert code == 2 and "max_examples 2 is too few" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_parquet_with_mapping(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -33,12 +33,18 @@ def _subsample(splits: dict[str, list[Record]], max_examples: int, seed: int) ->
     total = sum(len(v) for v in splits.values())
     if max_examples >= total:
         return splits
+    parts = [name for name, recs in splits.items() if recs]
+    if max_examples < len(parts):
+        raise MedtuneError(f"max_examples {max_examples} is too few: each of {', '.join(parts)} needs one example")
     rng = random.Random(seed)
+    sizes = {name: max(round(len(recs) * max_examples / total), 1 if recs else 0) for name, recs in splits.items()}
+    while sum(sizes.values()) > max_examples and max(sizes.values()) > 1:
+        # Rounding each split (and keeping one example in each) can overshoot: --max-examples 10
+        # kept 11. The largest split gives back, so the presets' exact shares are unchanged.
+        sizes[max(sizes, key=sizes.get)] -= 1
     out = {}
     for name, recs in splits.items():
-        k = round(len(recs) * max_examples / total)
-        if recs and k == 0:
-            k = 1
+        k = sizes[name]
         out[name] = sorted(rng.sample(recs, k), key=lambda r: r.id) if k < len(recs) else recs
     return out
 
