@@ -107,6 +107,21 @@ def test_resume_gives_same_weights(method, args, tiny, prepared, tmp_path):
     assert la == pytest.approx(lb, abs=1e-6)
 
 
+def test_resume_with_fewer_steps_than_its_checkpoint_is_refused(tiny, prepared, tmp_path, capsys):
+    """A checkpoint at step 5 resumed with train.max_steps=2 finished at once as a 5-step run
+    whose config.yaml said 2 (and whose schedule was planned for the old length)."""
+    c = cfg(tiny, "lora")
+    with pytest.raises(Interrupted):
+        train(c, prepared, tmp_path / "b", quiet=True, stop_after=5)
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    config = (tmp_path / "b" / "config.yaml").read_text()
+    code, _, err = run_cli(["train", "--resume", tmp_path / "b", "--set", "train.max_steps=2"], capsys)
+    assert code == 2 and "checkpoint is at step 5" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+    assert (tmp_path / "b" / "config.yaml").read_text() == config
+    assert run_cli(["train", "--resume", tmp_path / "b", "--set", "train.max_steps=6"], capsys)[0] == 0
+
+
 def _val_rows(run):
     return [(r["step"], r["val_loss"]) for r in map(json.loads, (run / "metrics.jsonl").open()) if "val_loss" in r]
 

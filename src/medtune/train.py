@@ -194,6 +194,11 @@ def train(
         state = TrainState()
         if checkpoint is not None:
             state = TrainState.from_dict(load_checkpoint(checkpoint, s.named, s.optimizer))
+            if state.step > s.plan.total_steps:  # it would end at once, its config contradicting its steps
+                raise MedtuneError(
+                    f"{run_dir}'s checkpoint is at step {state.step}, past the {s.plan.total_steps} steps now "
+                    f"asked for: resume with train.max_steps >= {state.step} (or no override)"
+                )
             s.log(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
             if s.main:
                 save_config(run_dir, cfg, str(data_dir))  # records a changed max_steps / epochs
