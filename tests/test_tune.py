@@ -455,7 +455,7 @@ def test_tuning_a_protocol_without_validation_split_takes_one_from_train(tmp_pat
     code, stdout, err = run_cli([*args, "--data", data, "--out", out], capsys)
     assert code == 0, err
     assert "0.1 of the training pairs become the validation split" in stdout
-    assert "of the searched range (a wider range may do better)" in stdout  # 2 points: the choice is an end
+    assert "of the searched range: a wider range may do better" in stdout  # 2 points: the choice is an end
     val, test = read_split(out / "prepared", "val"), read_split(out / "prepared", "test")
     assert len(val) > 0 and not {r.id for r in val} & {r.id for r in test}
     saved = json.loads((out / "compare.json").read_text())

@@ -507,7 +507,7 @@ class Comparison:
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)
         if reusable:
-            self.say(f"  the tuning trial at this rate and seed is this run: {reuse} (not trained again)")
+            self.say(f"  the tuning trial at this rate and seed is this run (not trained again):\n    {reuse}")
             shutil.copytree(reuse, run_dir)
         else:  # train() validates before it creates the folder
             if resume:
@@ -662,10 +662,10 @@ def tune_command(args) -> None:
     if args.worker:
         print("worker: no trial left to claim")
         return
-    from medtune.report.study_section import edge_note
+    from medtune.report.study_section import edge_side
 
     for method, r in results.items():
-        print(
-            f"{method}: lr {r['chosen_lr']:.3g} (validation loss {r['best_val_loss']:.4f}), "
-            f"{r['rates_tried']} rates tried{edge_note(r).replace('**', '')}"
-        )
+        loss, tried = r["best_val_loss"], r["rates_tried"]
+        print(f"{method}: lr {r['chosen_lr']:.3g} (validation loss {loss:.4f}), {tried} rates tried")
+        if edge_side(r):  # its own line: 80 columns
+            print(f"  at the {edge_side(r)} of the searched range: a wider range may do better")

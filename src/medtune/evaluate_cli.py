@@ -190,10 +190,11 @@ def _paired(path: str, other, scores, ecfg: EvalConfig, groups) -> dict:
 
 
 def _print_paired(against: str, paired: dict) -> None:
+    print(f"paired difference vs {against} (this minus that):")  # a line per scope: 80 columns
     for scope in SCOPES:
         d = paired[scope]
         ppl, acc = d["perplexity_ci"], d["accuracy_ci"]
         print(
-            f"paired difference vs {against} ({scope}): perplexity {d['perplexity']:+.3f} "
-            f"[{ppl[0]:+.3f}, {ppl[1]:+.3f}], accuracy {d['accuracy']:+.4f} [{acc[0]:+.4f}, {acc[1]:+.4f}]"
+            f"  {scope}: perplexity {d['perplexity']:+.3f} [{ppl[0]:+.3f}, {ppl[1]:+.3f}], "
+            f"accuracy {d['accuracy']:+.4f} [{acc[0]:+.4f}, {acc[1]:+.4f}]"
         )

@@ -750,7 +750,7 @@ def _outcome_line(method: str, r: dict, seconds: float) -> str:
     word = "best so far" if running else "chosen"
     line = (
         f"  {method}: {word} lr {r['chosen_lr']:.3g} (val loss {r['best_val_loss']:.4f}); "
-        f"{r['rates_tried']} learning rates tried, {seconds:.0f}s here"
+        f"{r['rates_tried']} rates tried, {seconds:.0f}s here"
     )
     never = _never_finished(r["trials"])
     if never:  # every attempt failed (tune.max_retry spent): the choice is among the others only
@@ -830,7 +830,7 @@ def run_tuning(
         with test_split_guarded(), interrupts.deferred(say):
             for method in cfg.methods:
                 t0 = time.perf_counter()
-                say(f"  tuning {method} on the validation split ({_describe(ctx, method)})")
+                say(f"  tuning {method} on the validation split: {_describe(ctx, method)}")
                 results[method] = tune_method(ctx, method, wait=not worker)
                 r = results[method]
                 keep_only_chosen(out / "tuning" / method, None if worker else r["chosen_trial"])
@@ -858,6 +858,6 @@ def save_summary(out: Path, url: str, results: dict) -> None:
 
 def _describe(ctx: TuneContext, method: str) -> str:
     s = method_space(ctx, method)
-    if s.grid:
-        return f"grid of {len(s.grid)}: " + ", ".join(f"{v:.3g}" for v in s.grid)
+    if s.grid:  # the rates on a line of their own: 80 columns
+        return f"grid of {len(s.grid)}\n    " + ", ".join(f"{v:.3g}" for v in s.grid)
     return f"TPE, {ctx.tune.n_trials} trials in [{s.low:.3g}, {s.high:.3g}]"
