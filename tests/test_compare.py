@@ -131,6 +131,11 @@ def test_bad_data_found_by_prepare_leaves_no_folder_to_block_the_rerun(
     assert (list(out.iterdir()) == []) if made_by_the_user else not out.exists()
 
 
+def test_the_explicit_out_wins_over_a_set_out(tmp_path):
+    cfg = load_compare_config("tiny", out=str(tmp_path / "given"), overrides=[f"out={tmp_path / 'other'}"])
+    assert cfg.out == str(tmp_path / "given")
+
+
 def test_presets_are_valid_and_documented():
     for name in ("paper", "cpu-demo", "tiny", "cpu-study", "tiny-study"):
         load_compare_config(name)  # validates every value and method argument

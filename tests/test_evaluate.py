@@ -273,12 +273,15 @@ def test_evaluate_bad_paired_with_fails_before_loading_and_writes_nothing(prepar
     (tmp_path / "noscope.json").write_text(json.dumps({"ids": ids, "answer": good["answer"]}))
     short = {**good, "all": {**good["all"], "nll": good["all"]["nll"][:3]}}
     (tmp_path / "short.json").write_text(json.dumps(short))
+    nan = {**good, "answer": {**good["answer"], "nll": [float("nan"), *good["answer"]["nll"][1:]]}}
+    (tmp_path / "nan.json").write_text(json.dumps(nan))  # Python writes NaN; json.loads reads it back
     cases = {  # --paired-with value -> what the one line says
         "nope.json": "no such file",
         "bad.json": "not valid JSON",
         "noids.json": "'ids' is missing",
         "noscope.json": "'all.nll' is missing",
-        "short.json": "'all.nll' is not a list of 8 numbers",
+        "short.json": "'all.nll' is not a list of 8 finite numbers",
+        "nan.json": "'answer.nll' is not a list of 8 finite numbers",
         "prep": "is a folder",
     }
     before = _files(tmp_path)

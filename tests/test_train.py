@@ -256,6 +256,8 @@ def test_loss_goes_down_on_tiny(tiny, prepared, tmp_path):
         (["--method", "lora", "--set", "method_args.targets=[1,2]"], "lora.targets[0] must be a string"),
         (["--method", "lora", "--set", "method_args.layers=[a]"], "lora.layers[0] must be an integer"),
         (["--method", "boft", "--set", "method_args.layers=[true]"], "boft.layers[0] must be an integer"),
+        (["--method", "lora", "--set", "method_args.alpha=-3"], "lora alpha must be > 0"),
+        (["--method", "lora", "--name", "../escape"], "--name must be a folder name"),
     ],
 )
 def test_train_bad_input(extra, message, tiny, prepared, tmp_path, capsys):

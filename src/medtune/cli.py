@@ -257,6 +257,8 @@ def cmd_train(args) -> None:
         raise MedtuneError("train needs --method (selective, lora, boft, oft, ia3, full) or --config")
     if not args.data:
         raise MedtuneError("train needs --data PREPARED_FOLDER (from medtune prepare)")
+    if args.name is not None and (args.name in ("", ".", "..") or "/" in args.name or os.sep in args.name):
+        raise MedtuneError(f"--name must be a folder name, not a path; got {args.name!r} (--out sets the parent)")
     cfg = _run_config(args)
     train(cfg, Path(args.data), Path(args.out or "runs") / (args.name or cfg.method), force=args.force)
 

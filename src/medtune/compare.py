@@ -166,9 +166,9 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
             raise MedtuneError(f"--methods names no method (got {methods!r}); leave it out for the preset's methods")
         given = raw.get("methods") or {}
         raw["methods"] = {m: given.get(m, {}) for m in chosen}
-    if out:
-        raw["out"] = out
     apply_overrides(raw, list(overrides))
+    if out:  # after --set: the explicit --out wins over a --set out=...
+        raw["out"] = out
     cfg = from_dict(CompareConfig, raw, "preset")
     # Not a field (not part of what is computed): the report names them beside the preset's own
     # description, which they may contradict (its "3 seeds" under --set train.seeds=2).

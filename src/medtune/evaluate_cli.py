@@ -8,6 +8,7 @@ random split) -> optional paired difference and generated-answer quality -> prin
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -166,9 +167,13 @@ def _check_scores_shape(data, where: str) -> None:
             v = data.get(s, {}).get(key) if isinstance(data.get(s), dict) else None
             if v is None:
                 raise MedtuneError(f"{where}: key '{s}.{key}' is missing; {hint}")
-            ok = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            ok = isinstance(v, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+            )  # a NaN read from the file gave "perplexity +nan [+nan, +nan]" and exit 0
             if not ok or len(v) != len(ids):
-                raise MedtuneError(f"{where}: '{s}.{key}' is not a list of {len(ids)} numbers (one per id); {hint}")
+                raise MedtuneError(
+                    f"{where}: '{s}.{key}' is not a list of {len(ids)} finite numbers (one per id); {hint}"
+                )
 
 
 def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: Path | None):

@@ -128,6 +128,8 @@ class LoraArgs:
     def __post_init__(self):
         if self.r < 1:
             raise MedtuneError(f"lora r must be >= 1; got {self.r}")
+        if self.alpha <= 0:  # the update is scaled by alpha / r: <= 0 negates or erases it
+            raise MedtuneError(f"lora alpha must be > 0; got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise MedtuneError(f"lora dropout must be in [0, 1); got {self.dropout}")
         if self.targets is not None and not self.targets:
