@@ -665,7 +665,7 @@ def tune_command(args) -> None:
     from medtune.report.study_section import edge_side
 
     for method, r in results.items():
-        loss, tried = r["best_val_loss"], r["rates_tried"]
+        loss, tried, side = r["best_val_loss"], r["rates_tried"], edge_side(r)
         print(f"{method}: lr {r['chosen_lr']:.3g} (validation loss {loss:.4f}), {tried} rates tried")
-        if edge_side(r):  # its own line: 80 columns
-            print(f"  at the {edge_side(r)} of the searched range: a wider range may do better")
+        if side:  # its own line: 80 columns
+            print(f"  at the {side} of the searched range: a wider range may do better")

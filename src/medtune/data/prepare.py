@@ -279,7 +279,7 @@ def read_split(folder: Path, split: str) -> list[Record]:
             for n, line in enumerate(fh, 1):  # noqa: B007 (n names the bad line below)
                 if line.strip():
                     out.append(Record(**json.loads(line)))
-                    bad = [k for k, v in out[-1].to_dict().items() if not isinstance(v, str)]
+                    bad = [k for k, v in vars(out[-1]).items() if not isinstance(v, str)]  # vars: no asdict copy
                     if bad:  # a hand-edited file: a number or null here failed later, in tokenization
                         raise TypeError(f"{', '.join(bad)} must be text")
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
