@@ -75,6 +75,12 @@ def test_csv_kaggle_and_mapping(tmp_path):
         load_records(str(bad))
     (r,) = load_records(str(bad), ColumnMap(question="q", answer="a"))
     assert (r.question, r.answer) == ("x", "y")
+    twice = tmp_path / "t.csv"  # csv.DictReader keeps the last 'answer' and says nothing
+    twice.write_text("question,answer,source,answer\nWhat is gout?,A kind of arthritis.,NIDDK,\n")
+    with pytest.raises(MedtuneError, match=r"2 columns named 'answer' \(columns 2, 4\)"):
+        load_records(str(twice))
+    (r,) = load_records(str(twice), ColumnMap(answer="source"))  # an unambiguous column is still read
+    assert r.answer == "NIDDK"
 
 
 def test_jsonl_with_mapping(tmp_path):

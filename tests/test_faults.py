@@ -267,6 +267,9 @@ def test_nan_loss_stops_keeps_last_checkpoint_saves_no_weights(small, tmp_path, 
         json.loads(p.read_text(), parse_constant=_no_nan)  # strict JSON: no NaN / Infinity
     for text in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(text, parse_constant=_no_nan)
+    # Evaluating it says why there are no weights; resuming would only diverge again.
+    line = one_line_error(*run_cli(["evaluate", "--model", TINY, "--run", run, "--data", small], capsys)[::2])
+    assert "diverged" in line and "lower train.lr" in line and "--resume" not in line, line
 
 
 def test_nan_step_skipped_when_allowed(small, tmp_path, capsys, monkeypatch):
@@ -402,6 +405,13 @@ def _nan_tensor(p: Path):
     save_file(t, p)
 
 
+def _wrong_shape(p: Path):
+    t = load_file(p)
+    k = sorted(t)[0]
+    t[k] = torch.cat([t[k], t[k]])  # twice the rank: PEFT's load_state_dict says "size mismatch"
+    save_file(t, p)
+
+
 def _pickle(p: Path):
     torch.save(load_file(p), p.with_name("adapter_model.bin"))
     p.unlink()
@@ -413,6 +423,7 @@ WEIGHT_CASES = {
     "adapter truncated": ("adapter/adapter_model.safetensors", _truncate, "safetensors"),
     "adapter random": ("adapter/adapter_model.safetensors", _random, "safetensors"),
     "adapter NaN": ("adapter/adapter_model.safetensors", _nan_tensor, "non-finite"),
+    "adapter shape": ("adapter/adapter_model.safetensors", _wrong_shape, "size mismatch"),
     "adapter .bin": ("adapter/adapter_model.safetensors", _pickle, "pickle"),
     "adapter_config corrupt": ("adapter/adapter_config.json", lambda p: p.write_text("{"), "not valid JSON"),
     "weights.json corrupt": ("weights.json", lambda p: p.write_text('{"format": '), "not valid JSON"),
@@ -437,7 +448,11 @@ def test_corrupt_run_files_are_one_line_naming_the_file(case, reference, small, 
     monkeypatch.setattr(torch, "load", _no_torch_load)  # a .bin is refused, never unpickled
     line = one_line_error(*run_cli(["evaluate", "--run", run, "--data", small, "--bootstrap", "20"], capsys)[::2])
     assert says in line
-    assert Path(rel).name in line or (case == "adapter .bin" and "adapter_model.bin" in line)
+    assert (
+        Path(rel).name in line
+        or (case == "adapter .bin" and "adapter_model.bin" in line)
+        or (case == "adapter shape" and f"{run / 'adapter'}:" in line)
+    )
 
 
 def _no_torch_load(*a, **k):

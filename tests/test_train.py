@@ -107,18 +107,29 @@ def test_resume_gives_same_weights(method, args, tiny, prepared, tmp_path):
     assert la == pytest.approx(lb, abs=1e-6)
 
 
-def test_resume_with_fewer_steps_than_its_checkpoint_is_refused(tiny, prepared, tmp_path, capsys):
+def test_resume_with_fewer_steps_than_its_checkpoint_is_refused(tiny, prepared, tmp_path, capsys, monkeypatch):
     """A checkpoint at step 5 resumed with train.max_steps=2 finished at once as a 5-step run
-    whose config.yaml said 2 (and whose schedule was planned for the old length)."""
+    whose config.yaml said 2 (and whose schedule was planned for the old length). A max_steps
+    override is refused before the model loads; fewer epochs once the plan is known."""
+    import medtune.train as train_module
+
     c = cfg(tiny, "lora")
     with pytest.raises(Interrupted):
         train(c, prepared, tmp_path / "b", quiet=True, stop_after=5)
     before = sorted(p.name for p in (tmp_path / "b").iterdir())
     config = (tmp_path / "b" / "config.yaml").read_text()
-    code, _, err = run_cli(["train", "--resume", tmp_path / "b", "--set", "train.max_steps=2"], capsys)
+    real_setup = train_module.setup
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "setup", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+        code, _, err = run_cli(["train", "--resume", tmp_path / "b", "--set", "train.max_steps=2"], capsys)
+    assert train_module.setup is real_setup
     assert code == 2 and "checkpoint is at step 5" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(["train", "--resume", tmp_path / "b", "--set", "train.epochs=0.5"], capsys)
+    assert code == 2 and "past the 3 steps now asked for" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
     assert (tmp_path / "b" / "config.yaml").read_text() == config
+    code, _, err = run_cli(["evaluate", "--model", tiny, "--run", tmp_path / "b", "--data", prepared], capsys)
+    assert code != 0 and f"resume it with medtune train --resume {tmp_path / 'b'}" in err, err
     assert run_cli(["train", "--resume", tmp_path / "b", "--set", "train.max_steps=6"], capsys)[0] == 0
 
 
@@ -594,6 +605,20 @@ def test_ask_on_a_broken_comparison_folder_is_one_line(meta, message, tmp_path, 
     (tmp_path / "cmp" / "compare.json").write_text(meta)
     code, out, err = run_cli(["ask", tmp_path / "cmp", "What is gout?"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out, err
+
+
+def test_ask_names_the_runs_a_comparison_folder_holds(tmp_path, capsys):
+    """compare.json lists the methods asked for; a tune-only or unfinished comparison has not
+    trained them, so the error lists run folders."""
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compare.json").write_text('{"model": "tiny", "methods": ["lora", "boft"]}')
+    code, out, err = run_cli(["ask", tmp_path / "cmp", "What is gout?", "--method", "lora"], capsys)
+    assert code == 2 and "it has no trained runs yet" in err and not out, err
+    for name in ("boft", "boft-seed1"):
+        (tmp_path / "cmp" / "runs" / name).mkdir(parents=True)
+        (tmp_path / "cmp" / "runs" / name / "config.yaml").write_text("method: boft\n")
+    code, out, err = run_cli(["ask", tmp_path / "cmp", "What is gout?", "--method", "lora"], capsys)
+    assert code == 2 and "no 'lora' run" in err and "it has: boft, boft-seed1)" in err and not out, err
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict) -
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _complete_step(folder: Path) -> int | None:
+def checkpoint_step(folder: Path) -> int | None:
     """The checkpoint's step if every file is there, has its recorded size and parses; else None."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -76,7 +76,7 @@ def _complete_step(folder: Path) -> int | None:
 
 def find_checkpoint(run_dir: Path) -> Path | None:
     """The complete checkpoint with the most steps (checkpoint/, .tmp/ or .old/), or None."""
-    found = [(step, run_dir / n) for n in NAMES if (step := _complete_step(run_dir / n)) is not None]
+    found = [(step, run_dir / n) for n in NAMES if (step := checkpoint_step(run_dir / n)) is not None]
     return max(found, key=lambda t: t[0])[1] if found else None
 
 

@@ -142,8 +142,11 @@ def ask_command(args) -> None:
         if args.method and args.method != "base":
             run = target / "runs" / args.method
             if not run.is_dir():
-                has = ", ".join(map(str, meta.get("methods") or [])) or "none"
-                raise MedtuneError(f"no {args.method!r} run in {target} (it has: {has})")
+                # The run folders, not compare.json's methods: a tune-only or unfinished
+                # comparison names methods it has not trained.
+                runs = sorted(c.parent.name for c in (target / "runs").glob("*/config.yaml"))
+                has = f"it has: {', '.join(runs)}" if runs else "it has no trained runs yet"
+                raise MedtuneError(f"no {args.method!r} run in {target} ({has})")
             model, tok, fmt, label = load_for_inference(None, run)
         else:
             from medtune.config import FormatConfig

@@ -42,7 +42,10 @@ def lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` of this host running? (Signal 0 checks without sending anything.)"""
+    if pid <= 0:
+        return False  # 0 and negatives name process groups, not one process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -117,7 +120,7 @@ class FolderLock:
     def _busy_message(self) -> str:
         pid = _holder(self.path)
         who = f"pid {pid}" if pid is not None else "pid unknown"
-        if pid is not None and not _pid_alive(pid):
+        if pid is not None and not pid_alive(pid):
             who += ", which has exited; a process it started may still hold the lock"
         return (
             f"{self.what} folder {self.folder} is in use by another medtune process ({who}); "

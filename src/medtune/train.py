@@ -30,7 +30,13 @@ from pathlib import Path
 import torch
 
 from medtune import interrupts, models
-from medtune.checkpoint import find_checkpoint, has_checkpoint_files, load_checkpoint, remove_checkpoints
+from medtune.checkpoint import (
+    checkpoint_step,
+    find_checkpoint,
+    has_checkpoint_files,
+    load_checkpoint,
+    remove_checkpoints,
+)
 from medtune.checkpoint import save_checkpoint as write_checkpoint
 from medtune.checks import check_run
 from medtune.config import RunConfig
@@ -190,15 +196,13 @@ def train(
     # One writer per run folder. Under torchrun only rank 0 writes, so only it locks.
     with FolderLock(run_dir, "run") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         checkpoint = _check_run_folder(run_dir, resume, force, data_dir)
+        if checkpoint is not None and cfg.train.max_steps:  # refused before the model loads
+            _check_resume_steps(run_dir, checkpoint_step(checkpoint), cfg.train.max_steps)
         s = setup(cfg, data_dir, run_dir, quiet, shared, eval_points)
         state = TrainState()
         if checkpoint is not None:
             state = TrainState.from_dict(load_checkpoint(checkpoint, s.named, s.optimizer))
-            if state.step > s.plan.total_steps:  # it would end at once, its config contradicting its steps
-                raise MedtuneError(
-                    f"{run_dir}'s checkpoint is at step {state.step}, past the {s.plan.total_steps} steps now "
-                    f"asked for: resume with train.max_steps >= {state.step} (or no override)"
-                )
+            _check_resume_steps(run_dir, state.step, s.plan.total_steps)  # fewer epochs: known only now
             s.log(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
             if s.main:
                 save_config(run_dir, cfg, str(data_dir))  # records a changed max_steps / epochs
@@ -209,6 +213,14 @@ def train(
             return finish(s, state)
         finally:
             release(s)
+
+
+def _check_resume_steps(run_dir: Path, step: int, total: int) -> None:
+    if step > total:  # it would end at once, its config contradicting its steps
+        raise MedtuneError(
+            f"{run_dir}'s checkpoint is at step {step}, past the {total} steps now "
+            f"asked for: resume with train.max_steps >= {step} (or no override)"
+        )
 
 
 def _check_run_folder(run_dir: Path, resume: bool, force: bool, data_dir: Path) -> Path | None:

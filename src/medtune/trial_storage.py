@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medtune.errors import MedtuneError
+from medtune.locking import pid_alive
 
 # What a finished trial's summary.json keeps in its Optuna trial (the report's tuning cost, and
 # the prefix cache's cold-step speed: study.prefix_cache_cost).
@@ -158,13 +159,7 @@ def died_here(trial) -> bool:
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # a trial recorded under our PID by an earlier, dead process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def recover_dead_trials(study, tune, folder: Path | None = None) -> list[int]:

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from medtune.checkpoint import find_checkpoint
 from medtune.errors import MedtuneError
 from medtune.methods import get_method, unique_params
 from medtune.methods.peft_methods import quiet_peft_deprecations
@@ -71,14 +72,24 @@ FORMATS = ("peft-adapter", "trained-tensors")
 _META_TYPES = {"method": str, "base_model": str, "base_fingerprint": dict, "format": str}
 
 
+def _why_no_weights(run_dir: Path) -> str:
+    """What the folder says about the missing weights, and what to do (resuming a diverged run
+    would only diverge again)."""
+    if not (run_dir / "config.yaml").is_file():
+        return "it is not a medtune run folder (no config.yaml)"
+    diverged = run_dir / "diverged.json"
+    if diverged.is_file():
+        return f"its training diverged (see {diverged}); train it again with a lower train.lr"
+    if find_checkpoint(run_dir) is not None:
+        return f"training did not finish; resume it with medtune train --resume {run_dir}"
+    return "training did not finish, before its first checkpoint; train it again (--force)"
+
+
 def read_meta(run_dir: Path) -> dict:
     """weights.json, checked: every problem is one line naming the file."""
     path = Path(run_dir) / "weights.json"
     if not path.is_file():
-        raise MedtuneError(
-            f"run {run_dir} is incomplete: no weights.json (did training finish? "
-            f"resume it with medtune train --resume {run_dir})"
-        )
+        raise MedtuneError(f"run {run_dir} has no weights.json: {_why_no_weights(Path(run_dir))}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -199,6 +210,14 @@ def _adapter_weights(folder: Path) -> Path:
     return weights
 
 
+def _one_line_reason(e: Exception, limit: int = 300) -> str:
+    """torch's load_state_dict error is a header ("Error(s) in loading state_dict for X:") over
+    one line per problem; the header alone says nothing, so the first problem joins it."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    reason = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
 def _load_adapter(base_model, folder: Path):
     """PEFT adapter folder -> PeftModel, after checking every file PEFT would read."""
     from peft import PeftModel, get_peft_model_state_dict
@@ -218,8 +237,7 @@ def _load_adapter(base_model, folder: Path):
         with quiet_peft_deprecations():
             model = PeftModel.from_pretrained(base_model, folder)
     except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MedtuneError(f"cannot load adapter {folder}: {reason}") from None
+        raise MedtuneError(f"cannot load adapter {folder}: {_one_line_reason(e)}") from None
     # PEFT only warns about missing keys and keeps the fresh (untrained) adapter weights.
     expected = set(get_peft_model_state_dict(model))
     missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)

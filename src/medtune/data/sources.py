@@ -144,6 +144,13 @@ def _resolve_columns(columns: list[str], cmap: ColumnMap, where: str) -> dict:
             f"{where} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
             f" (it has: {', '.join(columns) or 'none'}); name them with --question-column / --answer-column"
         )
+    for c in filter(None, chosen.values()):  # a reader keeps one of the two silently (csv: the last)
+        at = [i + 1 for i, name in enumerate(columns) if name == c]
+        if len(at) > 1:
+            raise MedtuneError(
+                f"{where} has {len(at)} columns named {c!r} (columns {', '.join(map(str, at))}): "
+                "rename all but one, or pick another with --question-column / --answer-column"
+            )
     return chosen
 
 
