@@ -98,6 +98,7 @@ def one_by_one_side(cfg, out: Path) -> dict:
     """The same work without sharing or pruning: each run on its own, to the end."""
     from medtune.compare import prepare_stage, run_with
     from medtune.data.prepare import read_split
+    from medtune.data.split import scored_positions
     from medtune.data.tokenize import encode_records
     from medtune.evaluate import score_examples
     from medtune.inference import autocast_for, load_for_inference
@@ -108,7 +109,8 @@ def one_by_one_side(cfg, out: Path) -> dict:
     t0, c0 = time.perf_counter(), cpu_seconds()
     out.mkdir(parents=True)
     prep = prepare_stage(cfg, out, quiet=True)
-    test = read_split(prep, "test")[: cfg.eval.max_examples or None]
+    full = read_split(prep, "test")
+    test = [full[i] for i in scored_positions(len(full), cfg.eval.max_examples)]  # as compare scores
 
     def score(run_dir):
         model, tok, _, _ = load_for_inference(cfg.model, run_dir)

@@ -63,6 +63,16 @@ def tiny():
     return TINY
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state and refuses a second mixed-precision setting in it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def run_cli(args, capsys):
     from medtune.cli import main
 

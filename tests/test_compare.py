@@ -89,6 +89,33 @@ def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     assert code == 0 and "Not medical advice" in stdout and stdout.startswith("[lora]")
 
 
+def test_eval_max_examples_scores_a_seeded_sample_across_the_split(tiny_compare):
+    """The test split is stored by source; eval.max_examples scored its first N (MedQuAD's first
+    100: 99 CancerGov). It scores a seeded sample, in split order, and the bootstrap's groups
+    are those sampled examples' groups."""
+    from medtune.compare import load_compare_config
+    from medtune.data.prepare import read_split
+    from medtune.data.split import group_ids, scored_positions
+    from medtune.study import test_groups
+
+    cfg, out = tiny_compare
+    cfg = load_compare_config(
+        "tiny", data=cfg.data.source, out=str(out), overrides=["samples=0", "eval.max_examples=5", "methods={lora: {}}"]
+    )
+    run_compare(cfg, quiet=True)
+    test = read_split(out / "prepared", "test")
+    at = scored_positions(len(test), 5)
+    assert len(test) > 5 and at != list(range(5)) and at == sorted(at) and len(set(at)) == 5
+    for name in ("base", "lora"):
+        assert json.loads((out / "eval" / f"{name}.json").read_text())["ids"] == [test[i].id for i in at]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["models"]["base"]["metrics"]["examples"] == 5
+    every = group_ids(test)
+    assert test_groups(out, saved["config"], [test[i].id for i in at]) == [every[i] for i in at]
+    with pytest.raises(MedtuneError, match="not those of prepared/test.jsonl"):
+        test_groups(out, saved["config"], [r.id for r in test[:5]])  # the old prefix, named as stale
+
+
 def test_compare_refuses_other_config_without_force(tiny_compare, capsys):
     cfg, out = tiny_compare
     run_compare(cfg, quiet=True)

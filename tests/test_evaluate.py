@@ -143,6 +143,30 @@ def test_evaluate_cli_per_example_is_recomputable(tiny, prepared, tmp_path, caps
     assert math.exp(nll / n) == pytest.approx(res["answer"]["perplexity"], rel=rel)
 
 
+def test_evaluate_scores_a_run_in_the_dtype_it_trained_in(tiny, prepared, tmp_path, capsys, fresh_accelerate_state):
+    """Validation ran under the run's model.dtype; test scoring ignored it (bf16 on any bf16 GPU,
+    fp32 elsewhere), so a bf16 run's test and validation losses were computed differently."""
+    from medtune.config import RunConfig, from_dict
+    from medtune.data.prepare import read_split
+    from medtune.data.tokenize import encode_records
+    from medtune.inference import autocast_for, load_for_inference
+    from medtune.train import train
+
+    t = {"max_steps": 1, "batch_size": 4, "threads": 1}
+    c = from_dict(RunConfig, {"method": "lora", "model": {"spec": tiny, "dtype": "bf16"}, "train": t})
+    train(c, prepared, tmp_path / "run", quiet=True)
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(["evaluate", "--run", tmp_path / "run", "--data", prepared, "--out", out], capsys)
+    assert code == 0, err
+    got = json.loads(out.read_text())["answer"]["perplexity"]
+    model, tok, fmt, _ = load_for_inference(None, tmp_path / "run")
+    exs = encode_records(tok, read_split(prepared, "test"), fmt)
+    bf16, fp32 = (summarize(score_examples(model, exs, tok.pad_token_id, 4096, autocast_for(model, d)), 0)
+                  for d in ("bf16", "fp32"))  # fmt: skip
+    assert got == pytest.approx(bf16["answer"]["perplexity"], rel=1e-9)
+    assert got != pytest.approx(fp32["answer"]["perplexity"], rel=1e-6)  # the control: bf16 rounding shows
+
+
 def test_evaluate_bad_input(tiny, prepared, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "test.jsonl").write_text("")
@@ -366,6 +390,15 @@ def test_evaluate_makes_missing_folders_and_prints_whole_intervals(tiny, prepare
     assert code == 0, err
     res = json.loads(o.read_text())
     assert res["examples"] == 4 and len(pe.read_text().splitlines()) == 4 and s.is_file()
+    from medtune.data.prepare import read_split
+    from medtune.data.split import scored_positions
+
+    test = read_split(prepared, "test")  # a seeded sample in split order, not the first 4
+    assert (
+        json.loads(s.read_text())["ids"]
+        == [test[i].id for i in scored_positions(len(test), 4)]
+        != [r.id for r in test[:4]]
+    )
     text = "\n".join(_table_lines(out))
     for scope in ("answer", "all"):
         m = res[scope]

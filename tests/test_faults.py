@@ -283,6 +283,54 @@ def test_nan_step_skipped_when_allowed(small, tmp_path, capsys, monkeypatch):
         json.loads(text, parse_constant=_no_nan)
 
 
+def _fp16_scaler_as_on_a_gpu(monkeypatch, init_scale: float) -> list:
+    """Accelerate builds fp16's GradScaler only on an accelerator: give this CPU run the one a
+    GPU run gets (fp16 autocast itself runs on the CPU). Returns the scalers built."""
+    import accelerate
+
+    real, built = accelerate.Accelerator.__init__, []
+
+    def init(self, *a, **k):
+        real(self, *a, **k)
+        if self.mixed_precision == "fp16":
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu", init_scale=init_scale)
+            built.append(self.scaler)
+
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", init)
+    return built
+
+
+def test_fp16_overflow_is_skipped_by_the_scaler_and_its_scale_resumes(
+    small, tmp_path, monkeypatch, tiny, fresh_accelerate_state
+):
+    """fp16's first steps overflow until the loss scale backs off (1e8 -> ~4e5: about 8 steps
+    here). medtune called that divergence, and with skips allowed the next step raised
+    "unscale_() has already been called" (the scaler's update() never ran). A resume must also
+    continue from the scale reached: restarted at 1e8, every resumed step overflows again."""
+    from medtune.config import RunConfig, from_dict
+    from medtune.interrupts import Interrupted
+    from medtune.train import train
+
+    built = _fp16_scaler_as_on_a_gpu(monkeypatch, 1e8)
+    t = {"max_steps": 12, "batch_size": 4, "micro_batch_tokens": 128, "seed": 1, "lr": 1e-3, "threads": 1}
+    c = from_dict(
+        RunConfig,
+        {"method": "lora", "model": {"spec": tiny, "dtype": "fp16"}, "format": {"max_length": 64}, "train": t},
+    )
+    full = train(c, small, tmp_path / "full", quiet=True)
+    assert full["steps"] == 12 and full["skipped_nonfinite"] == 0
+    assert 1e5 < built[-1].get_scale() < 1e8  # it backed off, and then stopped overflowing
+    trained = adapter(tmp_path / "full")
+    assert any(bool(v.abs().sum() > 0) for k, v in trained.items() if "lora_B" in k)  # zero at init
+    with pytest.raises(Interrupted):
+        train(c, small, tmp_path / "cut", quiet=True, stop_after=6)
+    saved = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["grad_scaler"]
+    assert saved["scale"] == 1e8 / 2**6
+    train(c, small, tmp_path / "cut", quiet=True, resume=True)
+    resumed = adapter(tmp_path / "cut")
+    assert all(torch.allclose(resumed[k], trained[k], atol=1e-6) for k in trained)
+
+
 def test_metrics_survive_a_torn_line_and_a_rewind(tmp_path):
     from medtune.runs import append_metrics, read_metrics
 

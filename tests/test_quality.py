@@ -268,6 +268,34 @@ def test_generation_stops_at_eos_and_counts_tokens():
     assert run.new_tokens == sum(a.tokens + a.stopped for a in run.answers)
 
 
+def test_generation_also_stops_at_the_models_own_stop_tokens():
+    """An instruct model may end its turn with a token other than the tokenizer's EOS (Phi-3's
+    <|end|>, Gemma-3-it's <end_of_turn>), listed in its generation config; plain HF generate
+    stops there, and so must medtune (else the base model's stop rate and ROUGE-L are wrong)."""
+    import torch
+
+    from medtune.data.tokenize import prompt_text
+    from medtune.generate import generate_answers
+    from medtune.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    model = _random_llama(tok)
+    fmt = FormatConfig()
+    free = generate_answers(model, tok, QUESTIONS[:3], fmt, 12, batch_size=3)
+    assert not any(a.stopped for a in free.answers)  # the control: nothing stops without it
+    turn_end = free.answers[0].ids[2]  # the first answer's third token plays the model's turn end
+    model.generation_config.eos_token_id = [tok.eos_token_id, turn_end]
+    enc = tok(prompt_text(tok, QUESTIONS[0], fmt), return_tensors="pt")
+    with torch.inference_mode():
+        hf = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    hf_ids = hf[0, enc["input_ids"].shape[1] :].tolist()
+    run = generate_answers(model, tok, QUESTIONS[:3], fmt, 12, batch_size=3)
+    first = run.answers[0]
+    assert first.stopped and first.ids == hf_ids[: hf_ids.index(turn_end)] == free.answers[0].ids[:2]
+    for a, before in zip(run.answers, free.answers):  # each answer ends at its first stop token
+        assert turn_end not in a.ids and a.ids == before.ids[: len(a.ids)]
+
+
 @pytest.mark.integration
 def test_smollm2_batched_greedy_matches_batch_one():
     from medtune import models

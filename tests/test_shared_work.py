@@ -151,16 +151,6 @@ def _prune(step, val_loss, fraction):
         raise Pruned  # what a tuning trial's validation hook does (optuna.TrialPruned)
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state and refuses a second mixed-precision setting in it."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 # bf16: mixed precision, where Accelerate wraps the module's forward in a bound method stored on
 # the module itself (a reference cycle; a GPU runs this way by default, and the CPU can too).
 @pytest.mark.parametrize(

@@ -131,7 +131,9 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--batch-tokens", type=int, default=0, help="tokens per forward pass (0 = auto)")
     p.add_argument("--max-length", type=int, help="truncate sequences (default: the run's, else 512)")
-    p.add_argument("--max-examples", type=int)
+    p.add_argument(
+        "--max-examples", type=int, help="score a seeded sample of N examples (the split is stored by source)"
+    )
     p.add_argument(
         "--generate",
         type=int,

@@ -447,7 +447,10 @@ class Comparison:
             if cfg.tune.enabled:
                 self.stage("tune learning rates on the validation split")
                 tuned = self.tune_stage(shared)
-            self.test = read_split(self.prep, "test")[: cfg.eval.max_examples or None]
+            from medtune.data.split import scored_positions
+
+            full = read_split(self.prep, "test")
+            self.test = [full[i] for i in scored_positions(len(full), cfg.eval.max_examples)]
             self.evaluate_stage("base", None)
             for method in cfg.methods:
                 if cfg.tune.enabled and method not in tuned:
@@ -613,6 +616,8 @@ class Comparison:
                 (scoring, earlier),
             )
         ]
+        if cfg.eval.max_examples:  # earlier releases scored the split's first N, not a seeded sample
+            keys = [config_hash({"first": keys[0], "subset": "seeded sample"})]
         k = keys[0]
         self.stage(f"evaluate {name}")
         if any(stages.finished(f"eval:{name}", key, path, *quality.artifacts(cfg, out, name)) for key in keys):

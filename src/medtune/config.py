@@ -150,7 +150,7 @@ class EvalConfig:
     batch_tokens: int = 0  # tokens per forward pass; 0 = auto: 2048 packed on CPU (measured fastest), 16384 on GPU
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
     seed: int = 0
-    max_examples: Optional[int] = None  # score only the first N examples of the split
+    max_examples: Optional[int] = None  # score a seeded sample of N test examples (split order)
 
     def __post_init__(self) -> None:
         _check(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medtune.config import EvalConfig
 from medtune.data.prepare import read_split, split_kind
-from medtune.data.split import group_ids
+from medtune.data.split import group_ids, scored_positions
 from medtune.data.tokenize import encode_records
 from medtune.errors import MedtuneError
 from medtune.evaluate import (
@@ -28,12 +28,12 @@ from medtune.evaluate import (
     summarize,
 )
 from medtune.inference import autocast_for, load_for_inference
-from medtune.runs import ensure_writable, environment, write_json
+from medtune.runs import ensure_writable, environment, load_config, write_json
 
 
 def evaluate_command(args) -> dict:
     ecfg = _eval_config(args)
-    records, other = _check_inputs(args)
+    records, other, groups = _check_inputs(args)
     model, tok, fmt, label = load_for_inference(args.model, args.run)
     if args.max_length:
         fmt = replace(fmt, max_length=args.max_length)
@@ -41,11 +41,12 @@ def evaluate_command(args) -> dict:
     # pairing (which can still refuse) has passed: a refusal leaves no output behind.
     per_tmp = _tmp_sibling(args.per_example) if args.per_example else None
     try:
-        scores = _score(model, tok, encode_records(tok, records, fmt), ecfg, label, per_tmp)
+        dtype = load_config(Path(args.run))[0].model.dtype if args.run else "auto"  # as it trained
+        scores = _score(model, tok, encode_records(tok, records, fmt), ecfg, label, per_tmp, dtype)
         # The unit a grouped split keeps together is the unit resampled; a random split kept
         # nothing together, so its examples are (as compare does). Unknown: groups, the wider choice.
         grouped = split_kind(Path(args.data)) != "random"
-        groups = group_ids(records) if grouped else None
+        groups = groups if grouped else None
         summary = summarize(scores, ecfg.bootstrap, ecfg.seed, groups)
         paired = _paired(args.paired_with, other, scores, ecfg, groups) if other is not None else None
         if per_tmp:
@@ -96,13 +97,17 @@ def _eval_config(args) -> EvalConfig:
     return EvalConfig(batch_tokens=args.batch_tokens, bootstrap=args.bootstrap, max_examples=args.max_examples)
 
 
-def _check_inputs(args) -> tuple[list, object]:
-    """Everything that needs no weights: the split, the generation sizes, the --paired-with
-    scores (read, checked, matched against the examples to score), the output paths."""
+def _check_inputs(args) -> tuple[list, object, list]:
+    """Everything that needs no weights: the split (the records to score and their leakage
+    groups, computed over the whole split), the generation sizes, the --paired-with scores
+    (read, checked, matched against the examples to score), the output paths."""
     records = read_split(Path(args.data), args.split)
     if not records:
         raise MedtuneError(f"split {args.split!r} of {args.data} is empty")
-    records = records[: args.max_examples]
+    at = scored_positions(len(records), args.max_examples)
+    every = group_ids(records)
+    groups = [every[i] for i in at]
+    records = [records[i] for i in at]
     if args.generate is not None and min(args.generate, args.max_new_tokens, args.generate_batch_size) < 1:
         raise MedtuneError("--generate, --max-new-tokens and --generate-batch-size must be >= 1")
     other = _read_paired(args.paired_with, [r.id for r in records]) if args.paired_with else None
@@ -114,7 +119,7 @@ def _check_inputs(args) -> tuple[list, object]:
     for flag, path in outputs:
         if path:  # before the model loads and the split is scored, not after
             ensure_writable(Path(path), is_file=True, what=flag)  # missing folders: made at write time
-    return records, other
+    return records, other, groups
 
 
 def _parent(given: str) -> Path:
@@ -176,12 +181,11 @@ def _check_scores_shape(data, where: str) -> None:
                 )
 
 
-def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: Path | None):
+def _score(model, tok, examples, ecfg: EvalConfig, label: str, per_example: Path | None, dtype: str = "auto"):
     fh = open(per_example, "w") if per_example else None
     try:
-        return score_examples(
-            model, examples, tok.pad_token_id, ecfg.batch_tokens, autocast_for(model), f"evaluate {label}", fh
-        )
+        autocast = autocast_for(model, dtype)
+        return score_examples(model, examples, tok.pad_token_id, ecfg.batch_tokens, autocast, f"evaluate {label}", fh)
     finally:
         if fh:
             fh.close()

@@ -1,8 +1,9 @@
 """Greedy answers from a model, and `medtune ask`.
 
 `generate_answers` is the one decoding path: batched greedy decoding with the KV cache and
-left padding, stopping at EOS. Prompts are sorted by length before batching (less padding,
-and rows in a batch tend to stop at similar times); results come back in input order.
+left padding, stopping at EOS (the tokenizer's and the model's own stop tokens). Prompts are
+sorted by length before batching (less padding, and rows in a batch tend to stop at similar
+times); results come back in input order.
 Only token ids are kept, never logits (generation memory in peers grows with them: TRL #893).
 """
 
@@ -41,11 +42,23 @@ class GenerationRun:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _trim(row: list[int], eos: int) -> tuple[list[int], bool]:
-    """Cut a generated row at its first EOS; what follows is padding added after the row finished."""
-    if eos in row:
-        return row[: row.index(eos)], True
-    return row, False
+def stop_ids(model, tok) -> list[int]:
+    """The tokenizer's EOS (what medtune trains answers to end with) and the model's own stop
+    tokens from its generation config: an instruct model whose turn ends with another token
+    (Phi-3's <|end|>, Gemma-3-it's <end_of_turn>) would otherwise never stop untrained."""
+    ids = [eos_id(tok)]
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in [own] if isinstance(own, int) else list(own or []):
+        if isinstance(i, int) and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def _trim(row: list[int], stops: list[int]) -> tuple[list[int], bool]:
+    """Cut a generated row at its first stop token; what follows is padding added after the row
+    finished."""
+    at = next((k for k, t in enumerate(row) if t in stops), None)
+    return (row, False) if at is None else (row[:at], True)
 
 
 @torch.inference_mode()
@@ -65,7 +78,7 @@ def _generate_batch(model, tok, prompts: list[str], fmt, max_new_tokens: int) ->
         max_new_tokens=max_new_tokens,
         do_sample=False,
         use_cache=True,
-        eos_token_id=eos_id(tok),
+        eos_token_id=stop_ids(model, tok),
         pad_token_id=tok.pad_token_id,
     )
     return out[:, enc["input_ids"].shape[1] :].cpu().tolist()  # (B, <= max_new_tokens) new ids
@@ -85,7 +98,7 @@ def generate_answers(
     if max_new_tokens < 1:
         raise MedtuneError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     model.eval()
-    eos = eos_id(tok)
+    stops = stop_ids(model, tok)
     prompts = [prompt_text(tok, q, fmt) for q in questions]
     lengths = (
         [len(ids) for ids in tok(prompts, add_special_tokens=fmt.template != "chat")["input_ids"]] if prompts else []
@@ -98,7 +111,7 @@ def generate_answers(
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, max_new_tokens)):
-                ids, stopped = _trim(row, eos)
+                ids, stopped = _trim(row, stops)
                 answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
                 new_tokens += len(ids) + int(stopped)
             shown.update(len(chunk))  # per batch: the longest answer in it decides its time

@@ -36,8 +36,13 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
     return model, tok, fmt, label
 
 
-def autocast_for(model):
+def autocast_for(model, dtype: str = "auto"):
+    """Scoring's autocast: the run's model.dtype, as its training and validation used (auto:
+    bf16 on a GPU that supports it, else none). A run trained in fp32 is scored in fp32."""
     device = next(model.parameters()).device
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return None
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if dtype == "fp32":
+        return None
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return lambda: torch.autocast(device.type, dtype=half)

@@ -323,10 +323,13 @@ def test_groups(out: Path, cfg: dict, ids: list[str]) -> list | None:
     NIDDK question; folders prepared before medtune made ids unique keep such ids)."""
     if cfg["data"]["split"] != "grouped":
         return None
+    from medtune.data.split import scored_positions
+
     test, groups = _test_split_groups(out)
-    if ids != [r.id for r in test][: len(ids)]:
+    at = scored_positions(len(test), (cfg.get("eval") or {}).get("max_examples"))
+    if ids != [test[i].id for i in at]:
         raise MedtuneError(f"{out}: the scored examples are not those of prepared/test.jsonl; rerun medtune compare")
-    return groups[: len(ids)]
+    return [groups[i] for i in at]
 
 
 def answer_groups(out: Path, cfg: dict, rows: list[dict]) -> list | None:

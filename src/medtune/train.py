@@ -201,7 +201,10 @@ def train(
         s = setup(cfg, data_dir, run_dir, quiet, shared, eval_points)
         state = TrainState()
         if checkpoint is not None:
-            state = TrainState.from_dict(load_checkpoint(checkpoint, s.named, s.optimizer))
+            saved = load_checkpoint(checkpoint, s.named, s.optimizer)
+            if s.accelerator.scaler is not None and "grad_scaler" in saved:
+                s.accelerator.scaler.load_state_dict(saved["grad_scaler"])  # fp16: the scale reached
+            state = TrainState.from_dict(saved)
             _check_resume_steps(run_dir, state.step, s.plan.total_steps)  # fewer epochs: known only now
             s.log(f"resumed {run_dir} at step {state.step} (epoch {state.epoch}, batch {state.batch})")
             if s.main:
@@ -397,7 +400,13 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
     # clip_grad_norm_ with an infinite bound only measures: the norm is needed for the check.
     norm = acc.clip_grad_norm_(params, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf)
     finite = bool(torch.isfinite(nll_total)) and bool(torch.isfinite(torch.as_tensor(norm)))
-    if finite:
+    if acc.scaler is not None:
+        # fp16 loss scaling (GPU): an overflowing gradient is the scaler's to handle. Its step()
+        # skips the update and halves the scale, and must run every step: update() lives there,
+        # and skipping it leaves the optimizer "already unscaled" (the next step raises).
+        finite = bool(torch.isfinite(nll_total))
+        s.optimizer.step()
+    elif finite:
         s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
     return float(nll_total) / max(n_scored, 1) if finite else None
@@ -526,7 +535,9 @@ def _checkpoint_due(s: Setup, state: TrainState, last_save: float) -> bool:
 
 def save_checkpoint(s: Setup, state: TrainState) -> None:
     if s.main:
-        write_checkpoint(s.run_dir, s.named, s.optimizer, asdict(state))
+        scaler = s.accelerator.scaler  # fp16 on a GPU: its scale and growth count resume too
+        extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
+        write_checkpoint(s.run_dir, s.named, s.optimizer, {**asdict(state), **extra})
     s.accelerator.wait_for_everyone()
 
 

@@ -101,3 +101,14 @@ def overlap(splits: dict[str, list[Record]]) -> dict[str, int]:
         "questions_in_several_splits": sum(len(v) > 1 for v in seen_q.values()),
         "focus_entities_in_several_splits": sum(len(v) > 1 for v in seen_f.values()),
     }
+
+
+def scored_positions(count: int, n: int | None, seed: int = 0) -> list[int]:
+    """Positions of the records scored when only `n` of `count` are asked for (eval.max_examples,
+    evaluate --max-examples): a seeded sample, kept in split order. A split is stored by source
+    (MedQuAD's test split: CancerGov, then GARD, ...), so its first n would be one or two
+    sources (the first 100: 99 CancerGov), not the data."""
+    if n is None or n >= count:
+        return list(range(count))
+    rng = random.Random(seed)
+    return sorted(rng.sample(range(count), n))
