@@ -471,6 +471,128 @@ def test_a_database_error_mid_trial_is_one_line_and_the_rate_is_retried(error, t
     assert len(calls) == 3 and calls[2] == calls[1] and r["rates_tried"] == len(GRID)
 
 
+@pytest.mark.parametrize("fails", ["suggest_float", "set_user_attr"])
+def test_a_database_error_as_a_trial_starts_does_not_drop_its_rate(fails, tiny, tmp_path, monkeypatch):
+    """The database fails at a trial's first writes (storing its lr; recording its worker), before
+    train(): no retry was queued, so the rerun counted the rate as tried and never trained it
+    ("never finished"); failing before the lr was stored, the rerun also ran random duplicate
+    trials until one landed on the point. Now the rate is retried: every rate trained once."""
+    import optuna
+    import sqlalchemy
+
+    real = getattr(optuna.trial.Trial, fails)
+    state = {"calls": 0}
+
+    def flaky(self, *a, **k):
+        state["calls"] += fails == "suggest_float" or a[0] == "worker"
+        if state["calls"] == 2:  # the second trial's lr, or its worker
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(optuna.trial.Trial, fails, flaky)
+    grid = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    calls = scripted_train(monkeypatch, lambda k, lr, validate, run_dir: 1.5 - k / 10)
+    cfg = study_cfg(tmp_path, "tune.prune=false", f"tune.grid.lora={grid}")
+    with pytest.raises(MedtuneError, match="tuning storage lost"):
+        tuning(tmp_path, cfg)
+    monkeypatch.setattr(optuna.trial.Trial, fails, real)
+    r = tuning(tmp_path, cfg)
+    assert sorted(calls) == grid and r["rates_tried"] == len(grid)
+    assert len(optuna_trials(tmp_path)) == len(grid) + 1  # the failed one, no duplicates
+
+
+def test_ctrl_c_does_not_use_up_retries_and_a_larger_max_retry_brings_a_rate_back(tiny, tmp_path, monkeypatch):
+    """A trial stopped by Ctrl-C or SIGTERM each time it runs (a preemptible job) is retried on
+    every rerun, past tune.max_retry; a rate whose failures (errors) used up tune.max_retry is
+    trained when a rerun allows more."""
+    from medtune.interrupts import Interrupted
+
+    state = {"mode": "interrupt"}
+
+    def script(k, lr, validate, run_dir):
+        if lr == GRID[1] and state["mode"] == "interrupt":
+            raise Interrupted("stopped")
+        if lr == GRID[1] and state["mode"] == "error":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        validate(0.0, 4.0)
+        return 1.5
+
+    calls = scripted_train(monkeypatch, script)
+    cfg = study_cfg(tmp_path, "tune.prune=false", "tune.max_retry=1")
+    for _ in range(3):  # three times the retries allowed
+        with pytest.raises(Interrupted):
+            tuning(tmp_path, cfg)
+    state["mode"] = "error"
+    for _ in range(2):  # the first try and its one retry fail: the rate is given up
+        with pytest.raises(RuntimeError):
+            tuning(tmp_path, cfg)
+    assert tuning(tmp_path, cfg)["chosen_lr"] == GRID[0] and calls.count(GRID[1]) == 5
+    state["mode"] = "train"
+    r = tuning(tmp_path, study_cfg(tmp_path, "tune.prune=false", "tune.max_retry=2"))
+    assert calls.count(GRID[1]) == 6 and calls.count(GRID[0]) == 1
+    assert {t["lr"] for t in r["trials"] if t["state"] == "complete"} == set(GRID)
+
+
+def test_tpe_never_trains_a_rate_twice_after_a_resume(tiny, tmp_path, monkeypatch):
+    """TPESampler(seed) restarts its generator in every process: the rerun of an interrupted TPE
+    study drew the rates already trained again (and so did a second worker)."""
+    from medtune.interrupts import Interrupted
+
+    def script(k, lr, validate, run_dir):
+        if k == 1:
+            raise Interrupted("stopped")
+        validate(0.0, 4.0)
+        return 1.5 + k / 100
+
+    calls = scripted_train(monkeypatch, script)
+    cfg = study_cfg(tmp_path, "tune.sampler=tpe", "tune.n_trials=9", "tune.prune=false")
+    with pytest.raises(Interrupted):
+        tuning(tmp_path, cfg)
+    r = tuning(tmp_path, cfg)
+    assert len(calls) == 10 and calls[2] == calls[1]  # the interrupted rate, retried
+    assert len(set(calls)) == 9 and r["rates_tried"] == 9
+
+
+def test_the_rescue_skips_a_pruned_rate_whose_loss_was_nan():
+    """rescue_pruned reran the pruned rate with the lowest last loss; min() kept a NaN that came
+    first, so it reran the rate that was NaN rather than the one at 2.0."""
+    import optuna
+
+    from medtune.tune import RESCUE, rescue_pruned
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True)}
+    study.add_trial(optuna.create_trial(params={"lr": 1e-4}, distributions=dist, value=float("inf")))
+    for lr, loss in ((1e-5, float("nan")), (1e-3, 2.0)):
+        study.add_trial(
+            optuna.create_trial(
+                state=optuna.trial.TrialState.PRUNED,
+                params={"lr": lr},
+                distributions=dist,
+                intermediate_values={50: loss},
+            )
+        )
+    assert rescue_pruned(study)
+    (queued,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"]["lr"] == 1e-3 and queued.user_attrs[RESCUE] == 2
+
+
+def test_the_default_storage_of_a_folder_named_with_url_characters_stays_inside_it(tiny, tmp_path, monkeypatch):
+    """`exp?1` and `exp?2` both put their tuning.db at `exp` (a URL query) and shared one study; the
+    second trained nothing and chose a trial whose folder it did not have."""
+    from medtune.tune import run_tuning
+
+    calls = scripted_train(monkeypatch, lambda k, lr, validate, run_dir: 1.5)
+    prep = write_records(tmp_path / "prep")
+    for name in ("exp?1", "a%41b"):
+        out = tmp_path / name
+        out.mkdir()
+        r = run_tuning(study_cfg(tmp_path, "tune.prune=false"), prep, out, quiet=True)["lora"]
+        assert (out / "tuning.db").is_file() and (out / "tuning" / "lora" / f"trial-{r['chosen_trial']:03d}").is_dir()
+    assert len(calls) == 2 * len(GRID) and sorted(p.name for p in tmp_path.iterdir()) == ["a%41b", "exp?1", "prep"]
+
+
 def test_a_database_lost_while_optuna_records_a_trial_is_one_line(tiny, tmp_path, monkeypatch):
     """The database fails as Optuna stores a finished trial's state: Optuna's own cleanup then
     raises UnboundLocalError (Optuna 5), the storage error only its context. Still one line."""

@@ -37,8 +37,19 @@ ATTEMPT_ATTRS = ("worker", "failure", "elapsed_seconds", "diverged", "duplicate_
 STORAGE_LOST = "tuning storage lost / trial taken over by another worker: rerun the same command to go on"
 
 
+RESCUE = "rescue_of"  # user attr of tune.rescue_pruned's rerun: the pruned trial it reruns
+# A trial stopped by these was not at fault: its retry is not counted against tune.max_retry
+# (a preemptible job stopped each time a long trial runs would otherwise lose the rate).
+INTERRUPTIONS = ("Interrupted", "KeyboardInterrupt")
+
+
 def default_storage(out: Path) -> str:
-    return f"sqlite:///{(Path(out) / 'tuning.db').absolute()}"
+    """The SQLite file in the comparison folder, as a URL. The path is URL-quoted: a folder
+    named `exp?1` or `a%41` is otherwise read as `exp` with a query, or as `aA`, so two
+    folders shared one study."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str((Path(out) / "tuning.db").absolute())).render_as_string(False)
 
 
 def redact_url(url: str) -> str:
@@ -189,6 +200,36 @@ def recover_dead_trials(study, tune, folder: Path | None = None) -> list[int]:
         retry(study, study._storage.get_trial(t._trial_id))
         dead.append(t.number)
     return dead
+
+
+def interrupted(trial) -> bool:
+    """Did Ctrl-C or SIGTERM stop this trial (its `failure`, as tune._stopped writes it)?"""
+    return str(trial.user_attrs.get("failure") or "").split(":")[0] in INTERRUPTIONS
+
+
+def requeue_lost_points(study, tune) -> list[int]:
+    """Queue a retry for each grid point whose every trial FAILed with none waiting: the process
+    could not queue it (its storage failed mid-trial, so the point was dropped for good), or a
+    smaller tune.max_retry gave up on it (a larger one on rerun brings it back). Attempts that
+    Ctrl-C or SIGTERM stopped do not count. Returns the numbers of the trials retried."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    held = {t.system_attrs.get("grid_id") for t in trials if t.state in live}
+    failed: dict[int, list] = {}
+    for t in trials:
+        point = t.system_attrs.get("grid_id")
+        if t.state == TrialState.FAIL and point is not None and point not in held:
+            if "duplicate_of" not in t.user_attrs and RESCUE not in t.user_attrs:
+                failed.setdefault(point, []).append(t)
+    retried = []
+    for attempts in failed.values():
+        if sum(not interrupted(t) for t in attempts) <= tune.max_retry:
+            last = max(attempts, key=lambda t: t.number)
+            retry_callback(None)(study, last)  # the count is ours (above), not the retry history's
+            retried.append(last.number)
+    return retried
 
 
 def _dead_elapsed(t, folder: Path | None) -> float | None:

@@ -39,6 +39,8 @@ from medtune.errors import MedtuneError
 from medtune.schema import _check, _one_of, as_number
 from medtune.shared_work import SharedWork
 from medtune.trial_storage import (
+    INTERRUPTIONS,
+    RESCUE,
     RUN_COST_KEYS,
     StorageLost,
     default_storage,
@@ -47,6 +49,7 @@ from medtune.trial_storage import (
     open_storage,
     recover_dead_trials,
     redact_url,
+    requeue_lost_points,
     retry_callback,
     storage_errors,
     storage_guard,
@@ -238,7 +241,7 @@ def open_study(ctx: TuneContext, space: MethodSpace):
     if space.grid:
         sampler = _grid_in_order(optuna)({"lr": space.grid}, seed=ctx.tune.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=ctx.tune.seed, n_startup_trials=max(2, ctx.tune.n_trials // 3))
+        sampler = None  # set below, once the study's trials are known
     first = first_rung(ctx.tune)
     if first is not None:
         # Steps are reported in percent of the run; rungs at the first pruning point, then x2
@@ -256,7 +259,24 @@ def open_study(ctx: TuneContext, space: MethodSpace):
     )
     if "identity" not in study.user_attrs:  # what a worker with other settings is told differs
         study.set_user_attr("identity", space.identity)
+    if not space.grid:
+        study.sampler = _tpe_sampler(ctx, len(study.get_trials(deepcopy=False)))
     return study
+
+
+def _tpe_sampler(ctx: TuneContext, trials_so_far: int):
+    """TPE seeded by tune.seed for a fresh study in one process (reproducible). A resumed study,
+    or a worker beside others, seeds it by what it joins: TPESampler(seed) starts its generator
+    afresh in every process, and its first (random) draws repeated the rates already trained."""
+    import random
+
+    import optuna
+
+    seed = ctx.tune.seed
+    if trials_so_far or ctx.cfg.tune.storage:
+        salt = os.getpid() if ctx.cfg.tune.storage else 0  # workers joining at once see the same count
+        seed = random.Random(f"{seed}/{trials_so_far}/{salt}").randrange(2**31)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, ctx.tune.n_trials // 3))
 
 
 def _as_json(d: dict) -> dict:
@@ -450,19 +470,12 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
     from medtune.train import Diverged, train
 
     t0 = time.perf_counter()
-    lr = trial.suggest_float("lr", space.low, space.high, log=True)
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-    trial.set_user_attr("failure", None)  # a retry from before ATTEMPT_ATTRS inherited its predecessor's
-    if space.grid:
-        _give_way(trial, lr)
-    rc = run_with(ctx.cfg.run_config(space.method), lr, ctx.tune.train_seed)  # seed None: train.seed
     run_dir = ctx.out / "tuning" / space.method / trial_dir_name(trial.number)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
+    lr = math.nan
 
     def on_validation(step: int, val_loss: float, fraction: float) -> None:
         _record_elapsed(trial, t0)  # what a trial killed later (kill -9) is known to have cost
-        if step == 0 and space.grid:
+        if step == 0:
             _give_way(trial, lr)  # the second look: after the model's setup, before any step
         point = _eval_point(step, fraction, ctx.tune.eval_points)
         if point is None or point >= 1:
@@ -474,7 +487,14 @@ def _trial(ctx: TuneContext, space: MethodSpace, trial) -> float:
             raise optuna.TrialPruned(f"validation loss {val_loss:.4f} at {fraction:.0%} of the steps")
 
     finished = False
-    try:
+    try:  # from the first write on: a storage error there must queue the retry too (_stopped)
+        lr = trial.suggest_float("lr", space.low, space.high, log=True)
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("failure", None)  # a retry from before ATTEMPT_ATTRS inherited its predecessor's
+        _give_way(trial, lr)  # a claimed grid point; with TPE, an exact repeat (a resumed sampler's draw)
+        rc = run_with(ctx.cfg.run_config(space.method), lr, ctx.tune.train_seed)  # seed None: train.seed
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # ours: a trial number is used once, so this is a dead attempt's
         summary = train(
             rc,
             ctx.prep,
@@ -544,8 +564,9 @@ def _stopped(ctx: TuneContext, trial, e: BaseException, t0: float) -> BaseExcept
         trial.set_user_attr("failure", f"{type(e).__name__}: {why}")
         _record_elapsed(trial, t0)
         frozen = trial.study._storage.get_trial(trial._trial_id)
-        if not frozen.state.is_finished():
-            retry_callback(ctx.tune.max_retry)(trial.study, frozen)
+        if not frozen.state.is_finished():  # Ctrl-C / SIGTERM: not the trial's fault, not counted
+            limit = None if type(e).__name__ in INTERRUPTIONS else ctx.tune.max_retry
+            retry_callback(limit)(trial.study, frozen)
     except Exception:  # noqa: BLE001 - the storage may be what failed; the original error is what to show
         pass
     if isinstance(e, Interrupted):
@@ -599,10 +620,21 @@ def work_left(study, space: MethodSpace, tune: TuneConfig) -> bool:
     if any(t.state == TrialState.WAITING for t in trials):
         return True
     if space.grid:
-        tried = [t.params.get("lr") for t in trials]
+        tried = [_claimed_lr(study, t) for t in trials]
         return any(not any(_same_lr(c, g) for c in tried) for g in space.grid)
     counted = sum(t.state.name in ("COMPLETE", "PRUNED", "RUNNING") for t in trials)
     return counted < tune.n_trials
+
+
+def _claimed_lr(study, trial) -> float | None:
+    """The trial's lr; one that failed before storing it (its storage failed) claims the grid point
+    the sampler gave it (grid_id), else work_left would see that point free while the sampler
+    sees it visited, and run random duplicates until one lands on it."""
+    lr = trial.params.get("lr")
+    grids = getattr(study.sampler, "_all_grids", None)  # GridSampler: grid_id -> (lr,)
+    if lr is None and grids is not None and trial.system_attrs.get("grid_id") is not None:
+        lr = grids[trial.system_attrs["grid_id"]][0]
+    return lr
 
 
 def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
@@ -629,9 +661,6 @@ def tune_method(ctx: TuneContext, method: str, wait: bool = True) -> dict:
         return {**study_summary(study, space), "prune_from": first_rung(ctx.tune)}
 
 
-RESCUE = "rescue_of"  # user attr of rescue_pruned's rerun: the pruned trial it reruns
-
-
 def rescue_pruned(study) -> bool:
     """Every trial that finished diverged, and others were pruned: they were stopped for trailing
     rates that later blew up, so none of the rates that might work was trained to the end. Enqueue
@@ -643,10 +672,12 @@ def rescue_pruned(study) -> bool:
         return False  # another worker's trial may still finish (a worker returns while others run)
     if any(t.state.name == "COMPLETE" and t.value is not None and math.isfinite(t.value) for t in trials):
         return False
-    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
+    # A NaN last loss is not a candidate: min() keeps a NaN that comes first.
+    pruned = [t for t in trials if t.state.name == "PRUNED" and math.isfinite(last.get(t.number, math.nan))]
     if not pruned:
         return False
-    best = min(pruned, key=lambda t: t.intermediate_values[max(t.intermediate_values)])
+    best = min(pruned, key=lambda t: last[t.number])
     study.enqueue_trial({"lr": best.params["lr"]}, user_attrs={RESCUE: best.number}, skip_if_exists=False)
     return True
 
@@ -661,6 +692,8 @@ def _run_until_done(ctx: TuneContext, space: MethodSpace, study, objective: Call
     while True:
         interrupts.raise_if_requested(TUNING_STOPPED)  # before a retry starts only to stop at step 1
         recover_dead_trials(study, ctx.tune, ctx.out / "tuning" / space.method)
+        if space.grid:
+            requeue_lost_points(study, ctx.tune)
         if work_left(study, space, ctx.tune):
             # No gc_after_trial: a trial's model copy, optimizer and activations are freed by
             # reference counting when train() returns (checked: no module of a finished trial
