@@ -17,6 +17,7 @@ from medtune.compare import identity_of, load_compare_config, run_compare
 from medtune.errors import MedtuneError
 
 FAST = ["quality.enabled=false", "samples=0", "max_new_tokens=4"]
+REAL_TRAIN = __import__("medtune.train", fromlist=["train"]).train  # before any test wraps it
 TUNED = [*FAST, "tune.points=2", "train.seeds=1"]  # tiny-study: two rates a method, one seed
 
 
@@ -259,3 +260,126 @@ def test_more_seeds_add_runs_and_keep_the_finished_ones(qa, tmp_path):
     one = run(1)
     assert one["study"]["seeds"] == 1 and one["models"]["lora"]["metrics"] == first["models"]["lora"]["metrics"]
     assert (out / "runs" / "lora-seed1").is_dir()
+
+
+def _logged_train(monkeypatch, stop_in: str | None = None) -> list:
+    """train() wrapped: the names of the runs it trains (and whether resumed); Ctrl-C after step 1
+    of run `stop_in`."""
+    import medtune.train as train_mod
+
+    real, log = REAL_TRAIN, []
+
+    def train(rc, data_dir, run_dir, **kw):
+        log.append((Path(run_dir).name, bool(kw.get("resume"))))
+        if Path(run_dir).name == stop_in:
+            kw["stop_after"] = 1
+        return real(rc, data_dir, run_dir, **kw)
+
+    monkeypatch.setattr(train_mod, "train", train)
+    return log
+
+
+def test_a_kill_between_a_retrained_run_and_its_mark_does_not_report_the_old_evaluation(qa, monkeypatch):
+    """A method setting changed (not the folder's identity), so lora trains again; a kill after its
+    summary.json and before stages.json recorded it: the rerun adopted the new run under the old
+    run's key, and reported the old run's evaluation as "done earlier"."""
+    import medtune.compare as compare_mod
+
+    out = qa.parent / "cmp"
+    run_compare(_cfg(qa, sets=["methods.lora.r=4", "methods.lora.lr=1e-2"]), quiet=True)
+    old_eval = (out / "eval" / "lora.json").read_bytes()
+    real_mark = compare_mod.Stages.mark
+
+    def killed(self, name, key):
+        if name == "train:lora":
+            raise KeyboardInterrupt  # kill -9 stands here: the run is written, its mark is not
+        return real_mark(self, name, key)
+
+    changed = _cfg(qa, sets=["methods.lora.r=8", "methods.lora.lr=1e-2"])
+    monkeypatch.setattr(compare_mod.Stages, "mark", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(changed, quiet=True)
+    monkeypatch.setattr(compare_mod.Stages, "mark", real_mark)
+    again = run_compare(changed, quiet=True)
+    assert (out / "eval" / "lora.json").read_bytes() != old_eval
+    sets = [*FAST, "methods.lora.r=8", "methods.lora.lr=1e-2"]
+    clean = run_compare(
+        load_compare_config("tiny", data=str(qa), methods="lora", out=str(qa.parent / "clean"), overrides=sets),
+        quiet=True,
+    )
+    assert again["models"]["lora"]["metrics"] == clean["models"]["lora"]["metrics"]
+
+
+def test_a_kill_while_copying_the_chosen_trial_leaves_no_finished_looking_run(qa, monkeypatch):
+    """copytree straight into runs/lora: a kill mid-copy left summary.json and adapter/ with the
+    weights cut short, adopted as finished, and every rerun failed reading them."""
+    import shutil
+
+    import medtune.compare as compare_mod
+
+    real_copy, depth = shutil.copytree, []
+
+    def killed_copy(src, dst, *a, **k):
+        depth.append(1)  # copytree calls itself for subfolders: only the outermost call is killed
+        try:
+            real_copy(src, dst, *a, **k)
+        finally:
+            depth.pop()
+        if depth:
+            return dst
+        weights = Path(dst) / "adapter" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+        raise KeyboardInterrupt  # kill -9 stands here, the copy's last file half written
+
+    cfg = _cfg(qa, "tiny-study", sets=TUNED)
+    monkeypatch.setattr(compare_mod.shutil, "copytree", killed_copy)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(cfg, quiet=True)
+    monkeypatch.setattr(compare_mod.shutil, "copytree", real_copy)
+    assert "lora" in run_compare(cfg, quiet=True)["models"]
+
+
+def test_more_seeds_keep_an_interrupted_runs_checkpoint(qa, monkeypatch):
+    """train.seeds is not a run's identity (the stage key drops it), but the resume check compared
+    it: with one more seed the interrupted run started over instead of resuming."""
+    from medtune.interrupts import Interrupted
+
+    _logged_train(monkeypatch, stop_in="lora-seed1")
+    with pytest.raises(Interrupted):
+        run_compare(_cfg(qa, sets=["train.seeds=2"]), quiet=True)
+    log = _logged_train(monkeypatch)
+    run_compare(_cfg(qa, sets=["train.seeds=3"]), quiet=True)
+    assert log == [("lora-seed1", True), ("lora-seed2", False)]
+
+
+def test_an_interrupted_force_goes_on_when_rerun_with_or_without_force(qa, monkeypatch):
+    """--force, interrupted in its second run: rerun with --force, it started over (the first run
+    trained a third time); rerun without, it adopted the second method's run from before --force.
+    Now both go on from the redo: what it redid stays, what it had not yet redone is trained."""
+    from medtune.interrupts import Interrupted
+
+    cfg = _cfg(qa, methods="lora,selective")
+    run_compare(cfg, quiet=True)
+    for force_again in (True, False):
+        log = _logged_train(monkeypatch, stop_in="selective")
+        with pytest.raises(Interrupted):
+            run_compare(cfg, force=True, quiet=True)
+        assert log == [("lora", False), ("selective", False)]
+        log = _logged_train(monkeypatch)
+        run_compare(cfg, force=force_again, quiet=True)
+        assert log == [("selective", True)], (force_again, log)  # its checkpoint from the redo
+        assert "forced" not in json.loads((qa.parent / "cmp" / "stages.json").read_text())
+        log.clear()
+        run_compare(cfg, quiet=True)
+        assert log == []
+
+
+def test_another_eval_sample_retrains_nothing(qa, monkeypatch):
+    """eval.max_examples was the folder's identity and every run's key: another sample size was
+    refused as a different comparison, and --force retrained everything. Only scoring changes."""
+    out = qa.parent / "cmp"
+    run_compare(_cfg(qa, "tiny-study", sets=TUNED), quiet=True)
+    log = _logged_train(monkeypatch)
+    five = run_compare(_cfg(qa, "tiny-study", sets=[*TUNED, "eval.max_examples=5"]), quiet=True)
+    assert log == [] and five["models"]["lora"]["metrics"]["examples"] == 5
+    assert len(json.loads((out / "eval" / "lora.json").read_text())["ids"]) == 5

@@ -197,3 +197,40 @@ def test_a_finished_run_frees_its_model_without_a_garbage_collection(method, dty
     finally:
         gc.enable()
     assert after == before
+
+
+def test_a_prefix_cache_counts_each_example_once_and_one_budget_bounds_all_caches(tmp_path):
+    """A micro-batch with one new example is computed and offered whole: put() counted the held
+    ones again (counted / held bytes grew 1.0, 1.46, 1.80 over three seeds) and spilled early. And
+    every (prefix length, split) cache got the whole train.cache_memory_gb."""
+    from medtune.prefix_cache import MemoryBudget, PrefixCache
+
+    h = torch.ones(5, 4)  # 80 bytes
+    shared = SharedWork(tmp_path / "cache", "k", 200)
+    train, val, other = shared.prefix_cache(3, "train"), shared.prefix_cache(3, "val"), shared.prefix_cache(2, "train")
+    train.put(0, h)
+    train.put(0, 2 * h)  # again: the first states stay, nothing more is counted
+    assert shared.budget.used == 80 and torch.equal(train.get(0), h)
+    val.put(0, h)
+    other.put(0, h)  # 240 bytes would pass the 200 of all caches together: to disk
+    assert shared.budget.used == 160 and 0 in other.disk and not other.mem
+    held = sum(t.numel() * 4 for c in (train, val, other) for t in c.mem.values())
+    assert held == shared.budget.used
+    val.close()  # its memory is free for the others
+    assert shared.budget.used == 80
+    alone = PrefixCache(MemoryBudget(80), tmp_path / "alone", 1)
+    alone.put(0, h)
+    alone.put(1, h)
+    assert list(alone.mem) == [0] and alone.disk == {1}
+
+
+def test_a_comparison_caches_the_train_prefix_only_when_something_reads_it_again(tiny, prepared, tmp_path):
+    """One epoch, one seed, no tuning: nothing reads an example's train states twice, and storing
+    them was time, memory and (past the limit) disk. Validation states are still cached."""
+    single = SharedWork(tmp_path / "a", "k", 1 << 30, train_reused=False)
+    s = setup(cfg(tiny, "selective", epochs=1), prepared, tmp_path / "r1", quiet=True, shared=single)
+    assert s.cache is None and s.val_cache is not None
+    again = setup(cfg(tiny, "selective", epochs=2), prepared, tmp_path / "r2", quiet=True, shared=single)
+    assert again.cache is not None  # two epochs read it
+    shared = SharedWork(tmp_path / "b", "k", 1 << 30, train_reused=True)  # trials or seeds read it
+    assert setup(cfg(tiny, "selective", epochs=1), prepared, tmp_path / "r3", quiet=True, shared=shared).cache

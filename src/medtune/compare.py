@@ -33,6 +33,7 @@ from medtune.config import (
     read_yaml,
     run_with,  # noqa: F401  (re-exported for benchmarks)
     scoring_of,
+    without_eval_sample,
 )
 from medtune.errors import MedtuneError
 from medtune.quality import QualityConfig
@@ -180,20 +181,60 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
     return cfg
 
 
-class Stages:
-    """stages.json: stage name -> config hash it finished with."""
+FORCED = "forced"  # stages.json: a --force redo in progress, {"since": time, "identity": hash}
 
-    def __init__(self, out: Path, force: bool):
+
+class Stages:
+    """stages.json: stage name -> config hash it finished with.
+
+    --force redoes every stage. Its start is recorded (FORCED) until the comparison finishes, so
+    an interrupted redo goes on when rerun, with or without --force, from what it redid: a run
+    folder made before `since` is never adopted or resumed, and a rerun with --force does not
+    start over a second time."""
+
+    def __init__(self, out: Path, force: bool, identity: str):
         self.path = out / "stages.json"
-        self.done = _read_stages(self.path) if self.path.is_file() and not force else {}
+        recorded = _read_stages(self.path) if self.path.is_file() else {}
+        redo = recorded.get(FORCED) if isinstance(recorded.get(FORCED), dict) else None
+        self.redo_goes_on = bool(force and redo and redo.get("identity") == identity)
+        if force and not self.redo_goes_on:
+            redo = {"since": time.time(), "identity": identity}
+            self.done = {FORCED: redo}
+            if self.path.is_file():  # a fresh folder gets stages.json with its first stage
+                self._write()
+        else:
+            self.done = recorded
+        self.since = redo.get("since") if redo else None
 
     def finished(self, name: str, key: str, *artifacts: Path) -> bool:
         return self.done.get(name) == key and all(Path(a).exists() for a in artifacts)
 
     def mark(self, name: str, key: str) -> None:
+        self.done[name] = key
+        self._write()
+
+    def forget(self, *names: str) -> None:
+        """Before a stage's work is redone: a kill after the new work and before its mark must not
+        leave the old mark standing for it (an evaluation keyed on it would be reported)."""
+        if any(n in self.done for n in names):
+            for n in names:
+                self.done.pop(n, None)
+            self._write()
+
+    def redo_finished(self) -> None:
+        if self.done.pop(FORCED, None) is not None:
+            self._write()
+
+    def made_since_redo(self, run_dir: Path) -> bool:
+        """May `run_dir` be built on: no --force redo in progress, or the run began after it did."""
+        try:
+            return self.since is None or (run_dir / "config.yaml").stat().st_mtime >= self.since
+        except OSError:
+            return False
+
+    def _write(self) -> None:
         from medtune.runs import write_json
 
-        self.done[name] = key
         write_json(self.path, self.done)  # atomic: a kill leaves the old record or the new one
 
 
@@ -231,6 +272,7 @@ def identity_fields(cfg: CompareConfig) -> dict:
     # run's own stage key has its seed (train_stage), so no run is mistaken for another.
     whole["train"] = {k: v for k, v in whole["train"].items() if k != "seeds"}
     whole["eval"] = scoring_of(whole["eval"])
+    whole = without_eval_sample(whole)
     return {k: v for k, v in whole.items() if k not in _NOT_IDENTITY}
 
 
@@ -338,7 +380,7 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
     from medtune import models
     from medtune.data.prepare import prepare
 
-    stages = stages or Stages(out, False)
+    stages = stages or Stages(out, False, identity_of(cfg))
     prep, key = out / "prepared", prep_key(cfg)
     if stages.finished("prepare", key, prep / "stats.json"):
         if not quiet:
@@ -359,8 +401,9 @@ def _same_run(run_dir: Path, rc: RunConfig) -> bool:
     from medtune.runs import load_config
 
     def computed(d: dict) -> dict:  # an earlier release's runs carry their eval.bootstrap / seed
-        d = experiment_of(d)
+        d = without_eval_sample(experiment_of(d))
         d["eval"] = scoring_of(d["eval"])
+        d["train"] = {k: v for k, v in d["train"].items() if k != "seeds"}  # the comparison's count, as in the key
         return d
 
     try:
@@ -394,6 +437,15 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
         return Comparison(cfg, out, force, quiet).run()
 
 
+def _copy_whole(src: Path, dst: Path) -> None:
+    """copytree into a hidden sibling, renamed into place: a kill mid-copy leaves no run folder
+    that looks finished (summary.json and adapter/ present, its weights cut short)."""
+    tmp = dst.with_name(f".{dst.name}.copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)
+
+
 def _seed_names(cfg: CompareConfig, method: str) -> list:
     from medtune.study import run_names
 
@@ -408,7 +460,7 @@ class Comparison:
 
         self.cfg, self.out, self.quiet, self.force = cfg, out, quiet, force
         self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
-        self.stages = Stages(out, force)
+        self.stages = Stages(out, force, identity_of(cfg))
         self.prep, self.key = out / "prepared", prep_key(cfg)
         models.read_model_config(cfg.model)  # a model that cannot be found fails here, before any stage
         self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
@@ -441,7 +493,7 @@ class Comparison:
         # computed once for every trial and seed.
         shared = SharedWork.for_comparison(cfg, self.prep, out)
         try:
-            if self.force:
+            if self.force and not self.stages.redo_goes_on:
                 self.forget_earlier_work()
             tuned = {}
             if cfg.tune.enabled:
@@ -469,6 +521,7 @@ class Comparison:
         self.stage("write report")
         results = build_results(out)
         write_report(out, results)
+        self.stages.redo_finished()
         self.say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - self.t_start:.0f}s in all)")
         return results
 
@@ -482,7 +535,7 @@ class Comparison:
         from medtune.train import Diverged, Interrupted, train
 
         run_dir = self.out / "runs" / name
-        run = experiment_of(rc.to_dict())
+        run = without_eval_sample(experiment_of(rc.to_dict()))
         run["train"].pop("seeds", None)  # how many seeds the comparison has is not this run's business
         k = config_hash({"prep": self.key, "run": run})
         self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
@@ -490,7 +543,7 @@ class Comparison:
             self.say("  done earlier, skipped")
             return True
         if (
-            not self.force  # --force redoes every stage: no run is adopted or resumed
+            self.stages.made_since_redo(run_dir)  # --force redoes every stage: no earlier run is adopted
             and is_complete(run_dir)
             and _same_run(run_dir, rc)
             and recorded_fingerprint(run_dir) == data_fingerprint(self.prep)
@@ -506,12 +559,13 @@ class Comparison:
             self.say("  diverged earlier (see diverged.json), skipped")
             return False
         reusable = reuse is not None and is_complete(reuse) and _same_run(reuse, rc)
-        resume = not reusable and not self.force and _resumable(run_dir, rc)
+        resume = not reusable and self.stages.made_since_redo(run_dir) and _resumable(run_dir, rc)
+        self.stages.forget(f"train:{name}", f"eval:{name}")  # whatever they held is being replaced
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)
         if reusable:
             self.say(f"  the tuning trial at this rate and seed is this run (not trained again):\n    {reuse}")
-            shutil.copytree(reuse, run_dir)
+            _copy_whole(reuse, run_dir)
         else:  # train() validates before it creates the folder
             if resume:
                 self.say("  resuming from the checkpoint an interrupted run left")

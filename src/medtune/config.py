@@ -281,6 +281,16 @@ def scoring_of(eval_section: dict) -> dict:
     return {k: v for k, v in eval_section.items() if k not in REPORT_ONLY_EVAL}
 
 
+def without_eval_sample(config: dict) -> dict:
+    """A run's or comparison's config dict with eval.max_examples at its default: which test
+    examples are scored changes no training (the evaluation stage keys it), so another eval
+    sample must not retrain runs or retune. Set to None, not dropped: a config that never set it
+    keeps the hash earlier releases gave it."""
+    if not isinstance(config.get("eval"), dict):
+        return config
+    return {**config, "eval": {**config["eval"], "max_examples": None}}
+
+
 def experiment_of(config: dict) -> dict:
     """A run's or a comparison's config dict without its EXECUTION_ONLY keys (what identifies it)."""
     out = dict(config)

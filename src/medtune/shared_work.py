@@ -23,31 +23,36 @@ import copy
 from dataclasses import asdict
 from pathlib import Path
 
-from medtune.prefix_cache import PrefixCache
+from medtune.prefix_cache import MemoryBudget, PrefixCache
 
 
 class SharedWork:
-    def __init__(self, folder: Path, key: str, limit_bytes: int):
-        self.folder, self.key, self.limit = Path(folder), key, limit_bytes
+    def __init__(self, folder: Path, key: str, limit_bytes: int, train_reused: bool = True):
+        self.folder, self.key, self.budget = Path(folder), key, MemoryBudget(limit_bytes)
+        # Will another run read the train split's cached states (trials, seeds)? A comparison of
+        # single runs of one epoch never does: caching them is only time, memory and disk.
+        self.train_reused = train_reused
         self.caches: dict[tuple[int, str], PrefixCache] = {}
         self._base = None  # (model, tokenizer, fingerprint) of the untouched base model
         self._examples: dict[tuple[str, str], list] = {}
         self.base_val_loss: dict[str, float] = {}  # loss scope -> step-0 validation loss
 
     @classmethod
-    def for_comparison(cls, cfg, prep: Path, out: Path) -> SharedWork:
-        """Keyed on the base model, the prepared train/val splits and the format."""
+    def for_comparison(cls, cfg, prep: Path, out: Path, tuning: bool = False) -> SharedWork:
+        """Keyed on the base model, the prepared train/val splits and the format. `tuning`: for
+        trials (medtune tune), which reread the train states whatever the config says."""
         from medtune.config import config_hash
         from medtune.data.prepare import data_fingerprint
 
         key = config_hash({"model": cfg.model, "data": data_fingerprint(prep), "format": asdict(cfg.format)})
-        return cls(Path(out) / ".prefix-cache", key, int(cfg.train.cache_memory_gb * 2**30))
+        reused = tuning or cfg.tune.enabled or cfg.train.seeds > 1
+        return cls(Path(out) / ".prefix-cache", key, int(cfg.train.cache_memory_gb * 2**30), reused)
 
     def prefix_cache(self, blocks: int, split: str) -> PrefixCache:
         """The cache of the first `blocks` blocks' output on `split` ("train" or "val")."""
         if (blocks, split) not in self.caches:
             folder = self.folder / f"{self.key}-{blocks}-{split}"
-            self.caches[blocks, split] = PrefixCache(self.limit, folder, blocks)
+            self.caches[blocks, split] = PrefixCache(self.budget, folder, blocks)
         return self.caches[blocks, split]
 
     def base_model(self, load):

@@ -49,7 +49,7 @@ from medtune.forward import LossModule, fast_path_reason, first_trainable_block
 from medtune.interrupts import Interrupted
 from medtune.locking import FolderLock
 from medtune.methods import TrainableReport, get_method, unique_params
-from medtune.prefix_cache import PrefixCache
+from medtune.prefix_cache import MemoryBudget, PrefixCache
 from medtune.progress import bar
 from medtune.runs import append_metrics, dir_size, ensure_writable, environment, is_complete, save_config, write_json
 from medtune.shared_work import SharedWork
@@ -332,12 +332,14 @@ def _prefix_caches(cfg, p: Plan, frozen_prefix: int, shared: SharedWork | None, 
     cache is off; a run alone caches only when an example is seen twice (epochs > 1 or "on")."""
     if frozen_prefix == 0 or cfg.train.cache_prefix == "off":
         return None, None, False
-    if shared is not None:
-        return shared.prefix_cache(frozen_prefix, "train"), shared.prefix_cache(frozen_prefix, "val"), False
-    if cfg.train.cache_prefix == "on" or p.epochs > 1:
-        limit = int(cfg.train.cache_memory_gb * 2**30)
+    reread = cfg.train.cache_prefix == "on" or p.epochs > 1  # this run sees an example twice
+    if shared is not None:  # validation: every validation of every run reads it
+        train_cache = shared.prefix_cache(frozen_prefix, "train") if reread or shared.train_reused else None
+        return train_cache, shared.prefix_cache(frozen_prefix, "val"), False
+    if reread:
+        budget = MemoryBudget(int(cfg.train.cache_memory_gb * 2**30))  # one limit for both caches
         train_cache, val_cache = (
-            PrefixCache(limit, run_dir / f".prefix_cache.{split}.{rank}", frozen_prefix) for split in ("train", "val")
+            PrefixCache(budget, run_dir / f".prefix_cache.{split}.{rank}", frozen_prefix) for split in ("train", "val")
         )
         return train_cache, val_cache, True
     return None, None, False

@@ -203,13 +203,14 @@ class TuneContext:
 
 
 def method_space(ctx: TuneContext, method: str) -> MethodSpace:
-    from medtune.config import REPORT_ONLY_EVAL, config_hash, experiment_of
+    from medtune.config import REPORT_ONLY_EVAL, config_hash, experiment_of, without_eval_sample
 
     rc = ctx.cfg.run_config(method)
     centre = rc.learning_rate()
     grid = lr_grid(ctx.tune, method, centre) if ctx.tune.sampler == "grid" else []
     low, high = lr_range(ctx.tune, method, centre)
-    run = experiment_of(rc.to_dict())  # a smaller micro-batch (after running out of memory) is the same study
+    # A smaller micro-batch (after running out of memory) or another eval sample: the same study.
+    run = without_eval_sample(experiment_of(rc.to_dict()))
     run["train"].pop("lr", None)
     run["train"].pop("seeds", None)
     t = tune_identity(asdict(ctx.tune))
@@ -853,7 +854,7 @@ def run_tuning(
     storage = open_storage(url, cfg.tune)
     own = shared is None
     data_key = data_fingerprint(prep)
-    shared = shared or SharedWork.for_comparison(cfg, prep, out)
+    shared = shared or SharedWork.for_comparison(cfg, prep, out, tuning=True)
     models.read_model_config(cfg.model)  # a model that cannot be found fails here, before any trial
     ctx = TuneContext(cfg, prep, out, storage, data_key, shared, say)
     results = {}
