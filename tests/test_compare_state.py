@@ -383,3 +383,13 @@ def test_another_eval_sample_retrains_nothing(qa, monkeypatch):
     five = run_compare(_cfg(qa, "tiny-study", sets=[*TUNED, "eval.max_examples=5"]), quiet=True)
     assert log == [] and five["models"]["lora"]["metrics"]["examples"] == 5
     assert len(json.loads((out / "eval" / "lora.json").read_text())["ids"]) == 5
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_compare_and_tune_under_torchrun_are_one_line_before_any_write(command, qa, monkeypatch, capsys):
+    """Every rank took the comparison lock first, so each was told the folder was "in use by
+    another medtune process" (its sibling rank), and compare had no check at all."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli([command, "--preset", "tiny", "--data", qa, "--out", qa.parent / "cmp"], capsys)
+    assert code == 2 and "without torchrun" in err and len(err.strip().splitlines()) == 1, err
+    assert not (qa.parent / "cmp").exists()

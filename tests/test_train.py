@@ -363,6 +363,71 @@ def test_two_processes_match_one(tiny, prepared, tmp_path):
     assert l1 == pytest.approx(l2, abs=1e-5)
 
 
+SIGNAL_RANK0 = """
+import os, signal, sys
+import medtune.train as T
+log_step = T._log_step
+
+def log_and_signal(s, state, *a, **k):  # SIGTERM reaches rank 0 alone, after step 3
+    log_step(s, state, *a, **k)
+    if state.step == 3 and os.environ.get("RANK") == "0" and not os.environ.get("NO_SIGNAL"):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+T._log_step = log_and_signal
+from medtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_processes_stop_together_and_resume_to_the_same_weights(tiny, prepared, tmp_path):
+    """torchrun, 2 processes, dropout on. A SIGTERM that reaches rank 0 alone sent rank 0 to the
+    checkpoint's barrier while rank 1 went on to the next step (a deadlock), and a resume gave
+    rank 1 rank 0's RNG (another dropout stream: other weights). Now both stop at step 3 with
+    one checkpoint, and the resumed run's weights equal an uninterrupted 2-process run's."""
+    import signal
+    import socket
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    script = tmp_path / "signal_rank0.py"
+    script.write_text(SIGNAL_RANK0)
+    sets = ["train.epochs=2", "train.batch_size=4", "method_args.dropout=0.1", "format.max_length=64"]
+    args = ["train", "--method", "lora", "--data", str(prepared), "--model", "tiny-random-llama"]
+    args += [x for s in sets for x in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MEDTUNE_PROGRESS="0", CUDA_VISIBLE_DEVICES="")
+
+    def launch(*extra, **more):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        head = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        cmd = [*head, str(script), *extra]
+        proc = subprocess.Popen(
+            cmd, env={**env, **more}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too: a deadlock leaves no orphans
+            proc.communicate()
+            pytest.fail("torchrun hung (a rank waiting at a barrier the other never reached)")
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    full = launch(*args, "--out", str(tmp_path / "full"), NO_SIGNAL="1")
+    assert full.returncode == 0, full.stderr[-2000:]
+    cut = launch(*args, "--out", str(tmp_path / "cut"))
+    assert cut.stderr.count("interrupted at step 3") == 2, cut.stderr[-2000:]  # both ranks, same step
+    run = tmp_path / "cut" / "lora"
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 3
+    resumed = launch("train", "--resume", str(run), NO_SIGNAL="1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(tmp_path / "full" / "lora" / "adapter" / "adapter_model.safetensors")
+    b = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert any(bool(v.abs().sum() > 0) for k, v in a.items() if "lora_B" in k)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_fused_adamw_resume_puts_step_where_torch_does(tiny, prepared, tmp_path):
     """Resuming a fused AdamW: every state tensor (step included) lands where torch's own
     Optimizer.load_state_dict puts it. On CPU that is the CPU; on a GPU, the parameter's device."""

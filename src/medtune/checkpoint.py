@@ -35,7 +35,9 @@ NAMES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
 
 
-def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict) -> None:
+def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict, other_ranks: dict | None = None) -> None:
+    """`other_ranks`: {rank: {name: RNG state}} of the processes besides this one (rank 0): each
+    process has its own dropout stream, which a resume must continue, not replace with rank 0's."""
     final, tmp, old = (run_dir / n for n in NAMES)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -45,10 +47,9 @@ def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict) -
         for k, v in optimizer.state.get(p, {}).items():
             opt[f"{n}::{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
     save_file(opt, tmp / "optimizer.safetensors")
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"torch_cuda_{i}"] = s
+    rng = rng_states()
+    for r, states in (other_ranks or {}).items():
+        rng.update({f"rank{r}_{k}": v for k, v in states.items()})
     save_file(rng, tmp / "rng.safetensors")
     py_state = random.getstate()
     state = dict(state, python_rng=[py_state[0], list(py_state[1]), py_state[2]])
@@ -96,7 +97,15 @@ def _load(path: Path) -> dict:
         raise MedtuneError(f"checkpoint file {path} is unreadable ({e}); rerun with --force to start over") from None
 
 
-def load_checkpoint(folder: Path, named_params: list, optimizer) -> dict:
+def rng_states() -> dict:
+    """This process's torch RNG states, as the checkpoint stores them."""
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
+def load_checkpoint(folder: Path, named_params: list, optimizer, rank: int = 0) -> dict:
     device = named_params[0][1].device if named_params else torch.device("cpu")
     params = _load(folder / "trainable.safetensors")
     names = {n for n, _ in named_params}
@@ -115,6 +124,8 @@ def load_checkpoint(folder: Path, named_params: list, optimizer) -> dict:
             # own Optimizer.load_state_dict moves it there, and so must we (a GPU resume would fail).
             optimizer.state[p] = {k: (v.to(device) if k != "step" or on_device else v) for k, v in st.items()}
     rng = _load(folder / "rng.safetensors")
+    if rank and f"rank{rank}_torch_cpu" in rng:  # else: saved by one process, or by an earlier release
+        rng = {k[len(f"rank{rank}_") :]: v for k, v in rng.items() if k.startswith(f"rank{rank}_")}
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]

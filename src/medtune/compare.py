@@ -282,8 +282,15 @@ def identity_of(cfg: CompareConfig) -> str:
 
 def check_compare(cfg: CompareConfig) -> None:
     """Every check that needs no weights and writes nothing: methods against the model, data, storage."""
+    import os
+
     from medtune.checks import check_run
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before the folder lock, which every rank would take
+        raise MedtuneError(
+            "compare and tune run in one process: launch them without torchrun/accelerate (for several "
+            "GPUs: one `medtune tune --worker --storage URL` per GPU, or `torchrun ... medtune train` per method)"
+        )
     for name in cfg.methods:
         check_run(cfg.run_config(name))
     if cfg.data.source is not None and not Path(cfg.data.source).exists():

@@ -14,8 +14,10 @@ so a Ctrl-C between two trials stops the next trial's loop before its first step
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)  # clusters send SIGTERM before a kill
@@ -25,7 +27,11 @@ class Interrupted(Exception):
     """Raised after Ctrl-C or SIGTERM once what was running is safely on disk."""
 
 
-_state: dict = {"depth": 0, "requested": None, "say": []}
+_state: dict = {"depth": 0, "requested": None, "say": [], "at": 0.0}
+# Under torchrun a terminal's Ctrl-C reaches every worker, and the launcher then forwards its own
+# copy: one keypress arrives twice. Repeats this soon after the first are that copy, not a second
+# Ctrl-C (which would abort before the checkpoint).
+LAUNCHER_REPEAT_S = 2.0
 
 
 def requested() -> str | None:
@@ -34,9 +40,12 @@ def requested() -> str | None:
 
 
 def _on_signal(signum, frame) -> None:
+    now = time.monotonic()
     if _state["requested"]:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and now - _state["at"] < LAUNCHER_REPEAT_S:
+            return
         raise KeyboardInterrupt  # the second one: stop now
-    _state["requested"] = signal.Signals(signum).name
+    _state["requested"], _state["at"] = signal.Signals(signum).name, now
     say = next((s for s in reversed(_state["say"]) if s is not None), None)
     if say is not None:
         say(f"\n{_state['requested']}: stopping after the current step (Ctrl-C again to abort)")

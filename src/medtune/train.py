@@ -36,6 +36,7 @@ from medtune.checkpoint import (
     has_checkpoint_files,
     load_checkpoint,
     remove_checkpoints,
+    rng_states,
 )
 from medtune.checkpoint import save_checkpoint as write_checkpoint
 from medtune.checks import check_run
@@ -195,13 +196,18 @@ def train(
     ensure_writable(run_dir)
     # One writer per run folder. Under torchrun only rank 0 writes, so only it locks.
     with FolderLock(run_dir, "run") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
-        checkpoint = _check_run_folder(run_dir, resume, force, data_dir)
+        # Rank 0 checks and clears the folder (--force); the others only find the checkpoint to
+        # resume (nothing deletes then). They wait in setup's rendezvous until rank 0 is done.
+        rank = int(os.environ.get("RANK", "0"))
+        checkpoint = _check_run_folder(run_dir, resume, force, data_dir) if rank == 0 else None
+        if rank != 0 and resume:
+            checkpoint = find_checkpoint(run_dir)
         if checkpoint is not None and cfg.train.max_steps:  # refused before the model loads
             _check_resume_steps(run_dir, checkpoint_step(checkpoint), cfg.train.max_steps)
         s = setup(cfg, data_dir, run_dir, quiet, shared, eval_points)
         state = TrainState()
         if checkpoint is not None:
-            saved = load_checkpoint(checkpoint, s.named, s.optimizer)
+            saved = load_checkpoint(checkpoint, s.named, s.optimizer, s.accelerator.process_index)
             if s.accelerator.scaler is not None and "grad_scaler" in saved:
                 s.accelerator.scaler.load_state_dict(saved["grad_scaler"])  # fp16: the scale reached
             state = TrainState.from_dict(saved)
@@ -271,6 +277,11 @@ def setup(cfg, data_dir, run_dir, quiet, shared: SharedWork | None = None, eval_
     # cpu=True on a machine without CUDA: only then does Accelerate read torchrun's WORLD_SIZE
     # as MULTI_CPU (gloo); without it every process silently trains alone.
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    if cfg.train.batch_size < accelerator.num_processes:  # each process needs an example a step
+        raise MedtuneError(
+            f"train.batch_size ({cfg.train.batch_size}) is smaller than the {accelerator.num_processes} "
+            "processes: raise it to at least the process count"
+        )
     quiet = quiet or not accelerator.is_main_process
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
@@ -282,6 +293,11 @@ def setup(cfg, data_dir, run_dir, quiet, shared: SharedWork | None = None, eval_
     log(report.summary())
     frozen_prefix = first_trainable_block(model)
     p = plan(len(train_ex), cfg, accelerator.num_processes)
+    short = len(train_ex) % cfg.train.batch_size
+    if 0 < short < accelerator.num_processes:
+        log(
+            f"  the epoch's short batch ({short} examples, fewer than {accelerator.num_processes} processes) is skipped"
+        )
     cache, val_cache, owns_cache = _prefix_caches(cfg, p, frozen_prefix, shared, run_dir, accelerator.process_index)
     if frozen_prefix:
         cached = "; their output is cached" if cache is not None else ""
@@ -417,7 +433,7 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
 def fit(s: Setup, state: TrainState, stop_after=None, on_validation=None, fresh=True) -> None:
     """The loop: steps until the plan is done, with logging, validation, checkpoints, interrupts
     (Ctrl-C / SIGTERM: a checkpoint after the current step, then Interrupted; medtune.interrupts)."""
-    with interrupts.deferred(None if s.quiet else s.log) if s.main or s.world == 1 else contextlib.nullcontext():
+    with interrupts.deferred(None if s.quiet or not s.main else s.log):  # every rank: see _agreed
         _fit(s, state, stop_after, on_validation, fresh)
 
 
@@ -438,12 +454,14 @@ def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) ->
                 _log_step(s, state, tb, progress, state.epoch + state.batch / len(batches))
                 if _validation_due(s, state):
                     validate(s, state, on_validation)
-                if interrupts.requested() or (stop_after is not None and state.step >= stop_after):
+                stop = interrupts.requested() is not None or (stop_after is not None and state.step >= stop_after)
+                stop, due = _agreed(s, stop, _checkpoint_due(s, state, last_save))
+                if stop:
                     save_checkpoint(s, state)
                     raise Interrupted(
                         f"interrupted at step {state.step}; resume with: medtune train --resume {s.run_dir}"
                     )
-                if _checkpoint_due(s, state, last_save):
+                if due:
                     save_checkpoint(s, state)
                     last_save = time.perf_counter()
             if state.batch >= len(batches):  # the epoch is done
@@ -525,6 +543,17 @@ def _validation_due(s: Setup, state: TrainState) -> bool:
     return bool(s.val_ex) and ((every and state.step % every == 0) or state.step in s.eval_steps)
 
 
+def _agreed(s: Setup, *flags: bool) -> list[bool]:
+    """Each flag as every process sees it (true if one process's is). A signal that reached one
+    rank, or a checkpoint clock that ran out on one rank first, sent that rank alone to the
+    checkpoint's barrier while the others went on to the next step's all-reduce: a deadlock.
+    One small all-reduce per step (multi-process runs only)."""
+    if s.world == 1:
+        return list(flags)
+    votes = s.accelerator.reduce(torch.tensor([int(f) for f in flags], device=s.accelerator.device), "sum")
+    return [bool(v) for v in votes.tolist()]
+
+
 def _checkpoint_due(s: Setup, state: TrainState, last_save: float) -> bool:
     """Periodic checkpoints bound the work a kill can lose; none after the last step (weights follow)."""
     if state.step >= s.plan.total_steps:
@@ -536,10 +565,15 @@ def _checkpoint_due(s: Setup, state: TrainState, last_save: float) -> bool:
 
 
 def save_checkpoint(s: Setup, state: TrainState) -> None:
+    others = None
+    if s.world > 1:  # every rank's RNG (its own dropout stream) goes to rank 0, which writes
+        gathered = [None] * s.world
+        torch.distributed.all_gather_object(gathered, rng_states())
+        others = {r: g for r, g in enumerate(gathered) if r != s.accelerator.process_index}
     if s.main:
         scaler = s.accelerator.scaler  # fp16 on a GPU: its scale and growth count resume too
         extra = {"grad_scaler": scaler.state_dict()} if scaler is not None else {}
-        write_checkpoint(s.run_dir, s.named, s.optimizer, {**asdict(state), **extra})
+        write_checkpoint(s.run_dir, s.named, s.optimizer, {**asdict(state), **extra}, others)
     s.accelerator.wait_for_everyone()
 
 
