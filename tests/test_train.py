@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import run_cli, write_records
 from medtune import models
 from medtune.config import RunConfig, from_dict
 from medtune.data.batching import collate, collate_packed
@@ -290,11 +290,14 @@ def test_train_unreadable_data(tiny, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_processes_match_one(tiny, prepared, tmp_path):
-    """torchrun --nproc_per_node 2 (MULTI_CPU over gloo) == one process, same global batch."""
+def test_two_processes_match_one(tiny, tmp_path):
+    """torchrun --nproc_per_node 2 (MULTI_CPU over gloo) == one process, same global batch. 25
+    examples in batches of 4: the last batch has 1, fewer than the processes; it was skipped
+    (6 steps against 7, another schedule), and now rank 1 runs a weight-0 stand-in."""
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
+    prepared = write_records(tmp_path / "prep25", n_train=25)
     common = [
         "train",
         "--method",
@@ -359,8 +362,10 @@ def test_two_processes_match_one(tiny, prepared, tmp_path):
         for x in (tmp_path / "two" / "lora" / "metrics.jsonl").read_text().splitlines()
         if '"loss"' in x
     ]
-    assert len(l1) == len(l2) == 6
+    assert len(l1) == len(l2) == 7
     assert l1 == pytest.approx(l2, abs=1e-5)
+    one_s, two_s = (json.loads((tmp_path / d / "lora" / "summary.json").read_text()) for d in ("one", "two"))
+    assert one_s["tokens"] == two_s["tokens"] and one_s["val_loss"] == pytest.approx(two_s["val_loss"], abs=1e-5)
 
 
 SIGNAL_RANK0 = """

@@ -98,7 +98,7 @@ class Plan:
 
 def plan(n_examples: int, cfg: RunConfig, world: int) -> Plan:
     bs = cfg.train.batch_size
-    per_epoch = n_examples // bs + (1 if n_examples % bs >= world else 0)
+    per_epoch = math.ceil(n_examples / bs)
     if per_epoch == 0:
         raise MedtuneError(f"train split has {n_examples} examples, fewer than train.batch_size={bs}")
     total = cfg.train.max_steps or math.ceil(cfg.train.epochs * per_epoch)
@@ -293,11 +293,6 @@ def setup(cfg, data_dir, run_dir, quiet, shared: SharedWork | None = None, eval_
     log(report.summary())
     frozen_prefix = first_trainable_block(model)
     p = plan(len(train_ex), cfg, accelerator.num_processes)
-    short = len(train_ex) % cfg.train.batch_size
-    if 0 < short < accelerator.num_processes:
-        log(
-            f"  the epoch's short batch ({short} examples, fewer than {accelerator.num_processes} processes) is skipped"
-        )
     cache, val_cache, owns_cache = _prefix_caches(cfg, p, frozen_prefix, shared, run_dir, accelerator.process_index)
     if frozen_prefix:
         cached = "; their output is cached" if cache is not None else ""
@@ -395,7 +390,10 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
         g["lr"] = s.lr * lr_factor(state.step, s.plan.total_steps, s.warmup, cfg.train.schedule)
     n_scored = sum(scored_count(s.train_ex[i], scope) for i in gbatch)
     mine = shard(gbatch, acc.process_index, s.world)
-    micro = layout_groups(mine, s.lengths, s.micro_tokens, s.packed, cfg.format.pad_to)
+    # A short batch can leave this rank no example, but DDP's gradient all-reduce needs every
+    # rank: it runs the batch's first example with weight 0 (no loss, no gradient, not cached).
+    weight = 1.0 if mine else 0.0
+    micro = layout_groups(mine or gbatch[:1], s.lengths, s.micro_tokens, s.packed, cfg.format.pad_to)
     nll_total = torch.zeros((), dtype=torch.float64)
     for m_idx, mb in enumerate(micro):
         batch = layout_batch([s.train_ex[i] for i in mb], s.tok.pad_token_id, s.packed, cfg.format.pad_to)
@@ -404,12 +402,13 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
         sync = contextlib.nullcontext() if m_idx == len(micro) - 1 else acc.no_sync(s.module)
         with sync, acc.autocast():
             nll_sum, prefix_out = s.module(batch, cached)
+            nll_sum = nll_sum * weight
             if nan_at_step(state.step + 1):
                 nll_sum = nll_sum * float("nan")  # test hook (faults.py)
             # Normalise by the *global* scored-token count; DDP averages over `world`.
             loss = nll_sum / max(n_scored, 1) * s.world
         acc.backward(loss)
-        if s.cache is not None and cached is None:
+        if s.cache is not None and cached is None and weight:
             s.cache.put_batch(mb, batch, prefix_out)
         nll_total += nll_sum.detach().double().cpu()
     if s.world > 1:
@@ -485,7 +484,7 @@ def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) ->
 def _epoch_batches(s: Setup, epoch: int) -> list[list[int]]:
     group = s.cfg.format.layout == "dynamic"
     batches = global_batches(s.lengths, s.cfg.train.batch_size, s.cfg.train.seed, epoch, group_by_length=group)
-    return [b for b in batches if len(b) >= s.world]
+    return batches  # a short batch too: a rank it leaves without an example runs a weight-0 one
 
 
 def _one_step(s: Setup, state: TrainState, batches: list[list[int]]) -> None:
