@@ -31,6 +31,7 @@ from medtune.config import (
     experiment_of,
     from_dict,
     read_yaml,
+    run_identity,
     run_with,  # noqa: F401  (re-exported for benchmarks)
     scoring_of,
     without_eval_sample,
@@ -408,9 +409,8 @@ def _same_run(run_dir: Path, rc: RunConfig) -> bool:
     from medtune.runs import load_config
 
     def computed(d: dict) -> dict:  # an earlier release's runs carry their eval.bootstrap / seed
-        d = without_eval_sample(experiment_of(d))
+        d = run_identity(d)
         d["eval"] = scoring_of(d["eval"])
-        d["train"] = {k: v for k, v in d["train"].items() if k != "seeds"}  # the comparison's count, as in the key
         return d
 
     try:
@@ -542,9 +542,7 @@ class Comparison:
         from medtune.train import Diverged, Interrupted, train
 
         run_dir = self.out / "runs" / name
-        run = without_eval_sample(experiment_of(rc.to_dict()))
-        run["train"].pop("seeds", None)  # how many seeds the comparison has is not this run's business
-        k = config_hash({"prep": self.key, "run": run})
+        k = config_hash({"prep": self.key, "run": run_identity(rc.to_dict())})
         self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
         if self.stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
             self.say("  done earlier, skipped")

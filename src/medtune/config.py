@@ -291,6 +291,15 @@ def without_eval_sample(config: dict) -> dict:
     return {**config, "eval": {**config["eval"], "max_examples": None}}
 
 
+def run_identity(run: dict) -> dict:
+    """What identifies a run's training, from its config dict: no EXECUTION_ONLY keys, no eval
+    sample (without_eval_sample), and not train.seeds (how many seeds its comparison has). The
+    one definition behind a comparison's stage keys, its reuse checks and a tuning study's name."""
+    out = without_eval_sample(experiment_of(run))
+    out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
+    return out
+
+
 def experiment_of(config: dict) -> dict:
     """A run's or a comparison's config dict without its EXECUTION_ONLY keys (what identifies it)."""
     out = dict(config)

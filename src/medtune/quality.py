@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from medtune.data.split import sample_order
 from medtune.evaluate import bootstrap_weights
 from medtune.runs import count_of, write_json
 from medtune.schema import _check
@@ -70,13 +71,6 @@ class QualityConfig:
 
 
 # ---------------------------------------------------------------- sample
-
-
-def sample_order(count: int, n: int, seed: int) -> list[int]:
-    """Positions of the first n of a seeded permutation of `count` records: the same questions for
-    every model, and a larger n keeps the smaller sample as its prefix (so the report's first 5
-    samples never change)."""
-    return [int(i) for i in np.random.default_rng(seed).permutation(count)[:n]]
 
 
 def select_sample(records: list, n: int, seed: int) -> list:

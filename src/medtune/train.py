@@ -194,11 +194,11 @@ def train(
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     check_run(cfg, data_dir)
     ensure_writable(run_dir)
-    # One writer per run folder. Under torchrun only rank 0 writes, so only it locks.
-    with FolderLock(run_dir, "run") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
-        # Rank 0 checks and clears the folder (--force); the others only find the checkpoint to
-        # resume (nothing deletes then). They wait in setup's rendezvous until rank 0 is done.
-        rank = int(os.environ.get("RANK", "0"))
+    # One writer per run folder. Under torchrun only rank 0 writes, so only it locks; it also checks
+    # and clears the folder (--force), while the others only find the checkpoint to resume
+    # (nothing deletes then) and wait in setup's rendezvous until rank 0 is done.
+    rank = int(os.environ.get("RANK", "0"))
+    with FolderLock(run_dir, "run") if rank == 0 else contextlib.nullcontext():
         checkpoint = _check_run_folder(run_dir, resume, force, data_dir) if rank == 0 else None
         if rank != 0 and resume:
             checkpoint = find_checkpoint(run_dir)

@@ -203,16 +203,15 @@ class TuneContext:
 
 
 def method_space(ctx: TuneContext, method: str) -> MethodSpace:
-    from medtune.config import REPORT_ONLY_EVAL, config_hash, experiment_of, without_eval_sample
+    from medtune.config import REPORT_ONLY_EVAL, config_hash, run_identity
 
     rc = ctx.cfg.run_config(method)
     centre = rc.learning_rate()
     grid = lr_grid(ctx.tune, method, centre) if ctx.tune.sampler == "grid" else []
     low, high = lr_range(ctx.tune, method, centre)
     # A smaller micro-batch (after running out of memory) or another eval sample: the same study.
-    run = without_eval_sample(experiment_of(rc.to_dict()))
+    run = run_identity(rc.to_dict())
     run["train"].pop("lr", None)
-    run["train"].pop("seeds", None)
     t = tune_identity(asdict(ctx.tune))
     identity = _as_json({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
     # Earlier releases hashed the comparison's eval.bootstrap / eval.seed in (runs now carry the

@@ -119,8 +119,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MedtuneError(f"{path} is not a readable safetensors file (truncated or corrupt): {reason}") from None
+        raise MedtuneError(
+            f"{path} is not a readable safetensors file (truncated or corrupt): {_one_line_reason(e)}"
+        ) from None
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise MedtuneError(
@@ -147,8 +148,9 @@ def check_files(run_dir: Path) -> dict:
         with safe_open(path, "pt") as fh:
             fh.keys()
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MedtuneError(f"{path} is not a readable safetensors file (truncated or corrupt): {reason}") from None
+        raise MedtuneError(
+            f"{path} is not a readable safetensors file (truncated or corrupt): {_one_line_reason(e)}"
+        ) from None
     return meta
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import numpy as np
+
 from medtune.data.clean import normalise_focus, normalise_question
 from medtune.data.sources import Record
 
@@ -103,12 +105,18 @@ def overlap(splits: dict[str, list[Record]]) -> dict[str, int]:
     }
 
 
+def sample_order(count: int, n: int, seed: int) -> list[int]:
+    """Positions of the first n of a seeded permutation of `count` records: the same records for
+    every model, and a larger n keeps the smaller sample (the report's first 5 answers never
+    change)."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(count)[:n]]
+
+
 def scored_positions(count: int, n: int | None, seed: int = 0) -> list[int]:
     """Positions of the records scored when only `n` of `count` are asked for (eval.max_examples,
-    evaluate --max-examples): a seeded sample, kept in split order. A split is stored by source
-    (MedQuAD's test split: CancerGov, then GARD, ...), so its first n would be one or two
+    evaluate --max-examples): sample_order's sample, kept in split order. A split is stored by
+    source (MedQuAD's test split: CancerGov, then GARD, ...), so its first n would be one or two
     sources (the first 100: 99 CancerGov), not the data."""
     if n is None or n >= count:
         return list(range(count))
-    rng = random.Random(seed)
-    return sorted(rng.sample(range(count), n))
+    return sorted(sample_order(count, n, seed))
