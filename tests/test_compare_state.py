@@ -393,3 +393,26 @@ def test_compare_and_tune_under_torchrun_are_one_line_before_any_write(command, 
     code, _, err = run_cli([command, "--preset", "tiny", "--data", qa, "--out", qa.parent / "cmp"], capsys)
     assert code == 2 and "without torchrun" in err and len(err.strip().splitlines()) == 1, err
     assert not (qa.parent / "cmp").exists()
+
+
+@pytest.mark.parametrize("same_data", [True, False])
+def test_the_chosen_trial_is_copied_only_when_it_trained_on_this_data(qa, monkeypatch, same_data):
+    """A trial folder's config can match while its data does not (a study shared through
+    --storage by a worker on other prepared data): its weights are not this comparison's run."""
+    import shutil
+
+    import medtune.compare as compare_mod
+    from medtune.trial_storage import trial_dir_name
+
+    cfg = _cfg(qa, "tiny-study", sets=TUNED)
+    first = run_compare(cfg, quiet=True)
+    out, copies, real_copy = qa.parent / "cmp", [], compare_mod._copy_whole
+    trial = out / "tuning" / "lora" / trial_dir_name(first["study"]["tuning"]["lora"]["chosen_trial"])
+    if not same_data:
+        (trial / "data.fingerprint").write_text("another-data\n")
+    (run_dir,) = (out / "runs").iterdir()
+    shutil.rmtree(run_dir)
+    monkeypatch.setattr(compare_mod, "_copy_whole", lambda s, d: copies.append(s) or real_copy(s, d))
+    run_compare(cfg, quiet=True)
+    assert copies == ([trial] if same_data else [])
+    assert (run_dir / "summary.json").is_file()

@@ -563,7 +563,12 @@ class Comparison:
         if self.stages.finished(f"diverged:{name}", k) and (method or name) in self._diverged():
             self.say("  diverged earlier (see diverged.json), skipped")
             return False
-        reusable = reuse is not None and is_complete(reuse) and _same_run(reuse, rc)
+        reusable = (  # the trial's folder may come from another worker's study: same data too
+            reuse is not None
+            and is_complete(reuse)
+            and _same_run(reuse, rc)
+            and recorded_fingerprint(reuse) == data_fingerprint(self.prep)
+        )
         resume = not reusable and self.stages.made_since_redo(run_dir) and _resumable(run_dir, rc)
         self.stages.forget(f"train:{name}", f"eval:{name}")  # whatever they held is being replaced
         if run_dir.exists() and not resume:
