@@ -416,3 +416,18 @@ def test_the_chosen_trial_is_copied_only_when_it_trained_on_this_data(qa, monkey
     run_compare(cfg, quiet=True)
     assert copies == ([trial] if same_data else [])
     assert (run_dir / "summary.json").is_file()
+
+
+def test_a_source_edited_since_it_was_prepared_is_one_line_and_force_redoes(qa, capsys):
+    """prepare's stage key is its config: a CSV cut from 60 rows to 40 and the same command
+    reported every stage "done earlier" on the 60 rows."""
+    args = ["compare", "--preset", "tiny", "--data", qa, "--out", qa.parent / "cmp", "--methods", "lora"]
+    args += [x for s in FAST for x in ("--set", s)]
+    assert run_cli(args, capsys)[0] == 0
+    assert run_cli(args, capsys)[0] == 0  # unchanged: everything reused
+    qa.write_text("\n".join(qa.read_text().splitlines()[:41]) + "\n")
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "changed since" in err and "--force" in err and len(err.strip().splitlines()) == 1, err
+    assert run_cli([*args, "--force"], capsys)[0] == 0
+    stats = json.loads((qa.parent / "cmp" / "prepared" / "stats.json").read_text())
+    assert stats["rows_read"] == 40

@@ -134,7 +134,7 @@ def test_real_medquad_counts_and_grouped_split():
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "empty", "noxml", "malformed", "csvcols", "fraction"],
+    ["missing", "empty", "noxml", "malformed", "csvcols", "fraction", "xmldir", "truncatedcsv", "fewgroups"],
 )
 def test_prepare_bad_input_one_line_no_output(case, tmp_path, capsys):
     out = tmp_path / "out"
@@ -155,7 +155,19 @@ def test_prepare_bad_input_one_line_no_output(case, tmp_path, capsys):
         args += ["--data", tmp_path / "c.csv"]
     elif case == "fraction":
         args += ["--data", make_medquad(tmp_path), "--test-fraction", "1.5"]
+    elif case == "xmldir":  # read_bytes of a folder named like a file: IsADirectoryError
+        root = make_medquad(tmp_path)
+        (root / "2_GARD_QA" / "0002.xml").mkdir()
+        args += ["--data", root]
+    elif case == "truncatedcsv":  # cut short inside a quoted answer: not a shorter last answer
+        (tmp_path / "t.csv").write_text('question,answer\n"Q1?","A1."\n"Q2?","An answer cut sh')
+        args += ["--data", tmp_path / "t.csv"]
+    elif case == "fewgroups":  # one focus entity: one group, no train and test from it
+        rows = "".join(f'"Question {i}?","Answer {i}.",S,gout\n' for i in range(8))
+        (tmp_path / "g.csv").write_text("question,answer,source,focus_area\n" + rows)
+        args += ["--data", tmp_path / "g.csv"]
     code, _, err = run_cli(args, capsys)
+    assert {"xmldir": "cannot read", "truncatedcsv": "malformed CSV", "fewgroups": "form 1 group"}.get(case, "") in err
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("medtune: error:"), err
@@ -263,3 +275,79 @@ def test_default_download_offline_says_how_to_pass_a_path(tmp_path, monkeypatch)
 def test_hub_dataset_without_datasets_or_offline_is_one_clear_error():
     with pytest.raises(MedtuneError, match="hub|offline|local path"):
         load_records("someone/medquad-copy")
+
+
+def test_xml_files_at_every_depth_are_read_and_mac_metadata_skipped(tmp_path):
+    """A collection folder with loose files beside it (or one level deeper) read only the first
+    depth that matched; a folder unzipped on a Mac holds __MACOSX/ and ._name files."""
+    root = make_medquad(tmp_path)
+    (root / "0003.xml").write_text(XML.replace("0001", "0003"))
+    (root / "deeper" / "4_X").mkdir(parents=True)
+    (root / "deeper" / "4_X" / "0004.xml").write_text(XML.replace("0001", "0004"))
+    (root / "__MACOSX" / "2_GARD_QA").mkdir(parents=True)
+    (root / "__MACOSX" / "2_GARD_QA" / "._0001.xml").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "2_GARD_QA" / "._0001.xml").write_bytes(b"\x00\x05\x16\x07")
+    docs = sorted({r.document_id for r in load_records(str(root))})
+    assert docs == ["0001", "0003", "0004"]
+
+
+def test_non_latin_questions_are_grouped_and_counted(tmp_path):
+    """An ASCII-only key made every Cyrillic or Chinese question the empty key: no grouping, so
+    one question landed in every split, and the overlap count said 1 for all of them."""
+    questions = [
+        "Что такое подагра?",
+        "痛风的症状是什么？",
+        "Какие симптомы у гриппа?",
+        "糖尿病怎么治疗？",
+        "Что такое астма?",
+    ]
+    recs = [
+        Record(id=f"{k}-{i}", question=q, answer=f"answer {k} {i}", source="S")
+        for k, q in enumerate(questions)
+        for i in range(8)
+    ]
+    splits = split_records(recs, "grouped", 0.2, 0.2, seed=0)
+    for q in questions:  # each question in exactly one split
+        assert sum(any(r.question == q for r in splits[name]) for name in SPLITS) == 1
+    random = split_records(recs, "random", 0.2, 0.2, seed=0)
+    expected = sum(len({n for n in SPLITS if any(r.question == q for r in random[n])}) > 1 for q in questions)
+    assert overlap(random)["questions_in_several_splits"] == expected > 1
+
+
+def test_hub_export_column_names_give_source_and_focus(tmp_path, capsys):
+    """lavita/MedQuAD's columns: question_focus was not read, so the grouped split ignored focus
+    entities and still printed 'overlap 0 focus entities'."""
+    p = tmp_path / "lavita.jsonl"
+    rows = [
+        {"document_source": "GARD", "question_focus": f"focus {i // 3}", "question": f"Q {i}?", "answer": f"A {i}."}
+        for i in range(30)
+    ]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = load_records(str(p))
+    assert {(r.source, r.focus) for r in recs[:3]} == {("GARD", "focus 0")}
+    code, out, err = run_cli(["prepare", "--data", p, "--out", tmp_path / "o", "--no-tokenize"], capsys)
+    assert code == 0, err
+    for name in SPLITS:  # a focus entity's three questions share one split
+        focus = [json.loads(line)["focus"] for line in (tmp_path / "o" / f"{name}.jsonl").read_text().splitlines()]
+        assert all(focus.count(f) == 3 for f in focus)
+    assert "grouped by question text only" not in out
+    p.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
+    code, out, err = run_cli(["prepare", "--data", p, "--out", tmp_path / "o2", "--no-tokenize"], capsys)
+    assert code == 0 and "grouped by question text only" in out, err
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import medtune.data.prepare as prepare_mod
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_mod, "write_json", full)
+    out, data = tmp_path / "out", tmp_path / "qa.csv"
+    data.write_text("question,answer\n" + "".join(f"Question {i}?,Answer {i}.\n" for i in range(20)))
+    code, _, err = run_cli(["prepare", "--data", data, "--out", out, "--no-tokenize"], capsys)
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

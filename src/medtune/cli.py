@@ -87,8 +87,11 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--max-length", type=int, default=512, help="for the truncation statistics")
     p.add_argument("--question-column", help="question column of a CSV/JSONL/Parquet/hub source (default: question)")
     p.add_argument("--answer-column", help="answer column (default: answer)")
-    p.add_argument("--source-column", help="source column, optional (default: source, when present)")
-    p.add_argument("--focus-column", help="focus entity column, optional (default: focus_area or focus, when present)")
+    p.add_argument("--source-column", help="source column, optional (default: source or document_source, when present)")
+    p.add_argument(
+        "--focus-column",
+        help="focus entity column, optional (default: focus_area, focus or question_focus, when present)",
+    )
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
     _add_model(p)
     p.add_argument("--no-tokenize", action="store_true", help="skip token-length statistics (no model needed)")

@@ -391,6 +391,13 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
     stages = stages or Stages(out, False, identity_of(cfg))
     prep, key = out / "prepared", prep_key(cfg)
     if stages.finished("prepare", key, prep / "stats.json"):
+        from medtune.data.prepare import source_changed
+
+        if source_changed(prep, cfg.data.source):
+            raise MedtuneError(
+                f"the data at {cfg.data.source} changed since {prep} was prepared from it: rerun with --force "
+                "to redo the comparison on it (or give another --out)"
+            )
         if not quiet:
             print("  done earlier, skipped", flush=True)
         return prep

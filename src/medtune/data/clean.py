@@ -13,7 +13,9 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 # MedQuAD answers flatten bullet lists onto one line: "...lymphocytes.    - Leukemia may..."
 _INLINE_BULLET = re.compile(r"\s{2,}- (?=\S)")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_NON_WORD = re.compile(r"[^0-9a-z]+")
+# Letters and digits of any script are kept (ASCII text keys exactly as it did with [^0-9a-z]):
+# an ASCII-only class made every Chinese or Cyrillic question the empty key, which groups nothing.
+_NON_WORD = re.compile(r"[\W_]+")
 _NOT_ID = re.compile(r"[^0-9A-Za-z_.-]+")
 
 
@@ -27,11 +29,11 @@ def clean_text(text: str) -> str:
 
 def normalise_question(text: str) -> str:
     """The key that decides whether two questions are 'the same' for the grouped split."""
-    return _NON_WORD.sub(" ", text.lower()).strip()
+    return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
 def normalise_focus(text: str) -> str:
-    return _NON_WORD.sub(" ", (text or "").lower()).strip()
+    return _NON_WORD.sub(" ", (text or "").casefold()).strip()
 
 
 def clean_records(records: list[Record]) -> tuple[list[Record], Counter]:

@@ -61,6 +61,21 @@ def _with_unique_ids(kept: list[Record], splits: dict[str, list[Record]]) -> tup
     return out, sum(r.id != new[id(r)] for recs in splits.values() for r in recs)
 
 
+def _too_few(kept: list[Record], data: DataConfig) -> str:
+    why = f"too few examples ({len(kept)}) for a train and a test split"
+    if data.split != "grouped":
+        return why
+    from medtune.data.split import leakage_groups
+
+    groups = len(leakage_groups(kept))
+    ways = ["more data", *(["--val-fraction 0"] if groups > 1 else []), *(["--split random"] if len(kept) > 1 else [])]
+    return (
+        f"{why}: the grouped split keeps pairs that share a question or focus entity together, and they "
+        f"form {groups} group{'s' if groups != 1 else ''}; use {', '.join(ways[:-1])}{' or ' if len(ways) > 1 else ''}"
+        f"{ways[-1]}"
+    )
+
+
 def length_stats(lengths: list[int], max_length: int) -> dict:
     if not lengths:
         return {"mean": 0, "median": 0, "p90": 0, "max": 0, "truncated_share": 0.0, "total": 0}
@@ -90,7 +105,7 @@ def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> t
         splits = _subsample(splits, data.max_examples, data.seed)
     splits, renamed = _with_unique_ids(kept, splits)
     if not splits["train"] or not splits["test"]:
-        raise MedtuneError(f"too few examples ({len(kept)}) for a train and a test split")
+        raise MedtuneError(_too_few(kept, data))
 
     stats = {
         "source": data.source,
@@ -101,6 +116,7 @@ def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> t
         "split": data.split,
         "seed": data.seed,
         "overlap": overlap(splits),
+        "without_focus": sum(not r.focus for recs in splits.values() for r in recs),
         "tokenizer": model_spec,
         "max_length": fmt.max_length,
         "splits": {},
@@ -196,10 +212,32 @@ def prepare(
     check_output(out, data.source, replace)
     with FolderLock(out, "prepared data"):
         check_output(out, data.source, replace)  # again, now that no one else can write it
+        read_from = _fingerprint(data.source)  # before reading: an edit during the read is caught later
         splits, stats = _build(data, fmt, tokenizer, model_spec)
-        meta = {"data": asdict(data), "format": asdict(fmt), "model": model_spec}
+        meta = {"data": asdict(data), "format": asdict(fmt), "model": model_spec, "source_sha256": read_from}
         _write(out, splits, stats, meta)
     return stats
+
+
+def _fingerprint(source: str | None) -> str | None:
+    from medtune.data.sources import source_fingerprint
+
+    try:
+        return source_fingerprint(source)
+    except OSError:  # an unreadable file: load_records names it in one line
+        return None
+
+
+def source_changed(prep: Path, source: str | None) -> bool:
+    """Was `prep` made from other contents of `source` than it holds now? False when there is
+    nothing to compare: prepare.json recorded no fingerprint (an earlier release, a hub dataset)
+    or the source is not there any more (the prepared copy is what the comparison uses)."""
+    try:
+        recorded = json.loads((Path(prep) / MARKER).read_text()).get("source_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    now = _fingerprint(source) if recorded is not None else None
+    return now is not None and now != recorded
 
 
 def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
@@ -227,8 +265,12 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
             aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, aside / out.name)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a quota: nothing was written, say so in one line
+            raise MedtuneError(
+                f"cannot write prepared data to {out}: {e.strerror or e} (nothing was written)"
+            ) from None
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

@@ -87,17 +87,34 @@ def _parse_medquad_xml(blob: bytes, name: str) -> list[Record]:
     return out
 
 
+def _is_macos_metadata(relative: str) -> bool:
+    """A Mac's zip or copy adds __MACOSX/ and ._name files: resource forks, not XML."""
+    parts = relative.replace("\\", "/").split("/")
+    return "__MACOSX" in parts or parts[-1].startswith("._")
+
+
+def medquad_files(folder: Path) -> list[Path]:
+    """Every *.xml at any depth below `folder` (the release's collection folders, loose files
+    beside them, a folder one level deeper), in path order, without a Mac's metadata files."""
+    return sorted(f for f in folder.rglob("*.xml") if not _is_macos_metadata(f.relative_to(folder).as_posix()))
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # a folder named x.xml, a broken link, no permission
+        raise MedtuneError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def read_medquad_folder(folder: Path) -> list[Record]:
-    files = sorted(folder.glob("*/*.xml")) or sorted(folder.glob("*.xml"))
-    if not files:
-        files = sorted(folder.rglob("*.xml"))
+    files = medquad_files(folder)
     if not files:
         raise MedtuneError(
             f"no MedQuAD XML files under {folder} (expected collection folders like 1_CancerGov_QA/*.xml)"
         )
     records: list[Record] = []
     for f in _progress(files, "read XML"):
-        records.extend(_parse_medquad_xml(f.read_bytes(), str(f)))
+        records.extend(_parse_medquad_xml(_read_bytes(f), str(f)))
     return records
 
 
@@ -107,9 +124,7 @@ def read_medquad_zip(path: Path) -> list[Record]:
     except (zipfile.BadZipFile, OSError) as e:
         raise MedtuneError(f"cannot open zip {path}: {e}") from None
     with zf:
-        names = sorted(
-            n for n in zf.namelist() if n.endswith(".xml") and "/__MACOSX" not in n and not n.startswith("__MACOSX")
-        )
+        names = sorted(n for n in zf.namelist() if n.endswith(".xml") and not _is_macos_metadata(n))
         if not names:
             raise MedtuneError(f"no MedQuAD XML files inside {path}")
         records: list[Record] = []
@@ -131,25 +146,34 @@ class ColumnMap:
     focus: Optional[str] = None
 
 
+# Optional columns found without a mapping, first present wins: the Kaggle CSV's names, then
+# the hub exports' (lavita/MedQuAD: document_source, question_focus).
+DEFAULT_COLUMNS = {"source": ("source", "document_source"), "focus": ("focus_area", "focus", "question_focus")}
+
+
 def _resolve_columns(columns: list[str], cmap: ColumnMap, where: str) -> dict:
+    def found(key):
+        return next((c for c in DEFAULT_COLUMNS[key] if c in columns), None)
+
     chosen = {
         "question": cmap.question or "question",
         "answer": cmap.answer or "answer",
-        "source": cmap.source or ("source" if "source" in columns else None),
-        "focus": cmap.focus or ("focus_area" if "focus_area" in columns else ("focus" if "focus" in columns else None)),
+        "source": cmap.source or found("source"),
+        "focus": cmap.focus or found("focus"),
     }
-    missing = [c for k, c in chosen.items() if c is not None and c not in columns]
+    missing = [k for k, c in chosen.items() if c is not None and c not in columns]
     if missing:
+        flags = " / ".join(f"--{k}-column" for k in missing)
         raise MedtuneError(
-            f"{where} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-            f" (it has: {', '.join(columns) or 'none'}); name them with --question-column / --answer-column"
+            f"{where} lacks column{'s' if len(missing) > 1 else ''} {', '.join(chosen[k] for k in missing)}"
+            f" (it has: {', '.join(columns) or 'none'}); name {'them' if len(missing) > 1 else 'it'} with {flags}"
         )
     for c in filter(None, chosen.values()):  # a reader keeps one of the two silently (csv: the last)
         at = [i + 1 for i, name in enumerate(columns) if name == c]
         if len(at) > 1:
             raise MedtuneError(
                 f"{where} has {len(at)} columns named {c!r} (columns {', '.join(map(str, at))}): "
-                "rename all but one, or pick another with --question-column / --answer-column"
+                "rename all but one, or map another with --question-column / --answer-column / --focus-column"
             )
     return chosen
 
@@ -168,8 +192,10 @@ def _value(v, key: str, col: str, where: str, row: int) -> str:
     if key not in _TEXT_FIELDS and isinstance(v, int) and not isinstance(v, bool):
         return str(v)
     kind = "text" if key in _TEXT_FIELDS else "text or an integer label"
+    name = type(v).__name__
     raise MedtuneError(
-        f"{where} {row}: column {col!r} ({key}) holds a {type(v).__name__} ({_short(v)}), expected {kind}"
+        f"{where} {row}: column {col!r} ({key}) holds {'an' if name[0] in 'aeiou' else 'a'} {name} ({_short(v)}), "
+        f"expected {kind}"
     )
 
 
@@ -205,12 +231,15 @@ def read_csv(path: Path, cmap: ColumnMap) -> list[Record]:
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which plain utf-8 would
         # glue onto the first column name ("\ufeffquestion"); without a BOM it reads as utf-8.
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            # strict: a file cut short inside a quoted answer is an error, not a shorter last answer
+            reader = csv.DictReader(fh, strict=True)
             columns = reader.fieldnames or []
             chosen = _resolve_columns(columns, cmap, str(path))
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
         raise MedtuneError(f"malformed CSV {path}: {e}") from None
+    except OSError as e:
+        raise MedtuneError(f"cannot read {path}: {e.strerror or e}") from None
     return _rows_to_records(rows, chosen, path.stem, str(path))
 
 
@@ -226,11 +255,14 @@ def read_jsonl(path: Path, cmap: ColumnMap) -> list[Record]:
                 except json.JSONDecodeError as e:
                     raise MedtuneError(f"malformed JSON on line {n} of {path}: {e.msg}") from None
                 if not isinstance(row, dict):
-                    raise MedtuneError(f"line {n} of {path} is not a JSON object")
+                    hint = " (a JSON array file? write one object per line: JSONL)" if n == 1 else ""
+                    raise MedtuneError(f"line {n} of {path} is not a JSON object{hint}")
                 rows.append(row)
                 numbers.append(n)
     except UnicodeDecodeError as e:
         raise MedtuneError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise MedtuneError(f"cannot read {path}: {e.strerror or e}") from None
     columns = sorted({k for r in rows for k in r})
     chosen = _resolve_columns(columns, cmap, str(path))
     return _rows_to_records(rows, chosen, path.stem, f"{path} line", numbers)
@@ -309,12 +341,36 @@ def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> lis
         if suffix in (".parquet", ".pq"):
             return read_parquet(path, cmap)
         if suffix == ".xml":
-            return _parse_medquad_xml(path.read_bytes(), str(path))
-        raise MedtuneError(f"unsupported data file {path} (use a MedQuAD folder or .zip, .csv, .jsonl or .parquet)")
+            return _parse_medquad_xml(_read_bytes(path), str(path))
+        raise MedtuneError(
+            f"unsupported data file {path} (use a MedQuAD folder, .zip or .xml, or a .csv, .jsonl or .parquet table)"
+        )
     looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).suffix
     if looks_like_hub_id:
         return read_hub(source, cmap)
     raise MedtuneError(f"data not found: {source}")
+
+
+def source_fingerprint(source: Optional[str]) -> Optional[str]:
+    """sha256 of what `load_records` reads from `source` (a folder's XML files with their
+    relative paths, or the file's bytes); None for a hub dataset or a missing path. A
+    comparison rerun checks it: prepared data from a file edited since must not be reused."""
+    import hashlib
+
+    path = cache_dir() / "data" / "medquad.zip" if source is None else Path(source).expanduser()
+    if path.is_dir():
+        files = [(f.relative_to(path).as_posix(), f) for f in medquad_files(path)]
+    elif path.is_file():
+        files = [("", path)]
+    else:
+        return None
+    h = hashlib.sha256()
+    for name, f in files:
+        h.update(f"{name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _progress(items, desc):

@@ -95,7 +95,9 @@ def overlap(splits: dict[str, list[Record]]) -> dict[str, int]:
     seen_f: dict[str, set] = defaultdict(set)
     for name, recs in splits.items():
         for r in recs:
-            seen_q[normalise_question(r.question)].add(name)
+            q = normalise_question(r.question)
+            if q:  # punctuation only: no text to match, grouped with nothing (leakage_groups)
+                seen_q[q].add(name)
             f = normalise_focus(r.focus)
             if f:
                 seen_f[f].add(name)

@@ -41,6 +41,8 @@ def print_prepare_stats(stats: dict, out) -> None:
             str(tk.get("max", "-")),
             f"{100 * tk['truncated_share']:.1f}%" if tk else "-",
         )
+    if stats["split"] == "grouped" and stats.get("without_focus") == sum(s["count"] for s in stats["splits"].values()):
+        console.print("no focus entities (map them with --focus-column): grouped by question text only")
     console.print(t)
 
 
