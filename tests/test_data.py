@@ -351,3 +351,13 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path, caps
     assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_markup_inside_an_answer_is_kept(tmp_path):
+    """.text stops at the first child element: "F1 is <b>very</b> rare." read as "F1 is"."""
+    root = make_medquad(tmp_path)
+    (root / "2_GARD_QA" / "0001.xml").write_text(
+        XML.replace("Pain   in the toe.", "Pain <b>in</b> the <i>big</i> toe.")
+    )
+    kept, _ = clean_records(load_records(str(root)))
+    assert kept[0].answer.startswith("Pain in the big toe.\n- Swelling here.")

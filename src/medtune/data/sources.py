@@ -76,8 +76,8 @@ def _parse_medquad_xml(blob: bytes, name: str) -> list[Record]:
         out.append(
             Record(
                 id=qid,
-                question=(q.text or "") if q is not None else "",
-                answer=(a.text or "") if a is not None else "",
+                question="".join(q.itertext()) if q is not None else "",  # all of it: <b>very</b> too
+                answer="".join(a.itertext()) if a is not None else "",
                 source=source,
                 focus=focus,
                 qtype=(q.get("qtype", "") if q is not None else ""),
