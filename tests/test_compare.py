@@ -89,6 +89,19 @@ def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     assert code == 0 and "Not medical advice" in stdout and stdout.startswith("[lora]")
 
 
+def test_samples_0_on_a_rerun_drops_the_sample_answers(tiny_compare):
+    """samples/<model>.json of the first run stayed and was reported beside config.samples 0."""
+    from dataclasses import replace
+
+    cfg, out = tiny_compare
+    run_compare(cfg, quiet=True)
+    assert "## Sample answers" in (out / "report.md").read_text()
+    results = run_compare(replace(cfg, samples=0), quiet=True)
+    assert "## Sample answers" not in (out / "report.md").read_text()
+    assert not any("samples" in m for m in results["models"].values())
+    assert not list((out / "samples").glob("*.json"))
+
+
 def test_eval_max_examples_scores_a_seeded_sample_across_the_split(tiny_compare):
     """The test split is stored by source; eval.max_examples scored its first N (MedQuAD's first
     100: 99 CancerGov). It scores a seeded sample, in split order, and the bootstrap's groups
@@ -476,3 +489,60 @@ def test_verdict_says_in_words_who_clearly_beats_whom():
     want = "- answer perplexity: boft beats lora; clearly better than the base: boft; clearly worse than the base: "
     want += "selective"
     assert want in text
+
+
+def _visible_tick_labels(fig, ax):
+    lo, hi = ax.get_xlim()
+    ticks = ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks()
+    return [t.label1 for t in ticks if t.label1.get_text() and lo <= t.get_loc() <= hi and t.label1.get_visible()]
+
+
+def test_one_tuned_method_on_a_narrow_grid_draws_a_readable_figure(tmp_path, monkeypatch):
+    """tune.span 1.5 with one method left: the single panel's title was cut ("dotted: defau"),
+    every minor tick was labelled and ran together ("6e-057e-058e-05"), and a diverged rate was
+    not drawn at all."""
+    import matplotlib.pyplot as plt
+
+    from medtune.report import study_figures
+
+    shown = {}
+    monkeypatch.setattr(plt, "close", lambda fig: shown.setdefault("fig", fig))
+    grid = [8.2e-5, 1.0e-4, 1.2e-4]
+    trials = [{"lr": lr, "state": "complete", "val_loss": v} for lr, v in zip(grid, [2.3, 2.2, 2.25])]
+    trials.append({"lr": 1.4e-4, "state": "complete", "val_loss": None, "diverged": "non-finite loss"})
+    tuning = {"lora": {"trials": trials, "chosen_lr": 1.0e-4, "best_val_loss": 2.2, "default_lr": 1.0e-4}}
+    study_figures.tuning_figure({"study": {"tuning": tuning}}, tmp_path / "t.png")
+    fig = shown["fig"]
+    fig.canvas.draw()
+    renderer, whole = fig.canvas.get_renderer(), fig.bbox
+    title = fig._suptitle.get_window_extent(renderer)
+    assert whole.x0 <= title.x0 and title.x1 <= whole.x1, "the title runs off the figure"
+    labels = _visible_tick_labels(fig, fig.axes[0])
+    assert labels, "no number on the learning-rate axis"
+    boxes = sorted((lb.get_window_extent(renderer) for lb in labels), key=lambda b: b.x0)
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), [lb.get_text() for lb in labels]
+    crosses = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "diverged"]
+    assert [list(ln.get_xdata()) for ln in crosses] == [[1.4e-4]]
+
+
+def test_a_non_finite_interval_reads_n_a_from_compare_and_from_report(tiny_compare, capsys):
+    """results.json stores a non-finite number as null (+ "nonfinite"); `medtune report` then
+    failed formatting None ("results.json is malformed") while compare had printed "+nan"."""
+    cfg, out = tiny_compare
+    run_compare(cfg, quiet=True)
+    saved = json.loads((out / "results.json").read_text())
+    for pair in saved["study"]["pairs"]:
+        pair["ci"] = [None, None]
+    for rows in saved["study"]["ranking"].values():
+        for row in rows:
+            row["sd"] = None
+    first = saved["models"]["lora"]["metrics"]["answer"]
+    first["perplexity_ci"] = [None, None]
+    (out / "results.json").write_text(json.dumps(saved))
+    code, _, err = run_cli(["report", out], capsys)
+    assert code == 0, err
+    report = (out / "report.md").read_text()
+    assert "[n/a, n/a]" in report and "nan" not in report.lower().replace("n/a", "")
+    # one seed: said to be single runs whose intervals leave the seed's noise out, not "means ± sd"
+    assert "train seed 0:" in report and "Values are single runs" in report and "means over seeds" not in report
+    assert ") (" not in report.split("## Verdict")[1].split("\n\n")[1]  # "focus groups (76) (200 resamples)"

@@ -207,7 +207,7 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
         ["evaluate", "--model", tiny, "--data", prepared, "--scores", base, "--bootstrap", 50], capsys
     )
     assert code == 0, err
-    code, _, err = run_cli(
+    code, printed, err = run_cli(
         [
             "evaluate",
             "--run",
@@ -227,6 +227,16 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
     res = json.loads((tmp_path / "r.json").read_text())
     d = res["paired_difference"]["answer"]
     assert d["perplexity"] != 0 and d["perplexity_ci"][0] <= d["perplexity"] <= d["perplexity_ci"][1]
+    paired = printed[printed.index("paired difference") :].splitlines()
+    assert f"{d['perplexity']:+.3f}" in printed
+    # the widest numbers the lines hold (two-digit perplexity differences) still fit 80 columns
+    from medtune.evaluate_cli import _print_paired
+
+    wide = {"perplexity": -11.383, "perplexity_ci": [-12.106, -10.646], "accuracy": -1e-4, "accuracy_ci": [-8e-4, 5e-4]}
+    _print_paired("base.scores.json", {"answer": wide, "all": wide})
+    paired += capsys.readouterr().out.splitlines()
+    numbers = [line for line in paired if "perplexity " in line or "accuracy " in line]  # (the header names a path)
+    assert len(numbers) == 8 and max(map(len, numbers)) <= 80, paired
     # pairing with scores of other examples is refused
     code, _, err = run_cli(
         ["evaluate", "--run", tmp_path / "run", "--data", prepared, "--max-examples", "3", "--paired-with", base],

@@ -533,8 +533,10 @@ class Comparison:
         finally:
             shared.close()
         self.stage("write report")
+        from medtune.runs import read_json
+
         results = build_results(out)
-        write_report(out, results)
+        write_report(out, read_json(out / "results.json"))  # as `medtune report` reads it: same report.md
         self.stages.redo_finished()
         self.say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - self.t_start:.0f}s in all)")
         return results

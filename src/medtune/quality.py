@@ -353,6 +353,8 @@ def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callab
     if cfg.samples:
         (Path(out) / "samples").mkdir(parents=True, exist_ok=True)
         write_json(Path(out) / "samples" / f"{name}.json", rows[: cfg.samples])
+    else:  # an earlier run's, with samples set then
+        (Path(out) / "samples" / f"{name}.json").unlink(missing_ok=True)
 
 
 def sample_groups(records: list, order: list[int]) -> list:

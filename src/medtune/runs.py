@@ -298,7 +298,8 @@ def check_shape(obj, spec, file: Path, where: str = "") -> None:
         if isinstance(obj, float) and not math.isfinite(obj):
             raise MedtuneError(f"{file}: {label} is {obj} (not a finite number)")
         return
-    expected = " or ".join("a number" if t in (int, float) else f"a {t.__name__}" for t in dict.fromkeys(types))
+    names = {int: "a number", float: "a number", type(None): "null"}
+    expected = " or ".join(dict.fromkeys(names.get(t, f"a {t.__name__}") for t in types))
     raise MedtuneError(f"{file}: {label} is {_kind(obj)}, expected {expected}")
 
 

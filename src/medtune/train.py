@@ -667,7 +667,7 @@ def finish(s: Setup, state: TrainState) -> dict:
     loss = f"{state.last_loss:.4f}" if state.last_loss is not None else "-"
     s.log(
         f"trained {s.cfg.method}: {state.step} steps, {state.tokens:,} tokens in {state.train_seconds:.1f}s "
-        f"({summary['tokens_per_s']:.0f} tok/s), final loss {loss}\n  -> {s.run_dir}"  # 80 columns
+        f"({summary['tokens_per_s']:.0f} tok/s)\n  final loss {loss} -> {s.run_dir}"  # 80 columns
     )
     return summary
 

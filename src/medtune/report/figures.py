@@ -15,6 +15,14 @@ COLORS = {"answer": "#3b6ea8", "all": "#e0883b"}
 LABELS = {"answer": "answer tokens", "all": "all tokens (study)"}
 
 
+def whiskers(vals: list, cis: list) -> tuple[list, list]:
+    """(errorbar's [below, above] lengths, the upper ends) of intervals around `vals`; an end that
+    is null in results.json (non-finite) draws no whisker on that side."""
+    lo = [v if c is None or c[0] is None else c[0] for v, c in zip(vals, cis)]
+    hi = [v if c is None or c[1] is None else c[1] for v, c in zip(vals, cis)]
+    return [[v - a for v, a in zip(vals, lo)], [b - v for v, b in zip(vals, hi)]], hi
+
+
 def annotate_bars(ax, bars, vals, fmt: str, fontsize: int, tops=None) -> None:
     """Each bar's value just above it, or above its whisker (`tops`: the intervals' upper ends),
     where the whisker does not run through the number."""
@@ -54,14 +62,13 @@ def _bars(results: dict, metric: str, ylabel: str, title: str, path: Path) -> No
     for k, scope in enumerate(SCOPES):
         xs = [i + (k - 0.5) * width for i in range(len(names))]
         vals = [models[n]["metrics"][scope][metric] for n in names]
-        ci = [models[n]["metrics"][scope][f"{metric}_ci"] for n in names]
-        err = [[v - c[0] for v, c in zip(vals, ci)], [c[1] - v for v, c in zip(vals, ci)]]
+        err, tops = whiskers(vals, [models[n]["metrics"][scope][f"{metric}_ci"] for n in names])
         bars = ax.bar(xs, vals, width, yerr=err, capsize=4, color=COLORS[scope], label=LABELS[scope])
-        annotate_bars(ax, bars, vals, "{:.3f}" if metric == "accuracy" else "{:.2f}", 8, [c[1] for c in ci])
+        annotate_bars(ax, bars, vals, "{:.3f}" if metric == "accuracy" else "{:.2f}", 8, tops)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    save(fig, ax, path, legend_size=9)
+    save(fig, ax, path, legend_size=9, outside=True)  # the bars fill the axes: "best" sat on them
 
 
 def perplexity_figure(results: dict, path: Path) -> None:
@@ -118,9 +125,9 @@ def quality_figure(results: dict, path: Path) -> None:
             ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="grey")
         else:
             vals = [s["mean"] for s in stats]
-            err = [[v - s["ci"][0] for v, s in zip(vals, stats)], [s["ci"][1] - v for v, s in zip(vals, stats)]]
+            err, tops = whiskers(vals, [s["ci"] for s in stats])
             bars = ax.bar(range(len(names)), vals, 0.6, yerr=err, capsize=4, color=COLORS["answer"])
-            annotate_bars(ax, bars, vals, fmt, 7, [s["ci"][1] for s in stats])
+            annotate_bars(ax, bars, vals, fmt, 7, tops)
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
         better = METRICS.get(key, {}).get("higher_is_better")
         ax.set_title(label + ("" if better is None else f"\n({'higher' if better else 'lower'} is better)"), fontsize=9)

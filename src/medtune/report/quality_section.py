@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medtune import quality
 from medtune.evaluate import unit_count
-from medtune.report.tables import FEW_UNITS, QUALITY_ROWS
+from medtune.report.tables import FEW_UNITS, QUALITY_ROWS, span
 from medtune.study import answer_groups
 
 
@@ -53,8 +53,7 @@ def add_quality(out: Path, results: dict) -> None:
 def _cell(m: dict | None, fmt: str, signed: bool = False) -> str:
     if m is None:
         return "skipped"
-    f = fmt.replace("{:", "{:+") if signed else fmt
-    return f"{f.format(m['mean'])} [{f.format(m['ci'][0])}, {f.format(m['ci'][1])}]"
+    return span(fmt, m["mean"], m["ci"], signed)
 
 
 def quality_lines(out: Path, results: dict) -> list[str]:

@@ -12,6 +12,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from medtune.report.figures import whiskers  # noqa: E402
+
 
 def tuning_figure(results: dict, path: Path) -> bool:
     """One panel per method (methods often share grid points, and their markers hid each other on
@@ -32,7 +34,9 @@ def tuning_figure(results: dict, path: Path) -> bool:
     _clip_high(axes[: len(tuning)], tuning)
     for ax in axes[::cols]:
         ax.set_ylabel("validation loss (nats per scored token)")
-    fig.suptitle("Tuning curves (validation split; star: chosen; dotted: default rate)")
+    # One panel is 4.3 in wide: the title on one line was cut at "defau"
+    sep = "; " if cols > 1 else "\n"
+    fig.suptitle(f"Tuning curves (validation split){sep}star: chosen; dotted: default rate", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -53,17 +57,30 @@ def _tuning_panel(ax, method: str, t: dict, color) -> None:
             color=color,
             label="pruned (last reported)",
         )
+    diverged = sorted(r["lr"] for r in t.get("trials") or [] if r.get("diverged") and r.get("lr"))
+    if diverged:  # no loss to plot: crosses on the top edge, so the panel does not hide them
+        ax.plot(
+            diverged,
+            [1.0] * len(diverged),
+            "x",
+            color=color,
+            ms=8,
+            clip_on=False,
+            transform=ax.get_xaxis_transform(),
+            label="diverged (top edge)",
+            gid="diverged",
+        )
     if t.get("default_lr"):
         ax.axvline(t["default_lr"], ls=":", color="grey", lw=1)
     chosen = t.get("chosen_lr")
     if chosen is not None and _finite(t.get("best_val_loss")):
         ax.plot([chosen], [t["best_val_loss"]], "*", ms=14, color=color)
     ax.set_xscale("log")
-    _label_short_log_axis(ax, [r["lr"] for r in rows] + [t.get("default_lr") or 0])
+    _label_short_log_axis(ax, [r["lr"] for r in rows] + diverged + [t.get("default_lr") or 0])
     ax.set_xlabel("learning rate")
     ax.set_title(f"{method}" + (f": chosen {chosen:.3g}" if chosen is not None else ": none finished"), fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
-    if pruned:
+    if pruned or diverged:
         ax.legend(frameon=False, fontsize=7)
 
 
@@ -81,7 +98,8 @@ def _clip_high(axes: list, tuning: dict) -> None:
     top = min(losses) + CLIP_NATS
     axes[0].set_ylim(min(losses) - 0.05 * CLIP_NATS, top)  # shared: every panel follows
     for ax in axes:
-        for line in [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]:
+        labelled = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_") and ln.get_gid() != "diverged"]
+        for line in labelled:  # (diverged crosses are drawn in axes units, already on the edge)
             for x, y in zip(line.get_xdata(), line.get_ydata()):
                 if y > top:
                     ax.plot([x], [top], "^", color=line.get_color(), ms=9, clip_on=False)
@@ -90,16 +108,27 @@ def _clip_high(axes: list, tuning: dict) -> None:
                     )
 
 
+def _short_tick(v: float, _pos=None) -> str:
+    """Ticks at 1, 2, 3 and 5 x 10^k only (every minor tick ran together: "6e-057e-058e-05"),
+    in one format on the whole axis: plain between 0.01 and 10^4, else "2e-4"."""
+    mantissa, exponent = f"{v:.0e}".split("e")
+    if mantissa not in ("1", "2", "3", "5"):
+        return ""
+    return f"{v:g}" if 1e-2 <= v < 1e4 else f"{mantissa}e{int(exponent)}"
+
+
 def _label_short_log_axis(ax, values: list[float]) -> None:
-    """A log axis spanning less than a decade has no decade tick: label its minor ticks instead
-    (else the axis shows no number at all), and keep the points off the edges."""
+    """A log axis spanning less than a decade has at most one decade tick: label minor ticks too
+    (else the axis shows one number or none), and keep the points off the edges. The limits span
+    at least 1.6^2 = 2.56x, so some tick at 1, 2, 3 or 5 x 10^k (at most 2x apart) is in view."""
     values = [v for v in values if v and v > 0]
     if not values:
         return
     lo, hi = min(values), max(values)
     ax.set_xlim(lo / 1.6, hi * 1.6)
     if hi * 1.6 / (lo / 1.6) < 10:
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_short_tick))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_short_tick))
     else:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decade labels only
 
@@ -121,7 +150,7 @@ def pareto_figure(results: dict, path: Path, key: str = "answer.perplexity") -> 
             if x is None:
                 continue
             xs.append(x)
-            err = [[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]]
+            err, _ = whiskers([r["mean"]], [r["ci"]])
             ax.errorbar([x], [r["mean"]], yerr=err, fmt="o", capsize=4)
             ax.annotate(n, (x, r["mean"]), xytext=(5, 5), textcoords="offset points", fontsize=8)
         if "base" in ranking:  # named on the line itself: the points are named beside them, no legend

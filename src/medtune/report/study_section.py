@@ -6,7 +6,7 @@ reproduces it without training or scoring.
 
 from __future__ import annotations
 
-from medtune.report.tables import FEW_UNITS
+from medtune.report.tables import FEW_UNITS, number, span
 
 LABELS = {
     "answer.perplexity": ("answer perplexity", "{:.3f}"),
@@ -26,18 +26,17 @@ def _label(key: str) -> tuple[str, str]:
 
 def _mean_sd(entry: dict, fmt: str) -> str:
     sd = entry.get("sd")
-    return fmt.format(entry["mean"]) + (f" ± {fmt.format(sd)}" if sd is not None else "")
+    return number(fmt, entry["mean"]) + (f" ± {number(fmt, sd)}" if sd is not None else "")
 
 
 def _diff_cell(d: dict, fmt: str) -> str:
-    f = "{:+" + fmt[2:]
-    text = f"{f.format(d['diff'])} [{f.format(d['ci'][0])}, {f.format(d['ci'][1])}]"
+    text = span(fmt, d["diff"], d["ci"], signed=True)
     return f"**{text}**" if d["clear"] else f"{text} no clear difference"
 
 
 def unit_sentence(study: dict) -> str:
     b = study["bootstrap"]
-    unit = b["unit"] + (f" ({b['count']:,})" if b.get("count") else "")
+    count = f"{b['count']:,} of them; " if b.get("count") else ""
     if b.get("seed_noise"):  # seeds: a t interval added in quadrature (medtune.study)
         t = (
             "t half-width (S - 1 degrees of freedom; between two methods, of their per-seed differences: "
@@ -46,11 +45,11 @@ def unit_sentence(study: dict) -> str:
             else "Welch t half-width (S - 1 degrees of freedom per method)"  # results.json of 0cb79df..2810898
         )
         return (
-            f"95% intervals: bootstrap resampling {unit} ({b['resamples']} resamples), each side widened "
-            f"in quadrature by the seeds' {t}"
+            f"95% intervals: bootstrap resampling {b['unit']} ({count}{b['resamples']} resamples), each side "
+            f"widened in quadrature by the seeds' {t}"
         )
     seeds = " and, per method, its seeds" if b.get("seeds_resampled") else ""  # results.json from before the t rule
-    return f"95% bootstrap intervals resampling {unit}{seeds}, {b['resamples']} resamples"
+    return f"95% bootstrap intervals resampling {b['unit']}{seeds} ({count}{b['resamples']} resamples)"
 
 
 def verdict_lines(results: dict) -> list[str]:
@@ -61,12 +60,19 @@ def verdict_lines(results: dict) -> list[str]:
     tuned = study.get("tuning") or ((results.get("config") or {}).get("tune") or {}).get("enabled")
     how = "tuned per method on the validation split (the test split is never read while tuning)" if tuned else "as set"
     L = ["## Verdict\n"]
+    seeds = ", ".join(map(str, study["seed_values"]))
+    values = (
+        "Values are means over seeds (± sd)"
+        if S > 1
+        else "Values are single runs: the intervals hold the test sample's noise, not the seed's "
+        "(`--set train.seeds=3` adds two runs per method and keeps this one)"
+    )
     L.append(
-        f"{S} seed{'s' if S > 1 else ''} per method (train seeds {', '.join(map(str, study['seed_values']))}: data "
+        f"{S} seed{'s' if S > 1 else ''} per method (train seed{'s' if S > 1 else ''} {seeds}: data "
         f"order and adapter initialisation); learning rates "
         + how
         + _trial_seed(results)
-        + f". Values are means over seeds (± sd); {unit_sentence(study)}. "
+        + f". {values}; {unit_sentence(study)}. "
         "Differences are paired on the same test examples; **bold**: the interval excludes 0.\n"
     )
     if S == 2:
@@ -271,4 +277,4 @@ def edge_note(t: dict) -> str:
 
 
 def _num(v, fmt: str) -> str:
-    return "-" if v is None else fmt.format(v)
+    return "-" if v is None else number(fmt, v)

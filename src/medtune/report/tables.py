@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -44,6 +46,22 @@ def print_prepare_stats(stats: dict, out) -> None:
     if stats["split"] == "grouped" and stats.get("without_focus") == sum(s["count"] for s in stats["splits"].values()):
         console.print("no focus entities (map them with --focus-column): grouped by question text only")
     console.print(t)
+
+
+def number(fmt: str, v) -> str:
+    """`fmt` of `v`; "n/a" for a value results.json holds as null (a non-finite interval end or sd:
+    write_json stores null + "nonfinite") or one computed non-finite, so report.md reads the same
+    from compare and from `medtune report`. -0.0 prints as 0 ("+0.0000 [-0.0000, ...]")."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return fmt.format(v + 0.0 if isinstance(v, float) else v)
+
+
+def span(fmt: str, v, ci, signed: bool = False) -> str:
+    """ "value [lo, hi]", each by `number` (signed: with a + or - sign)."""
+    f = fmt.replace("{:", "{:+") if signed else fmt
+    lo, hi = ci if ci else (None, None)
+    return f"{number(f, v)} [{number(f, lo)}, {number(f, hi)}]"
 
 
 def _interval(lo: float, hi: float, fmt: str) -> Text:

@@ -13,7 +13,7 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 from medtune.evaluate import METRICS
 from medtune.report.quality_section import add_quality, generation_speed, quality_lines, sample_scores
-from medtune.report.tables import FEW_UNITS
+from medtune.report.tables import FEW_UNITS, span
 from medtune.runs import Number, check_shape, count_of, environment, read_json, write_json
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
@@ -47,8 +47,8 @@ def build_results(out: Path) -> dict:
     models, study, pool = collect(out, cfg, [m for m in meta["methods"] if m not in diverged])
     for name, entry in models.items():
         samples = out / "samples" / f"{name}.json"
-        if samples.is_file():
-            entry["samples"] = json.loads(samples.read_text())
+        if samples.is_file() and cfg.get("samples"):  # samples=0 on a rerun: an older file is not shown
+            entry["samples"] = json.loads(samples.read_text())[: cfg["samples"]]
     stats = read_json(out / "prepared" / "stats.json")
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -91,11 +91,12 @@ def rebuild(out: Path) -> None:
 
 # What write_report reads from results.json (see runs.check_shape for the notation).
 _NUM = Number
+_END = (Number, type(None))  # an interval end no bootstrap sample made finite: null, shown "n/a"
 _SCOPE = {
     "perplexity": _NUM,
-    "perplexity_ci": [_NUM, _NUM],
+    "perplexity_ci": [_END, _END],
     "accuracy": _NUM,
-    "accuracy_ci": [_NUM, _NUM],
+    "accuracy_ci": [_END, _END],
     "tokens": int,
 }
 _MODEL = {
@@ -121,12 +122,11 @@ RESULTS_SHAPE = {
 
 
 def _ci(v, ci, fmt):
-    return f"{fmt.format(v)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    return span(fmt, v, ci)
 
 
 def _signed(v, ci, fmt):
-    f = "{:+" + fmt[2:]
-    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+    return span(fmt, v, ci, signed=True)
 
 
 def write_report(out: Path, results: dict) -> None:
@@ -139,7 +139,9 @@ def write_report(out: Path, results: dict) -> None:
     L = _header(results)
     for method, d in (results.get("diverged") or {}).items():
         rate = f", learning rate {d['lr']:g}" if d.get("lr") is not None else ""  # tuning: the reason lists them
-        L.append(f"**{method}: diverged** (run {d['run']}{rate}); not ranked. {d['reason']}\n")
+        L.append(
+            f"**{method}: diverged** (run {d['run']}{rate}); not ranked. {d['reason'][:1].upper()}{d['reason'][1:]}\n"
+        )
     L.extend(verdict_lines(results))
     L.extend(_table1(results))
     L.extend(quality_lines(out, results))
