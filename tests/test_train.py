@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import run_cli, write_records
@@ -274,7 +275,7 @@ def test_loss_goes_down_on_tiny(tiny, prepared, tmp_path):
 def test_train_bad_input(extra, message, tiny, prepared, tmp_path, capsys):
     code, _, err = run_cli(["train", "--data", prepared, "--model", tiny, "--out", tmp_path / "runs", *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs" / "lora").exists()
 
 
 def test_train_unreadable_data(tiny, tmp_path, capsys):
@@ -287,7 +288,7 @@ def test_train_unreadable_data(tiny, tmp_path, capsys):
             ["train", "--method", "lora", "--data", data, "--model", tiny, "--out", tmp_path / "runs"], capsys
         )
         assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs" / "lora").exists()
 
 
 def test_two_processes_match_one(tiny, tmp_path):
@@ -711,3 +712,114 @@ def test_argument_errors_are_one_line(args, message, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("medtune: error:"), err
     assert message in err and "--help" in err
+
+
+def test_a_relative_model_path_is_found_from_any_directory(tiny, tmp_path, monkeypatch, capsys):
+    """--model models/llama was kept as typed: from another directory ask, evaluate and resume read
+    it as a hub id ("couldn't connect to huggingface.co"). New runs record it absolute; a run
+    written before is found under the folders above it."""
+    from conftest import write_records
+    from medtune import models
+
+    work, elsewhere = tmp_path / "w", tmp_path / "elsewhere"
+    shutil.copytree(models.resolve(tiny).path, work / "models" / "llama")
+    write_records(work / "p")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    args = ["train", "--method", "lora", "--model", "models/llama", "--data", "p", "--out", "runs"]
+    code, _, err = run_cli([*args, "--set", "train.max_steps=2", "--set", "train.batch_size=4"], capsys)
+    assert code == 0, err
+    new = (work / "runs" / "lora").absolute()
+    config = yaml.safe_load((new / "config.yaml").read_text())
+    assert config["model"]["spec"] == str(work / "models" / "llama")
+    adapter = json.loads((new / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(work / "models" / "llama")  # plain PEFT finds it too
+    old = _interrupted(tiny, Path("p"), Path("runs") / "old", model={"spec": "models/llama"}).absolute()
+    assert yaml.safe_load((old / "config.yaml").read_text())["model"]["spec"] == "models/llama"
+    (old / "env.json").write_text(json.dumps({"model_path": "models/llama"}))  # as a run of before wrote it
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run_cli(["train", "--resume", old], capsys)
+    assert code == 0, err
+    for run in (new, old):
+        code, out, err = run_cli(["evaluate", "--run", run, "--data", work / "p", "--max-examples", "2"], capsys)
+        assert code == 0 and "perplexity" in out, err
+    code, out, err = run_cli(["ask", old, "What is gout?", "--max-new-tokens", "3"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("case", ["empty.gguf", "random.gguf", "cut.safetensors", "no-tokenizer"])
+def test_an_unreadable_model_is_one_line(case, tiny, prepared, tmp_path, capsys):
+    """A cut, empty or foreign .gguf, cut weights, a folder without tokenizer files: tracebacks."""
+    from medtune import models
+
+    if case.endswith(".gguf"):
+        spec = tmp_path / case
+        spec.write_bytes(b"" if case.startswith("empty") else os.urandom(100))
+    else:
+        spec = tmp_path / "m"
+        shutil.copytree(models.resolve(tiny).path, spec)
+        if case == "cut.safetensors":
+            weights = spec / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:1000])
+        else:
+            for f in spec.iterdir():
+                if "token" in f.name or f.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+                    f.unlink()
+    for command in (["evaluate", "--model", spec, "--data", prepared], ["train", "--method", "lora"]):
+        if command[0] == "train":
+            command += ["--model", spec, "--data", prepared, "--out", tmp_path / "runs"]
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (command, err)
+        assert str(spec.name) in err or repr(str(spec)) in err, err
+    assert not (tmp_path / "runs" / "lora").exists()
+
+
+def test_a_run_trained_with_trust_remote_code_is_loaded_with_it(tiny, prepared, tmp_path, monkeypatch):
+    """evaluate / ask loaded every run with trust_remote_code False: a custom-code model trained
+    fine and then could not be scored."""
+    from medtune import inference, models
+
+    train(cfg(tiny, "lora", train__max_steps=1), prepared, tmp_path / "run", quiet=True)
+    d = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    d["model"]["trust_remote_code"] = True
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(d))
+    asked, real = [], models.load
+    monkeypatch.setattr(models, "load", lambda spec, trust=False: asked.append(trust) or real(spec, trust))
+    inference.load_for_inference(None, tmp_path / "run")
+    inference.load_for_inference(tiny, None)
+    assert asked == [True, False]
+
+
+@pytest.mark.parametrize(
+    "method,args",
+    [("selective", {"head": "untied"}), ("selective", {"head": "tied"}), ("full", {}), ("lora", {}), ("boft", {})],
+)
+def test_export_is_a_plain_hf_folder_with_the_runs_logits(method, args, tiny, prepared, tmp_path, capsys):
+    """A selective run with an untied head on a tied base, loaded the obvious way
+    (load_state_dict(strict=False) of trained.safetensors), put the head into the input embeddings
+    too: other logits, no warning. The export loads with plain from_pretrained, adapters merged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medtune.inference import load_for_inference
+
+    extra = {"block_size": 16, "dropout": 0.0} if method == "boft" else {"dropout": 0.0} if method == "lora" else {}
+    train(
+        cfg(tiny, method, train__max_steps=3, train__lr=1e-2, method_args={**args, **extra}), prepared, tmp_path / "r"
+    )
+    code, out, err = run_cli(["export", tmp_path / "r", "--out", tmp_path / "hf"], capsys)
+    assert code == 0 and "exported" in out, err
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()  # no medtune, no PEFT
+    ours = load_for_inference(None, tmp_path / "r", device="cpu")[0]
+    assert torch.allclose(logits_of(plain, IDS), logits_of(ours, IDS), atol=1e-5)
+    base = models.load(tiny)[0].eval()
+    assert not torch.allclose(logits_of(plain, IDS), logits_of(base, IDS), atol=1e-3)  # trained weights in it
+    assert plain.config.tie_word_embeddings == (args.get("head") != "untied")
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").pad_token is not None
+    assert "Not medical advice" in (tmp_path / "hf" / "README.md").read_text()
+    # an earlier export is replaced only with --force; a foreign folder never
+    code, _, err = run_cli(["export", tmp_path / "r", "--out", tmp_path / "hf"], capsys)
+    assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1, err
+    assert run_cli(["export", tmp_path / "r", "--out", tmp_path / "hf", "--force"], capsys)[0] == 0
+    code, _, err = run_cli(["export", tmp_path / "r", "--out", prepared], capsys)
+    assert code == 2 and "not a medtune export" in err, err
+    assert (prepared / "train.jsonl").is_file() and not [p for p in tmp_path.rglob(".*export-*")]

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from medtune.errors import MedtuneError
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         _tune_parser,
         _report_parser,
         _ask_parser,
+        _export_parser,
     ):
         add(sub)
     return ap
@@ -199,6 +201,13 @@ def _ask_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit (>= 1; 160)")
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="a run as one plain Hugging Face model folder (adapters merged)")
+    p.add_argument("run", help="a finished run folder")
+    p.add_argument("--out", required=True, help="the model folder to write (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+
+
 def _version() -> str:
     from medtune import __version__
 
@@ -248,7 +257,11 @@ def _run_config(args):
     if args.model:
         data.setdefault("model", {})["spec"] = args.model
     apply_overrides(data, args.overrides)
-    return from_dict(RunConfig, data, "config")
+    cfg = from_dict(RunConfig, data, "config")
+    local = Path(cfg.model.spec).expanduser()
+    if local.exists() and not local.is_absolute():  # the run must find it from any directory
+        cfg = replace(cfg, model=replace(cfg.model, spec=str(local.resolve())))
+    return cfg
 
 
 def cmd_train(args) -> None:
@@ -282,7 +295,7 @@ _RESUME_IGNORES = (
 
 def _resume_inputs(args):
     """(config, prepared data folder) of `train --resume`, every problem one line before weights load."""
-    from medtune.runs import data_dir_candidates, is_complete, load_config
+    from medtune.runs import data_dir_candidates, is_complete, load_config, locate_model
 
     run = Path(args.resume)
     for attr, flag, how in _RESUME_IGNORES:
@@ -290,6 +303,9 @@ def _resume_inputs(args):
             raise MedtuneError(f"--resume continues {run} {how}; drop {flag}")
     cfg, recorded = load_config(run)
     cfg = _resume_overrides(cfg, args.overrides)
+    located = locate_model(run, cfg.model.spec)  # a relative --model typed in another directory
+    if located != cfg.model.spec:
+        cfg = replace(cfg, model=replace(cfg.model, spec=located))
     if is_complete(run):
         raise MedtuneError(f"run {run} already finished; nothing to resume")
     if args.data:
@@ -386,6 +402,13 @@ def cmd_ask(args) -> None:
     ask_command(args)
 
 
+def cmd_export(args) -> None:
+    from medtune.export import export_run
+
+    out = export_run(Path(args.run), Path(args.out), force=args.force)
+    print(f"exported {args.run} -> {out}  (AutoModelForCausalLM.from_pretrained loads it)")
+
+
 COMMANDS = {
     "prepare": cmd_prepare,
     "train": cmd_train,
@@ -394,6 +417,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "report": cmd_report,
     "ask": cmd_ask,
+    "export": cmd_export,
 }
 
 

@@ -16,17 +16,20 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
     fmt = FormatConfig()
     label = "base"
     if run_dir:
-        from medtune.runs import load_config
+        from medtune.runs import load_config, locate_model
         from medtune.weights import check_files
 
         cfg, _ = load_config(Path(run_dir))
         check_files(Path(run_dir))  # a missing or corrupt weight file fails here, before the model loads
-        model_spec = model_spec or cfg.model.spec
+        model_spec = model_spec or locate_model(Path(run_dir), cfg.model.spec)
         fmt = cfg.format
         label = cfg.method
+        trust_remote_code = cfg.model.trust_remote_code  # custom code the run trained with
+    else:
+        trust_remote_code = False
     if not model_spec:
         raise MedtuneError("name a model with --model SPEC (or a trained run with --run DIR)")
-    model, tok, _ = models.load(model_spec)
+    model, tok, _ = models.load(model_spec, trust_remote_code)
     if run_dir:
         from medtune.weights import load_trained
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from medtune.data.sources import cache_dir
 from medtune.errors import MedtuneError
@@ -80,7 +81,9 @@ def resolve(spec: str) -> ResolvedModel:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MedtuneError(f"model folder {path} has no config.json (is it a Hugging Face model folder?)")
-        return ResolvedModel(spec, str(path), "folder")
+        # absolute: PEFT writes it into adapter_config.json (base_model_name_or_path), env.json
+        # records it, and both must name the folder from any directory
+        return ResolvedModel(spec, str(path.resolve()), "folder")
     if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1:
         raise MedtuneError(f"model not found: {spec}")
     if spec.count("/") != 1:
@@ -123,6 +126,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:
         raise MedtuneError(f"loading GGUF needs the gguf package: pip install gguf ({e})") from None
+    except Exception as e:  # cut short, empty or not GGUF: the gguf reader raises ValueError, OSError, ...
+        raise MedtuneError(f"{gguf} is not a readable GGUF file ({type(e).__name__}: {_first_line(e)})") from None
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config  # the weights below are plain fp32 now
@@ -214,7 +219,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: no tokenizer files ("Couldn't instantiate the backend")
         raise MedtuneError(f"cannot load the tokenizer of {resolved.spec!r}: {_first_line(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked by position, so reusing EOS is safe here
@@ -234,6 +239,10 @@ def load_model(resolved: ResolvedModel, trust_remote_code: bool = False):
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {_first_line(e)}") from None
     except ValueError as e:
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {_first_line(e)}") from None
+    except SafetensorError as e:  # weights cut short or not safetensors
+        raise MedtuneError(
+            f"cannot load model {resolved.spec!r}: its weights are unreadable ({_first_line(e)})"
+        ) from None
     if getattr(model.config, "quantization_config", None) is not None:
         raise MedtuneError(
             f"model {resolved.spec!r} is quantized ({model.config.quantization_config}); medtune trains plain weights"

@@ -204,6 +204,28 @@ def data_dir_candidates(run_dir: Path, recorded) -> list[Path]:
     return [c for c in dict.fromkeys(c.resolve() for c in candidates) if (c / "train.jsonl").is_file()]
 
 
+def locate_model(run_dir: Path, spec: str) -> str:
+    """Where a run's base model is now. `spec` itself when it is an alias, absolute, or a path
+    that exists from here (or names no local path: a hub id). A relative path typed in another
+    directory is looked for as env.json recorded it (absolute since this release), then under
+    each folder above the run (`--model models/x --out runs` typed in the same folder)."""
+    from medtune.models import ALIASES, HUB_ALIASES
+
+    path = Path(spec).expanduser()
+    if spec in ALIASES or spec in HUB_ALIASES or path.is_absolute() or path.exists():
+        return spec
+    try:
+        recorded = json.loads((Path(run_dir) / "env.json").read_text()).get("model_path")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str) and Path(recorded).is_absolute() and Path(recorded).exists():
+        return recorded
+    for folder in Path(run_dir).absolute().parents:
+        if (folder / path).exists():
+            return str(folder / path)
+    return spec
+
+
 def _yaml_problem(e) -> str:
     from medtune.config import yaml_error
 

@@ -1,0 +1,84 @@
+"""`medtune export RUN --out DIR`: a run as one plain Hugging Face model folder.
+
+A run keeps only what it trained (a PEFT adapter, or the trained tensors of selective / full
+plus weights.json saying how they go back, e.g. on an untied head). Loading that by hand is
+easy to get silently wrong: `load_state_dict(strict=False)` of an untied head on a tied base
+writes the head into the input embeddings too. The export is the base with the run's weights
+in place (adapters merged into the layers they adapt), its config (tie_word_embeddings false
+where the head was untied), tokenizer and generation config: `AutoModelForCausalLM
+.from_pretrained(DIR)` gives the run's logits, with no medtune or PEFT installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from medtune.errors import MedtuneError
+
+CARD = """---
+base_model: {base}
+library_name: transformers
+tags: [medtune, medical-qa, {method}]
+---
+# {name}
+
+{method} fine-tune of `{base}` made by medtune (`medtune export {run}`); the run's
+config.yaml, trainable.json and summary.json are beside its weights in the run folder.
+Adapters, when the method has them, are merged into the weights here.
+
+Trained on MedQuAD (Ben Abacha & Demner-Fushman, "A Question-Entailment Approach to Question
+Answering", BMC Bioinformatics 2019; CC BY 4.0), unless the run's data says otherwise. The
+base model's license applies to these weights.
+
+**Not medical advice.** A small language model's answers can be wrong or harmful.
+"""
+
+
+def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
+    """Write `out` (created whole, through a hidden sibling renamed into place). Returns it."""
+    from medtune.inference import load_for_inference
+    from medtune.runs import ensure_writable, load_config
+
+    run_dir, out = Path(run_dir), Path(out).expanduser()
+    _check_out(out, force)
+    ensure_writable(out.parent, what="folder for --out")
+    cfg, _ = load_config(run_dir)  # one line for a folder that is not a run, before weights load
+    model, tok, _, _ = load_for_inference(None, run_dir, device="cpu")
+    if hasattr(model, "merge_and_unload"):  # a PeftModel: the adapter folded into its layers
+        model = model.merge_and_unload()
+    model.config.use_cache = True  # training switched it off; generation wants it
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "README.md").write_text(
+            CARD.format(base=cfg.model.spec, method=cfg.method, name=out.name, run=run_dir), encoding="utf-8"
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise MedtuneError(f"cannot write {out}: {e.strerror or e} (nothing was written)") from None
+        raise
+    return out
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Write a new or empty folder; replace (--force) only an earlier export, never other files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MedtuneError(f"--out {out} is a file, not a folder")
+    if not any(out.iterdir()):
+        return
+    card = out / "README.md"
+    ours = (out / "config.json").is_file() and card.is_file() and "made by medtune" in card.read_text(errors="replace")
+    if not ours:
+        raise MedtuneError(f"--out {out} is not empty and is not a medtune export; choose a new or empty folder")
+    if not force:
+        raise MedtuneError(f"--out {out} already holds an export; pass --force to replace it")
