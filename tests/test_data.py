@@ -361,3 +361,12 @@ def test_markup_inside_an_answer_is_kept(tmp_path):
     )
     kept, _ = clean_records(load_records(str(root)))
     assert kept[0].answer.startswith("Pain in the big toe.\n- Swelling here.")
+
+
+def test_tsv_reads_like_csv(tmp_path):
+    csv_file, tsv_file = tmp_path / "k.csv", tmp_path / "k.tsv"
+    csv_file.write_text('question,answer,source,focus_area\n"What is gout, really?","A, B",S,gout\n')
+    tsv_file.write_text("question\tanswer\tsource\tfocus_area\nWhat is gout, really?\tA, B\tS\tgout\n")
+    assert [r.to_dict() | {"id": ""} for r in load_records(str(tsv_file))] == [
+        r.to_dict() | {"id": ""} for r in load_records(str(csv_file))
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -233,6 +234,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+_EXPONENT_ONLY = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict, in place."""
     for item in overrides or []:
@@ -243,6 +247,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _EXPONENT_ONLY.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text: results.json showed "1e-4"
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

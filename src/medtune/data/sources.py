@@ -226,13 +226,13 @@ def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str, where: str
     return out
 
 
-def read_csv(path: Path, cmap: ColumnMap) -> list[Record]:
+def read_csv(path: Path, cmap: ColumnMap, delimiter: str = ",") -> list[Record]:
     try:
         # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which plain utf-8 would
         # glue onto the first column name ("\ufeffquestion"); without a BOM it reads as utf-8.
         with open(path, newline="", encoding="utf-8-sig") as fh:
             # strict: a file cut short inside a quoted answer is an error, not a shorter last answer
-            reader = csv.DictReader(fh, strict=True)
+            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
             columns = reader.fieldnames or []
             chosen = _resolve_columns(columns, cmap, str(path))
             rows = list(reader)
@@ -334,8 +334,8 @@ def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> lis
         suffix = path.suffix.lower()
         if suffix == ".zip":
             return read_medquad_zip(path)
-        if suffix == ".csv":
-            return read_csv(path, cmap)
+        if suffix in (".csv", ".tsv"):
+            return read_csv(path, cmap, "\t" if suffix == ".tsv" else ",")
         if suffix in (".jsonl", ".json"):
             return read_jsonl(path, cmap)
         if suffix in (".parquet", ".pq"):
@@ -343,7 +343,8 @@ def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> lis
         if suffix == ".xml":
             return _parse_medquad_xml(_read_bytes(path), str(path))
         raise MedtuneError(
-            f"unsupported data file {path} (use a MedQuAD folder, .zip or .xml, or a .csv, .jsonl or .parquet table)"
+            f"unsupported data file {path} "
+            "(use a MedQuAD folder, .zip or .xml, or a .csv, .tsv, .jsonl or .parquet table)"
         )
     looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not Path(source).suffix
     if looks_like_hub_id:
