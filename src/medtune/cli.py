@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _prepare_parser(sub) -> None:
     p = sub.add_parser("prepare", help="raw data -> clean, leakage-free splits + stats.json")
     p.add_argument(
-        "--data", help="MedQuAD XML folder or .zip, CSV, TSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)"
+        "--data",
+        help="MedQuAD XML folder or .zip, CSV, TSV, JSONL, Parquet, or hub dataset id (default: download MedQuAD)",
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
