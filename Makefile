@@ -48,4 +48,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA) --examples 10 --repeats 2
 
 clean:
-	rm -rf $(VENV) compare-* runs .pytest_cache
+	rm -rf $(VENV) compare-* runs .pytest_cache bench-results.json

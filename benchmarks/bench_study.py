@@ -199,6 +199,9 @@ def main() -> None:
 
     from medtune.compare import load_compare_config
 
+    if args.workdir and Path(args.workdir).is_dir() and any(Path(args.workdir).iterdir()):
+        # a finished study there would be reopened (its side timed near 0) and the other side refused
+        raise SystemExit(f"bench_study: --workdir {args.workdir} is not empty; give a new or empty folder")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-study-"))
     sets = [*args.overrides, "tune.enabled=true", "quality.enabled=false", "samples=0"]
     cfg = load_compare_config(args.preset, args.data, args.model, args.methods, str(work / "study"), sets)

@@ -23,8 +23,9 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 main() {
-    local t0 rc
-    rm -rf "$WORK/study" "$WORK/bench" && mkdir -p "$WORK"
+    local t0 rc failed=""
+    # bench.json too: an earlier run's would be copied to $OUT as this one's when step 2 fails
+    rm -rf "$WORK/study" "$WORK/bench" "$WORK/bench.json" && mkdir -p "$WORK"
     echo "medtune GPU study: $(git rev-parse --short HEAD 2>/dev/null); model $MODEL; data $DATA"
     nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
     python3 -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
@@ -41,6 +42,7 @@ main() {
         --data "$DATA" --out "$WORK/study" $SETS
     rc=$?
     echo "=== 1. rc=$rc in $(since "$t0") s"
+    [ "$rc" -eq 0 ] || failed="$failed compare"
     [ -f "$WORK/study/report.md" ] && sed -n '1,/^## Table 1/p' "$WORK/study/report.md"
 
     echo "=== 2. study benchmark at the preset's full size (limit ${T_BENCH}s)"
@@ -48,13 +50,17 @@ main() {
     # shellcheck disable=SC2086
     timeout -s INT -k 20 "$T_BENCH" python3 benchmarks/bench_study.py --preset cpu-study --model "$MODEL" \
         --data "$DATA" --workdir "$WORK/bench" --out "$WORK/bench.json" $SETS
-    echo "=== 2. rc=$? in $(since "$t0") s"
+    rc=$?
+    echo "=== 2. rc=$rc in $(since "$t0") s"
+    [ "$rc" -eq 0 ] || failed="$failed bench_study"
     if [ -n "${OUT:-}" ]; then
         for f in report.md results.json tuning_curves.png pareto.png; do
             [ -f "$WORK/study/$f" ] && cp "$WORK/study/$f" "$OUT/study-$f"
         done
         [ -f "$WORK/bench.json" ] && cp "$WORK/bench.json" "$OUT/bench.json"
     fi
+    echo "=== failed steps:${failed:- none}"
+    [ -z "$failed" ]
 }
 
 if [ -n "${OUT:-}" ]; then

@@ -220,7 +220,9 @@ def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
 
     from medtune.compare import open_folder
 
-    cfg = load_compare_config("cpu-study", data="../shared/medquad", out=str(tmp_path / "cs"))
+    data = tmp_path / "qa.csv"  # a path that exists: no stage reads it here (../shared/medquad is not everywhere)
+    data.write_text("question,answer\n")
+    cfg = load_compare_config("cpu-study", data=str(data), out=str(tmp_path / "cs"))
     old = asdict(cfg)
     del old["tune"]["train_seed"]
     old["train"]["seeds"] = 2
@@ -230,12 +232,10 @@ def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
     (tmp_path / "cs" / "stages.json").write_text("{}")
     open_folder(cfg, tmp_path / "cs", force=False)  # same computation: opens, keeps the folder
     assert (tmp_path / "cs" / "stages.json").is_file()
-    other = load_compare_config(
-        "cpu-study", data="../shared/medquad", out=str(tmp_path / "cs"), overrides=["tune.span=10"]
-    )
+    other = load_compare_config("cpu-study", data=str(data), out=str(tmp_path / "cs"), overrides=["tune.span=10"])
     with pytest.raises(MedtuneError, match=r"holds a comparison with a different config \(tune.span 32.0 -> 10.0\)"):
         open_folder(other, tmp_path / "cs", force=False)
-    seeded = load_compare_config("cpu-study", data="../shared/medquad", out="cs", overrides=["tune.train_seed=7"])
+    seeded = load_compare_config("cpu-study", data=str(data), out="cs", overrides=["tune.train_seed=7"])
     assert identity_of(seeded) != identity_of(cfg)  # trials on a seed of their own: another study
 
 
