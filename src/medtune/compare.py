@@ -695,6 +695,7 @@ class Comparison:
         self.stage(f"evaluate {name}")
         if any(stages.finished(f"eval:{name}", key, path, *quality.artifacts(cfg, out, name)) for key in keys):
             say("  done earlier, skipped")
+            quality.fill_skipped_scores(cfg, out, name, say)  # a scorer installed since
             return
         from medtune.inference import autocast_for, load_for_inference
 

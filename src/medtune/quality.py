@@ -42,7 +42,10 @@ METRICS = {
         "higher_is_better": True,
         "definition": "cosine of all-MiniLM-L6-v2 embeddings (mean pooling, L2 norm) of answer and reference",
     },
-    "stopped": {"higher_is_better": True, "definition": "share of answers that end at EOS before the token limit"},
+    "stopped": {
+        "higher_is_better": True,
+        "definition": "share of answers that end at EOS before the token limit, after at least one token",
+    },
     "repetition": {
         "higher_is_better": False,
         "definition": "share of the answer's word 4-grams that repeat an earlier 4-gram of the same answer",
@@ -89,6 +92,14 @@ def repetition(text: str, n: int = 4) -> float:
     words = re.findall(r"\w+|[^\w\s]", text.lower())
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def rouge_available() -> bool:
+    try:
+        import rouge_score  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def rouge_l(answers: list[str], references: list[str]) -> Optional[list[float]]:
@@ -162,7 +173,11 @@ def load_embedder() -> tuple[Optional[Embedder], str]:
                 _EMBEDDER["value"] = (None, f"{EMBEDDING_PACKAGE} has no model folder at {path}; reinstall it")
             else:
                 desc = f"{EMBEDDING_MODEL} ({EMBEDDING_PACKAGE} {getattr(pkg, '__version__', '?')})"
-                _EMBEDDER["value"] = (Embedder(path), desc)
+                try:
+                    _EMBEDDER["value"] = (Embedder(path), desc)
+                except Exception as e:  # weights missing or cut short (an LFS pointer, a broken install)
+                    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    _EMBEDDER["value"] = (None, f"{EMBEDDING_PACKAGE} at {path} cannot be loaded ({why}); reinstall it")
     return _EMBEDDER["value"]
 
 
@@ -220,7 +235,7 @@ def generate_rows(model, tok, records: list, fmt, max_new_tokens: int, batch_siz
             "reference": r.answer,
             "answer": a.text,
             "tokens": a.tokens,
-            "stopped": a.stopped,
+            "stopped": a.stopped and a.tokens > 0,  # EOS first is an empty answer, not one that stopped
         }
         for r, a in zip(records, run.answers)
     ]
@@ -347,6 +362,37 @@ def compare_stage(model, tok, test: list, cfg, out: Path, name: str, say: Callab
         f"stop rate {np.mean([r['stopped'] for r in rows]):.2f}, ROUGE-L "
         + (f"{np.mean([r['rougeL'] for r in rows]):.3f}" if rows[0]["rougeL"] is not None else "skipped")
     )
+    _write_answers(cfg, out, name, rows, timing)
+
+
+def fill_skipped_scores(cfg, out: Path, name: str, say: Callable = print) -> bool:
+    """Answers scored while rouge-score or the sentence encoder was missing (their column reads
+    "skipped"): score them now that it is there, from generations/<name>.jsonl, without decoding
+    again (installing it used to change nothing short of --force). True when it scored."""
+    gen = Path(out) / "generations"
+    try:
+        timing = json.loads((gen / f"{name}.timing.json").read_text())
+        rows = read_generations(gen / f"{name}.jsonl")
+    except (OSError, ValueError):
+        return False
+    notes = timing.get("scoring") or {}
+
+    def was_missing(key: str) -> bool:
+        v = notes.get(key)
+        return isinstance(v, str) and v.startswith("skipped") and "quality.similarity is false" not in v
+
+    rouge_now = was_missing("rougeL") and rouge_available()
+    similarity_now = cfg.quality.similarity and was_missing("similarity") and load_embedder()[0] is not None
+    if _count(cfg) == 0 or not rows or not (rouge_now or similarity_now):
+        return False
+    timing["scoring"] = score_rows(rows, similarity=cfg.quality.similarity, say=say)
+    _write_answers(cfg, out, name, rows, timing)
+    now = " and ".join(k for k, v in (("ROUGE-L", rouge_now), ("similarity", similarity_now)) if v)
+    say(f"  its answers scored again: {now} now available")
+    return True
+
+
+def _write_answers(cfg, out: Path, name: str, rows: list[dict], timing: dict) -> None:
     gen = Path(out) / "generations"
     write_generations(gen / f"{name}.jsonl", rows)
     write_json(gen / f"{name}.timing.json", timing)  # strict JSON: a non-finite number becomes null

@@ -65,12 +65,20 @@ def quality_lines(out: Path, results: dict) -> list[str]:
     from medtune.report.figures import quality_figure
 
     L = [f"## Answer quality: {q['answers']} greedy answers per model, the same questions for every model\n"]
+    similarity = (
+        f"Similarity: {q['similarity']}. ROUGE-L compares"
+        if str(q["similarity"]).startswith("skipped")
+        else f"Similarity: {q['similarity']}; cosine of mean-pooled, L2-normalised embeddings (texts cut at 256 "
+        "word pieces). Both compare"
+    )
+    tokens = q["max_new_tokens"]
     L.append(
-        f"Greedy decoding, stops at EOS, at most {q['max_new_tokens']} new tokens. Means with 95% bootstrap intervals "
-        f"(resampling {q['bootstrap_unit']}); Δ vs base is paired (same questions). ROUGE-L: F1 vs the reference "
-        f"(rouge-score, stemming). Similarity: {q['similarity']}; cosine of mean-pooled, L2-normalised embeddings "
-        "(texts cut at 256 word pieces). Both compare a short answer with a reference that is often much longer. "
-        "Stop rate: share of answers that end at EOS before the limit. Repetition: share of repeated word 4-grams "
+        f"Greedy decoding, stops at EOS, at most {tokens} new token{'s' if tokens != 1 else ''}. Means with 95% "
+        f"bootstrap intervals (resampling {q['bootstrap_unit']}); Δ vs base is paired (same questions). ROUGE-L: F1 "
+        f"vs the reference (rouge-score, stemming). {similarity} a short answer with a reference that is often much "
+        "longer. "
+        "Stop rate: share of answers that end at EOS before the limit, after at least one token. "
+        "Repetition: share of repeated word 4-grams "
         "within an answer (loops score near 1).\n"
     )
     units = q.get("bootstrap_units")
