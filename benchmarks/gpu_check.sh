@@ -30,6 +30,7 @@ export MEDTUNE_CACHE=$WORK/cache
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 FAILED=""
+SKIPPED=""
 # part NAME LIMIT CMD...: run CMD under `timeout` (SIGINT first, so pytest still prints its summary)
 part() {
     local name=$1 limit=$2 t0 rc

@@ -155,9 +155,9 @@ def test_prepare_bad_input_one_line_no_output(case, tmp_path, capsys):
         args += ["--data", tmp_path / "c.csv"]
     elif case == "fraction":
         args += ["--data", make_medquad(tmp_path), "--test-fraction", "1.5"]
-    elif case == "xmldir":  # read_bytes of a folder named like a file: IsADirectoryError
+    elif case == "xmldir":  # a link to a file that is gone: FileNotFoundError out of read_bytes
         root = make_medquad(tmp_path)
-        (root / "2_GARD_QA" / "0002.xml").mkdir()
+        (root / "2_GARD_QA" / "0002.xml").symlink_to(tmp_path / "gone.xml")
         args += ["--data", root]
     elif case == "truncatedcsv":  # cut short inside a quoted answer: not a shorter last answer
         (tmp_path / "t.csv").write_text('question,answer\n"Q1?","A1."\n"Q2?","An answer cut sh')
@@ -287,8 +287,12 @@ def test_xml_files_at_every_depth_are_read_and_mac_metadata_skipped(tmp_path):
     (root / "__MACOSX" / "2_GARD_QA").mkdir(parents=True)
     (root / "__MACOSX" / "2_GARD_QA" / "._0001.xml").write_bytes(b"\x00\x05\x16\x07 resource fork")
     (root / "2_GARD_QA" / "._0001.xml").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "elsewhere" / "5_Y").mkdir(parents=True)  # a collection folder linked in
+    (tmp_path / "elsewhere" / "5_Y" / "0005.xml").write_text(XML.replace("0001", "0005"))
+    (root / "5_Y").symlink_to(tmp_path / "elsewhere" / "5_Y")
+    (root / "5_Y" / "loop").symlink_to(root)  # a link loop ends
     docs = sorted({r.document_id for r in load_records(str(root))})
-    assert docs == ["0001", "0003", "0004"]
+    assert docs == ["0001", "0003", "0004", "0005"]
 
 
 def test_non_latin_questions_are_grouped_and_counted(tmp_path):
@@ -370,3 +374,43 @@ def test_tsv_reads_like_csv(tmp_path):
     assert [r.to_dict() | {"id": ""} for r in load_records(str(tsv_file))] == [
         r.to_dict() | {"id": ""} for r in load_records(str(csv_file))
     ]
+
+
+def test_lenient_csv_quirks_still_read_and_tsv_quotes_are_text(tmp_path):
+    """Strict parsing (for files cut short) refused a space after a closing quote, which the
+    lenient parser reads right; a TSV field starting with a quote was refused too."""
+    p = tmp_path / "q.csv"
+    p.write_text('question,answer\n"What is gout?" ,Pain in the toe.\n')
+    (r,) = load_records(str(p))
+    assert (r.question.strip(), r.answer) == ("What is gout?", "Pain in the toe.")
+    t = tmp_path / "q.tsv"
+    t.write_text('question\tanswer\n"Lupus" is what?\tAn autoimmune disease.\n')
+    (r,) = load_records(str(t))
+    assert r.question == '"Lupus" is what?'
+
+
+def test_a_failed_swap_puts_the_earlier_prepared_data_back(tmp_path, capsys, monkeypatch):
+    """--force over an earlier folder: it was moved aside, the new one failed to move in, and the
+    earlier one stayed hidden (removed by the next prepare): no prepared data at all."""
+    import errno
+
+    import medtune.data.prepare as prepare_mod
+
+    data, out = tmp_path / "qa.csv", tmp_path / "out"
+    data.write_text("question,answer\n" + "".join(f"Question {i}?,Answer {i}.\n" for i in range(20)))
+    args = ["prepare", "--data", data, "--out", out, "--no-tokenize"]
+    assert run_cli(args, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = prepare_mod.os.replace, []
+
+    def failing_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder into place
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(prepare_mod.os, "replace", failing_second)
+    code, _, err = run_cli([*args, "--seed", "3", "--force"], capsys)
+    assert code == 2 and "it is unchanged" in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

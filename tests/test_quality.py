@@ -417,7 +417,7 @@ def test_a_broken_embedding_install_skips_with_one_line(monkeypatch):
     assert notes["similarity"].startswith("skipped") and rows[0]["similarity"] is None
 
 
-def test_an_empty_answer_is_not_a_stop(monkeypatch):
+def test_an_empty_answer_is_not_a_stop(monkeypatch, tmp_path):
     """EOS as the first token: 'stopped' was True, so a model that always answers nothing ranked
     first on stop rate (a headline metric of the verdict)."""
     from types import SimpleNamespace
@@ -433,3 +433,7 @@ def test_an_empty_answer_is_not_a_stop(monkeypatch):
     recs = [SimpleNamespace(id=str(i), question="q", answer="a") for i in range(3)]
     rows, _ = quality.generate_rows(torch.nn.Linear(1, 1), None, recs, FormatConfig(), 4, 2)
     assert [r["stopped"] for r in rows] == [False, True, False]
+    # answers an earlier release saved (EOS first as a stop) count the same way when read
+    path = tmp_path / "old.jsonl"
+    path.write_text("".join(json.dumps({**r, "stopped": a.stopped}) + "\n" for r, a in zip(rows, answers)))
+    assert [r["stopped"] for r in quality.read_generations(path)] == [False, True, False]

@@ -823,3 +823,20 @@ def test_export_is_a_plain_hf_folder_with_the_runs_logits(method, args, tiny, pr
     code, _, err = run_cli(["export", tmp_path / "r", "--out", prepared], capsys)
     assert code == 2 and "not a medtune export" in err, err
     assert (prepared / "train.jsonl").is_file() and not [p for p in tmp_path.rglob(".*export-*")]
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "base_model:" not in card  # a local path or alias is not hub metadata
+    if method == "lora":  # --out under a folder still to make; an unfinished run is refused
+        assert run_cli(["export", tmp_path / "r", "--out", tmp_path / "new" / "hf"], capsys)[0] == 0
+        (tmp_path / "r" / "summary.json").unlink()
+        code, _, err = run_cli(["export", tmp_path / "r", "--out", tmp_path / "hf2"], capsys)
+        assert code == 2 and "has not finished" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_alias_stays_an_alias_beside_a_folder_of_its_name(tiny, prepared, tmp_path, monkeypatch, capsys):
+    """A folder named tiny-random-llama in the current directory made `--model tiny-random-llama`
+    record that folder, where resolve() (alias first) loads the alias."""
+    (tmp_path / "w" / tiny).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "w")
+    args = ["train", "--method", "lora", "--model", tiny, "--data", prepared, "--out", "runs"]
+    assert run_cli([*args, "--set", "train.max_steps=1"], capsys)[0] == 0
+    assert yaml.safe_load((tmp_path / "w" / "runs" / "lora" / "config.yaml").read_text())["model"]["spec"] == tiny

@@ -259,8 +259,11 @@ def _run_config(args):
         data.setdefault("model", {})["spec"] = args.model
     apply_overrides(data, args.overrides)
     cfg = from_dict(RunConfig, data, "config")
+    from medtune.models import ALIASES, HUB_ALIASES
+
     local = Path(cfg.model.spec).expanduser()
-    if local.exists() and not local.is_absolute():  # the run must find it from any directory
+    alias = cfg.model.spec in ALIASES or cfg.model.spec in HUB_ALIASES  # as resolve() reads it: alias first
+    if local.exists() and not local.is_absolute() and not alias:  # the run must find it from any directory
         cfg = replace(cfg, model=replace(cfg.model, spec=str(local.resolve())))
     return cfg
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 from medtune import interrupts
 from medtune.config import (
+    EXPONENT_ONLY,
     REPORT_ONLY_EVAL,
     DataConfig,
     EvalConfig,
@@ -169,6 +170,12 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
         given = raw.get("methods") or {}
         raw["methods"] = {m: given.get(m, {}) for m in chosen}
     apply_overrides(raw, list(overrides))
+    for args in (raw.get("methods") or {}).values():
+        # A method's lr as the number it is (compare.json and results.json showed "1e-4"). Only lr:
+        # it leaves the method's settings before any run is keyed; the others are in the keys as
+        # written, so converting them would retrain the previous release's runs.
+        if isinstance(args, dict) and isinstance(args.get("lr"), str) and EXPONENT_ONLY.fullmatch(args["lr"]):
+            args["lr"] = float(args["lr"])
     if out:  # after --set: the explicit --out wins over a --set out=...
         raw["out"] = out
     cfg = from_dict(CompareConfig, raw, "preset")
@@ -395,8 +402,8 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
 
         if source_changed(prep, cfg.data.source):
             raise MedtuneError(
-                f"the data at {cfg.data.source} changed since {prep} was prepared from it: rerun with --force "
-                "to redo the comparison on it (or give another --out)"
+                f"the data at {cfg.data.source} changed since {prep} was prepared from it: rerun medtune compare "
+                "with --force to redo the comparison on it, or give another --out"
             )
         if not quiet:
             print("  done earlier, skipped", flush=True)

@@ -234,7 +234,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-_EXPONENT_ONLY = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# YAML 1.1 reads 1e-4 (an exponent, no dot) as text: typed fields convert it, a free-form
+# mapping (a method's settings) keeps the string.
+EXPONENT_ONLY = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -247,8 +249,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and _EXPONENT_ONLY.fullmatch(value):
-            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text: results.json showed "1e-4"
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -19,13 +19,12 @@ from pathlib import Path
 from medtune.errors import MedtuneError
 
 CARD = """---
-base_model: {base}
-library_name: transformers
+{base_model}library_name: transformers
 tags: [medtune, medical-qa, {method}]
 ---
 # {name}
 
-{method} fine-tune of `{base}` made by medtune (`medtune export {run}`); the run's
+{method} fine-tune of {base} made by medtune (`medtune export {run}`); the run's
 config.yaml, trainable.json and summary.json are beside its weights in the run folder.
 Adapters, when the method has them, are merged into the weights here.
 
@@ -40,32 +39,48 @@ base model's license applies to these weights.
 def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     """Write `out` (created whole, through a hidden sibling renamed into place). Returns it."""
     from medtune.inference import load_for_inference
-    from medtune.runs import ensure_writable, load_config
+    from medtune.runs import ensure_writable, is_complete, load_config
 
     run_dir, out = Path(run_dir), Path(out).expanduser()
     _check_out(out, force)
     ensure_writable(out.parent, what="folder for --out")
     cfg, _ = load_config(run_dir)  # one line for a folder that is not a run, before weights load
+    if not is_complete(run_dir):
+        raise MedtuneError(f"run {run_dir} has not finished (no summary.json): resume it, then export it")
     model, tok, _, _ = load_for_inference(None, run_dir, device="cpu")
     if hasattr(model, "merge_and_unload"):  # a PeftModel: the adapter folded into its layers
         model = model.merge_and_unload()
     model.config.use_cache = True  # training switched it off; generation wants it
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    card = CARD.format(base_model=_hub_base(cfg.model.spec), base=f"`{cfg.model.spec}`", method=cfg.method,
+                       name=out.name, run=run_dir)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.export-*"):  # a killed export's (the lock-free writer's own)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "README.md").write_text(
-            CARD.format(base=cfg.model.spec, method=cfg.method, name=out.name, run=run_dir), encoding="utf-8"
-        )
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             raise MedtuneError(f"cannot write {out}: {e.strerror or e} (nothing was written)") from None
         raise
     return out
+
+
+def _hub_base(spec: str) -> str:
+    """The card's base_model metadata: a hub id only (an alias or a local path is not one)."""
+    from medtune.models import ALIASES, HUB_ALIASES
+
+    hub = HUB_ALIASES.get(spec, spec)
+    local = spec in ALIASES or Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
+    return "" if local or hub.count("/") != 1 else f"base_model: {hub}\n"
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -235,7 +235,7 @@ def generate_rows(model, tok, records: list, fmt, max_new_tokens: int, batch_siz
             "reference": r.answer,
             "answer": a.text,
             "tokens": a.tokens,
-            "stopped": a.stopped and a.tokens > 0,  # EOS first is an empty answer, not one that stopped
+            "stopped": is_stop(a.stopped, a.tokens),
         }
         for r, a in zip(records, run.answers)
     ]
@@ -263,8 +263,18 @@ def write_generations(path: Path, rows: list[dict]) -> None:
     _atomic_write(Path(path), "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def is_stop(ended_at_eos: bool, tokens: int) -> bool:
+    """The stop rate counts answers that end at EOS before the limit after at least one token:
+    EOS first is an empty answer, and a model answering nothing must not rank first on it."""
+    return bool(ended_at_eos) and tokens > 0
+
+
 def read_generations(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for r in rows:  # answers saved by an earlier release counted EOS first as a stop
+        if "stopped" in r and isinstance(r.get("tokens"), int):
+            r["stopped"] = is_stop(r["stopped"], r["tokens"])
+    return rows
 
 
 # ---------------------------------------------------------------- aggregation

@@ -214,6 +214,7 @@ def prepare(
         check_output(out, data.source, replace)  # again, now that no one else can write it
         read_from = _fingerprint(data.source)  # before reading: an edit during the read is caught later
         splits, stats = _build(data, fmt, tokenizer, model_spec)
+        read_from = read_from or _fingerprint(data.source)  # no --data: the archive exists only now
         meta = {"data": asdict(data), "format": asdict(fmt), "model": model_spec, "source_sha256": read_from}
         _write(out, splits, stats, meta)
     return stats
@@ -252,6 +253,7 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    aside = None
     try:
         for name in SPLITS:
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
@@ -259,7 +261,6 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
                     fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
         write_json(tmp / "stats.json", stats)
         write_json(tmp / MARKER, meta)  # the marker last: a folder with it is complete
-        aside = None
         if out.exists():
             # Checked by check_output: empty, or prepare's own files only.
             aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
@@ -267,10 +268,11 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
         os.replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):  # a full disk, a quota: nothing was written, say so in one line
-            raise MedtuneError(
-                f"cannot write prepared data to {out}: {e.strerror or e} (nothing was written)"
-            ) from None
+        if aside is not None and not out.exists() and (aside / out.name).exists():
+            os.replace(aside / out.name, out)  # the earlier prepared data back where it was
+            shutil.rmtree(aside, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, a quota: say so in one line
+            raise MedtuneError(f"cannot write prepared data to {out}: {e.strerror or e} (it is unchanged)") from None
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

@@ -95,8 +95,17 @@ def _is_macos_metadata(relative: str) -> bool:
 
 def medquad_files(folder: Path) -> list[Path]:
     """Every *.xml at any depth below `folder` (the release's collection folders, loose files
-    beside them, a folder one level deeper), in path order, without a Mac's metadata files."""
-    return sorted(f for f in folder.rglob("*.xml") if not _is_macos_metadata(f.relative_to(folder).as_posix()))
+    beside them, a folder one level deeper, symlinked collection folders), in path order,
+    without a Mac's metadata files. Each real folder is walked once: a link loop ends."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(root) / f for f in files if f.endswith(".xml")]
+    return sorted(f for f in found if not _is_macos_metadata(f.relative_to(folder).as_posix()))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -226,18 +235,35 @@ def _rows_to_records(rows: Iterable[dict], chosen: dict, prefix: str, where: str
     return out
 
 
-def read_csv(path: Path, cmap: ColumnMap, delimiter: str = ",") -> list[Record]:
+def _table_rows(path: Path, cmap: ColumnMap, tsv: bool, strict: bool) -> tuple[dict, list[dict]]:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which plain utf-8 would
+    # glue onto the first column name ("\ufeffquestion"); without a BOM it reads as utf-8.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        # TSV has no quoting: a field may start with a quote ("Lupus" is what?)
+        how = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"strict": strict}
+        reader = csv.DictReader(fh, **how)
+        chosen = _resolve_columns(reader.fieldnames or [], cmap, str(path))
+        try:
+            return chosen, list(reader)
+        except csv.Error as e:
+            raise csv.Error(f"line {reader.line_num}: {e}") from None
+
+
+def read_csv(path: Path, cmap: ColumnMap, tsv: bool = False) -> list[Record]:
+    kind = "TSV" if tsv else "CSV"
     try:
-        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which plain utf-8 would
-        # glue onto the first column name ("\ufeffquestion"); without a BOM it reads as utf-8.
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            # strict: a file cut short inside a quoted answer is an error, not a shorter last answer
-            reader = csv.DictReader(fh, delimiter=delimiter, strict=True)
-            columns = reader.fieldnames or []
-            chosen = _resolve_columns(columns, cmap, str(path))
-            rows = list(reader)
+        try:
+            chosen, rows = _table_rows(path, cmap, tsv, strict=True)
+        except csv.Error as e:
+            # Strict parsing finds a file cut short inside a quoted answer (else read as a shorter
+            # last answer); its other complaints ("value" ,next: a space after a closing quote)
+            # are files the lenient parser reads correctly.
+            if tsv or "unexpected end of data" in str(e):
+                raise
+            chosen, rows = _table_rows(path, cmap, tsv, strict=False)
     except (UnicodeDecodeError, csv.Error) as e:
-        raise MedtuneError(f"malformed CSV {path}: {e}") from None
+        cut = " (the file ends inside a quoted field: cut short?)" if "unexpected end of data" in str(e) else ""
+        raise MedtuneError(f"malformed {kind} {path}: {e}{cut}") from None
     except OSError as e:
         raise MedtuneError(f"cannot read {path}: {e.strerror or e}") from None
     return _rows_to_records(rows, chosen, path.stem, str(path))
@@ -335,7 +361,7 @@ def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> lis
         if suffix == ".zip":
             return read_medquad_zip(path)
         if suffix in (".csv", ".tsv"):
-            return read_csv(path, cmap, "\t" if suffix == ".tsv" else ",")
+            return read_csv(path, cmap, tsv=suffix == ".tsv")
         if suffix in (".jsonl", ".json"):
             return read_jsonl(path, cmap)
         if suffix in (".parquet", ".pq"):
