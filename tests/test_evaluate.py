@@ -260,7 +260,8 @@ def test_evaluate_resamples_the_unit_its_split_kept_together(kind, unit, tiny, t
         (data / "stats.json").write_text(json.dumps({"split": kind}))
     out, scores = tmp_path / "r.json", tmp_path / "s.json"
     args = ["evaluate", "--model", tiny, "--data", data, "--out", out, "--scores", scores, "--bootstrap", 200]
-    code, _, err = run_cli([*args, "--generate", 4, "--max-new-tokens", 3], capsys)
+    gens = ["--generations", tmp_path / "g.jsonl"]  # not generations/ in the directory the tests run from
+    code, _, err = run_cli([*args, "--generate", 4, "--max-new-tokens", 3, *gens], capsys)
     assert code == 0, err
     res = json.loads(out.read_text())
     assert res["bootstrap"]["unit"] == unit and res["quality"]["bootstrap"]["unit"] == unit
