@@ -825,6 +825,7 @@ def test_export_is_a_plain_hf_folder_with_the_runs_logits(method, args, tiny, pr
     assert (prepared / "train.jsonl").is_file() and not [p for p in tmp_path.rglob(".*export-*")]
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "base_model:" not in card  # a local path or alias is not hub metadata
+    assert "the question followed by '\\n'" in card  # how to prompt it
     if method == "lora":  # --out under a folder still to make; an unfinished run is refused
         assert run_cli(["export", tmp_path / "r", "--out", tmp_path / "new" / "hf"], capsys)[0] == 0
         (tmp_path / "r" / "summary.json").unlink()

@@ -28,6 +28,8 @@ tags: [medtune, medical-qa, {method}]
 config.yaml, trainable.json and summary.json are beside its weights in the run folder.
 Adapters, when the method has them, are merged into the weights here.
 
+Prompt as it trained: {prompt}. Greedy decoding up to EOS is how medtune scored its answers.
+
 Trained on MedQuAD (Ben Abacha & Demner-Fushman, "A Question-Entailment Approach to Question
 Answering", BMC Bioinformatics 2019; CC BY 4.0), unless the run's data says otherwise. The
 base model's license applies to these weights.
@@ -51,8 +53,13 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     if hasattr(model, "merge_and_unload"):  # a PeftModel: the adapter folded into its layers
         model = model.merge_and_unload()
     model.config.use_cache = True  # training switched it off; generation wants it
+    prompt = (
+        "the tokenizer's chat template, the question as the user turn (add_generation_prompt=True)"
+        if cfg.format.template == "chat"
+        else f"the question followed by {cfg.format.separator!r}, then the answer (no chat template)"
+    )
     card = CARD.format(base_model=_hub_base(cfg.model.spec), base=f"`{cfg.model.spec}`", method=cfg.method,
-                       name=out.name, run=run_dir)  # fmt: skip
+                       name=out.name, run=run_dir, prompt=prompt)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.export-*"):  # a killed export's (the lock-free writer's own)
         shutil.rmtree(stale, ignore_errors=True)
