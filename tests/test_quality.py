@@ -437,3 +437,20 @@ def test_an_empty_answer_is_not_a_stop(monkeypatch, tmp_path):
     path = tmp_path / "old.jsonl"
     path.write_text("".join(json.dumps({**r, "stopped": a.stopped}) + "\n" for r, a in zip(rows, answers)))
     assert [r["stopped"] for r in quality.read_generations(path)] == [False, True, False]
+
+
+def test_evaluate_generate_answers_compares_questions_at_its_seed(tiny, prepared, tmp_path, capsys):
+    """evaluate --generate drew its questions with seed 0 whatever compare's eval.seed was: its
+    answers paired with a comparison's only at the default. --seed picks compare's sample."""
+    from medtune.data.prepare import read_split
+
+    gens = tmp_path / "g.jsonl"
+    args = ["evaluate", "--model", tiny, "--data", prepared, "--generate", 3, "--max-new-tokens", 2]
+    code, _, err = run_cli([*args, "--seed", 3, "--generations", gens], capsys)
+    assert code == 0, err
+    want = [r.id for r in quality.select_sample(read_split(prepared, "test"), 3, 3)]
+    assert (
+        [r["id"] for r in quality.read_generations(gens)]
+        == want
+        != [r.id for r in quality.select_sample(read_split(prepared, "test"), 3, 0)]
+    )

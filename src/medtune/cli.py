@@ -135,6 +135,9 @@ def _evaluate_parser(sub) -> None:
         help="a --scores file of another model on the same split: report the paired difference (this minus that)",
     )
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the bootstrap and of --generate's questions (compare: eval.seed)"
+    )
     p.add_argument("--batch-tokens", type=int, default=0, help="tokens per forward pass (0 = auto)")
     p.add_argument("--max-length", type=int, help="truncate sequences (default: the run's, else 512)")
     p.add_argument(

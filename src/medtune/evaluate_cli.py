@@ -94,7 +94,9 @@ def _eval_config(args) -> EvalConfig:
         raise MedtuneError(f"--batch-tokens must be 0 (auto) or >= 8; got {args.batch_tokens}")
     if args.max_length is not None and args.max_length < 8:
         raise MedtuneError(f"--max-length must be >= 8; got {args.max_length}")
-    return EvalConfig(batch_tokens=args.batch_tokens, bootstrap=args.bootstrap, max_examples=args.max_examples)
+    return EvalConfig(
+        batch_tokens=args.batch_tokens, bootstrap=args.bootstrap, max_examples=args.max_examples, seed=args.seed
+    )
 
 
 def _check_inputs(args) -> tuple[list, object, list]:

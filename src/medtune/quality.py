@@ -431,14 +431,14 @@ def evaluate_generate(model, tok, records: list, fmt, args, label: str, grouped:
     from medtune.evaluate import bootstrap_unit
     from medtune.report.tables import print_quality
 
-    order = sample_order(len(records), args.generate, 0)
+    order = sample_order(len(records), args.generate, args.seed)  # compare's quality sample at eval.seed
     sample = [records[i] for i in order]
     rows, timing = generate_rows(model, tok, sample, fmt, args.max_new_tokens, args.generate_batch_size)
     timing["scoring"] = score_rows(rows)
     path = Path(args.generations) if args.generations else Path("generations") / f"{_file_label(args, label)}.jsonl"
     write_generations(path, rows)
     groups = sample_groups(records, order) if grouped else None
-    agg = aggregate({label: rows}, args.bootstrap, 0, groups)[label]
+    agg = aggregate({label: rows}, args.bootstrap, args.seed, groups)[label]
     summary = {**agg, "bootstrap": bootstrap_unit(groups), "generation": timing, "generations_file": str(path)}
     print_quality(label, summary)
     print(f"generations: {path}")
