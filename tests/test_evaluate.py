@@ -107,6 +107,38 @@ def test_bootstrap_contains_point_and_narrows():
     assert width(big, "accuracy_ci") < width(small, "accuracy_ci") / 3
 
 
+def _index_bootstrap(n: int, count: int, seed: int) -> np.ndarray:
+    """The resamples as example indices (count, n): the draws bootstrap_weights documents (one
+    generator, count x n draws), kept as indices rather than folded into counts."""
+    return np.random.default_rng(seed).integers(0, n, size=(count, n))
+
+
+def test_intervals_are_the_95_percent_percentiles_of_resampled_ratios():
+    """Every test above passed with the 20th-80th percentiles as the interval: check the level,
+    the ratio of resampled sums (not a mean of ratios) and the sign of b minus a, against
+    resamples drawn here as indices."""
+    rng = np.random.default_rng(1)
+    n, B = 60, 400
+    tok = rng.integers(5, 50, n)
+    nll_a, nll_b = tok * rng.uniform(0.5, 2.0, n), tok * rng.uniform(0.3, 1.5, n)
+    cor_a, cor_b = (tok * rng.uniform(0.2, 0.6, n)).astype(int), (tok * rng.uniform(0.4, 0.9, n)).astype(int)
+    d = lambda v: {"answer": v, "all": v}  # noqa: E731
+    ids = [str(i) for i in range(n)]
+    a, b = Scores(ids, d(nll_a), d(tok), d(cor_a)), Scores(ids, d(nll_b), d(tok), d(cor_b))
+    idx = _index_bootstrap(n, B, 7)
+    ppl = lambda nll: np.exp(nll[idx].sum(1) / tok[idx].sum(1))  # noqa: E731
+    acc = lambda cor: cor[idx].sum(1) / tok[idx].sum(1)  # noqa: E731
+    s = summarize(b, B, 7)["answer"]
+    assert s["perplexity"] == pytest.approx(np.exp(nll_b.sum() / tok.sum()))
+    assert s["perplexity_ci"] == pytest.approx(np.percentile(ppl(nll_b), [2.5, 97.5]).tolist())
+    assert s["accuracy_ci"] == pytest.approx(np.percentile(acc(cor_b), [2.5, 97.5]).tolist())
+    diff = paired_difference(a, b, B, 7)["answer"]  # b minus a, with its sign
+    assert diff["perplexity"] == pytest.approx(np.exp(nll_b.sum() / tok.sum()) - np.exp(nll_a.sum() / tok.sum()))
+    assert diff["accuracy"] == pytest.approx((cor_b.sum() - cor_a.sum()) / tok.sum()) and diff["accuracy"] > 0
+    assert diff["perplexity_ci"] == pytest.approx(np.percentile(ppl(nll_b) - ppl(nll_a), [2.5, 97.5]).tolist())
+    assert diff["accuracy_ci"] == pytest.approx(np.percentile(acc(cor_b) - acc(cor_a), [2.5, 97.5]).tolist())
+
+
 def test_paired_difference_of_identical_models_is_zero():
     n = 40
     v = {"answer": np.ones(n) * 2.0, "all": np.ones(n) * 3.0}
@@ -227,6 +259,11 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
     res = json.loads((tmp_path / "r.json").read_text())
     d = res["paired_difference"]["answer"]
     assert d["perplexity"] != 0 and d["perplexity_ci"][0] <= d["perplexity"] <= d["perplexity_ci"][1]
+    from medtune.evaluate import load_scores
+
+    base_scores = load_scores(base)  # this run minus the base, with its sign
+    base_ppl = np.exp(base_scores.nll["answer"].sum() / base_scores.tokens["answer"].sum())
+    assert d["perplexity"] == pytest.approx(res["answer"]["perplexity"] - base_ppl)
     paired = printed[printed.index("paired difference") :].splitlines()
     assert f"{d['perplexity']:+.3f}" in printed
     # the widest numbers the lines hold (two-digit perplexity differences) still fit 80 columns

@@ -454,3 +454,21 @@ def test_evaluate_generate_answers_compares_questions_at_its_seed(tiny, prepared
         == want
         != [r.id for r in quality.select_sample(read_split(prepared, "test"), 3, 0)]
     )
+
+
+def test_quality_intervals_are_the_95_percent_percentiles_of_resampled_means():
+    """The 20th-80th percentiles passed every quality test: check the level and the sign of
+    the paired difference against resamples drawn here as indices (the draws bootstrap_weights
+    documents: one generator, count x n)."""
+    rng = np.random.default_rng(2)
+    n, B = 50, 300
+    base_r, lora_r = rng.uniform(0, 0.4, n), rng.uniform(0.2, 0.7, n)
+    rows = lambda v: [{"id": str(i), "rougeL": float(x)} for i, x in enumerate(v)]  # noqa: E731
+    agg = quality.aggregate({"base": rows(base_r), "lora": rows(lora_r)}, B, 5)
+    idx = np.random.default_rng(5).integers(0, n, size=(B, n))
+    got = agg["lora"]["metrics"]["rougeL"]
+    assert got["mean"] == pytest.approx(lora_r.mean())
+    assert got["ci"] == pytest.approx(np.percentile(lora_r[idx].mean(1), [2.5, 97.5]).tolist())
+    diff = agg["lora"]["diff_vs_base"]["rougeL"]  # lora minus base
+    assert diff["mean"] == pytest.approx(lora_r.mean() - base_r.mean()) and diff["mean"] > 0
+    assert diff["ci"] == pytest.approx(np.percentile((lora_r - base_r)[idx].mean(1), [2.5, 97.5]).tolist())

@@ -2,7 +2,7 @@ from medtune import models
 from medtune.config import FormatConfig
 from medtune.data.batching import collate, collate_packed, micro_batches, pack
 from medtune.data.sources import Record
-from medtune.data.tokenize import encode_records
+from medtune.data.tokenize import encode_records, prompt_text
 
 
 def _tok(tiny):
@@ -63,6 +63,11 @@ def test_truncation_is_counted_and_keeps_prompt(tiny):
     tok = _tok(tiny)
     ex = encode_records(tok, [Record("a", "What is gout?", "word " * 200)], FormatConfig(max_length=16))
     assert len(ex[0]) == 16 and ex[0].truncated and ex[0].answer_start < 16
+    # the end is cut, not the start: the prompt as the tokenizer writes it, then the answer's first tokens
+    prompt = tok(prompt_text(tok, "What is gout?", FormatConfig()))["input_ids"]
+    (whole,) = encode_records(tok, [Record("a", "What is gout?", "word " * 200)], FormatConfig(max_length=10**6))
+    assert ex[0].input_ids[: ex[0].answer_start] == prompt and ex[0].input_ids == whole.input_ids[:16]
+    assert not whole.truncated and len(whole) > 16
 
 
 def test_fixed_padding_and_micro_batches():
@@ -71,8 +76,10 @@ def test_fixed_padding_and_micro_batches():
     assert sorted(i for g in groups for i in g) == list(range(5))
     for g in groups:
         assert max(lengths[i] for i in g) * len(g) <= 20 or len(g) == 1
+    # by hand, longest first, a group closed when its padded size would pass 20: 12 | 9 7 | 5 3
+    assert [[lengths[i] for i in g] for g in groups] == [[12], [9, 7], [5, 3]]
     fixed = micro_batches(list(range(5)), lengths, max_tokens=32, pad_to=16)
-    assert all(len(g) <= 2 for g in fixed)
+    assert [[lengths[i] for i in g] for g in fixed] == [[12, 9], [7, 5], [3]]  # two rows of 16 per group
 
 
 def test_pack_fills_rows_without_splitting_examples():

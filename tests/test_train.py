@@ -83,10 +83,25 @@ def test_selective_weights_reload_identical(head, tiny, prepared, tmp_path):
     saved = load_file(run / "trained.safetensors")
     assert ("lm_head.weight" in saved) == (head == "untied")
     assert ("model.embed_tokens.weight" in saved) == (head == "tied")
-    a = load_trained(models.load(tiny)[0], run)
-    b = load_trained(models.load(tiny)[0], run)
-    base = models.load(tiny)[0]
-    assert torch.equal(logits_of(a, IDS), logits_of(b, IDS))
+    # The reference, without medtune: plain HF base, its head untied by hand where the run untied
+    # it, every trained tensor loaded strictly by name (a reload that dropped tensors passed
+    # when this compared load_trained with itself)
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(models.resolve(tiny).path).eval()
+    if head == "untied":
+        tied = ref.get_output_embeddings()
+        own = torch.nn.Linear(tied.in_features, tied.out_features, bias=False)
+        own.weight = torch.nn.Parameter(tied.weight.detach().clone())
+        ref.set_output_embeddings(own)
+        ref.config.tie_word_embeddings = False
+    params = dict(ref.named_parameters())
+    with torch.no_grad():
+        for name, t in saved.items():
+            params[name].copy_(t)
+    a = load_trained(models.load(tiny)[0], run).eval()
+    base = models.load(tiny)[0].eval()
+    assert torch.equal(logits_of(a, IDS), logits_of(ref, IDS))
     assert not torch.allclose(logits_of(a, IDS), logits_of(base, IDS))
 
 
