@@ -204,15 +204,16 @@ def test_evaluate_bad_input(tiny, prepared, tmp_path, capsys):
     (tmp_path / "empty" / "test.jsonl").write_text("")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("method: lora\n")
-    cases = [
-        ["--model", tiny, "--data", tmp_path / "empty"],
-        ["--model", tiny, "--data", tmp_path / "nope"],
-        ["--run", tmp_path / "missing", "--data", prepared],
-        ["--run", tmp_path / "half", "--data", prepared],
+    cases = [  # each with what its one line must say (not only that it failed)
+        (["--model", tiny, "--data", tmp_path / "empty"], "split 'test' of"),
+        (["--model", tiny, "--data", tmp_path / "nope"], "prepared data folder not found"),
+        (["--run", tmp_path / "missing", "--data", prepared], "run folder not found"),
+        (["--run", tmp_path / "half", "--data", prepared], "has no weights.json"),
     ]
-    for args in cases:
+    for args, says in cases:
         code, _, err = run_cli(["evaluate", *args], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
+        assert says in err, (args, err)
 
 
 def test_evaluate_rejects_other_base_model(tiny, prepared, tmp_path, capsys):

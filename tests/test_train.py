@@ -298,11 +298,14 @@ def test_train_unreadable_data(tiny, tmp_path, capsys):
     (tmp_path / "bad" / "train.jsonl").write_text("{not json\n")
     (tmp_path / "typed").mkdir()  # valid JSON, wrong types: a hand-edited file (was a traceback in tokenization)
     (tmp_path / "typed" / "train.jsonl").write_text('{"id": 5, "question": 3, "answer": null}\n')
-    for data in (tmp_path / "missing", tmp_path / "bad", tmp_path / "typed"):
+    says = {"missing": "prepared data folder not found", "bad": "line 1 is not a medtune record"}
+    says["typed"] = "id, question, answer must be text"
+    for name, expected in says.items():
         code, _, err = run_cli(
-            ["train", "--method", "lora", "--data", data, "--model", tiny, "--out", tmp_path / "runs"], capsys
+            ["train", "--method", "lora", "--data", tmp_path / name, "--model", tiny, "--out", tmp_path / "runs"],
+            capsys,
         )
-        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "runs" / "lora").exists()
 
 
