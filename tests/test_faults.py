@@ -605,6 +605,10 @@ REPORT_CASES = {
     "wrong type": (lambda d: d["config"].update(model=3), "config.model is a int"),
     "null metric": (lambda d: d["models"]["base"]["metrics"]["all"].update(perplexity=None), "is null"),
     "not an object": (lambda d: d.update(models=[1]), "models is a list"),
+    "text interval end": (  # an end may be null (non-finite); the message crashed listing the types
+        lambda d: d["models"]["lora"]["metrics"]["answer"]["perplexity_ci"].__setitem__(0, "x"),
+        "perplexity_ci[0] is a str ('x'), expected a number or null",
+    ),
 }
 
 

@@ -91,7 +91,7 @@ def rebuild(out: Path) -> None:
 
 # What write_report reads from results.json (see runs.check_shape for the notation).
 _NUM = Number
-_END = (Number, type(None))  # an interval end no bootstrap sample made finite: null, shown "n/a"
+_END = (*Number, type(None))  # an interval end no bootstrap sample made finite: null, shown "n/a"
 _SCOPE = {
     "perplexity": _NUM,
     "perplexity_ci": [_END, _END],
