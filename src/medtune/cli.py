@@ -262,10 +262,10 @@ def _run_config(args):
         data.setdefault("model", {})["spec"] = args.model
     apply_overrides(data, args.overrides)
     cfg = from_dict(RunConfig, data, "config")
-    from medtune.models import ALIASES, HUB_ALIASES
+    from medtune.models import ALIASES
 
     local = Path(cfg.model.spec).expanduser()
-    alias = cfg.model.spec in ALIASES or cfg.model.spec in HUB_ALIASES  # as resolve() reads it: alias first
+    alias = cfg.model.spec in ALIASES  # as resolve() reads it: an alias before a folder of its name
     if local.exists() and not local.is_absolute() and not alias:  # the run must find it from any directory
         cfg = replace(cfg, model=replace(cfg.model, spec=str(local.resolve())))
     return cfg

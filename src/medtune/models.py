@@ -33,7 +33,7 @@ ALIASES = {
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B (the study's model; hub access needed)",
     "tiny-random-llama": "a 4-layer random Llama built locally (tests and smoke runs)",
 }
-HUB_ALIASES = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B"}
+HUB_ALIASES = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B"}  # a subset of ALIASES: names for hub ids
 
 
 @dataclass

@@ -209,10 +209,10 @@ def locate_model(run_dir: Path, spec: str) -> str:
     that exists from here (or names no local path: a hub id). A relative path typed in another
     directory is looked for as env.json recorded it (absolute since this release), then under
     each folder above the run (`--model models/x --out runs` typed in the same folder)."""
-    from medtune.models import ALIASES, HUB_ALIASES
+    from medtune.models import ALIASES
 
     path = Path(spec).expanduser()
-    if spec in ALIASES or spec in HUB_ALIASES or path.is_absolute() or path.exists():
+    if spec in ALIASES or path.is_absolute() or path.exists():
         return spec
     try:
         recorded = json.loads((Path(run_dir) / "env.json").read_text()).get("model_path")
