@@ -859,3 +859,15 @@ def test_an_alias_stays_an_alias_beside_a_folder_of_its_name(tiny, prepared, tmp
     args = ["train", "--method", "lora", "--model", tiny, "--data", prepared, "--out", "runs"]
     assert run_cli([*args, "--set", "train.max_steps=1"], capsys)[0] == 0
     assert yaml.safe_load((tmp_path / "w" / "runs" / "lora" / "config.yaml").read_text())["model"]["spec"] == tiny
+
+
+@pytest.mark.parametrize(
+    "spec,card",
+    [("llama-3.2-1b", "base_model: meta-llama/Llama-3.2-1B\n"), ("org/name", "base_model: org/name\n"),
+     ("smollm2-135m", ""), ("./models/x", ""), ("/abs/models/x", "")],
+)  # fmt: skip
+def test_the_export_card_names_a_hub_base_only(spec, card):
+    """A hub alias names its hub id in the card's metadata; a packaged alias or a local path is no hub id."""
+    from medtune.export import _hub_base
+
+    assert _hub_base(spec) == card

@@ -86,7 +86,8 @@ def _hub_base(spec: str) -> str:
     from medtune.models import ALIASES, HUB_ALIASES
 
     hub = HUB_ALIASES.get(spec, spec)
-    local = spec in ALIASES or Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
+    packaged = spec in ALIASES and spec not in HUB_ALIASES  # a name for a hub id is that id
+    local = packaged or Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
     return "" if local or hub.count("/") != 1 else f"base_model: {hub}\n"
 
 
