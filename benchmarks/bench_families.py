@@ -30,7 +30,7 @@ os.environ.setdefault("MEDTUNE_PROGRESS", "0")
 
 
 def load_pairs(data: Path, n: int, max_length: int, tok):
-    from medtune.config import DataConfig, FormatConfig
+    from medtune.config.sections import DataConfig, FormatConfig
     from medtune.data.prepare import prepare, read_split
     from medtune.data.tokenize import encode_records
 
@@ -43,7 +43,7 @@ def load_pairs(data: Path, n: int, max_length: int, tok):
 def run_arm(model, examples, pad_id: int, fast: bool, batch_size: int, threads: int) -> tuple[float, int]:
     """One pass over the examples (forward, backward, AdamW step per batch): (seconds, real tokens)."""
     from medtune.data.batching import auto_batch_tokens, layout_batch, layout_groups
-    from medtune.forward import LossModule
+    from medtune.training.forward import LossModule
 
     module = LossModule(model, "answer", force_plain=not fast)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -77,10 +77,10 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from medtune import models
-    from medtune.methods import get_method
+    from medtune.methods.registry import get_method
+    from medtune.models import loading
 
-    model, tok, _ = models.load(a.model)
+    model, tok, _ = loading.load(a.model)
     examples = load_pairs(Path(a.data), a.pairs, a.max_length, tok)
     spec = get_method("lora")
     torch.manual_seed(0)

@@ -56,8 +56,8 @@ def warm_up(cfg, work: Path) -> None:
     """One optimizer step of every method before either clock starts, so neither side pays the
     process's one-time costs: imports, the model's conversion and first load, the device's
     start (CUDA context, kernels) and PEFT's attempt to build BOFT's CUDA extension."""
-    from medtune.compare import prepare_stage, run_with
-    from medtune.train import train
+    from medtune.study.comparison import prepare_stage, run_with
+    from medtune.training.loop import train
 
     prep = prepare_stage(cfg, work, quiet=True)
     for method in cfg.methods:
@@ -66,7 +66,7 @@ def warm_up(cfg, work: Path) -> None:
 
 
 def study_side(cfg) -> dict:
-    from medtune.compare import run_compare
+    from medtune.study.comparison import run_compare
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     results = run_compare(cfg, quiet=True)
@@ -85,7 +85,7 @@ def study_side(cfg) -> dict:
 def study_train_seconds(results: dict) -> dict:
     """Per method, seconds inside training loops: every trial (pruned ones up to their stop) and
     every seed run, the seed that reuses the chosen trial counted once."""
-    from medtune.study import trained_runs
+    from medtune.study.cost import trained_runs
 
     out = {}
     for method, t in results["study"]["tuning"].items():
@@ -96,15 +96,15 @@ def study_train_seconds(results: dict) -> dict:
 
 def one_by_one_side(cfg, out: Path) -> dict:
     """The same work without sharing or pruning: each run on its own, to the end."""
-    from medtune.compare import prepare_stage, run_with
     from medtune.data.prepare import read_split
     from medtune.data.split import scored_positions
     from medtune.data.tokenize import encode_records
-    from medtune.evaluate import score_examples
-    from medtune.inference import autocast_for, load_for_inference
-    from medtune.study import run_names
-    from medtune.train import train
-    from medtune.tune import lr_grid
+    from medtune.evaluation.scoring import score_examples
+    from medtune.models.inference import autocast_for, load_for_inference
+    from medtune.study.comparison import prepare_stage, run_with
+    from medtune.study.statistics import run_names
+    from medtune.training.loop import train
+    from medtune.tuning.search import lr_grid
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     out.mkdir(parents=True)
@@ -162,7 +162,7 @@ def pruning_bound(cfg) -> float | None:
     same on both sides (no shared work): G trials + S seeds one by one, against one full trial,
     G-1 trials stopped at the first rung (fraction p of their steps) and S-1 more seeds (S when
     tune.train_seed keeps the trials apart from the seeds: nothing is reused)."""
-    from medtune.tune import first_rung
+    from medtune.tuning.search import first_rung
 
     if cfg.tune.sampler != "grid":
         return None
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
-    from medtune.compare import load_compare_config
+    from medtune.config.comparison import load_compare_config
 
     if args.workdir and Path(args.workdir).is_dir() and any(Path(args.workdir).iterdir()):
         # a finished study there would be reopened (its side timed near 0) and the other side refused

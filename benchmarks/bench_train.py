@@ -83,7 +83,7 @@ def hf_baseline(model_path, records, method, method_args, max_length, epochs, ba
     """HF Trainer + PEFT as the study ran it: pad/truncate to max_length, collator masks pad id."""
     from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from medtune.methods import get_method
+    from medtune.methods.registry import get_method
 
     t_setup = time.perf_counter()
     tok, ds, real = padded_dataset(model_path, records, max_length)
@@ -141,10 +141,10 @@ def hf_evaluate(model_path, records, max_length, work):
 
 
 def medtune_evaluate(model_spec, examples):
-    from medtune import models
-    from medtune.evaluate import score_examples
+    from medtune.evaluation.scoring import score_examples
+    from medtune.models import loading
 
-    model, tok, _ = models.load(model_spec)
+    model, tok, _ = loading.load(model_spec)
     t = time.perf_counter()
     score_examples(model, examples, tok.pad_token_id)
     return time.perf_counter() - t
@@ -167,8 +167,8 @@ def interleaved(repeats: int, first, second) -> tuple[list, list]:
 
 
 def medtune_train(model_spec, prep, method, method_args, max_length, epochs, batch_size, lr, work, name):
-    from medtune.config import RunConfig, from_dict
-    from medtune.train import train
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.training.loop import train
 
     cfg = from_dict(
         RunConfig,
@@ -203,16 +203,16 @@ def main(argv=None):
     ap.add_argument("--out", default="bench-results.json")
     a = ap.parse_args(argv)
 
-    from medtune import models
-    from medtune.config import DataConfig, FormatConfig
+    from medtune.config.sections import DataConfig, FormatConfig
     from medtune.data.prepare import prepare, read_split
     from medtune.data.tokenize import encode_records
+    from medtune.models import loading
 
     work = Path(tempfile.mkdtemp(prefix="medtune-bench-"))
     rows, extra = [], {}
     try:
-        resolved = models.resolve(a.model)
-        model_cfg = models.read_model_config(a.model)
+        resolved = loading.resolve(a.model)
+        model_cfg = loading.read_model_config(a.model)
         prep = work / "prep"
         prepare(
             DataConfig(source=a.data, max_examples=None, val_fraction=0.0, seed=0),
@@ -231,7 +231,7 @@ def main(argv=None):
             f"MedQuAD pairs, max length {a.max_length}, {a.repeats} run(s) per side",
             flush=True,
         )
-        tok = models.load_tokenizer(resolved)
+        tok = loading.load_tokenizer(resolved)
         lengths = [len(e) for e in encode_records(tok, records, FormatConfig(max_length=a.max_length))]
         real = sum(lengths)
         print(

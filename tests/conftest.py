@@ -57,9 +57,9 @@ def prepared(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from medtune import models
+    from medtune.models import loading
 
-    models.resolve(TINY)
+    loading.resolve(TINY)
     return TINY
 
 
@@ -74,7 +74,7 @@ def fresh_accelerate_state():
 
 
 def run_cli(args, capsys):
-    from medtune.cli import main
+    from medtune.cli.main import main
 
     code = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -84,7 +84,7 @@ def run_cli(args, capsys):
 # Pauses a real medtune process at a fault point (prints PAUSED <pid>, waits for a stdin line).
 WRAPPER = """
 import os, sys
-import medtune.faults as faults
+import medtune.infra.faults as faults
 point, _, nth = os.environ.get("PAUSE_AT", "").partition(":")
 real, hits = faults.fault_point, [0]
 def fault_point(name):
@@ -94,8 +94,8 @@ def fault_point(name):
             print("PAUSED", os.getpid(), flush=True)
             sys.stdin.readline()
     real(name)
-faults.fault_point = fault_point  # before medtune.train imports it
-from medtune.cli import main
+faults.fault_point = fault_point  # before medtune.training imports it
+from medtune.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

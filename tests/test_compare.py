@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from medtune.compare import load_compare_config, run_compare
-from medtune.errors import MedtuneError
-from medtune.report.writer import SCHEMA_VERSION
+from medtune.config.comparison import load_compare_config
+from medtune.infra.errors import MedtuneError
+from medtune.study.comparison import run_compare
+from medtune.study.results import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -106,10 +107,10 @@ def test_eval_max_examples_scores_a_seeded_sample_across_the_split(tiny_compare)
     """The test split is stored by source; eval.max_examples scored its first N (MedQuAD's first
     100: 99 CancerGov). It scores a seeded sample, in split order, and the bootstrap's groups
     are those sampled examples' groups."""
-    from medtune.compare import load_compare_config
+    from medtune.config.comparison import load_compare_config
     from medtune.data.prepare import read_split
     from medtune.data.split import group_ids, scored_positions
-    from medtune.study import test_groups
+    from medtune.study.results import test_groups
 
     cfg, out = tiny_compare
     cfg = load_compare_config(
@@ -177,13 +178,23 @@ def test_the_explicit_out_wins_over_a_set_out(tmp_path):
 
 
 def test_presets_are_valid_and_documented():
-    for name in ("paper", "cpu-demo", "tiny", "cpu-study", "tiny-study"):
+    from medtune.config.presets import preset_names
+
+    assert {"paper", "cpu-demo", "tiny", "cpu-study", "tiny-study", "cpu-large"} <= set(preset_names())
+    for name in preset_names():
         load_compare_config(name)  # validates every value and method argument
         text = (ROOT / "src" / "medtune" / "presets" / f"{name}.yaml").read_text()
         assert text.startswith("#") and "medtune compare --preset" in text
     paper = load_compare_config("paper")
     assert paper.data.split == "random" and paper.format.layout == "fixed" and paper.format.loss_scope == "all"
     assert paper.train.epochs == 3 and paper.methods["selective"]["head"] == "tied"
+
+
+def test_cpu_large_is_cpu_study_at_four_times_the_pairs():
+    study, large = load_compare_config("cpu-study"), load_compare_config("cpu-large")
+    assert large.data.max_examples >= 4 * study.data.max_examples
+    assert (large.model, large.format, large.data.split) == (study.model, study.format, study.data.split)
+    assert set(large.methods) == set(study.methods) and large.tune.enabled and large.train.seeds >= 2
 
 
 def test_presets_study():
@@ -207,7 +218,7 @@ def test_presets_study():
 
 def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     """tiny-study: tuned learning rates, 2 seeds, grouped bootstrap, verdict at the top."""
-    from medtune.study import run_names
+    from medtune.study.statistics import run_names
 
     cfg = load_compare_config(
         "tiny-study",
@@ -234,7 +245,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
         per_seed = [x["metrics"]["answer"]["perplexity"] for x in seeds]
         assert saved["models"][method]["metrics"]["answer"]["perplexity"] == pytest.approx(sum(per_seed) / 2)
     # a ranking per headline metric, best first by seed mean; every pair with an interval
-    from medtune.study import HEADLINE, QUALITY_HEADLINE
+    from medtune.study.statistics import HEADLINE, QUALITY_HEADLINE
 
     lower = dict(HEADLINE + QUALITY_HEADLINE)
     assert {"quality.stopped", "quality.repetition"} <= set(study["ranking"])  # who stops and who loops
@@ -242,7 +253,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
         means = [r["mean"] for r in rows]
         assert means == sorted(means, reverse=not lower[key])
     # with 2 seeds, the answer-quality table is the mean of both seeds' answers, as the verdict ranks
-    from medtune.quality import read_generations
+    from medtune.evaluation.quality import read_generations
 
     for method in ("selective", "lora"):
         gens = [read_generations(out / "generations" / f"{n}.jsonl") for n, _ in run_names(method, 2, cfg.train.seed)]
@@ -283,14 +294,14 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
 
     assert run_seconds_alone(study["cost"]["selective"]) == k["run_seconds_alone"]
     assert run_seconds_alone(study["cost"]["lora"]) == study["cost"]["lora"]["train_seconds"]
-    from medtune.report.writer import rebuild
+    from medtune.cli.report import rebuild
 
     (out / "report.md").unlink()
     rebuild(out)  # medtune report: the same report from results.json alone
     assert (out / "report.md").read_text() == report
     # the first seed is the chosen trial (same rate, seed, data): reused, and training it again gives the same run
-    from medtune.runs import load_config
-    from medtune.train import train
+    from medtune.training.loop import train
+    from medtune.training.run_folder import load_config
 
     t = study["tuning"]["lora"]
     trial = out / "tuning" / "lora" / f"trial-{t['chosen_trial']:03d}"
@@ -301,7 +312,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
     first = json.loads((out / "runs" / "lora" / "summary.json").read_text())
     assert again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
     # tuning switched off in a rerun: the folder's old tuning summary is not this comparison's
-    from medtune.study import collect
+    from medtune.study.results import collect
 
     meta = json.loads((out / "compare.json").read_text())
     assert collect(out, meta["config"], ["lora"])[1]["tuning"]["lora"]["chosen_lr"] == t["chosen_lr"]
@@ -311,7 +322,7 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
 
 def test_a_diverged_method_is_marked_not_ranked_and_the_others_go_on(tiny_compare, monkeypatch):
     """lora's every step is non-finite (train_step's verdict is forced); selective trains normally."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     real_step = train_mod.train_step
 
@@ -335,7 +346,7 @@ def test_a_diverged_method_is_marked_not_ranked_and_the_others_go_on(tiny_compar
 def test_prefix_cache_cost_splits_cold_and_cached_steps():
     """Rates from every run once (the seed that reuses a trial is that trial), pruned trials
     left out; one run alone computes the prefix in its first epoch only."""
-    from medtune.study import prefix_cache_cost
+    from medtune.study.cost import prefix_cache_cost
 
     def run(seconds, tokens, cold_s, cold_t, **kw):
         return {
@@ -386,8 +397,8 @@ def test_compare_settings_that_cannot_work_are_one_line(args, message, tmp_path,
 @pytest.mark.parametrize("unit, count, examples, warned", [("focus groups", 4, 9, True), ("examples", None, 40, False)])
 def test_report_warns_when_intervals_rest_on_few_units(unit, count, examples, warned):
     """A bootstrap over a handful of focus groups gives intervals that look precise and are not."""
+    from medtune.report.markdown import _header
     from medtune.report.tables import FEW_UNITS
-    from medtune.report.writer import _header
 
     boot = {"unit": unit, **({"count": count} if count else {})}
     results = {
@@ -476,7 +487,7 @@ def test_bar_labels_sit_above_the_whiskers(tmp_path, monkeypatch):
 def test_verdict_says_in_words_who_clearly_beats_whom():
     """The bottom line follows the pairs: only differences whose interval excludes 0 are named,
     the better side taken from the ranking (lower perplexity ranks first)."""
-    from medtune.report.study_section import _bottom_line
+    from medtune.report.verdict import _bottom_line
 
     def pair(a, b, clear):
         return {"a": a, "b": b, "metric": "answer.perplexity", "clear": clear}

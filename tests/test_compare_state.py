@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from medtune.compare import identity_of, load_compare_config, run_compare
-from medtune.errors import MedtuneError
+from medtune.config.comparison import load_compare_config
+from medtune.config.identity import identity_of
+from medtune.infra.errors import MedtuneError
+from medtune.study.comparison import run_compare
 
 FAST = ["quality.enabled=false", "samples=0", "max_new_tokens=4"]
-REAL_TRAIN = __import__("medtune.train", fromlist=["train"]).train  # before any test wraps it
+REAL_TRAIN = __import__("medtune.training.loop", fromlist=["train"]).train  # before any test wraps it
 TUNED = [*FAST, "tune.points=2", "train.seeds=1"]  # tiny-study: two rates a method, one seed
 
 
@@ -56,7 +58,7 @@ def test_a_diverged_method_trained_at_another_rate_is_ranked_again(qa, monkeypat
 
 def test_force_trains_the_tuning_trials_again(qa, monkeypatch):
     """Same identity + --force: the folder's own tuning.db and tuning/ go, so every trial trains."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     cfg = _cfg(qa, "tiny-study", sets=TUNED)
     run_compare(cfg, quiet=True)
@@ -77,7 +79,7 @@ def test_force_trains_the_tuning_trials_again(qa, monkeypatch):
 def test_force_trains_every_run_again(qa, monkeypatch):
     """--force redoes every stage: a finished run of the same config on the same data is trained
     again, not adopted as "done earlier" (which a rerun without --force does)."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     cfg = _cfg(qa, methods="selective,lora")
     run_compare(cfg, quiet=True)
@@ -123,7 +125,7 @@ def test_a_torn_compare_json_is_one_line_and_force_replaces_it(qa, capsys):
 def test_a_method_whose_every_tuned_rate_diverged_is_marked_and_the_others_go_on(qa, monkeypatch):
     """lora's every step is non-finite, so every tuning trial diverges; selective, tuned after
     it, trains and is ranked. A rerun marks lora again instead of stopping."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     real_step = train_mod.train_step
 
@@ -146,7 +148,7 @@ def test_a_rate_that_diverges_after_its_rung_prunes_no_other(qa, monkeypatch):
     made successive halving prune 1e-5, so no rate finished with a finite loss and compare called
     every tuned rate diverged. A diverged trial is now no competitor: 1e-5 trains to the end, is
     chosen, and the report lists 3e-4 as diverged (it showed "-")."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     real_step = train_mod.train_step
 
@@ -169,15 +171,15 @@ def test_more_resamples_or_another_bootstrap_seed_only_rebuild_the_report(qa, mo
     the questions answered, off here). A rerun with other values was refused as another comparison
     (and --force retrained everything); now every run and evaluation is kept, and the report uses
     the new values."""
-    import medtune.train as train_mod
-    from medtune.evaluate import score_examples
+    import medtune.training.loop as train_mod
+    from medtune.evaluation.scoring import score_examples
 
     results = run_compare(_cfg(qa, methods="lora,selective"), quiet=True)
     assert results["study"]["bootstrap"]["resamples"] == 200  # tiny's
     calls = []
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: calls.append("train"))
     monkeypatch.setattr(
-        "medtune.evaluate.score_examples", lambda *a, **k: calls.append("score") or score_examples(*a, **k)
+        "medtune.evaluation.scoring.score_examples", lambda *a, **k: calls.append("score") or score_examples(*a, **k)
     )
     again = run_compare(_cfg(qa, methods="lora,selective", sets=["eval.bootstrap=300", "eval.seed=5"]), quiet=True)
     assert calls == []
@@ -192,7 +194,7 @@ def test_runs_an_earlier_release_keyed_with_report_only_settings_are_kept(qa, mo
     """Earlier releases put the comparison's eval.bootstrap / eval.seed into each run's config and
     stage key; runs now carry the defaults. A run of such a folder (tiny's bootstrap 200, an
     older key in stages.json) is the same run on the same data: kept, not trained again."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     cfg = _cfg(qa, methods="lora")
     run_compare(cfg, quiet=True)
@@ -218,7 +220,7 @@ def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
     computes something else is still refused."""
     from dataclasses import asdict
 
-    from medtune.compare import open_folder
+    from medtune.study.comparison import open_folder
 
     data = tmp_path / "qa.csv"  # a path that exists: no stage reads it here (../shared/medquad is not everywhere)
     data.write_text("question,answer\n")
@@ -265,7 +267,7 @@ def test_more_seeds_add_runs_and_keep_the_finished_ones(qa, tmp_path):
 def _logged_train(monkeypatch, stop_in: str | None = None) -> list:
     """train() wrapped: the names of the runs it trains (and whether resumed); Ctrl-C after step 1
     of run `stop_in`."""
-    import medtune.train as train_mod
+    import medtune.training.loop as train_mod
 
     real, log = REAL_TRAIN, []
 
@@ -283,7 +285,7 @@ def test_a_kill_between_a_retrained_run_and_its_mark_does_not_report_the_old_eva
     """A method setting changed (not the folder's identity), so lora trains again; a kill after its
     summary.json and before stages.json recorded it: the rerun adopted the new run under the old
     run's key, and reported the old run's evaluation as "done earlier"."""
-    import medtune.compare as compare_mod
+    import medtune.study.comparison as compare_mod
 
     out = qa.parent / "cmp"
     run_compare(_cfg(qa, sets=["methods.lora.r=4", "methods.lora.lr=1e-2"]), quiet=True)
@@ -315,7 +317,7 @@ def test_a_kill_while_copying_the_chosen_trial_leaves_no_finished_looking_run(qa
     weights cut short, adopted as finished, and every rerun failed reading them."""
     import shutil
 
-    import medtune.compare as compare_mod
+    import medtune.study.comparison as compare_mod
 
     real_copy, depth = shutil.copytree, []
 
@@ -342,7 +344,7 @@ def test_a_kill_while_copying_the_chosen_trial_leaves_no_finished_looking_run(qa
 def test_more_seeds_keep_an_interrupted_runs_checkpoint(qa, monkeypatch):
     """train.seeds is not a run's identity (the stage key drops it), but the resume check compared
     it: with one more seed the interrupted run started over instead of resuming."""
-    from medtune.interrupts import Interrupted
+    from medtune.infra.interrupts import Interrupted
 
     _logged_train(monkeypatch, stop_in="lora-seed1")
     with pytest.raises(Interrupted):
@@ -356,7 +358,7 @@ def test_an_interrupted_force_goes_on_when_rerun_with_or_without_force(qa, monke
     """--force, interrupted in its second run: rerun with --force, it started over (the first run
     trained a third time); rerun without, it adopted the second method's run from before --force.
     Now both go on from the redo: what it redid stays, what it had not yet redone is trained."""
-    from medtune.interrupts import Interrupted
+    from medtune.infra.interrupts import Interrupted
 
     cfg = _cfg(qa, methods="lora,selective")
     run_compare(cfg, quiet=True)
@@ -401,8 +403,8 @@ def test_the_chosen_trial_is_copied_only_when_it_trained_on_this_data(qa, monkey
     --storage by a worker on other prepared data): its weights are not this comparison's run."""
     import shutil
 
-    import medtune.compare as compare_mod
-    from medtune.trial_storage import trial_dir_name
+    import medtune.study.comparison as compare_mod
+    from medtune.tuning.storage import trial_dir_name
 
     cfg = _cfg(qa, "tiny-study", sets=TUNED)
     first = run_compare(cfg, quiet=True)

@@ -7,7 +7,7 @@ from conftest import MEDQUAD, run_cli
 from medtune.data.clean import clean_records, clean_text
 from medtune.data.sources import ColumnMap, Record, load_records
 from medtune.data.split import overlap, split_records
-from medtune.errors import MedtuneError
+from medtune.infra.errors import MedtuneError
 
 SPLITS = ("train", "val", "test")
 

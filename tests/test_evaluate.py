@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from medtune import models
 from medtune.data.tokenize import Example
-from medtune.evaluate import Scores, paired_difference, score_examples, summarize
+from medtune.evaluation.bootstrap import paired_difference, summarize
+from medtune.evaluation.scoring import Scores, score_examples
+from medtune.models import loading
 
 
 def examples(n=10, seed=0, eos=1):
@@ -41,7 +42,7 @@ def reference(model, exs):
 
 
 def test_metrics_equal_plain_float64_loop(tiny):
-    model, tok, _ = models.load(tiny)
+    model, tok, _ = loading.load(tiny)
     exs = examples(12)
     summary = summarize(score_examples(model, exs, tok.pad_token_id), 50)
     ref = reference(model, exs)
@@ -53,7 +54,7 @@ def test_metrics_equal_plain_float64_loop(tiny):
 
 
 def test_batch_size_and_layout_do_not_matter(tiny):
-    model, tok, _ = models.load(tiny)
+    model, tok, _ = loading.load(tiny)
     exs = examples(16, seed=1)
     runs = [
         summarize(score_examples(model, exs, tok.pad_token_id, batch_tokens=bt, layout=layout), 20)
@@ -70,7 +71,7 @@ def test_batch_size_and_layout_do_not_matter(tiny):
 def test_known_perplexity_and_accuracy(tiny):
     """A zero head makes every next token uniform: perplexity == vocab size exactly, and
     argmax (ties -> token 0) is right exactly where the target is token 0."""
-    model, tok, _ = models.load(tiny)
+    model, tok, _ = loading.load(tiny)
     from medtune.methods.selective import untie_head
 
     untie_head(model)
@@ -161,7 +162,7 @@ def test_evaluate_cli_per_example_is_recomputable(tiny, prepared, tmp_path, caps
     # recompute the headline from the audit file with plain Transformers
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(models.resolve(tiny).path).eval()
+    model = AutoModelForCausalLM.from_pretrained(loading.resolve(tiny).path).eval()
     nll = n = 0
     with torch.no_grad():
         for r in rows:
@@ -178,11 +179,11 @@ def test_evaluate_cli_per_example_is_recomputable(tiny, prepared, tmp_path, caps
 def test_evaluate_scores_a_run_in_the_dtype_it_trained_in(tiny, prepared, tmp_path, capsys, fresh_accelerate_state):
     """Validation ran under the run's model.dtype; test scoring ignored it (bf16 on any bf16 GPU,
     fp32 elsewhere), so a bf16 run's test and validation losses were computed differently."""
-    from medtune.config import RunConfig, from_dict
+    from medtune.config.sections import RunConfig, from_dict
     from medtune.data.prepare import read_split
     from medtune.data.tokenize import encode_records
-    from medtune.inference import autocast_for, load_for_inference
-    from medtune.train import train
+    from medtune.models.inference import autocast_for, load_for_inference
+    from medtune.training.loop import train
 
     t = {"max_steps": 1, "batch_size": 4, "threads": 1}
     c = from_dict(RunConfig, {"method": "lora", "model": {"spec": tiny, "dtype": "bf16"}, "train": t})
@@ -217,19 +218,19 @@ def test_evaluate_bad_input(tiny, prepared, tmp_path, capsys):
 
 
 def test_evaluate_rejects_other_base_model(tiny, prepared, tmp_path, capsys):
-    from medtune.config import RunConfig, from_dict
-    from medtune.train import train
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.training.loop import train
 
     c = from_dict(RunConfig, {"method": "lora", "model": {"spec": tiny}, "train": {"max_steps": 1, "batch_size": 4}})
     train(c, prepared, tmp_path / "run", quiet=True)
-    other = models.build_tiny_llama(tmp_path / "other-tiny", seed=1)
+    other = loading.build_tiny_llama(tmp_path / "other-tiny", seed=1)
     code, _, err = run_cli(["evaluate", "--model", other, "--run", tmp_path / "run", "--data", prepared], capsys)
     assert code == 2 and "does not match" in err
 
 
 def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
-    from medtune.config import RunConfig, from_dict
-    from medtune.train import train
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.training.loop import train
 
     c = from_dict(
         RunConfig, {"method": "full", "model": {"spec": tiny}, "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2}}
@@ -260,7 +261,7 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
     res = json.loads((tmp_path / "r.json").read_text())
     d = res["paired_difference"]["answer"]
     assert d["perplexity"] != 0 and d["perplexity_ci"][0] <= d["perplexity"] <= d["perplexity_ci"][1]
-    from medtune.evaluate import load_scores
+    from medtune.evaluation.scoring import load_scores
 
     base_scores = load_scores(base)  # this run minus the base, with its sign
     base_ppl = np.exp(base_scores.nll["answer"].sum() / base_scores.tokens["answer"].sum())
@@ -268,7 +269,7 @@ def test_evaluate_cli_paired_difference(tiny, prepared, tmp_path, capsys):
     paired = printed[printed.index("paired difference") :].splitlines()
     assert f"{d['perplexity']:+.3f}" in printed
     # the widest numbers the lines hold (two-digit perplexity differences) still fit 80 columns
-    from medtune.evaluate_cli import _print_paired
+    from medtune.cli.evaluate import _print_paired
 
     wide = {"perplexity": -11.383, "perplexity_ci": [-12.106, -10.646], "accuracy": -1e-4, "accuracy_ci": [-8e-4, 5e-4]}
     _print_paired("base.scores.json", {"answer": wide, "all": wide})
@@ -291,7 +292,7 @@ def test_evaluate_resamples_the_unit_its_split_kept_together(kind, unit, tiny, t
     from conftest import write_records
     from medtune.data.prepare import read_split
     from medtune.data.split import group_ids
-    from medtune.evaluate import load_scores
+    from medtune.evaluation.scoring import load_scores
 
     data = write_records(tmp_path / "prep", n_test=16)  # 8 topics: focus groups of 2 test questions
     if kind:
@@ -333,10 +334,10 @@ def _fake_scores(ids):
 
 
 def test_evaluate_bad_paired_with_fails_before_loading_and_writes_nothing(prepared, tmp_path, capsys, monkeypatch):
-    from medtune.evaluate import save_scores
+    from medtune.evaluation.scoring import save_scores
 
-    monkeypatch.setattr(models, "load", _no_model_load)
-    monkeypatch.setattr(models, "load_tokenizer", _no_model_load)
+    monkeypatch.setattr(loading, "load", _no_model_load)
+    monkeypatch.setattr(loading, "load_tokenizer", _no_model_load)
     monkeypatch.chdir(tmp_path)
     ids = [f"test-{i}" for i in range(8)]  # the ids of conftest.write_records' test split
     save_scores(_fake_scores(ids), tmp_path / "good.json")
@@ -375,8 +376,8 @@ def test_evaluate_unwritable_output_fails_before_loading(prepared, tmp_path, cap
     the path as typed (relative here, not resolved), and nothing is written."""
     import tempfile
 
-    monkeypatch.setattr(models, "load", _no_model_load)
-    monkeypatch.setattr(models, "load_tokenizer", _no_model_load)
+    monkeypatch.setattr(loading, "load", _no_model_load)
+    monkeypatch.setattr(loading, "load_tokenizer", _no_model_load)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
     base = ["evaluate", "--model", TINY, "--data", prepared]
@@ -413,7 +414,7 @@ def test_evaluate_unwritable_output_fails_before_loading(prepared, tmp_path, cap
     ],
 )
 def test_evaluate_bad_number_names_the_option(extra, says, prepared, capsys, monkeypatch):
-    monkeypatch.setattr(models, "load", _no_model_load)
+    monkeypatch.setattr(loading, "load", _no_model_load)
     line = _one_line(*run_cli(["evaluate", "--model", TINY, "--data", prepared, *extra], capsys)[::2])
     assert says in line and "eval." not in line, line
 

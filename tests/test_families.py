@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtune import forward
 from medtune.data.batching import collate, collate_packed
 from medtune.data.tokenize import Example
-from medtune.errors import MedtuneError
-from medtune.methods import get_method, module_paths, unique_params
+from medtune.infra.errors import MedtuneError
+from medtune.methods.params import module_paths, unique_params
+from medtune.methods.registry import get_method
+from medtune.training import forward
 
 WINDOW = 6
 COMMON = dict(
@@ -264,7 +265,8 @@ def test_plain_path_gpt2_scores_and_trains_exactly():
 
 
 def test_plain_path_gpt2_evaluate_sums_scopes_and_intervals():
-    from medtune.evaluate import score_examples, summarize
+    from medtune.evaluation.bootstrap import summarize
+    from medtune.evaluation.scoring import score_examples
 
     model = build_gpt2()
     exs = examples()

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import MEDQUAD, TINY, env, interrupt_at, paused, run_cli, write_records
-from medtune.errors import MedtuneError
-from medtune.locking import FolderLock, lock_path
+from medtune.infra.errors import MedtuneError
+from medtune.infra.locking import FolderLock, lock_path
 
 STEPS = 6  # 12 train examples, batch 4, 2 epochs
 TRAIN_SETS = [
@@ -119,7 +119,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(point, n, small, ref
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     run = tmp_path / "run"
     assert not (run / "summary.json").exists() and not (run / "weights.json").exists()
-    from medtune.checkpoint import find_checkpoint
+    from medtune.training.checkpoint import find_checkpoint
 
     # Resuming must continue from a checkpoint, not retrain from step 0 (which would also
     # reproduce the reference weights): the step it resumes at is the newest complete one.
@@ -181,7 +181,7 @@ def test_two_trainings_into_one_folder(small, tmp_path):
 # Takes the lock in another process, prints (PRINT), and holds it until stdin closes.
 HOLDER = """
 import os, sys
-from medtune.locking import FolderLock
+from medtune.infra.locking import FolderLock
 FolderLock(sys.argv[1]).acquire()
 print(PRINT, flush=True)
 sys.stdin.readline()
@@ -256,7 +256,7 @@ def test_nan_loss_stops_keeps_last_checkpoint_saves_no_weights(small, tmp_path, 
     run = tmp_path / "run"
     for f in ("weights.json", "summary.json", "adapter"):
         assert not (run / f).exists(), f
-    from medtune.checkpoint import find_checkpoint
+    from medtune.training.checkpoint import find_checkpoint
 
     kept = find_checkpoint(run)
     assert kept is not None and json.loads((kept / "state.json").read_text())["step"] == 2
@@ -307,9 +307,9 @@ def test_fp16_overflow_is_skipped_by_the_scaler_and_its_scale_resumes(
     here). medtune called that divergence, and with skips allowed the next step raised
     "unscale_() has already been called" (the scaler's update() never ran). A resume must also
     continue from the scale reached: restarted at 1e8, every resumed step overflows again."""
-    from medtune.config import RunConfig, from_dict
-    from medtune.interrupts import Interrupted
-    from medtune.train import train
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.infra.interrupts import Interrupted
+    from medtune.training.loop import train
 
     built = _fp16_scaler_as_on_a_gpu(monkeypatch, 1e8)
     t = {"max_steps": 12, "batch_size": 4, "micro_batch_tokens": 128, "seed": 1, "lr": 1e-3, "threads": 1}
@@ -332,7 +332,7 @@ def test_fp16_overflow_is_skipped_by_the_scaler_and_its_scale_resumes(
 
 
 def test_metrics_survive_a_torn_line_and_a_rewind(tmp_path):
-    from medtune.runs import append_metrics, read_metrics
+    from medtune.training.run_folder import append_metrics, read_metrics
 
     for step in (1, 2, 3):
         append_metrics(tmp_path, {"step": step, "loss": 1.0 / step})
@@ -353,8 +353,8 @@ def test_metrics_survive_a_torn_line_and_a_rewind(tmp_path):
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
-    from medtune.config import RunConfig, from_dict
-    from medtune.weights import save_weights
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.models.weights import save_weights
 
     model = torch.nn.Linear(3, 2)
     with torch.no_grad():
@@ -370,7 +370,7 @@ def _no_nan(token):
 
 
 def test_write_json_has_no_nan_and_says_why(tmp_path):
-    from medtune.runs import write_json
+    from medtune.infra.jsonio import write_json
 
     write_json(tmp_path / "r.json", {"a": {"ppl": float("nan"), "ci": [1.0, float("inf")]}, "n": 3})
     d = json.loads((tmp_path / "r.json").read_text(), parse_constant=_no_nan)
@@ -379,7 +379,7 @@ def test_write_json_has_no_nan_and_says_why(tmp_path):
 
 
 def test_evaluate_writes_null_not_nan(small, tmp_path, capsys, monkeypatch, tiny):
-    import medtune.evaluate_cli as ev
+    import medtune.cli.evaluate as ev
 
     real = ev.summarize
 
@@ -399,7 +399,7 @@ def test_evaluate_writes_null_not_nan(small, tmp_path, capsys, monkeypatch, tiny
 def test_out_of_gpu_memory_is_one_line_and_the_run_resumes(small, reference, tmp_path, capsys, monkeypatch):
     """torch's OutOfMemoryError (raised here at step 4, as CUDA raises it) is one line that names
     the knobs; the checkpoints before it stay, and --resume finishes with the uninterrupted weights."""
-    from medtune import train as train_module
+    from medtune.training import loop as train_module
 
     real, calls = train_module.train_step, [0]
 
@@ -508,8 +508,8 @@ def _no_torch_load(*a, **k):
 
 
 def test_selective_trained_tensors_corrupt_or_nan(small, tmp_path, capsys, tiny):
-    from medtune.config import RunConfig, from_dict
-    from medtune.train import train
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.training.loop import train
 
     cfg = {"method": "selective", "method_args": {"layers": 1}, "model": {"spec": tiny}, "format": {"max_length": 64}}
     cfg["train"] = {"max_steps": 1, "batch_size": 4, "micro_batch_tokens": 128, "threads": 1}
@@ -525,8 +525,9 @@ def test_selective_trained_tensors_corrupt_or_nan(small, tmp_path, capsys, tiny)
 
 
 def test_corrupt_checkpoint_is_one_line(small, tmp_path, capsys, tiny):
-    from medtune.config import RunConfig, apply_overrides, from_dict
-    from medtune.train import Interrupted, train
+    from medtune.config.files import apply_overrides
+    from medtune.config.sections import RunConfig, from_dict
+    from medtune.training.loop import Interrupted, train
 
     d = apply_overrides({"method": "lora", "model": {"spec": tiny}}, TRAIN_SETS)
     run = tmp_path / "run"
@@ -731,10 +732,10 @@ def _no_model_load(*a, **k):
 
 
 def test_output_under_a_file_fails_before_loading(small, reference, qa_csv, tmp_path, capsys, monkeypatch):
-    from medtune import models
+    from medtune.models import loading
 
-    monkeypatch.setattr(models, "load", _no_model_load)
-    monkeypatch.setattr(models, "load_tokenizer", _no_model_load)
+    monkeypatch.setattr(loading, "load", _no_model_load)
+    monkeypatch.setattr(loading, "load_tokenizer", _no_model_load)
     f = tmp_path / "file"
     f.write_text("")
     line = one_line_error(*prep(qa_csv, f / "p", capsys)[::2])
@@ -751,9 +752,9 @@ def test_output_under_a_file_fails_before_loading(small, reference, qa_csv, tmp_
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; ensure_writable probes, see below")
 def test_read_only_output_fails_before_loading(small, qa_csv, tmp_path, capsys, monkeypatch):
-    from medtune import models
+    from medtune.models import loading
 
-    monkeypatch.setattr(models, "load", _no_model_load)
+    monkeypatch.setattr(loading, "load", _no_model_load)
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -768,7 +769,7 @@ def test_ensure_writable_probe_catches_what_permissions_hide(tmp_path, monkeypat
     """As root, os.access says yes to a read-only folder; the probe file says no (EROFS/EACCES)."""
     import tempfile
 
-    from medtune.runs import ensure_writable
+    from medtune.infra.jsonio import ensure_writable
 
     def refused(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -788,9 +789,9 @@ def test_ensure_writable_probe_catches_what_permissions_hide(tmp_path, monkeypat
      ("train.log_every=0", "log_every"), ("train.checkpoint_every=-1", "checkpoint_every")],
 )  # fmt: skip
 def test_bad_train_values_are_one_line(setting, says, small, tmp_path, capsys, monkeypatch):
-    from medtune import models
+    from medtune.models import loading
 
-    monkeypatch.setattr(models, "load", _no_model_load)
+    monkeypatch.setattr(loading, "load", _no_model_load)
     args = ["train", "--method", "lora", "--model", TINY, "--data", small, "--out", tmp_path, "--set", setting]
     assert says in one_line_error(*run_cli(args, capsys)[::2])
     assert not any(tmp_path.iterdir())

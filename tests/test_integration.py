@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import MEDQUAD, run_cli
-from medtune import models
+from medtune.models import loading
 
 pytestmark = [
     pytest.mark.integration,
@@ -21,12 +21,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smol():
-    return models.load("smollm2-135m")
+    return loading.load("smollm2-135m")
 
 
 @pytest.fixture(scope="module")
 def medquad_prepared(tmp_path_factory):
-    from medtune.config import DataConfig, FormatConfig
+    from medtune.config.sections import DataConfig, FormatConfig
     from medtune.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("mq") / "prep"
@@ -43,7 +43,7 @@ def test_alias_is_plain_llama_with_pad_eq_eos(smol):
 
 
 def test_forward_on_a_medquad_example_is_finite(smol, medquad_prepared):
-    from medtune.config import FormatConfig
+    from medtune.config.sections import FormatConfig
     from medtune.data.prepare import read_split
     from medtune.data.tokenize import encode_records
 

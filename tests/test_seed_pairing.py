@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from medtune.evaluate import Scores
+from medtune.evaluation.scoring import Scores
 
 T975 = {2: 4.303, 4: 2.776}  # two-sided 95% critical values of Student's t (any table)
 
@@ -25,7 +25,7 @@ def flat_run(log_ppl: float, n: int = 30) -> Scores:
 
 
 def test_same_seed_values_are_paired_seed_by_seed():
-    from medtune.study import pool_scores
+    from medtune.study.statistics import pool_scores
 
     a_logs, b_logs = [2.0, 2.3, 2.1], [1.9, 2.2, 2.0]  # b tracks a's seeds: a shared data order
     base = flat_run(2.5)
@@ -45,7 +45,7 @@ def test_same_seed_values_are_paired_seed_by_seed():
 
 
 def test_other_seed_values_fall_back_to_welch():
-    from medtune.study import pool_scores, t_quantile
+    from medtune.study.statistics import pool_scores, t_quantile
 
     a_logs, b_logs = [2.0, 2.3, 2.1], [1.9, 2.2, 2.0]
     base = flat_run(2.5)
@@ -62,7 +62,7 @@ def test_other_seed_values_fall_back_to_welch():
 
 def test_quality_pairs_only_the_seeds_both_models_answered():
     """A method missing one seed's answers is compared unpaired on that metric."""
-    from medtune.study import Pool, pool_quality
+    from medtune.study.statistics import Pool, pool_quality
 
     rows = lambda v: [{"id": str(i), "rougeL": v} for i in range(10)]  # noqa: E731
     gens = {"a": [rows(0.20), rows(0.30), rows(0.25)], "b": [rows(0.22), rows(0.32), rows(0.27)]}
@@ -82,7 +82,7 @@ def _clear_rates(seeds: int, gap: float, shared_sd: float, own_sd: float, reps: 
     both methods' log-perplexity by the same draw (sd shared_sd: the data order they share) plus
     each method's own draw (sd own_sd); B's mean is `gap` below A's. Welch is what the same runs
     get when their seed values differ."""
-    from medtune.study import pool_scores
+    from medtune.study.statistics import pool_scores
     from test_tune import _seed_runs, fake_scores
 
     rng = np.random.default_rng(3)
@@ -114,7 +114,7 @@ def test_pairing_finds_gaps_a_shared_data_order_hides_and_keeps_false_clears_rar
 def test_an_interval_stops_at_what_the_metric_can_take():
     """Two disagreeing seeds widen an interval by t(0.975, 1) = 12.7: answer tokens reached past
     the generation limit (44.6 [0.0, 142.8] with at most 64); the study's own range cuts it."""
-    from medtune.study import Pool
+    from medtune.study.statistics import Pool
 
     pool = Pool(50)
     rng = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def test_one_resampling_unit_supports_no_clear_difference(seeds):
     interval carries no test-sampling error (zero width with one seed) and a 6-example difference
     was called clear, bold and in the verdict's bottom line. With one unit nothing is clear; the
     same scores over 30 units (groups of one example) still are."""
-    from medtune.study import pool_scores
+    from medtune.study.statistics import pool_scores
 
     base = flat_run(2.5)
     runs = {"a": [flat_run(2.0 + 0.01 * k) for k in range(seeds)]}

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medtune import models
-from medtune.config import RunConfig, from_dict
-from medtune.evaluate import score_examples
-from medtune.shared_work import SharedWork
-from medtune.train import setup, train, validation_loss
+from medtune.config.sections import RunConfig, from_dict
+from medtune.evaluation.scoring import score_examples
+from medtune.models import loading
+from medtune.training.loop import setup, train, validation_loss
+from medtune.training.shared_work import SharedWork
 
 METHODS = {
     "lora": {"dropout": 0.0},
@@ -54,7 +54,7 @@ def test_validation_loss_equals_evaluate_and_starts_at_the_base_model(method, ti
     s = setup(cfg(tiny, method), prepared, tmp_path / "run", quiet=True)
     ours = validation_loss(s)
     assert ours == pytest.approx(reference_val_loss(s.model, s), rel=REL)
-    base, _, _ = models.load(tiny)
+    base, _, _ = loading.load(tiny)
     assert ours == pytest.approx(reference_val_loss(base, s), rel=max(REL, 1e-5))
 
 
@@ -203,7 +203,7 @@ def test_a_prefix_cache_counts_each_example_once_and_one_budget_bounds_all_cache
     """A micro-batch with one new example is computed and offered whole: put() counted the held
     ones again (counted / held bytes grew 1.0, 1.46, 1.80 over three seeds) and spilled early. And
     every (prefix length, split) cache got the whole train.cache_memory_gb."""
-    from medtune.prefix_cache import MemoryBudget, PrefixCache
+    from medtune.training.prefix_cache import MemoryBudget, PrefixCache
 
     h = torch.ones(5, 4)  # 80 bytes
     shared = SharedWork(tmp_path / "cache", "k", 200)

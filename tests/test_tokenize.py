@@ -1,12 +1,12 @@
-from medtune import models
-from medtune.config import FormatConfig
+from medtune.config.sections import FormatConfig
 from medtune.data.batching import collate, collate_packed, micro_batches, pack
 from medtune.data.sources import Record
 from medtune.data.tokenize import encode_records, prompt_text
+from medtune.models import loading
 
 
 def _tok(tiny):
-    return models.load_tokenizer(models.resolve(tiny))
+    return loading.load_tokenizer(loading.resolve(tiny))
 
 
 def test_pad_is_eos_yet_eos_is_scored_and_padding_never(tiny):

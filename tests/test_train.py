@@ -11,13 +11,13 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import run_cli, write_records
-from medtune import models
-from medtune.config import RunConfig, from_dict
+from medtune.config.sections import RunConfig, from_dict
 from medtune.data.batching import collate, collate_packed
 from medtune.data.tokenize import Example
-from medtune.forward import final_hidden, head_rows, nll_sum, parts, score_positions, scored_inputs
-from medtune.train import Interrupted, train
-from medtune.weights import load_trained
+from medtune.models import loading
+from medtune.models.weights import load_trained
+from medtune.training.forward import final_hidden, head_rows, nll_sum, parts, score_positions, scored_inputs
+from medtune.training.loop import Interrupted, train
 
 
 def cfg(tiny, method="lora", **over):
@@ -67,9 +67,9 @@ def test_peft_run_folder_and_plain_peft_reload(method, args, tiny, prepared, tmp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    path = models.resolve(tiny).path
+    path = loading.resolve(tiny).path
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), run / "adapter").eval()
-    ours = load_trained(models.load(tiny)[0], run).eval()
+    ours = load_trained(loading.load(tiny)[0], run).eval()
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     assert torch.equal(logits_of(plain, IDS), logits_of(ours, IDS))
     assert not torch.allclose(logits_of(plain, IDS), logits_of(base, IDS))  # training did something
@@ -88,7 +88,7 @@ def test_selective_weights_reload_identical(head, tiny, prepared, tmp_path):
     # when this compared load_trained with itself)
     from transformers import AutoModelForCausalLM
 
-    ref = AutoModelForCausalLM.from_pretrained(models.resolve(tiny).path).eval()
+    ref = AutoModelForCausalLM.from_pretrained(loading.resolve(tiny).path).eval()
     if head == "untied":
         tied = ref.get_output_embeddings()
         own = torch.nn.Linear(tied.in_features, tied.out_features, bias=False)
@@ -99,8 +99,8 @@ def test_selective_weights_reload_identical(head, tiny, prepared, tmp_path):
     with torch.no_grad():
         for name, t in saved.items():
             params[name].copy_(t)
-    a = load_trained(models.load(tiny)[0], run).eval()
-    base = models.load(tiny)[0].eval()
+    a = load_trained(loading.load(tiny)[0], run).eval()
+    base = loading.load(tiny)[0].eval()
     assert torch.equal(logits_of(a, IDS), logits_of(ref, IDS))
     assert not torch.allclose(logits_of(a, IDS), logits_of(base, IDS))
 
@@ -127,7 +127,7 @@ def test_resume_with_fewer_steps_than_its_checkpoint_is_refused(tiny, prepared, 
     """A checkpoint at step 5 resumed with train.max_steps=2 finished at once as a 5-step run
     whose config.yaml said 2 (and whose schedule was planned for the old length). A max_steps
     override is refused before the model loads; fewer epochs once the plan is known."""
-    import medtune.train as train_module
+    import medtune.training.loop as train_module
 
     c = cfg(tiny, "lora")
     with pytest.raises(Interrupted):
@@ -196,7 +196,7 @@ def test_prefix_cache_matches_uncached(tiny, prepared, tmp_path):
 def test_every_layout_gives_each_example_its_own_losses(tiny, layout):
     """Packing (attention kept inside each example) and padding must not change any example's
     per-token losses: each equals the example computed alone, through plain HF `model(...)`."""
-    model, tok, _ = models.load(tiny)
+    model, tok, _ = loading.load(tiny)
     ex = [
         Example("a", [5, 9, 17, 33, 2, 71, 1], 2, False),
         Example("b", [8, 44, 1], 1, False),
@@ -389,7 +389,7 @@ def test_two_processes_match_one(tiny, tmp_path):
 
 SIGNAL_RANK0 = """
 import os, signal, sys
-import medtune.train as T
+import medtune.training.loop as T
 log_step = T._log_step
 
 def log_and_signal(s, state, *a, **k):  # SIGTERM reaches rank 0 alone, after step 3
@@ -398,7 +398,7 @@ def log_and_signal(s, state, *a, **k):  # SIGTERM reaches rank 0 alone, after st
         os.kill(os.getpid(), signal.SIGTERM)
 
 T._log_step = log_and_signal
-from medtune.cli import main
+from medtune.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -455,8 +455,8 @@ def test_two_processes_stop_together_and_resume_to_the_same_weights(tiny, prepar
 def test_fused_adamw_resume_puts_step_where_torch_does(tiny, prepared, tmp_path):
     """Resuming a fused AdamW: every state tensor (step included) lands where torch's own
     Optimizer.load_state_dict puts it. On CPU that is the CPU; on a GPU, the parameter's device."""
-    from medtune.checkpoint import find_checkpoint, load_checkpoint
-    from medtune.train import setup
+    from medtune.training.checkpoint import find_checkpoint, load_checkpoint
+    from medtune.training.loop import setup
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = tmp_path / "run"
@@ -486,7 +486,7 @@ def test_fused_adamw_resume_puts_step_where_torch_does(tiny, prepared, tmp_path)
 
 
 def _fake_checkpoint(run, name, step, truncate=False):
-    from medtune.checkpoint import FILES
+    from medtune.training.checkpoint import FILES
 
     folder = run / name
     folder.mkdir(parents=True)
@@ -501,7 +501,7 @@ def _fake_checkpoint(run, name, step, truncate=False):
 
 
 def test_find_checkpoint_prefers_the_complete_newest(tmp_path):
-    from medtune.checkpoint import find_checkpoint
+    from medtune.training.checkpoint import find_checkpoint
 
     run = tmp_path / "r"
     run.mkdir()
@@ -522,7 +522,7 @@ def test_find_checkpoint_prefers_the_complete_newest(tmp_path):
 def test_run_folder_without_checkpoint_says_what_to_do(tiny, prepared, tmp_path, capsys):
     run = tmp_path / "runs" / "lora"
     run.mkdir(parents=True)
-    from medtune.runs import save_config
+    from medtune.training.run_folder import save_config
 
     save_config(run, cfg(tiny, "lora"), str(prepared))  # a run killed before its first checkpoint
     base = ["train", "--data", prepared, "--model", tiny, "--method", "lora", "--out", tmp_path / "runs"]
@@ -624,7 +624,7 @@ def test_resume_with_data_uses_that_folder_if_it_holds_the_same_data(tiny, tmp_p
     ],
 )
 def test_resume_refuses_options_it_would_ignore(extra, flag, tiny, prepared, tmp_path, capsys):
-    from medtune.runs import save_config
+    from medtune.training.run_folder import save_config
 
     run = tmp_path / "runs" / "lora"
     run.mkdir(parents=True)
@@ -664,7 +664,7 @@ def test_ask_answers(finished, capsys):
 
 
 def test_python_m_medtune_and_help_texts():
-    from medtune.compare import preset_names
+    from medtune.config.presets import preset_names
 
     def help_of(*args):
         r = subprocess.run([sys.executable, "-m", "medtune", *args, "--help"], capture_output=True, text=True)
@@ -723,7 +723,7 @@ def test_ask_names_the_runs_a_comparison_folder_holds(tmp_path, capsys):
 def test_argument_errors_are_one_line(args, message, capsys):
     """argparse's errors get the contract of every bad input: one `medtune: error:` line, exit 2
     (its default printed the usage block first)."""
-    from medtune.cli import main
+    from medtune.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(args)
@@ -737,10 +737,10 @@ def test_a_relative_model_path_is_found_from_any_directory(tiny, tmp_path, monke
     it as a hub id ("couldn't connect to huggingface.co"). New runs record it absolute; a run
     written before is found under the folders above it."""
     from conftest import write_records
-    from medtune import models
+    from medtune.models import loading
 
     work, elsewhere = tmp_path / "w", tmp_path / "elsewhere"
-    shutil.copytree(models.resolve(tiny).path, work / "models" / "llama")
+    shutil.copytree(loading.resolve(tiny).path, work / "models" / "llama")
     write_records(work / "p")
     elsewhere.mkdir()
     monkeypatch.chdir(work)
@@ -768,14 +768,14 @@ def test_a_relative_model_path_is_found_from_any_directory(tiny, tmp_path, monke
 @pytest.mark.parametrize("case", ["empty.gguf", "random.gguf", "cut.safetensors", "no-tokenizer"])
 def test_an_unreadable_model_is_one_line(case, tiny, prepared, tmp_path, capsys):
     """A cut, empty or foreign .gguf, cut weights, a folder without tokenizer files: tracebacks."""
-    from medtune import models
+    from medtune.models import loading
 
     if case.endswith(".gguf"):
         spec = tmp_path / case
         spec.write_bytes(b"" if case.startswith("empty") else os.urandom(100))
     else:
         spec = tmp_path / "m"
-        shutil.copytree(models.resolve(tiny).path, spec)
+        shutil.copytree(loading.resolve(tiny).path, spec)
         if case == "cut.safetensors":
             weights = spec / "model.safetensors"
             weights.write_bytes(weights.read_bytes()[:1000])
@@ -795,14 +795,14 @@ def test_an_unreadable_model_is_one_line(case, tiny, prepared, tmp_path, capsys)
 def test_a_run_trained_with_trust_remote_code_is_loaded_with_it(tiny, prepared, tmp_path, monkeypatch):
     """evaluate / ask loaded every run with trust_remote_code False: a custom-code model trained
     fine and then could not be scored."""
-    from medtune import inference, models
+    from medtune.models import inference, loading
 
     train(cfg(tiny, "lora", train__max_steps=1), prepared, tmp_path / "run", quiet=True)
     d = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     d["model"]["trust_remote_code"] = True
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(d))
-    asked, real = [], models.load
-    monkeypatch.setattr(models, "load", lambda spec, trust=False: asked.append(trust) or real(spec, trust))
+    asked, real = [], loading.load
+    monkeypatch.setattr(loading, "load", lambda spec, trust=False: asked.append(trust) or real(spec, trust))
     inference.load_for_inference(None, tmp_path / "run")
     inference.load_for_inference(tiny, None)
     assert asked == [True, False]
@@ -818,7 +818,7 @@ def test_export_is_a_plain_hf_folder_with_the_runs_logits(method, args, tiny, pr
     too: other logits, no warning. The export loads with plain from_pretrained, adapters merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medtune.inference import load_for_inference
+    from medtune.models.inference import load_for_inference
 
     extra = {"block_size": 16, "dropout": 0.0} if method == "boft" else {"dropout": 0.0} if method == "lora" else {}
     train(
@@ -829,7 +829,7 @@ def test_export_is_a_plain_hf_folder_with_the_runs_logits(method, args, tiny, pr
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()  # no medtune, no PEFT
     ours = load_for_inference(None, tmp_path / "r", device="cpu")[0]
     assert torch.allclose(logits_of(plain, IDS), logits_of(ours, IDS), atol=1e-5)
-    base = models.load(tiny)[0].eval()
+    base = loading.load(tiny)[0].eval()
     assert not torch.allclose(logits_of(plain, IDS), logits_of(base, IDS), atol=1e-3)  # trained weights in it
     assert plain.config.tie_word_embeddings == (args.get("head") != "untied")
     assert AutoTokenizer.from_pretrained(tmp_path / "hf").pad_token is not None
@@ -868,6 +868,6 @@ def test_an_alias_stays_an_alias_beside_a_folder_of_its_name(tiny, prepared, tmp
 )  # fmt: skip
 def test_the_export_card_names_a_hub_base_only(spec, card):
     """A hub alias names its hub id in the card's metadata; a packaged alias or a local path is no hub id."""
-    from medtune.export import _hub_base
+    from medtune.models.export import _hub_base
 
     assert _hub_base(spec) == card

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from conftest import interrupt_at, run_cli, write_records
-from medtune.compare import load_compare_config
-from medtune.evaluate import Scores, bootstrap_weights, paired_difference, summarize
-from medtune.tune import TuneConfig, lr_grid
+from medtune.config.comparison import TuneConfig, load_compare_config
+from medtune.evaluation.bootstrap import bootstrap_weights, paired_difference, summarize
+from medtune.evaluation.scoring import Scores
+from medtune.tuning.search import lr_grid
 
 BEST_LR = 3e-4  # the fake training's best learning rate
 
@@ -64,7 +65,7 @@ def fake_train(monkeypatch):
                 on_validation(step, fake_loss(lr, f), step / 10)
         return {"val_loss": fake_loss(lr, 1.0), "train_seconds": 0.01, "tokens_per_s": 1.0, "steps": 8}
 
-    monkeypatch.setattr("medtune.train.train", train)
+    monkeypatch.setattr("medtune.training.loop.train", train)
     return calls
 
 
@@ -85,7 +86,7 @@ def test_grid_is_log_spaced_around_the_default():
 
 
 def test_validations_map_to_the_configured_points():
-    from medtune.tune import _eval_point
+    from medtune.tuning.objective import _eval_point
 
     points = [0.25, 0.5, 1.0]
     for total in (4, 7, 10, 33):
@@ -96,7 +97,7 @@ def test_validations_map_to_the_configured_points():
 
 
 def test_grid_tuning_tries_each_rate_once_prunes_and_picks_the_best(tiny, tmp_path, fake_train):
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     cfg = study_cfg(tmp_path)
     prep = write_records(tmp_path / "prep")
@@ -127,8 +128,8 @@ def test_a_pruned_trial_keeps_what_it_trained(tiny, tmp_path, monkeypatch):
     the same batches (same seed), so its row at that step has the same token count."""
     import optuna
 
-    from medtune.runs import read_metrics
-    from medtune.tune import run_tuning
+    from medtune.training.run_folder import read_metrics
+    from medtune.tuning.search import run_tuning
 
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number > 0)
     cfg = study_cfg(tmp_path, "tune.points=2", "tune.eval_points=[0.5, 1.0]")
@@ -155,7 +156,7 @@ def late_bloomer_loss(lr: float, fraction: float) -> float:
 def test_pruning_starts_at_prune_from(prune_from, tiny, tmp_path, fake_train, monkeypatch):
     """Reports before `tune.prune_from` draw the curves and prune nothing; from it on, successive
     halving prunes. At 50% (the default) a rate that starts slow and wins late is kept."""
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     monkeypatch.setattr(sys.modules[__name__], "fake_loss", late_bloomer_loss)
     cfg = study_cfg(
@@ -177,7 +178,7 @@ def test_pruning_starts_at_prune_from(prune_from, tiny, tmp_path, fake_train, mo
 
 
 def test_tpe_runs_n_trials(tiny, tmp_path, fake_train):
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     cfg = study_cfg(tmp_path, "tune.sampler=tpe", "tune.n_trials=5", "tune.prune=false")
     prep = write_records(tmp_path / "prep")
@@ -192,9 +193,9 @@ def test_tpe_runs_n_trials(tiny, tmp_path, fake_train):
 def test_trial_of_a_dead_process_is_retried_once(tiny, tmp_path, fake_train):
     """A trial left RUNNING by a process that no longer exists is marked FAIL and re-run."""
     from medtune.data.prepare import data_fingerprint
-    from medtune.shared_work import SharedWork
-    from medtune.trial_storage import open_storage
-    from medtune.tune import TuneContext, method_space, open_study, run_tuning
+    from medtune.training.shared_work import SharedWork
+    from medtune.tuning.search import TuneContext, method_space, open_study, run_tuning
+    from medtune.tuning.storage import open_storage
 
     cfg = study_cfg(tmp_path)
     prep = write_records(tmp_path / "prep")
@@ -229,8 +230,8 @@ def test_a_resumed_study_visits_the_grid_in_the_uninterrupted_order(tiny, tmp_pa
     the grid decides what is pruned. Ctrl-C in the first trial queues its retry as trial 1; the
     rerun must still visit the other points in the order an uninterrupted study does (it visited
     them in another order, and pruned other trials)."""
-    from medtune.train import Interrupted
-    from medtune.tune import run_tuning
+    from medtune.training.loop import Interrupted
+    from medtune.tuning.search import run_tuning
 
     prep = write_records(tmp_path / "prep")
     (tmp_path / "a").mkdir()
@@ -238,7 +239,7 @@ def test_a_resumed_study_visits_the_grid_in_the_uninterrupted_order(tiny, tmp_pa
     run_tuning(study_cfg(tmp_path / "a"), prep, tmp_path / "a", quiet=True)
     order = list(fake_train)  # the uninterrupted study's visiting order
     fake_train.clear()
-    fake = sys.modules["medtune.train"].train
+    fake = sys.modules["medtune.training.loop"].train
 
     def stopped_first(rc, *a, **kw):
         if not fake_train:
@@ -246,10 +247,10 @@ def test_a_resumed_study_visits_the_grid_in_the_uninterrupted_order(tiny, tmp_pa
             raise Interrupted("interrupted at step 3")
         return fake(rc, *a, **kw)
 
-    monkeypatch.setattr("medtune.train.train", stopped_first)
+    monkeypatch.setattr("medtune.training.loop.train", stopped_first)
     with pytest.raises(Interrupted):
         run_tuning(study_cfg(tmp_path / "b"), prep, tmp_path / "b", quiet=True)
-    monkeypatch.setattr("medtune.train.train", fake)
+    monkeypatch.setattr("medtune.training.loop.train", fake)
     r = run_tuning(study_cfg(tmp_path / "b"), prep, tmp_path / "b", quiet=True)["lora"]
     assert fake_train == [order[0], *order]  # the stopped attempt, then the same order
     states = {t["lr"]: t["state"] for t in r["trials"] if t["state"] != "fail"}
@@ -265,14 +266,14 @@ def test_a_trial_stopped_by_an_error_is_rerun_by_the_next_run(error, tiny, tmp_p
     the retry its rate would be silently missing from the grid."""
     import torch
 
-    from medtune.train import Interrupted
-    from medtune.tune import run_tuning
+    from medtune.training.loop import Interrupted
+    from medtune.tuning.search import run_tuning
 
     cfg = study_cfg(tmp_path)
     prep = write_records(tmp_path / "prep")
     out = tmp_path / "cmp"
     out.mkdir()
-    fake = sys.modules["medtune.train"].train
+    fake = sys.modules["medtune.training.loop"].train
     exc = {
         "interrupted": Interrupted("interrupted at step 3"),
         "second_ctrl_c": KeyboardInterrupt(),
@@ -285,11 +286,11 @@ def test_a_trial_stopped_by_an_error_is_rerun_by_the_next_run(error, tiny, tmp_p
             raise exc
         return fake(rc, *a, **kw)
 
-    monkeypatch.setattr("medtune.train.train", fails_on_the_second_trial)
+    monkeypatch.setattr("medtune.training.loop.train", fails_on_the_second_trial)
     with pytest.raises(type(exc)):
         run_tuning(cfg, prep, out, quiet=True)
     stopped_lr = fake_train[1]
-    monkeypatch.setattr("medtune.train.train", fake)
+    monkeypatch.setattr("medtune.training.loop.train", fake)
     r = run_tuning(cfg, prep, out, quiet=True)["lora"]
     failed = [t for t in r["trials"] if t["state"] == "fail"]
     assert len(failed) == 1 and failed[0]["lr"] == stopped_lr and type(exc).__name__ in failed[0]["failure"]
@@ -300,7 +301,7 @@ def test_a_trial_stopped_by_an_error_is_rerun_by_the_next_run(error, tiny, tmp_p
 
 
 def test_report_lists_each_rate_once_and_flags_one_that_never_finished():
-    from medtune.report.study_section import tuning_lines
+    from medtune.report.verdict import tuning_lines
 
     def trial(number, lr, state, val=None, failure=None):
         return {"number": number, "lr": lr, "state": state, "val_loss": val, "failure": failure}
@@ -323,7 +324,7 @@ def test_report_lists_each_rate_once_and_flags_one_that_never_finished():
 def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged(chosen, side):
     """The best rate at an end of the grid may not be the best rate: the tuning lines and the
     cost table say so; a rate inside the grid is not flagged."""
-    from medtune.report.study_section import cost_lines, tuning_lines
+    from medtune.report.verdict import cost_lines, tuning_lines
 
     trials = [
         {"number": i, "lr": lr, "state": "complete", "val_loss": 2.0 + i} for i, lr in enumerate([1e-3, 3e-3, 1e-2])
@@ -341,7 +342,7 @@ def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged(chosen, side):
 
 def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
     from medtune.data.prepare import read_split
-    from medtune.tune import run_tuning, test_split_guarded
+    from medtune.tuning.search import run_tuning, test_split_guarded
 
     prep = write_records(tmp_path / "prep")
     with test_split_guarded():
@@ -353,7 +354,7 @@ def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
     def reads_test(rc, data_dir, run_dir, **kw):
         read_split(data_dir, "test")
 
-    monkeypatch.setattr("medtune.train.train", reads_test)
+    monkeypatch.setattr("medtune.training.loop.train", reads_test)
     (tmp_path / "cmp").mkdir()
     with pytest.raises(RuntimeError, match="test split must not be read"):
         run_tuning(study_cfg(tmp_path), prep, tmp_path / "cmp", quiet=True)
@@ -363,7 +364,7 @@ def test_test_split_is_never_read_while_tuning(tiny, tmp_path, monkeypatch):
 def test_trials_train_with_tune_train_seed_in_a_study_of_their_own(tiny, tmp_path, monkeypatch):
     """Without tune.train_seed the trials train with train.seed (so the first seed can reuse the
     chosen trial); with it, with that seed, in another study (nothing of the first is reused)."""
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     seeds = []
 
@@ -372,7 +373,7 @@ def test_trials_train_with_tune_train_seed_in_a_study_of_their_own(tiny, tmp_pat
         Path(run_dir).mkdir(parents=True)
         return {"val_loss": fake_loss(rc.learning_rate(), 1.0), "train_seconds": 0.01, "tokens_per_s": 1.0}
 
-    monkeypatch.setattr("medtune.train.train", train)
+    monkeypatch.setattr("medtune.training.loop.train", train)
     prep = write_records(tmp_path / "prep")
     (tmp_path / "cmp").mkdir()
     cfg = study_cfg(tmp_path, "tune.points=2", "tune.prune=false")
@@ -397,7 +398,7 @@ def test_a_study_tuned_on_its_own_seed_retrains_every_reported_seed(tiny, tmp_pa
         methods="lora",
         overrides=["tune.points=2", "tune.train_seed=7", "train.seeds=1", "quality.enabled=false", "samples=0"],
     )
-    from medtune.compare import run_compare
+    from medtune.study.comparison import run_compare
 
     results = run_compare(cfg, quiet=True)
     out = tmp_path / "cmp"
@@ -410,7 +411,7 @@ def test_a_study_tuned_on_its_own_seed_retrains_every_reported_seed(tiny, tmp_pa
 
 def test_real_tuning_reads_no_test_split(tiny, tmp_path):
     """Real (tiny) training under the guard: it would raise if train() touched test.jsonl."""
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     cfg = study_cfg(tmp_path, "tune.points=2", "tune.prune=false")
     prep = write_records(tmp_path / "prep")
@@ -555,7 +556,7 @@ def test_group_bootstrap_is_wider_for_correlated_groups():
 
 
 def test_pool_one_seed_equals_paired_bootstrap_and_flags_clear_differences():
-    from medtune.study import pool_scores, verdict
+    from medtune.study.statistics import pool_scores, verdict
 
     groups = [i // 4 for i in range(80)]
     base = fake_scores([2.0] * 80, groups, seed=1)
@@ -572,7 +573,7 @@ def test_pool_one_seed_equals_paired_bootstrap_and_flags_clear_differences():
 
 
 def test_pool_seeds_mean_and_sd():
-    from medtune.study import pool_scores
+    from medtune.study.statistics import pool_scores
 
     groups = list(range(40))
     base = fake_scores([2.0] * 40, groups, seed=2)
@@ -586,7 +587,7 @@ def test_pool_seeds_mean_and_sd():
 
 def test_t_quantile_matches_published_tables():
     """Two-sided 95% critical values of Student's t (any statistics table), and the normal limit."""
-    from medtune.study import t_quantile
+    from medtune.study.statistics import t_quantile
 
     table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042, 120: 1.980}
     for df, value in table.items():
@@ -608,7 +609,7 @@ def _clear_rate(seeds: int, true_gap: float, seed_sd: float, reps: int = 300) ->
     """Share of `reps` simulated studies whose verdict calls B - A clear (perplexity), when every
     seed of a method shifts its log-perplexity by a normal draw (sd seed_sd) around the method's
     mean, and B's mean is `true_gap` below A's. With true_gap = 0 this is the false-clear rate."""
-    from medtune.study import pool_scores
+    from medtune.study.statistics import pool_scores
 
     rng = np.random.default_rng(11)
     groups = [i // 2 for i in range(40)]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, write_records
-from medtune.compare import load_compare_config
-from medtune.errors import MedtuneError
+from medtune.config.comparison import load_compare_config
+from medtune.infra.errors import MedtuneError
 
 GRID = [1.0e-4, 1.0e-3]
 
@@ -43,7 +43,7 @@ def scripted_train(monkeypatch, script):
         val = script(len(calls) - 1, rc.learning_rate(), validate, Path(run_dir))
         return {"val_loss": val, "train_seconds": 0.01, "tokens_per_s": 1.0, "steps": 10}
 
-    monkeypatch.setattr("medtune.train.train", train)
+    monkeypatch.setattr("medtune.training.loop.train", train)
     return calls
 
 
@@ -55,7 +55,7 @@ def to_the_rung(validate, at_half: float) -> None:
 
 
 def tuning(tmp_path, cfg=None):
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     out = tmp_path / "cmp"
     out.mkdir(exist_ok=True)
@@ -78,7 +78,7 @@ def test_retry_callback_drops_the_failed_attempts_rungs_and_attributes():
     the pruner's completed_rung_* included; ours keeps the retry bookkeeping and the lr only."""
     import optuna
 
-    from medtune.trial_storage import retry_callback
+    from medtune.tuning.storage import retry_callback
 
     study = optuna.create_study(storage=optuna.storages.RDBStorage("sqlite:///:memory:"))
     t = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)})
@@ -103,7 +103,7 @@ def test_a_retry_after_the_rung_can_still_be_pruned_there(tiny, tmp_path, monkey
     the rung at 3.0, worse than trial 0: pruned there. Before the fix the retry inherited
     completed_rung_0 = 1.0, so the pruner started it at the next rung (100%) and it ran to the
     end (state complete), carrying the old attempt's 1.0 into every later comparison."""
-    from medtune.train import Interrupted
+    from medtune.training.loop import Interrupted
 
     def script(k, lr, validate, run_dir):
         to_the_rung(validate, [2.0, 1.0, 3.0][k])
@@ -134,7 +134,7 @@ def test_rates_pruned_behind_a_rate_that_then_diverged_get_one_full_run(pruned, 
     pruned one: its rescue's mark is 0, which the pruner read as no mark (the rescue was pruned)."""
     import optuna
 
-    from medtune.train import Diverged
+    from medtune.training.loop import Diverged
 
     def script(k, lr, validate, run_dir):
         to_the_rung(validate, 5.0 if k == 2 else 2.0 if k == pruned else 1.0)
@@ -159,7 +159,7 @@ def test_no_rescue_while_a_trial_still_runs():
     rescue_pruned waits (it started an unpruned full run that was then wasted)."""
     import optuna
 
-    from medtune.tune import rescue_pruned
+    from medtune.tuning.search import rescue_pruned
 
     study = optuna.create_study(storage=optuna.storages.RDBStorage("sqlite:///:memory:"))
     dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
@@ -187,8 +187,8 @@ def test_ctrl_c_while_waiting_for_another_workers_trial_stops_within_a_poll(tiny
 
     import optuna
 
-    from medtune.train import Interrupted
-    from medtune.tune import run_tuning
+    from medtune.training.loop import Interrupted
+    from medtune.tuning.search import run_tuning
 
     calls = scripted_train(monkeypatch, lambda k, lr, validate, run_dir: 1.5)
     tuning(tmp_path)
@@ -202,7 +202,9 @@ def test_ctrl_c_while_waiting_for_another_workers_trial_stops_within_a_poll(tiny
         polls.append(seconds)
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr("medtune.tune.time", types.SimpleNamespace(perf_counter=time.perf_counter, sleep=sleep))
+    monkeypatch.setattr(
+        "medtune.tuning.search.time", types.SimpleNamespace(perf_counter=time.perf_counter, sleep=sleep)
+    )
     with pytest.raises(Interrupted, match="rerun the same command"):
         run_tuning(study_cfg(tmp_path), write_records(tmp_path / "prep"), tmp_path / "cmp")
     assert len(polls) == 1 and len(calls) == len(GRID)
@@ -219,7 +221,7 @@ def test_a_grid_point_claimed_by_two_workers_at_once_is_trained_once(tiny, tmp_p
     folder left, no retry queued."""
     import optuna
 
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     studies = {}
@@ -292,7 +294,7 @@ def test_a_worker_with_other_settings_than_the_study_in_progress_is_refused(tiny
 def test_a_study_whose_workers_were_stopped_does_not_block_a_new_one(tiny, tmp_path, monkeypatch):
     """Worker A was stopped by Ctrl-C: its study keeps a FAIL trial and the queued retry
     (WAITING), nothing runs. A worker with other settings is not refused: it was, for good."""
-    from medtune.train import Interrupted
+    from medtune.training.loop import Interrupted
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     prep = write_records(tmp_path / "prep")
@@ -316,7 +318,7 @@ def test_a_study_whose_workers_were_stopped_does_not_block_a_new_one(tiny, tmp_p
 
 def shared_worker(tmp_path, url: str, prep, name: str, *sets):
     """A `medtune tune --worker` of tiny-study's lora on the database `url`, out in tmp_path/name."""
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     (tmp_path / name).mkdir(exist_ok=True)
     return run_tuning(study_cfg(tmp_path, f"tune.storage={url}", *sets), prep, tmp_path / name, worker=True)
@@ -331,7 +333,7 @@ def optuna_trials_at(url: str) -> list:
 
 
 def test_a_worker_that_ends_before_the_study_says_best_so_far():
-    from medtune.tune import _outcome_line
+    from medtune.tuning.search import _outcome_line
 
     r = {"chosen_lr": 2e-4, "best_val_loss": 5.8822, "rates_tried": 3}
     done = _outcome_line("lora", {**r, "trials": [{"state": "complete"}] * 3}, 12.0)
@@ -386,7 +388,7 @@ def test_a_killed_trial_counts_its_own_time_not_the_downtime(tiny, tmp_path, mon
 
 
 def test_tuning_trials_count_each_rate_once():
-    from medtune.tune import rates_tried
+    from medtune.tuning.search import rates_tried
 
     rows = [
         {"lr": 1e-4, "state": "complete"},
@@ -408,7 +410,7 @@ def test_a_trial_taken_over_by_another_worker_is_one_line_and_not_retried_twice(
     with one MedtuneError line and queues no second retry; the rerun trains each rate once."""
     import optuna
 
-    from medtune.trial_storage import STORAGE_LOST, retry_callback
+    from medtune.tuning.storage import STORAGE_LOST, retry_callback
 
     def script(k, lr, validate, run_dir):
         validate(0.0, 4.0)
@@ -505,7 +507,7 @@ def test_ctrl_c_does_not_use_up_retries_and_a_larger_max_retry_brings_a_rate_bac
     """A trial stopped by Ctrl-C or SIGTERM each time it runs (a preemptible job) is retried on
     every rerun, past tune.max_retry; a rate whose failures (errors) used up tune.max_retry is
     trained when a rerun allows more."""
-    from medtune.interrupts import Interrupted
+    from medtune.infra.interrupts import Interrupted
 
     state = {"mode": "interrupt"}
 
@@ -536,7 +538,7 @@ def test_ctrl_c_does_not_use_up_retries_and_a_larger_max_retry_brings_a_rate_bac
 def test_tpe_never_trains_a_rate_twice_after_a_resume(tiny, tmp_path, monkeypatch):
     """TPESampler(seed) restarts its generator in every process: the rerun of an interrupted TPE
     study drew the rates already trained again (and so did a second worker)."""
-    from medtune.interrupts import Interrupted
+    from medtune.infra.interrupts import Interrupted
 
     def script(k, lr, validate, run_dir):
         if k == 1:
@@ -558,7 +560,7 @@ def test_the_rescue_skips_a_pruned_rate_whose_loss_was_nan():
     first, so it reran the rate that was NaN rather than the one at 2.0."""
     import optuna
 
-    from medtune.tune import RESCUE, rescue_pruned
+    from medtune.tuning.search import RESCUE, rescue_pruned
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()
@@ -581,7 +583,7 @@ def test_the_rescue_skips_a_pruned_rate_whose_loss_was_nan():
 def test_the_default_storage_of_a_folder_named_with_url_characters_stays_inside_it(tiny, tmp_path, monkeypatch):
     """`exp?1` and `exp?2` both put their tuning.db at `exp` (a URL query) and shared one study; the
     second trained nothing and chose a trial whose folder it did not have."""
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     calls = scripted_train(monkeypatch, lambda k, lr, validate, run_dir: 1.5)
     prep = write_records(tmp_path / "prep")
@@ -626,7 +628,7 @@ def test_a_seed_numpy_refuses_is_one_line_before_any_write(command, seed, tmp_pa
 
 
 def test_the_largest_seed_numpy_takes_is_accepted():
-    from medtune.tune import TuneConfig
+    from medtune.config.comparison import TuneConfig
 
     assert TuneConfig(seed=2**32 - 1).seed == 2**32 - 1
 
@@ -649,7 +651,7 @@ def test_a_worker_without_shared_storage_is_refused_before_any_write(tmp_path, c
 
 
 def test_run_tuning_refuses_a_worker_without_shared_storage(tmp_path):
-    from medtune.tune import run_tuning
+    from medtune.tuning.search import run_tuning
 
     with pytest.raises(MedtuneError, match="needs a shared --storage URL"):
         run_tuning(study_cfg(tmp_path), tmp_path / "prep", tmp_path / "cmp", worker=True)

@@ -2,7 +2,7 @@
 
 import sys
 
-from medtune.cli import main
+from medtune.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,12 +19,12 @@ from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from medtune.config import DataConfig, FormatConfig
+from medtune.config.sections import DataConfig, FormatConfig
 from medtune.data.clean import clean_records, unique_ids
 from medtune.data.sources import ColumnMap, Record, load_records
 from medtune.data.split import overlap, split_records
-from medtune.errors import MedtuneError
-from medtune.runs import write_json
+from medtune.infra.errors import MedtuneError
+from medtune.infra.jsonio import write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -158,7 +158,7 @@ def check_output(out: Path, source: str | None, replace: bool) -> None:
     home directory (`--out .`, `--out ..`, `--out ~`, --out equal to the --data folder).
     Also fails when the folder --out goes in cannot be written (read-only, or under a file).
     """
-    from medtune.runs import ensure_writable
+    from medtune.infra.jsonio import ensure_writable
 
     out = Path(out).expanduser().resolve()
     ensure_writable(out.parent, what="folder for --out")  # also: no component of the path is a file
@@ -206,7 +206,7 @@ def prepare(
     `check_output` allows replacing it (the CLI passes replace=--force; compare replaces its
     own prepared/ folder). The writer holds `FolderLock(out)` from the check to the swap.
     """
-    from medtune.locking import FolderLock
+    from medtune.infra.locking import FolderLock
 
     out = Path(out).expanduser().absolute()
     check_output(out, data.source, replace)

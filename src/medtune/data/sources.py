@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from medtune.errors import MedtuneError
+from medtune.infra.errors import MedtuneError
 
 MEDQUAD_URL = "https://github.com/abachaa/MedQuAD/archive/refs/heads/master.zip"
 
@@ -401,6 +401,6 @@ def source_fingerprint(source: Optional[str]) -> Optional[str]:
 
 
 def _progress(items, desc):
-    from medtune.progress import track
+    from medtune.infra.progress import track
 
     return track(items, desc)

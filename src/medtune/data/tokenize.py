@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medtune.config import FormatConfig
+from medtune.config.sections import FormatConfig
 from medtune.data.sources import Record
 
 
@@ -28,7 +28,7 @@ class Example:
 def prompt_text(tokenizer, question: str, fmt: FormatConfig) -> str:
     if fmt.template == "chat":
         if not getattr(tokenizer, "chat_template", None):
-            from medtune.errors import MedtuneError
+            from medtune.infra.errors import MedtuneError
 
             raise MedtuneError("format.template=chat but the tokenizer has no chat template; use format.template=plain")
         return tokenizer.apply_chat_template(
@@ -39,7 +39,7 @@ def prompt_text(tokenizer, question: str, fmt: FormatConfig) -> str:
 
 def eos_id(tokenizer) -> int:
     if tokenizer.eos_token_id is None:
-        from medtune.errors import MedtuneError
+        from medtune.infra.errors import MedtuneError
 
         raise MedtuneError("the tokenizer has no EOS token; medtune needs one to end answers")
     return tokenizer.eos_token_id

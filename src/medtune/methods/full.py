@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medtune.methods import MethodSpec, TrainableReport, count_params, is_tied, module_names, register, select_trainable
+from medtune.methods.params import count_params, is_tied, module_names, select_trainable
+from medtune.methods.spec import MethodSpec, TrainableReport
 
 
 @dataclass
@@ -20,4 +21,4 @@ def apply(model, cfg: FullConfig):
     return model, TrainableReport("full", count_params(model, True), total, total, module_names(trained), notes)
 
 
-register(MethodSpec("full", FullConfig, apply, default_lr=2e-5, uses_peft=False, description="every parameter"))
+SPECS = (MethodSpec("full", FullConfig, apply, default_lr=2e-5, uses_peft=False, description="every parameter"),)

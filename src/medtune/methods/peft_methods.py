@@ -17,9 +17,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-from medtune.errors import MedtuneError
-from medtune.families import family_for
-from medtune.methods import MethodSpec, TrainableReport, check_layers, count_params, module_names, register
+from medtune.infra.errors import MedtuneError
+from medtune.methods.params import check_layers, count_params, module_names
+from medtune.methods.spec import MethodSpec, TrainableReport
+from medtune.models.families.registry import family_for
 
 _PEFT_TABLES = {
     "lora": "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",
@@ -78,7 +79,7 @@ def _resolve(targets: Optional[list], model_cfg: dict, method: str) -> list[str]
 
 
 def _model_cfg(model) -> dict:
-    from medtune.families import base_model
+    from medtune.models.families.registry import base_model
 
     return base_model(model).config.to_dict()
 
@@ -379,23 +380,17 @@ def apply_ia3(model, cfg: Ia3Args):
     return _wrap(model, pc, "ia3", {"targets": targets, "feedforward": ff})
 
 
-register(
+SPECS = (
     MethodSpec(
         "lora", LoraArgs, apply_lora, default_lr=2e-4, uses_peft=True, description="PEFT LoRA (DoRA with use_dora)"
-    )
-)
-register(
+    ),
     MethodSpec(
         "boft", BoftArgs, apply_boft, default_lr=2e-4, uses_peft=True, description="PEFT BOFT, orthogonal butterfly"
-    )
-)
-register(
+    ),
     MethodSpec(
         "oft", OftArgs, apply_oft, default_lr=2e-4, uses_peft=True, description="PEFT OFT, block-diagonal orthogonal"
-    )
-)
-register(
+    ),
     MethodSpec(
         "ia3", Ia3Args, apply_ia3, default_lr=3e-3, uses_peft=True, description="PEFT IA3, learned rescaling vectors"
-    )
+    ),
 )

@@ -1,6 +1,6 @@
 """Selective unfreezing: the last N transformer blocks and the output head train.
 
-Block, norm and head paths come from the model's family (medtune.families), or are found on
+Block, norm and head paths come from the model's family (medtune.models.families), or are found on
 any other causal LM (`methods.module_paths`).
 
 With tied embeddings (SmolLM2, Llama-3.2-1B) the head *is* the input embedding matrix.
@@ -16,19 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
-from medtune.errors import MedtuneError
-from medtune.methods import (
-    MethodSpec,
-    TrainableReport,
+from medtune.infra.errors import MedtuneError
+from medtune.methods.params import (
     count_params,
     decoder_layers,
     is_tied,
     module_names,
     module_paths,
     n_blocks,
-    register,
     select_trainable,
 )
+from medtune.methods.spec import MethodSpec, TrainableReport
 
 
 @dataclass
@@ -114,8 +112,8 @@ def apply(model, cfg: SelectiveConfig):
     return model, report
 
 
-register(
+SPECS = (
     MethodSpec(
         "selective", SelectiveConfig, apply, default_lr=5e-5, uses_peft=False, description="last N blocks + output head"
-    )
+    ),
 )

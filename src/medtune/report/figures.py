@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib
 
-from medtune.config import SCOPES
+from medtune.config.sections import SCOPES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -113,7 +113,7 @@ def loss_figure(results: dict, path: Path) -> None:
 
 def quality_figure(results: dict, path: Path) -> None:
     """One panel per answer-quality metric: a bar per model with its 95% interval."""
-    from medtune.quality import METRICS
+    from medtune.evaluation.quality import METRICS
     from medtune.report.tables import QUALITY_ROWS
 
     models = {n: m["quality"] for n, m in results["models"].items() if m.get("quality")}

@@ -1,53 +1,15 @@
 """The report's "Answer quality" section: results.json numbers, the markdown table, the figure.
 
-`add_quality` (called by writer.build_results) aggregates generations/<model>.jsonl with the
-comparison's bootstrap settings; `quality_lines` (called by writer.write_report) renders only
-from results, so `medtune report DIR` reproduces the section without generating anything.
+The numbers are aggregated by study.results.add_answer_quality; `quality_lines` (called by
+markdown.write_report) renders only from results, so `medtune report DIR` reproduces the section
+without generating anything.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from medtune import quality
-from medtune.evaluate import unit_count
 from medtune.report.tables import FEW_UNITS, QUALITY_ROWS, span
-from medtune.study import answer_groups
-
-
-def add_quality(out: Path, results: dict) -> None:
-    """Adds results["quality"] and models[name]["quality"] (in place) when the comparison has answers."""
-    out = Path(out)
-    cfg, models = results["config"], results["models"]
-    qcfg = cfg.get("quality") or {}
-    if not qcfg.get("enabled", False):
-        return
-    gens, timings = {}, {}
-    for name in models:
-        p = out / "generations" / f"{name}.jsonl"
-        if p.is_file():
-            gens[name] = quality.read_generations(p)
-            t = out / "generations" / f"{name}.timing.json"
-            timings[name] = json.loads(t.read_text()) if t.is_file() else {}
-    if "base" not in gens:
-        return
-    # The unit the split kept together (focus groups, or examples for a random split), over the
-    # whole test split as the perplexity intervals use: one rule for every interval of a report.
-    groups = answer_groups(out, cfg, gens["base"])
-    agg = quality.aggregate(gens, cfg["eval"]["bootstrap"], cfg["eval"]["seed"], groups)
-    for name, entry in agg.items():
-        models[name]["quality"] = {**entry, "generation": timings.get(name, {})}
-    scoring = timings.get("base", {}).get("scoring", {})
-    results["quality"] = {
-        "definition": quality.METRICS,
-        "answers": len(gens["base"]),
-        "max_new_tokens": qcfg.get("max_new_tokens") or cfg["max_new_tokens"],
-        "similarity": scoring.get("similarity", "unknown"),
-        "rougeL": scoring.get("rougeL", "rouge-score, use_stemmer=True"),
-        "bootstrap_unit": "focus groups" if groups is not None else "examples",
-        "bootstrap_units": unit_count(groups, len(gens["base"])),
-    }
 
 
 def _cell(m: dict | None, fmt: str, signed: bool = False) -> str:

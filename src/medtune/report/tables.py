@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from medtune.config import SCOPES
+from medtune.config.sections import SCOPES
 
 console = Console()
 

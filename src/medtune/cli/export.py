@@ -1,0 +1,12 @@
+"""`medtune export RUN --out DIR`: a run as one plain Hugging Face model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run(args) -> None:
+    from medtune.models.export import export_run
+
+    out = export_run(Path(args.run), Path(args.out), force=args.force)
+    print(f"exported {args.run} -> {out}  (AutoModelForCausalLM.from_pretrained loads it)")

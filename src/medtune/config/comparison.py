@@ -1,0 +1,234 @@
+"""The comparison config (`medtune compare` / `tune` presets): typed sections, validated up front."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from medtune.config.files import EXPONENT_ONLY, apply_overrides
+from medtune.config.identity import (
+    REPORT_ONLY_EVAL,
+)
+from medtune.config.presets import read_preset
+from medtune.config.schema import _check, _one_of, as_number
+from medtune.config.sections import DataConfig, EvalConfig, FormatConfig, RunConfig, TrainConfig, from_dict
+from medtune.infra.errors import MedtuneError
+
+SAMPLERS = ("grid", "tpe")
+SEED_MAX = 2**32 - 1
+
+
+# ---------------------------------------------------------------- setup
+
+
+@dataclass
+class TuneConfig:
+    """The `tune:` section of a comparison preset."""
+
+    enabled: bool = False
+    sampler: str = "grid"  # grid: a fixed log-spaced grid (GridSampler); tpe: n_trials TPE samples
+    points: int = 5  # grid: learning rates per method, log-spaced
+    span: float = 32.0  # largest / smallest learning rate, geometrically centred on the method's lr
+    grid: dict = field(default_factory=dict)  # method -> explicit learning rates (replaces points/span)
+    n_trials: int = 8  # tpe: trials per method
+    prune: bool = True  # successive halving on the validation loss at eval_points
+    eval_points: list = field(default_factory=lambda: [0.25, 0.5, 1.0])  # fractions of the steps; last is 1
+    # The first eval point at or after this fraction is the first rung where a trial can be
+    # pruned; earlier points are recorded (tuning curves) but decide nothing. Why not 25%: with a
+    # decaying schedule a high rate is still mid-flight there. On cpu-study's data LoRA at 1.7e-2
+    # trailed 5.3e-3 at 25% of its steps (2.561 vs 2.520), led at 50% (2.365 vs 2.406) and won
+    # at the end (2.250 vs 2.349): pruning at 25% threw the best rate away.
+    prune_from: float = 0.5
+    # The validation share tuning takes from the training pairs when the data config has none
+    # (data.val_fraction 0, as in the paper protocol): tuning never reads the test split, so
+    # with tuning on, the runs train on that much less. 0: refuse instead.
+    val_fraction: float = 0.05
+    storage: Optional[str] = None  # any database URL Optuna accepts; None: sqlite:///<out>/tuning.db
+    seed: int = 0  # sampler seed (the grid order; TPE's draws)
+    heartbeat_seconds: int = 30  # a RUNNING trial silent for 3x this is stale (another host died)
+    max_retry: int = 3  # re-runs of a trial whose process died
+    # The trials' train seed. None: train.seed, so the first seed's run at the chosen rate is the
+    # chosen trial itself (reused: one run less per method). But that run is the one the rate
+    # was picked on: among G trials its validation loss is the best partly by luck, and the luck
+    # carries to its test scores (a winner's curse, reported as a result). A seed apart from the
+    # evaluated ones (e.g. 1000) leaves every reported run unselected, at one more run per method.
+    train_seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _one_of("tune.sampler", self.sampler, SAMPLERS)
+        _check(self.points >= 1, f"tune.points must be >= 1 (learning rates per method); got {self.points}")
+        _check(math.isfinite(self.span) and self.span >= 1, f"tune.span must be a number >= 1; got {self.span}")
+        _check(self.n_trials >= 1, f"tune.n_trials must be >= 1; got {self.n_trials}")
+        _check(self.heartbeat_seconds >= 1, f"tune.heartbeat_seconds must be >= 1; got {self.heartbeat_seconds}")
+        _check(0 <= self.val_fraction < 1, f"tune.val_fraction must be in [0, 1); got {self.val_fraction}")
+        _check(self.max_retry >= 0, f"tune.max_retry must be >= 0; got {self.max_retry}")
+        # numpy (the samplers' RandomState) takes 0..2**32-1 only, and would fail after files are written
+        _check(0 <= self.seed <= SEED_MAX, f"tune.seed must be an integer in 0..{SEED_MAX}; got {self.seed}")
+        _check(
+            self.train_seed is None or 0 <= self.train_seed <= SEED_MAX,
+            f"tune.train_seed must be empty or an integer in 0..{SEED_MAX}; got {self.train_seed}",
+        )
+        pts = [_number(p, "tune.eval_points") for p in self.eval_points]
+        _check(
+            bool(pts) and all(0 < p <= 1 for p in pts) and pts == sorted(set(pts)) and pts[-1] == 1.0,
+            f"tune.eval_points must be increasing fractions in (0, 1] ending at 1; got {self.eval_points}",
+        )
+        self.eval_points = pts
+        self.prune_from = _number(self.prune_from, "tune.prune_from")
+        _check(0 < self.prune_from <= 1, f"tune.prune_from must be a fraction in (0, 1]; got {self.prune_from}")
+        for method, lrs in self.grid.items():
+            _check(isinstance(lrs, list), f"tune.grid.{method} must be a list of learning rates; got {lrs!r}")
+            _check(len(lrs) > 0, f"tune.grid.{method} is empty: give at least one learning rate")
+            vals = [_number(v, f"tune.grid.{method}") for v in lrs]
+            bad = [v for v in vals if not (math.isfinite(v) and v > 0)]
+            _check(not bad, f"tune.grid.{method}: learning rates must be finite and > 0; got {bad[0] if bad else ''}")
+            self.grid[method] = sorted(set(vals))
+
+
+def _number(v, where: str) -> float:
+    return as_number(v, where, "must hold numbers")
+
+
+@dataclass
+class QualityConfig:
+    """The answer-quality stage of `medtune compare`."""
+
+    enabled: bool = True
+    n: int = 64  # test questions every model answers (a fixed sample seeded by eval.seed)
+    max_new_tokens: Optional[int] = None  # None: the comparison's max_new_tokens
+    batch_size: int = 16  # prompts per generate call
+    similarity: bool = True  # false: skip the embedding model even when it is installed
+
+    def __post_init__(self) -> None:
+        _check(self.n >= 1, f"quality.n must be >= 1; got {self.n}")
+        _check(self.batch_size >= 1, f"quality.batch_size must be >= 1; got {self.batch_size}")
+        _check(
+            self.max_new_tokens is None or self.max_new_tokens >= 1,
+            f"quality.max_new_tokens must be >= 1; got {self.max_new_tokens}",
+        )
+
+
+@dataclass
+class CompareConfig:
+    model: str = "smollm2-135m"
+    data: DataConfig = field(default_factory=DataConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    methods: dict = field(
+        default_factory=lambda: {"selective": {}, "lora": {}, "boft": {}}
+    )  # name -> method_args (+ optional lr)
+    samples: int = 5  # held-out questions answered by every model in the report
+    max_new_tokens: int = 160
+    quality: QualityConfig = field(default_factory=QualityConfig)  # answer quality (ROUGE-L, similarity, ...)
+    tune: TuneConfig = field(default_factory=TuneConfig)  # learning-rate tuning on the validation split
+    out: str = "compare-out"
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.methods:
+            raise MedtuneError("a comparison needs at least one method")
+        for name, args in self.methods.items():
+            if args is not None and not isinstance(args, dict):
+                raise MedtuneError(
+                    f"methods.{name} must be a mapping of the method's arguments (e.g. --set methods.{name}.lr=1e-4); "
+                    f"got {args!r}"
+                )
+            self.run_config(name)  # validates the method name and its arguments
+        if self.samples < 0:
+            raise MedtuneError(f"samples must be >= 0; got {self.samples}")
+        if self.max_new_tokens < 1:  # transformers' generate would fail at the first answer, mid-comparison
+            raise MedtuneError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
+        if self.tune.storage and not self.tune.enabled:
+            raise MedtuneError(
+                "a tuning storage was given, but this comparison does not tune: add --set tune.enabled=true "
+                "(or drop --storage)"
+            )
+        seeds = range(self.train.seed, self.train.seed + self.train.seeds)
+        if self.tune.enabled and self.tune.train_seed in seeds:
+            # That seed's run would be a chosen trial trained again, while the report says no
+            # reported run is one a rate was chosen on. Unset, the first seed reuses the trial.
+            raise MedtuneError(
+                f"tune.train_seed={self.tune.train_seed} is one of the seeds the methods are reported with "
+                f"({seeds.start}..{seeds.stop - 1}): leave it unset to reuse the chosen trial as the first seed, "
+                f"or give a seed outside them (e.g. {seeds.stop}) to choose rates on a seed of their own"
+            )
+        from medtune.methods.registry import get_method
+
+        for name in self.tune.grid:
+            get_method(name)  # tune.grid names methods (a typo is an error, an unselected method is fine)
+        self.validation_for_tuning = self.tune.enabled and self.data.val_fraction == 0
+        if self.validation_for_tuning:
+            if not self.tune.val_fraction:
+                raise MedtuneError(
+                    "tuning chooses learning rates on the validation split, and data.val_fraction and "
+                    "tune.val_fraction are 0: add --set tune.val_fraction=0.05"
+                )
+            # A protocol without a validation split (paper): tuning takes its own from the training
+            # pairs, never from the test split. Not a dataclass field: compare.json records the
+            # resulting data.val_fraction, which is what the split computes.
+            self.data.val_fraction = self.tune.val_fraction
+
+    def validation_note(self) -> str | None:
+        """One line for a comparison whose validation split exists only for tuning."""
+        if not getattr(self, "validation_for_tuning", False):
+            return None
+        return (
+            f"tuning: data.val_fraction is 0, so {self.tune.val_fraction:g} of the training pairs become the "
+            "validation split that chooses learning rates (tune.val_fraction); every run trains on the rest"
+        )
+
+    def run_config(self, name: str) -> RunConfig:
+        args = dict(self.methods.get(name) or {})
+        lr = args.pop("lr", None)
+        if lr is not None:  # named as the user set it, not as the train.lr it becomes
+            lr = as_number(lr, f"methods.{name}.lr", "must be a number")
+            if not (math.isfinite(lr) and lr > 0):
+                raise MedtuneError(f"methods.{name}.lr must be > 0; got {lr}")
+        train = TrainConfig(**{**asdict(self.train), **({"lr": float(lr)} if lr is not None else {})})
+        return from_dict(
+            RunConfig,
+            {
+                "method": name,
+                "method_args": args,
+                "model": {"spec": self.model},
+                "format": asdict(self.format),
+                "train": asdict(train),
+                # A run carries the defaults of the report-only settings: train() never reads them,
+                # and its stage key must not change with them (more resamples retrained every run).
+                "eval": {**asdict(self.eval), **{k: getattr(EvalConfig(), k) for k in REPORT_ONLY_EVAL}},
+            },
+        )
+
+
+def load_compare_config(preset: str, data=None, model=None, methods=None, out=None, overrides=()) -> CompareConfig:
+    raw = read_preset(preset)
+    if data:
+        raw.setdefault("data", {})["source"] = data
+    if model:
+        raw["model"] = model
+    if methods is not None:
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        if not chosen:
+            raise MedtuneError(f"--methods names no method (got {methods!r}); leave it out for the preset's methods")
+        given = raw.get("methods") or {}
+        raw["methods"] = {m: given.get(m, {}) for m in chosen}
+    apply_overrides(raw, list(overrides))
+    for args in (raw.get("methods") or {}).values():
+        # A method's lr as the number it is (compare.json and results.json showed "1e-4"). Only lr:
+        # it leaves the method's settings before any run is keyed; the others are in the keys as
+        # written, so converting them would retrain the previous release's runs.
+        if isinstance(args, dict) and isinstance(args.get("lr"), str) and EXPONENT_ONLY.fullmatch(args["lr"]):
+            args["lr"] = float(args["lr"])
+    if out:  # after --set: the explicit --out wins over a --set out=...
+        raw["out"] = out
+    cfg = from_dict(CompareConfig, raw, "preset")
+    # Not a field (not part of what is computed): the report names them beside the preset's own
+    # description, which they may contradict (its "3 seeds" under --set train.seeds=2).
+    # URLs may hold a password: tune.storage (as apply_overrides reads the key: "tune.storage =..."
+    # too) is left out, and any other URL's password masked (tune={storage: ...})
+    from medtune.tuning.storage import redact_text
+
+    cfg.overrides = [redact_text(o) for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
+    return cfg

@@ -1,0 +1,1 @@
+"""Evaluation: NLL sums per example, bootstrap intervals, generation and answer quality."""

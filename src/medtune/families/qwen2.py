@@ -1,6 +1,0 @@
-"""Qwen2: Llama's block with q/k/v biases; sliding-window blocks where `layer_types` says so
-(use_sliding_window, max_window_layers), each with its own mask."""
-
-from medtune.families import Family, declared, register
-
-FAMILY = register(Family("qwen2", ("qwen2",), layer_types=declared))

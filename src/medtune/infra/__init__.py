@@ -1,0 +1,1 @@
+"""Infrastructure: errors, folder locks, interrupts, progress bars, fault points, atomic JSON."""

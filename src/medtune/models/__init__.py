@@ -1,0 +1,1 @@
+"""Models: resolve a spec and load it, families, trained weights, inference, export."""

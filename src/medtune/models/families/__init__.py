@@ -1,0 +1,1 @@
+"""Model families: declarative descriptions of what the fast path needs per architecture."""

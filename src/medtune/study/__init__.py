@@ -1,0 +1,1 @@
+"""The comparison study: its stages, seed statistics, results.json and cost."""

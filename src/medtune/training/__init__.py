@@ -1,0 +1,1 @@
+"""Training: the loop, the forward pass, the frozen-prefix cache, checkpoints, shared work."""
