@@ -100,9 +100,9 @@ def one_by_one_side(cfg, out: Path) -> dict:
     from medtune.data.split import scored_positions
     from medtune.data.tokenize import encode_records
     from medtune.evaluation.scoring import score_examples
-    from medtune.models.inference import autocast_for, load_for_inference
     from medtune.study.comparison import prepare_stage, run_with
     from medtune.study.statistics import run_names
+    from medtune.training.inference import autocast_for, load_for_inference
     from medtune.training.loop import train
     from medtune.tuning.search import lr_grid
 

@@ -182,7 +182,7 @@ def test_evaluate_scores_a_run_in_the_dtype_it_trained_in(tiny, prepared, tmp_pa
     from medtune.config.sections import RunConfig, from_dict
     from medtune.data.prepare import read_split
     from medtune.data.tokenize import encode_records
-    from medtune.models.inference import autocast_for, load_for_inference
+    from medtune.training.inference import autocast_for, load_for_inference
     from medtune.training.loop import train
 
     t = {"max_steps": 1, "batch_size": 4, "threads": 1}

@@ -354,7 +354,7 @@ def test_metrics_survive_a_torn_line_and_a_rewind(tmp_path):
 
 def test_non_finite_weights_are_never_saved(tmp_path):
     from medtune.config.sections import RunConfig, from_dict
-    from medtune.models.weights import save_weights
+    from medtune.training.weights import save_weights
 
     model = torch.nn.Linear(3, 2)
     with torch.no_grad():

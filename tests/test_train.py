@@ -15,9 +15,9 @@ from medtune.config.sections import RunConfig, from_dict
 from medtune.data.batching import collate, collate_packed
 from medtune.data.tokenize import Example
 from medtune.models import loading
-from medtune.models.weights import load_trained
 from medtune.training.forward import final_hidden, head_rows, nll_sum, parts, score_positions, scored_inputs
 from medtune.training.loop import Interrupted, train
+from medtune.training.weights import load_trained
 
 
 def cfg(tiny, method="lora", **over):
@@ -795,7 +795,8 @@ def test_an_unreadable_model_is_one_line(case, tiny, prepared, tmp_path, capsys)
 def test_a_run_trained_with_trust_remote_code_is_loaded_with_it(tiny, prepared, tmp_path, monkeypatch):
     """evaluate / ask loaded every run with trust_remote_code False: a custom-code model trained
     fine and then could not be scored."""
-    from medtune.models import inference, loading
+    from medtune.models import loading
+    from medtune.training import inference
 
     train(cfg(tiny, "lora", train__max_steps=1), prepared, tmp_path / "run", quiet=True)
     d = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -818,7 +819,7 @@ def test_export_is_a_plain_hf_folder_with_the_runs_logits(method, args, tiny, pr
     too: other logits, no warning. The export loads with plain from_pretrained, adapters merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medtune.models.inference import load_for_inference
+    from medtune.training.inference import load_for_inference
 
     extra = {"block_size": 16, "dropout": 0.0} if method == "boft" else {"dropout": 0.0} if method == "lora" else {}
     train(
@@ -868,6 +869,6 @@ def test_an_alias_stays_an_alias_beside_a_folder_of_its_name(tiny, prepared, tmp
 )  # fmt: skip
 def test_the_export_card_names_a_hub_base_only(spec, card):
     """A hub alias names its hub id in the card's metadata; a packaged alias or a local path is no hub id."""
-    from medtune.models.export import _hub_base
+    from medtune.training.export import _hub_base
 
     assert _hub_base(spec) == card

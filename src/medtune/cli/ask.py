@@ -9,7 +9,7 @@ from medtune.infra.errors import MedtuneError
 
 
 def run(args) -> None:
-    from medtune.models.inference import load_for_inference
+    from medtune.training.inference import load_for_inference
 
     if args.max_new_tokens < 1:
         raise MedtuneError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
@@ -42,8 +42,8 @@ def run(args) -> None:
                 raise MedtuneError(f"no {args.method!r} run in {target} ({has})")
             model, tok, fmt, label = load_for_inference(None, run)
         else:
-            from medtune.config.schema import from_dict
             from medtune.config.sections import FormatConfig
+            from medtune.infra.schema import from_dict
 
             fmt = from_dict(FormatConfig, meta.get("format") or {}, "compare.json format")  # before weights load
             model, tok, _, label = load_for_inference(meta["model"], None)

@@ -21,7 +21,7 @@ from medtune.evaluation.bootstrap import paired_difference, summarize
 from medtune.evaluation.scoring import METRICS, SCOPES, save_scores, score_examples, scores_from_dict
 from medtune.infra.errors import MedtuneError
 from medtune.infra.jsonio import ensure_writable, write_json
-from medtune.models.inference import autocast_for, load_for_inference
+from medtune.training.inference import autocast_for, load_for_inference
 from medtune.training.run_folder import environment, load_config
 
 
@@ -69,8 +69,6 @@ def run(args) -> dict:
         result["paired_difference"] = {"against": args.paired_with, **paired}
         _print_paired(args.paired_with, paired)
     if args.generate is not None:
-        from medtune.evaluation.quality import evaluate_generate
-
         result["quality"] = evaluate_generate(model, tok, records, fmt, args, label, grouped)
     result["environment"] = environment()
     if args.out:
@@ -109,8 +107,6 @@ def _check_inputs(args) -> tuple[list, object, list]:
     other = _read_paired(args.paired_with, [r.id for r in records]) if args.paired_with else None
     outputs = [("--out", args.out), ("--per-example", args.per_example), ("--scores", args.scores)]
     if args.generate is not None:
-        from medtune.evaluation.quality import _file_label
-
         outputs.append(("--generations", args.generations or f"generations/{_file_label(args, 'model')}.jsonl"))
     for flag, path in outputs:
         if path:  # before the model loads and the split is scored, not after
@@ -202,3 +198,38 @@ def _print_paired(against: str, paired: dict) -> None:
         ppl, acc = d["perplexity_ci"], d["accuracy_ci"]
         print(f"  {scope + ':':<7} perplexity {d['perplexity']:+.3f} [{ppl[0]:+.3f}, {ppl[1]:+.3f}]")
         print(f"  {'':<7} accuracy   {d['accuracy']:+.4f} [{acc[0]:+.4f}, {acc[1]:+.4f}]")
+
+
+def evaluate_generate(model, tok, records: list, fmt, args, label: str, grouped: bool = True) -> dict:
+    """`medtune evaluate --generate N`: answer N seeded test questions, score, print, save JSONL.
+    grouped: resample the questions' focus groups (else single answers: a random split)."""
+    from medtune.evaluation.bootstrap import bootstrap_unit
+    from medtune.evaluation.quality import (
+        aggregate,
+        generate_rows,
+        sample_groups,
+        sample_order,
+        score_rows,
+        write_generations,
+    )
+    from medtune.report.tables import print_quality
+
+    order = sample_order(len(records), args.generate, args.seed)  # compare's quality sample at eval.seed
+    sample = [records[i] for i in order]
+    rows, timing = generate_rows(model, tok, sample, fmt, args.max_new_tokens, args.generate_batch_size)
+    timing["scoring"] = score_rows(rows)
+    path = Path(args.generations) if args.generations else Path("generations") / f"{_file_label(args, label)}.jsonl"
+    write_generations(path, rows)
+    groups = sample_groups(records, order) if grouped else None
+    agg = aggregate({label: rows}, args.bootstrap, args.seed, groups)[label]
+    summary = {**agg, "bootstrap": bootstrap_unit(groups), "generation": timing, "generations_file": str(path)}
+    print_quality(label, summary)
+    print(f"generations: {path}")
+    return summary
+
+
+def _file_label(args, label: str) -> str:
+    if args.run:
+        return Path(args.run).resolve().name
+    name = Path(args.model).name
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name or label

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def run(args) -> None:
-    from medtune.models.export import export_run
+    from medtune.training.export import export_run
 
     out = export_run(Path(args.run), Path(args.out), force=args.force)
     print(f"exported {args.run} -> {out}  (AutoModelForCausalLM.from_pretrained loads it)")

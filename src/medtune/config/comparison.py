@@ -11,9 +11,9 @@ from medtune.config.identity import (
     REPORT_ONLY_EVAL,
 )
 from medtune.config.presets import read_preset
-from medtune.config.schema import _check, _one_of, as_number
 from medtune.config.sections import DataConfig, EvalConfig, FormatConfig, RunConfig, TrainConfig, from_dict
 from medtune.infra.errors import MedtuneError
+from medtune.infra.schema import _check, _one_of, as_number
 
 SAMPLERS = ("grid", "tpe")
 SEED_MAX = 2**32 - 1
@@ -228,7 +228,7 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
     # description, which they may contradict (its "3 seeds" under --set train.seeds=2).
     # URLs may hold a password: tune.storage (as apply_overrides reads the key: "tune.storage =..."
     # too) is left out, and any other URL's password masked (tune={storage: ...})
-    from medtune.tuning.storage import redact_text
+    from medtune.infra.text import redact_text
 
     cfg.overrides = [redact_text(o) for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
     return cfg

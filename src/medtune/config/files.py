@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from medtune.config.schema import _check, _one_of, from_dict  # noqa: F401  (from_dict re-exported)
 from medtune.infra.errors import MedtuneError
+from medtune.infra.schema import _check, _one_of, from_dict  # noqa: F401  (from_dict re-exported)
 
 
 def yaml_error(e: Exception) -> str:

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from medtune.config.schema import _check, _one_of, from_dict  # noqa: F401  (from_dict re-exported)
+from medtune.infra.schema import _check, _one_of, from_dict  # noqa: F401  (from_dict re-exported)
 
 # Which tokens a loss or metric counts: the answer (+ EOS), or every real next token (the study).
 SCOPES = ("answer", "all")

@@ -402,33 +402,3 @@ def sample_groups(records: list, order: list[int]) -> list:
 
     groups = group_ids(records)
     return [groups[i] for i in order]
-
-
-# ---------------------------------------------------------------- medtune evaluate --generate
-
-
-def evaluate_generate(model, tok, records: list, fmt, args, label: str, grouped: bool = True) -> dict:
-    """`medtune evaluate --generate N`: answer N seeded test questions, score, print, save JSONL.
-    grouped: resample the questions' focus groups (else single answers: a random split)."""
-    from medtune.evaluation.bootstrap import bootstrap_unit
-    from medtune.report.tables import print_quality
-
-    order = sample_order(len(records), args.generate, args.seed)  # compare's quality sample at eval.seed
-    sample = [records[i] for i in order]
-    rows, timing = generate_rows(model, tok, sample, fmt, args.max_new_tokens, args.generate_batch_size)
-    timing["scoring"] = score_rows(rows)
-    path = Path(args.generations) if args.generations else Path("generations") / f"{_file_label(args, label)}.jsonl"
-    write_generations(path, rows)
-    groups = sample_groups(records, order) if grouped else None
-    agg = aggregate({label: rows}, args.bootstrap, args.seed, groups)[label]
-    summary = {**agg, "bootstrap": bootstrap_unit(groups), "generation": timing, "generations_file": str(path)}
-    print_quality(label, summary)
-    print(f"generations: {path}")
-    return summary
-
-
-def _file_label(args, label: str) -> str:
-    if args.run:
-        return Path(args.run).resolve().name
-    name = Path(args.model).name
-    return name[: -len(".gguf")] if name.endswith(".gguf") else name or label

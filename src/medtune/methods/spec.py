@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from medtune.config.schema import from_dict
+from medtune.infra.schema import from_dict
 
 
 @dataclass

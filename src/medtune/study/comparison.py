@@ -36,7 +36,7 @@ def check_compare(cfg: CompareConfig) -> None:
     """Every check that needs no weights and writes nothing: methods against the model, data, storage."""
     import os
 
-    from medtune.config.checks import check_run
+    from medtune.training.checks import check_run
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before the folder lock, which every rank would take
         raise MedtuneError(
@@ -446,7 +446,7 @@ class Comparison:
             say("  done earlier, skipped")
             quality.fill_skipped_scores(cfg, out, name, say)  # a scorer installed since
             return
-        from medtune.models.inference import autocast_for, load_for_inference
+        from medtune.training.inference import autocast_for, load_for_inference
 
         model, tok, _, _ = load_for_inference(cfg.model, run_dir)
         examples = encode_records(tok, test, cfg.format)

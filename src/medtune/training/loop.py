@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from medtune.config.checks import check_run
 from medtune.config.sections import RunConfig
 from medtune.data.batching import auto_batch_tokens, global_batches, layout_batch, layout_groups, shard, to_device
 from medtune.data.prepare import data_fingerprint, read_split
@@ -45,7 +44,6 @@ from medtune.methods.params import unique_params
 from medtune.methods.registry import get_method
 from medtune.methods.spec import TrainableReport
 from medtune.models import loading
-from medtune.models.weights import fingerprint, save_weights
 from medtune.training.checkpoint import (
     checkpoint_step,
     find_checkpoint,
@@ -55,10 +53,12 @@ from medtune.training.checkpoint import (
     rng_states,
 )
 from medtune.training.checkpoint import save_checkpoint as write_checkpoint
+from medtune.training.checks import check_run
 from medtune.training.forward import LossModule, fast_path_reason, first_trainable_block
 from medtune.training.prefix_cache import MemoryBudget, PrefixCache
 from medtune.training.run_folder import append_metrics, dir_size, environment, is_complete, save_config
 from medtune.training.shared_work import SharedWork
+from medtune.training.weights import fingerprint, save_weights
 
 ValidationHook = Callable[[int, float, float], None]  # (step, validation loss, fraction of total steps)
 

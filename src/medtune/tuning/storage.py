@@ -25,6 +25,7 @@ from pathlib import Path
 
 from medtune.infra.errors import MedtuneError
 from medtune.infra.locking import pid_alive
+from medtune.infra.text import redact_text
 
 # What a finished trial's summary.json keeps in its Optuna trial (the report's tuning cost, and
 # the prefix cache's cold-step speed: study.prefix_cache_cost).
@@ -61,12 +62,6 @@ def redact_url(url: str) -> str:
     except Exception:  # noqa: BLE001 - an unparsable URL is shown up to its credentials
         shown = url.split("@")[-1]
     return redact_text(shown)
-
-
-def redact_text(text: str) -> str:
-    """Passwords of any URL in `text` masked (a --set that names a storage inside a mapping)."""
-    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
-    return re.sub(r"(?i)(password=)[^&\s\"',}]*", r"\1***", text)
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

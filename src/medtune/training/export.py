@@ -41,7 +41,7 @@ base model's license applies to these weights.
 def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     """Write `out` (created whole, through a hidden sibling renamed into place). Returns it."""
     from medtune.infra.jsonio import ensure_writable
-    from medtune.models.inference import load_for_inference
+    from medtune.training.inference import load_for_inference
     from medtune.training.run_folder import is_complete, load_config
 
     run_dir, out = Path(run_dir), Path(out).expanduser()

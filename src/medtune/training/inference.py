@@ -16,8 +16,8 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
     fmt = FormatConfig()
     label = "base"
     if run_dir:
-        from medtune.models.weights import check_files
         from medtune.training.run_folder import load_config, locate_model
+        from medtune.training.weights import check_files
 
         cfg, _ = load_config(Path(run_dir))
         check_files(Path(run_dir))  # a missing or corrupt weight file fails here, before the model loads
@@ -31,7 +31,7 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
         raise MedtuneError("name a model with --model SPEC (or a trained run with --run DIR)")
     model, tok, _ = loading.load(model_spec, trust_remote_code)
     if run_dir:
-        from medtune.models.weights import load_trained
+        from medtune.training.weights import load_trained
 
         model = load_trained(model, Path(run_dir))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
