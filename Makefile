@@ -49,3 +49,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) compare-* runs .pytest_cache bench-results.json
+
+# The docs site (docs/, mkdocs.yml): its tools pinned in requirements/docs.txt; --strict fails on a
+# broken link or anchor. mkdocstrings reads src/ statically, so medtune need not import.
+.PHONY: docs
+$(VENV)/.docs-installed: $(BIN)/python requirements/docs.txt
+	$(BIN)/pip install -q -r requirements/docs.txt
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
