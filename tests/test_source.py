@@ -89,6 +89,40 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+# The pipeline, bottom to top: a folder may import the ones before it, never one after it.
+PIPELINE = (
+    "infra",
+    "models",
+    "methods",
+    "config",
+    "data",
+    "training",
+    "evaluation",
+    "tuning",
+    "report",
+    "study",
+    "cli",
+)
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else None  # medtune.__main__ and medtune itself: no stage
+
+
+def test_each_folder_imports_only_earlier_stages():
+    mods = _modules()
+    assert {_stage(m) for m in mods} - {None} == set(PIPELINE), "a folder missing from PIPELINE"
+    upward = []
+    for m, tree in mods.items():
+        here = _stage(m)
+        for dep in _imports(m, tree, set(mods)):
+            there = _stage(dep)
+            if here and there and PIPELINE.index(there) > PIPELINE.index(here):
+                upward.append(f"{m} -> {dep}")
+    assert not upward, upward
+
+
 def test_every_package_init_is_only_a_docstring():
     """A package's face defines and imports nothing: a registry that imports its members lives in a
     module of its own (methods/registry.py, models/families/registry.py), so no member imports it

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from medtune.infra.cache import cache_dir
 from medtune.infra.errors import MedtuneError
 
 MEDQUAD_URL = "https://github.com/abachaa/MedQuAD/archive/refs/heads/master.zip"
@@ -37,10 +38,6 @@ class Record:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
 
 
 # --------------------------------------------------------------------------- MedQuAD XML

