@@ -1,6 +1,7 @@
 """The code's shape, checked: short functions and no import cycle between medtune modules."""
 
 import ast
+import re
 
 from conftest import ROOT
 
@@ -80,6 +81,19 @@ def find_cycle(graph: dict[str, set]) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+def test_warnings_are_filtered_by_message_never_by_a_whole_category():
+    """A category filter hides every future warning of that kind, the ones a user needs too."""
+    call = re.compile(r"(filterwarnings|simplefilter)\((?P<args>[^)]*)\)")
+    offenders = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in SRC.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        for m in call.finditer(line)
+        if '"ignore"' in m["args"] and "message=" not in m["args"]
+    ]
+    assert offenders == []
 
 
 def test_no_import_cycle():

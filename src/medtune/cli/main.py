@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 
 from medtune.cli.parser import build_parser
 from medtune.infra.errors import MedtuneError
@@ -16,8 +15,6 @@ from medtune.infra.errors import MedtuneError
 
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         importlib.import_module(f"medtune.cli.{args.command}").run(args)

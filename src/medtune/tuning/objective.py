@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medtune.infra.errors import MedtuneError
+from medtune.tuning import optuna_private
 from medtune.tuning.space import MethodSpace, TuneContext, _percent
 from medtune.tuning.storage import (
     INTERRUPTIONS,
@@ -185,7 +186,7 @@ def _stopped(ctx: TuneContext, trial, e: BaseException, t0: float) -> BaseExcept
         why = "Ctrl-C or SIGTERM" if isinstance(e, Interrupted) else " ".join(str(e).split())[:200]
         trial.set_user_attr("failure", f"{type(e).__name__}: {why}")
         _record_elapsed(trial, t0)
-        frozen = trial.study._storage.get_trial(trial._trial_id)
+        frozen = optuna_private.frozen(trial.study, trial)
         if not frozen.state.is_finished():  # Ctrl-C / SIGTERM: not the trial's fault, not counted
             limit = None if type(e).__name__ in INTERRUPTIONS else ctx.tune.max_retry
             retry_callback(limit)(trial.study, frozen)

@@ -30,12 +30,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, cast
 
 from medtune.config.comparison import TuneConfig
 from medtune.config.identity import tune_identity
 from medtune.infra import interrupts
 from medtune.infra.errors import MedtuneError
 from medtune.training.shared_work import SharedWork
+from medtune.tuning import optuna_private
 from medtune.tuning.objective import DuplicateTrial, NoFiniteTrial, _same_lr, keep_only_chosen, make_objective
 from medtune.tuning.space import MethodSpace, TuneContext, _percent
 from medtune.tuning.storage import (
@@ -206,11 +208,8 @@ def _live_trials(study, storage) -> list:
     from optuna.trial import TrialState
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    try:
-        stale = set(storage._get_stale_trial_ids(study._study_id))  # read-only; private in Optuna 5
-    except Exception:  # noqa: BLE001 - heartbeats off or another storage: count every running trial
-        stale = set()
-    return [t for t in running if t._trial_id not in stale and not died_here(t)]
+    stale = optuna_private.stale_trial_ids(storage, study)
+    return [t for t in running if optuna_private.trial_id(t) not in stale and not died_here(t)]
 
 
 def _grid_in_order(optuna):
@@ -225,11 +224,12 @@ def _grid_in_order(optuna):
         def before_trial(self, study, trial) -> None:
             if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
                 return  # a retry (or an enqueued trial) keeps its point
-            free = self._get_unvisited_grid_ids(study)
+            free = optuna_private.unvisited_grid_ids(self, study)
             if not free:
                 return super().before_trial(study, trial)
-            study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
-            study._storage.set_trial_system_attr(trial._trial_id, "grid_id", min(free))
+            search_space = optuna_private.grid_search_space(self)
+            optuna_private.set_trial_system_attr(study, trial, "search_space", search_space)
+            optuna_private.set_trial_system_attr(study, trial, "grid_id", min(free))
 
     return GridInOrder
 
@@ -243,7 +243,7 @@ def _halving_pruner(min_resource: int):
         def prune(self, study, trial) -> bool:
             if RESCUE in trial.user_attrs:  # its value is a trial number, 0 included
                 return False  # rescue_pruned's rerun: it runs to the end
-            return super().prune(_Competitors(study), trial)
+            return super().prune(cast(Any, _Competitors(study)), trial)
 
     return LiveTrialsHalving(min_resource=min_resource, reduction_factor=2)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from medtune.config.comparison import TuneConfig
+from medtune.config.comparison import CompareConfig, TuneConfig
 from medtune.training.shared_work import SharedWork
 
 
@@ -26,10 +27,10 @@ class MethodSpace:
 
 @dataclass
 class TuneContext:
-    cfg: object  # CompareConfig
+    cfg: CompareConfig
     prep: Path
     out: Path
-    storage: object  # optuna RDBStorage
+    storage: Any  # optuna RDBStorage
     data_key: str  # fingerprint of the prepared train/val files
     shared: SharedWork  # base model, tokenized data, step-0 validation, prefix caches: once
     say: Callable = print

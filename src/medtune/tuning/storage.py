@@ -19,13 +19,13 @@ import os
 import re
 import socket
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from medtune.infra.errors import MedtuneError
 from medtune.infra.locking import pid_alive
 from medtune.infra.text import redact_text
+from medtune.tuning import optuna_private
 
 # What a finished trial's summary.json keeps in its Optuna trial (the report's tuning cost, and
 # the prefix cache's cold-step speed: study.prefix_cache_cost).
@@ -82,7 +82,7 @@ def open_storage(url: str, tune):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     quiet_failed_trial_logs()
     # heartbeats, fail_stale_trials and the retry callback are marked experimental since Optuna 2.x
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna_private.ignore_experimental_warnings()
     connect = {"timeout": 60} if url.startswith("sqlite") else {}
     if url.startswith("postgresql"):
         connect = {"connect_timeout": 10}
@@ -128,7 +128,7 @@ def quiet_failed_trial_logs() -> None:
     """Optuna logs every failed trial as warnings with the traceback (Ctrl-C, out of memory, and
     DuplicateTrial, how a worker leaves a grid point to the worker that has it). medtune says it in
     one line instead: the command's error, and the trial's `failure` in the tuning summary."""
-    logger = logging.getLogger("optuna.study._optimize")  # where Optuna's _run_trial logs them
+    logger = logging.getLogger(optuna_private.OPTIMIZE_LOGGER)
     if _not_a_failed_trial not in logger.filters:
         logger.addFilter(_not_a_failed_trial)
 
@@ -136,15 +136,14 @@ def quiet_failed_trial_logs() -> None:
 # ---------------------------------------------------------------- recovery
 
 
-def retry_callback(max_retry: int) -> Callable:
+def retry_callback(max_retry: int | None) -> Callable:
     """Optuna's retry (a WAITING copy of a failed trial, same lr, max_retry times), minus what
     belongs to the failed attempt: its ATTEMPT_ATTRS, and the pruner's `completed_rung_*` marks.
     With those the retry counted as having passed the failed attempt's rungs (it could not be
     pruned there) and the attempt's values stood twice among the rung's competitors."""
     import optuna
 
-    with warnings.catch_warnings():  # experimental since Optuna 2.8 (open_storage says why that is fine)
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_private.experimental_quiet():  # experimental since Optuna 2.8, unchanged since
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def callback(study, trial) -> None:
@@ -186,13 +185,13 @@ def recover_dead_trials(study, tune, folder: Path | None = None) -> list[int]:
         if not died_here(t):
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "failure", "process died")
-            study._storage.set_trial_user_attr(t._trial_id, "elapsed_seconds", _dead_elapsed(t, folder))
-            if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            optuna_private.set_trial_user_attr(study, t, "failure", "process died")
+            optuna_private.set_trial_user_attr(study, t, "elapsed_seconds", _dead_elapsed(t, folder))
+            if not optuna_private.fail_trial(study, t):
                 continue
         except UpdateFinishedTrialError:
             continue  # another worker got there first
-        retry(study, study._storage.get_trial(t._trial_id))
+        retry(study, optuna_private.frozen(study, t))
         dead.append(t.number)
     return dead
 
