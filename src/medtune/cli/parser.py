@@ -10,7 +10,7 @@ import argparse
 from medtune.config.presets import preset_names
 
 
-def add_model(p, default="smollm2-135m"):
+def add_model(p, default: str | None = "smollm2-135m"):
     p.add_argument(
         "--model",
         default=default,

@@ -178,7 +178,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def method_config(self):
+    def method_config(self) -> Any:
         from medtune.methods.registry import get_method
 
         return get_method(self.method).make_config(self.method_args)

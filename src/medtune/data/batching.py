@@ -152,7 +152,7 @@ def collate_packed(examples: list[Example]) -> dict:
     for e in examples:
         starts.append(s)
         s += len(e)
-    batch = _placed(examples, [0] * len(examples), starts, (1, s), 0)
+    batch: dict = _placed(examples, [0] * len(examples), starts, (1, s), 0)
     batch["segments"] = [(a, a + len(e)) for a, e in zip(starts, examples)]
     return batch
 

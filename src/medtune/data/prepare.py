@@ -41,7 +41,7 @@ def _subsample(splits: dict[str, list[Record]], max_examples: int, seed: int) ->
     while sum(sizes.values()) > max_examples and max(sizes.values()) > 1:
         # Rounding each split (and keeping one example in each) can overshoot: --max-examples 10
         # kept 11. The largest split gives back, so the presets' exact shares are unchanged.
-        sizes[max(sizes, key=sizes.get)] -= 1
+        sizes[max(sizes, key=lambda k: sizes[k])] -= 1
     out = {}
     for name, recs in splits.items():
         k = sizes[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -114,7 +115,9 @@ def generate_answers(
                 answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
                 new_tokens += len(ids) + int(stopped)
             shown.update(len(chunk))  # per batch: the longest answer in it decides its time
-    return GenerationRun(answers, time.perf_counter() - t0, new_tokens, time.process_time() - c0)
+    return GenerationRun(
+        cast(list[Generation], answers), time.perf_counter() - t0, new_tokens, time.process_time() - c0
+    )
 
 
 def greedy_answers(model, tok, questions: list[str], fmt, max_new_tokens: int = 160) -> list[str]:

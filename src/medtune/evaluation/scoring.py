@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ def _ratio_stats(nll, tok, cor) -> tuple[float, float]:
 
 def save_scores(scores: Scores, path: Path) -> None:
     """Per-example sums as JSON (compact), so reports and paired differences need no rerun."""
-    data = {"ids": scores.ids}
+    data: dict[str, Any] = {"ids": scores.ids}
     for s in SCOPES:
         data[s] = {
             "nll": scores.nll[s].tolist(),

@@ -37,10 +37,10 @@ def json_text(obj, indent: int | None = 2) -> str:
     """`obj` as strict JSON: non-finite floats become null, and a top-level dict gains
     `"nonfinite": {"path.to.key": "nan", ...}` naming each one (the "reason" for the null).
     `allow_nan=False` guards the rule: a NaN that slipped through is a bug, not a file."""
-    reasons: dict = {}
+    reasons: dict[str, str] = {}
     clean = finite_json(obj, reasons)
     if reasons and isinstance(clean, dict):
-        clean["nonfinite"] = {**(clean.get("nonfinite") or {}), **reasons}
+        clean["nonfinite"] = {**dict(clean.get("nonfinite") or {}), **reasons}
     return json.dumps(clean, indent=indent, default=str, allow_nan=False)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import fields
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Optional, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from medtune.infra.errors import MedtuneError
 
@@ -22,16 +22,19 @@ def _one_of(name: str, value: Any, allowed: tuple) -> None:
     _check(value in allowed, f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
-def from_dict(cls, data: Any, where: str = ""):
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass `cls` from a plain dict, naming unknown keys and wrong types."""
     if dataclasses.is_dataclass(data):
-        return data
+        return cast(T, data)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise MedtuneError(f"{where or cls.__name__} must be a mapping; got {data!r}")
     hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cast(Any, cls))}
     unknown = sorted(set(data) - known)
     if unknown:
         raise MedtuneError(

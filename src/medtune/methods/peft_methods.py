@@ -70,7 +70,7 @@ def _check_targets(targets: list[str], model_cfg: dict, method: str) -> None:
         family = family_for(model_cfg.get("model_type"))
         raise MedtuneError(
             f"{method} target module{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the model: "
-            f"{family.name} blocks have {', '.join(known)}"
+            f"{family.name if family else model_cfg.get('model_type')} blocks have {', '.join(known)}"
         )
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -130,7 +131,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         raise MedtuneError(f"{gguf} is not a readable GGUF file ({type(e).__name__}: {first_line(e)})") from None
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config  # the weights below are plain fp32 now
+        delattr(cfg, "quantization_config")  # the weights below are plain fp32 now
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     plain.tie_weights()
@@ -186,8 +187,8 @@ def build_tiny_llama(target: Path, seed: int = 0, layers: int = 4, hidden: int =
         num_key_value_heads=2,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+        eos_token_id=cast(Any, tok.eos_token_id),
+        pad_token_id=cast(Any, tok.pad_token_id),
         bos_token_id=None,
     )
     torch.manual_seed(seed)

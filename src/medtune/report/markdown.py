@@ -242,7 +242,7 @@ def _what(t: dict) -> str:
     return ", ".join(f"`{m}`" for m in mods) if len(mods) <= 6 else f"{len(mods)} module groups"
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
             return f"{n:.0f} {unit}"

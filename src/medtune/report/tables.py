@@ -64,8 +64,9 @@ def span(fmt: str, v, ci, signed: bool = False) -> str:
     return f"{number(f, v)} [{number(f, lo)}, {number(f, hi)}]"
 
 
-def _interval(lo: float, hi: float, fmt: str) -> Text:
+def _interval(ci, fmt: str) -> Text:
     """The interval as [lo, hi], plain text: as a str, rich would take "[nan, nan]" for markup."""
+    lo, hi = ci
     return Text(f"[{fmt.format(lo)}, {fmt.format(hi)}]")
 
 
@@ -82,9 +83,9 @@ def print_metrics(name: str, summary: dict) -> None:
         t.add_row(
             scope,
             f"{m['perplexity']:.3f}",
-            _interval(*m["perplexity_ci"], "{:.3f}"),
+            _interval(m["perplexity_ci"], "{:.3f}"),
             f"{m['accuracy']:.4f}",
-            _interval(*m["accuracy_ci"], "{:.4f}"),
+            _interval(m["accuracy_ci"], "{:.4f}"),
         )
     console.print(t)
 
@@ -116,5 +117,5 @@ def print_quality(name: str, summary: dict) -> None:
         if m is None:
             t.add_row(label, "skipped", Text(str((gen.get("scoring") or {}).get(key, ""))))
         else:
-            t.add_row(label, fmt.format(m["mean"]), _interval(*m["ci"], fmt))
+            t.add_row(label, fmt.format(m["mean"]), _interval(m["ci"], fmt))
     console.print(t)

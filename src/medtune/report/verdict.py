@@ -263,7 +263,7 @@ def edge_side(t: dict | None) -> str | None:
     """'top' / 'bottom' when a method's chosen rate is at that end of its searched range."""
     lo, hi = ((t or {}).get("range") or [None, None])[:2]
     lr = (t or {}).get("chosen_lr")
-    if lr is None or lo is None or lo == hi:
+    if lr is None or lo is None or hi is None or lo == hi:
         return None
     if lr >= hi * (1 - 1e-9):
         return "top"

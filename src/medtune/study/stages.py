@@ -25,7 +25,7 @@ class Stages:
         self.redo_goes_on = bool(force and redo and redo.get("identity") == identity)
         if force and not self.redo_goes_on:
             redo = {"since": time.time(), "identity": identity}
-            self.done = {FORCED: redo}
+            self.done: dict = {FORCED: redo}
             if self.path.is_file():  # a fresh folder gets stages.json with its first stage
                 self._write()
         else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from itertools import combinations
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -265,7 +266,7 @@ def pooled_metrics(pool: Pool, model: str, examples: int) -> dict:
     """models[name]['metrics'] in the per-run shape (point, ci per scope), from seed-pooled values."""
     out = {"examples": examples}
     for scope in SCOPES:
-        entry = {}
+        entry: dict[str, Any] = {}
         for metric in ("perplexity", "accuracy"):
             s = pool.summary(model, f"{scope}.{metric}")
             entry[metric], entry[f"{metric}_ci"], entry[f"{metric}_sd"] = s["mean"], s["ci"], s["sd"]

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 from medtune.infra.errors import MedtuneError
 
@@ -51,6 +52,7 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     if not is_complete(run_dir):
         raise MedtuneError(f"run {run_dir} has not finished (no summary.json): resume it, then export it")
     model, tok, _, _ = load_for_inference(None, run_dir, device="cpu")
+    model = cast(Any, model)  # a PreTrainedModel or a PeftModel
     if hasattr(model, "merge_and_unload"):  # a PeftModel: the adapter folded into its layers
         model = model.merge_and_unload()
     model.config.use_cache = True  # training switched it off; generation wants it
@@ -67,7 +69,7 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         if out.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -30,6 +31,7 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
     if not model_spec:
         raise MedtuneError("name a model with --model SPEC (or a trained run with --run DIR)")
     model, tok, _ = loading.load(model_spec, trust_remote_code)
+    model = cast(Any, model)
     if run_dir:
         from medtune.training.weights import load_trained
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -59,6 +60,9 @@ from medtune.training.prefix_cache import MemoryBudget, PrefixCache
 from medtune.training.run_folder import append_metrics, dir_size, environment, is_complete, save_config
 from medtune.training.shared_work import SharedWork
 from medtune.training.weights import fingerprint, save_weights
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 ValidationHook = Callable[[int, float, float], None]  # (step, validation loss, fraction of total steps)
 
@@ -139,12 +143,12 @@ class Setup:
 
     cfg: RunConfig
     run_dir: Path
-    accelerator: object
+    accelerator: Accelerator
     model: torch.nn.Module
     module: torch.nn.Module  # LossModule, prepared by Accelerate (DDP-wrapped when distributed)
     optimizer: torch.optim.Optimizer
     named: list  # (name, parameter) of every trainable tensor, a tied one once
-    tok: object
+    tok: Any
     train_ex: list[Example]
     val_ex: list[Example]
     lengths: list[int]

@@ -88,7 +88,7 @@ def load_config(run_dir: Path) -> tuple[RunConfig, str]:
     if not isinstance(d, dict):
         raise MedtuneError(f"{p} is not a medtune run config: it holds a {type(d).__name__}, not a mapping")
     data_dir = d.pop("data_dir", "")
-    return from_dict(RunConfig, d, str(p)), data_dir
+    return from_dict(RunConfig, d, str(p)), str(data_dir)
 
 
 def recorded_fingerprint(run_dir: Path) -> str | None:

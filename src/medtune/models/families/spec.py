@@ -55,7 +55,7 @@ class Family:
     rotary_per_type: bool = False  # rotary_emb(x, position_ids, layer_type) instead of rotary_emb(x, position_ids)
     final_softcap: Callable = no_final_softcap  # config -> cap c: logits = c * tanh(logits / c), or None
     unsupported: Callable = nothing_unsupported  # config -> why the fast path cannot run it, or None
-    linears: dict = None  # module name -> width rule (see LLAMA_LINEARS, the default)
+    linears: dict | None = None  # module name -> width rule (see LLAMA_LINEARS, the default)
     adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LoRA/BOFT/OFT default
     ia3_targets: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
     ia3_feedforward: tuple[str, ...] = ("down_proj",)
