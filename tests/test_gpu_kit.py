@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MEDQUAD, ROOT, write_records
+from conftest import ROOT, write_records
 from medtune.config.comparison import load_compare_config
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -32,6 +32,25 @@ def test_gpu_full_is_the_fair_study_on_every_pair():
     assert cfg.train.seeds == 3 and cfg.train.epochs >= 1 and cfg.train.max_steps is None
     study = load_compare_config("cpu-study")  # only scale and what the comment says was cut differ
     assert (cfg.model, cfg.format, cfg.data.split) == (study.model, study.format, study.data.split)
+
+
+def make_medquad(root: Path, documents: int) -> Path:
+    """A MedQuAD-shaped folder: one document per focus, two question types each."""
+    conditions = ["gout", "asthma", "anemia", "lupus", "migraine", "psoriasis", "glaucoma", "eczema"]
+    for d in range(documents):
+        name, folder = conditions[d % len(conditions)], root / ("2_GARD_QA" if d % 2 else "9_CDC_QA")
+        folder.mkdir(parents=True, exist_ok=True)
+        pairs = "".join(
+            f'<QAPair pid="{k}"><Question qid="{d:04d}-{k}" qtype="{q}">What is the {q} of {name} type {d} ?'
+            f"</Question><Answer>The {q} of {name} type {d} is "
+            + "described here. " * (1 + (d + k) % 5)
+            + "</Answer></QAPair>"
+            for k, q in enumerate(("symptoms", "treatment"), 1)
+        )
+        xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<Document id="{d:04d}" source="GARD" url="http://x">'
+        xml += f"<Focus>{name.title()} {d}</Focus><QAPairs>{pairs}</QAPairs></Document>"
+        (folder / f"{d:04d}.xml").write_text(xml)
+    return root
 
 
 def fake_wheel(folder: Path, name: str, version: str, payload: bytes) -> Path:
@@ -120,13 +139,7 @@ def test_bundle_and_gpu_full_run_end_to_end_at_smoke_size(tmp_path, tiny):
     """pack here, then gpu_full.sh all from its parts: wheels installed, compare from the seeded
     prepared splits, bench_peers, and at most 8 files out."""
     pytest.importorskip("trl")
-    if not MEDQUAD.is_dir():
-        pytest.skip("needs ../shared/medquad")
-    src = tmp_path / "mq"
-    for d in ("7_SeniorHealth_QA", "9_CDC_QA"):
-        (src / d).mkdir(parents=True)
-        for f in sorted((MEDQUAD / d).glob("*.xml"))[:25]:
-            shutil.copy(f, src / d / f.name)
+    src = make_medquad(tmp_path / "mq", 40)
     probe = fake_wheel(tmp_path / "cache", "gpukit_probe", "0.1", os.urandom(300_000))
     (tmp_path / "req.txt").write_text("gpukit-probe==0.1\n")
     bundle, work, out = tmp_path / "bundle", tmp_path / "work", tmp_path / "out"
