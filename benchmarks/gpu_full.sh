@@ -9,7 +9,7 @@
 # code, the device, the versions), bench-peers.json, report.md, results.json and
 # comparison.tar.xz (the comparison folder without weights: figures, runs' summaries, tuning).
 # Settings (environment): PRESET (gpu-full), SETS (extra --set arguments for compare, e.g.
-# "--set quality.similarity=false"), PEERS_ARGS (bench_peers.py arguments), T_PEERS (200 s),
+# "--set quality.similarity=false"), PEERS_ARGS (bench_peers.py arguments), T_PEERS (240 s),
 # T_STUDY (480 s), BUNDLE (.gpu/bundle), WORK (.gpu/work: kept on a warm machine between
 # calls, so a study cut short by its limit resumes in the next call), SITE (where wheels go),
 # PYTHON (python3). The test suite runs it on the CPU at smoke size (tests/test_gpu_kit.py).
@@ -19,8 +19,9 @@ ROOT=$PWD
 PHASE=${1:-all}
 PRESET=${PRESET:-gpu-full}
 SETS=${SETS:-}
-PEERS_ARGS=${PEERS_ARGS:-}
-T_PEERS=${T_PEERS:-200}
+# 512 pairs, 2 runs per side: 24 timed runs of the 2 shapes x 2 methods x 3 sides in ~3 min (sized, not measured)
+PEERS_ARGS=${PEERS_ARGS:---pairs 512 --repeats 2}
+T_PEERS=${T_PEERS:-240}
 T_STUDY=${T_STUDY:-480}
 BUNDLE=${BUNDLE:-$ROOT/.gpu/bundle}
 WORK=${WORK:-$ROOT/.gpu/work}
