@@ -5,8 +5,8 @@ that each fit one transfer (64 MiB with the repository); unpack them there.
     python benchmarks/gpu_bundle.py unpack --phase study --to .gpu/work/kit   (there; gpu_full.sh calls it)
 
 What a bundle holds:
-  medquad.zip       the MedQuAD XML, zipped with LZMA (a source `medtune compare --data` reads as it is)
-  prepared.tar.xz   the preset's splits, prepared here from that zip: compare starts from them
+  medquad.tar.xz    the MedQuAD folder (or the data file as it is): `compare --data` reads it unpacked
+  prepared.tar.xz   the preset's splits, prepared here from that data: compare starts from them
                     (`seed`) instead of parsing 47k XML pairs on the GPU machine (~40 s)
   tokenizer.tar.xz  the preset model's tokenizer and config.json (bench_peers needs no weights)
   wheels/           every requirements/gpu.txt pin, for CPython 3.12 on x86-64 (pip download;
@@ -29,7 +29,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,21 +98,6 @@ def fetch_wheel(cache: Path, name: str, version: str) -> Path:
     return found
 
 
-def zip_source(source: Path, target: Path) -> Path:
-    """A MedQuAD folder as one deflated zip (sorted names: the same records in the same order)."""
-    from medtune.data.sources import medquad_files
-
-    if source.is_file():
-        shutil.copyfile(source, target)
-        return target
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_LZMA) as zf:  # LZMA: 60 MB of XML in ~7, deflate ~14
-        for f in medquad_files(source):
-            info = zipfile.ZipInfo(f.relative_to(source).as_posix(), date_time=(2019, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_LZMA
-            zf.writestr(info, f.read_bytes())
-    return target
-
-
 def tar_xz(folder: Path, target: Path, arcname: str) -> Path:
     with tarfile.open(target, "w:xz", preset=6) as tf:
         tf.add(folder, arcname=arcname)
@@ -153,8 +137,15 @@ def pack(a) -> int:
             if f.is_file() and f.suffix in (".json", ".txt", ".model") and "index" not in f.name:
                 shutil.copy(f, tok_dir / f.name)
         items.append((tar_xz(tok_dir, staging / "tokenizer.tar.xz", "tokenizer"), "peers"))
-        zipped = zip_source(src, staging / ("medquad.zip" if src.is_dir() else src.name))
-        cfg.data.source = str(zipped)
+        # A folder travels as one solid tar.xz (MedQuAD's 60 MB of XML: 3.9 MB; a zip of it 14.9),
+        # unpacked there into a folder whose fingerprint (names, sizes, bytes) equals this one's
+        if src.is_dir():
+            data = tar_xz(src, staging / f"{src.name}.tar.xz", src.name)
+            data_name = src.name
+        else:
+            data = staging / src.name
+            shutil.copyfile(src, data)
+            data_name = src.name
         tok = loading.load_tokenizer(resolved)
         prepare(cfg.data, staging / "prepared", cfg.format, tok, cfg.model)
         prepared_sha = {f.name: sha256(f) for f in sorted((staging / "prepared").glob("*.jsonl"))}
@@ -163,14 +154,14 @@ def pack(a) -> int:
         peers = [w for w in wheels if norm(w.name.split("-")[0]) in {norm(p) for p in PEERS_WHEELS}]
         items += [(w, "peers") for w in peers]
         rest = [w for w in wheels if w not in peers]
-        items.append((zipped, "study"))
+        items.append((data, "study"))
         items += [(w, "study") for w in sorted(rest, key=lambda w: w.stat().st_size)]  # the largest last: split
         manifest = lay_out(items, out, int(a.part_mib * (1 << 20)))
         manifest.update(
             preset=a.preset,
             sets=list(a.sets),
             model=cfg.model,
-            data_name=zipped.name,
+            data_name=data_name,
             prep_fields=prep_fields(cfg),
             prepared_sha256=prepared_sha,
             commit=_git("rev-parse", "--short", "HEAD"),
@@ -274,7 +265,7 @@ def unpack(a) -> int:
 def seed(a) -> int:
     """Start a comparison folder from the bundle's prepared splits when they are what the
     comparison would prepare (same data and format settings, same model), so compare skips its
-    prepare stage; otherwise leave the folder to compare, which prepares from the zip."""
+    prepare stage; otherwise leave the folder to compare, which prepares from the data itself."""
     from medtune.config.comparison import load_compare_config
     from medtune.config.identity import identity_of, prep_key
     from medtune.study.comparison import open_folder
