@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / ".gpu" / "bundle"))
     p.add_argument("--requirements", default=str(ROOT / "requirements" / "gpu.txt"))
     p.add_argument("--wheel-cache", default=str(ROOT / ".gpu" / "wheel-cache"))
-    p.add_argument("--part-mib", type=float, default=60.0, help="size of one part (the transfer is 64 MiB)")
+    p.add_argument("--part-mib", type=float, default=57.0, help="size of one part (a transfer is 64 MiB, the repo too)")
     u = sub.add_parser("unpack", help="join and check the parts a phase needs (on the GPU machine)")
     u.add_argument("--bundle", default=str(ROOT / ".gpu" / "bundle"))
     u.add_argument("--to", required=True)

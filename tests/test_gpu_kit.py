@@ -183,3 +183,13 @@ def _env(**extra) -> dict:
     e = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHONPATH")}
     e.update(MEDTUNE_PROGRESS="0", PYTHONPATH=str(ROOT / "src"), **extra)
     return e
+
+
+def test_projections_cut_lengths_at_each_presets_max_length():
+    import bench_peers
+
+    row = {"shape": "smollm2-135m", "method": "lora", "sides": {"medtune": {"tokens_per_s": 1000.0}}}
+    p = bench_peers.projections([row], [100, 300], 10)
+    # gpu-full: mean of min(length, 256) = 178 tokens x 10 pairs x 0.76 train x 1 epoch x 3.5 runs
+    assert p["gpu-full"]["train_seconds_by_method"]["lora"] == pytest.approx(178 * 10 * 0.76 * 3.5 / 1000)
+    assert "paper" not in p  # its shape (Llama-3.2-1B) was not measured
