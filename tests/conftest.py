@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("MEDTUNE_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here reaches a hub: a lookup fails at once, not after retries
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDQUAD = (ROOT.parent / "shared" / "medquad").resolve()
