@@ -21,7 +21,7 @@ from pathlib import Path
 
 from medtune.config.sections import DataConfig, FormatConfig
 from medtune.data.clean import clean_records, unique_ids
-from medtune.data.sources import ColumnMap, Record, load_records
+from medtune.data.sources import DEFAULT_LIMITS, ColumnMap, InputLimits, Record, load_records
 from medtune.data.split import overlap, split_records
 from medtune.infra.errors import MedtuneError
 from medtune.infra.jsonio import write_json
@@ -93,7 +93,9 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
 def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> tuple[dict, dict]:
     """Read, clean, split and measure; writes nothing. Returns (splits, stats)."""
     records = load_records(
-        data.source, ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column)
+        data.source,
+        ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column),
+        InputLimits(data.max_input_mb, data.max_compression_ratio),
     )
     if not records:
         raise MedtuneError(f"no question-answer pairs found in {data.source}")
@@ -212,19 +214,20 @@ def prepare(
     check_output(out, data.source, replace)
     with FolderLock(out, "prepared data"):
         check_output(out, data.source, replace)  # again, now that no one else can write it
-        read_from = _fingerprint(data.source)  # before reading: an edit during the read is caught later
+        limits = InputLimits(data.max_input_mb, data.max_compression_ratio)
+        read_from = _fingerprint(data.source, limits)  # before reading: an edit during the read is caught later
         splits, stats = _build(data, fmt, tokenizer, model_spec)
-        read_from = read_from or _fingerprint(data.source)  # no --data: the archive exists only now
+        read_from = read_from or _fingerprint(data.source, limits)  # no --data: the archive exists only now
         meta = {"data": asdict(data), "format": asdict(fmt), "model": model_spec, "source_sha256": read_from}
         _write(out, splits, stats, meta)
     return stats
 
 
-def _fingerprint(source: str | None) -> str | None:
+def _fingerprint(source: str | None, limits: InputLimits = DEFAULT_LIMITS) -> str | None:
     from medtune.data.sources import source_fingerprint
 
     try:
-        return source_fingerprint(source)
+        return source_fingerprint(source, limits)
     except OSError:  # an unreadable file: load_records names it in one line
         return None
 

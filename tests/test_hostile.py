@@ -1,0 +1,207 @@
+"""Hostile and careless inputs: each is refused in one line, with memory bounded and nothing half-written.
+
+One test (or one parametrized matrix) per class: oversized files and zip bombs, pickle-only
+weights, runaway generation, empty questions; and the classes that already held (entity
+expansion, external entities, YAML tags, unsafe names, two writers, corrupt storage, corrupt
+results), kept here so that a regression in any of them is a failure in this file. A full disk
+has its own file (tests/test_disk_full.py). Everything runs on the tiny model in a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, env, run_cli, write_records  # noqa: F401  (used below)
+
+XML = """<?xml version="1.0" encoding="UTF-8"?>
+<Document id="0001" source="GARD"><Focus>Glaucoma</Focus><QAPairs>
+<QAPair pid="1"><Question qid="0001-1" qtype="information">What is glaucoma?</Question>
+<Answer>Glaucoma is a group of eye diseases that damage the optic nerve.</Answer></QAPair>
+</QAPairs></Document>
+"""
+
+
+def one_line(code: int, err: str) -> str:
+    """The CLI contract: exit 2, one line on stderr, no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("medtune: error: "), err
+    return lines[0]
+
+
+def zip_bomb(path: Path, mib: int, name: str = "MedQuAD-master/1_X/0001.xml") -> Path:
+    """A zip whose one member inflates to `mib` MiB of XML-looking spaces (~1000:1), built from
+    one compressed MiB repeated (a full flush makes each deflate block independent): a second,
+    where deflating a GiB takes a minute on this machine."""
+    head, chunk = b'<Document id="1"><QAPairs>', b" " * (1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+    data = first + block * mib + c.flush()
+    crc = zlib.crc32(head)
+    for _ in range(mib):
+        crc = zlib.crc32(chunk, crc)
+    size, n = len(head) + mib * (1 << 20), name.encode()
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(data), size, len(n), 0) + n
+    central = (
+        struct.pack(
+            "<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(data), size, len(n), 0, 0, 0, 0, 0, 0
+        )
+        + n
+    )
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    path.write_bytes(local + data + central + end)
+    return path
+
+
+# A real `medtune prepare` in a child of a fresh interpreter, which reports the child's peak RSS:
+# RUSAGE_CHILDREN of the test process would include every earlier child (and torch's).
+PEAK = """
+import resource, subprocess, sys
+r = subprocess.run([sys.executable, "-m", "medtune.cli", *sys.argv[1:]], capture_output=True, text=True)
+peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"rc": r.returncode, "err": r.stderr, "peak_mb": peak_mb}))
+"""
+
+
+def prepare_peak(data: Path, out: Path, *flags) -> tuple[int, str, float]:
+    args = ["prepare", "--data", data, "--out", out, "--no-tokenize", *flags]
+    r = subprocess.run(
+        [sys.executable, "-c", "import json" + PEAK, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    return got["rc"], got["err"], got["peak_mb"]
+
+
+# The same prepare of a tiny good file, as the baseline of what importing medtune costs.
+@pytest.fixture(scope="module")
+def baseline_mb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    data = root / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i}?", "answer": f"It is {i}."}) + "\n" for i in range(20))
+    )
+    rc, err, peak = prepare_peak(data, root / "out", "--split", "random")
+    assert rc == 0, err
+    return peak
+
+
+# --------------------------------------------------------------------------- bounded reads
+
+
+def test_a_zip_bomb_is_refused_by_its_ratio_with_memory_bounded(tmp_path, baseline_mb):
+    """The issue's reproduction: a 1 MB zip holding a 1 GiB XML member."""
+    bomb = zip_bomb(tmp_path / "x.zip", 1024)
+    assert bomb.stat().st_size < 2 * 2**20
+    rc, err, peak = prepare_peak(bomb, tmp_path / "out")
+    line = one_line(rc, err)
+    assert "x.zip:MedQuAD-master/1_X/0001.xml" in line and ":1" in line and "--max-compression-ratio" in line
+    assert peak < baseline_mb + 32, (peak, baseline_mb)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_member_is_read_as_a_stream_up_to_the_size_limit(tmp_path, baseline_mb):
+    """With the ratio limit raised, the member's inflated size is the limit; it is never read
+    whole, so memory stays near the limit (16 MB here), not near the member (256 MB)."""
+    bomb = zip_bomb(tmp_path / "x.zip", 256)
+    rc, err, peak = prepare_peak(bomb, tmp_path / "out", "--max-compression-ratio", "1e9", "--max-input-mb", "16")
+    line = one_line(rc, err)
+    assert "0001.xml is 256.0 MB inflated" in line and "16 MB limit" in line and "--max-input-mb" in line
+    assert peak < baseline_mb + 64, (peak, baseline_mb)
+
+
+def test_the_streamed_size_check_holds_when_the_headers_lie():
+    """A member whose inflated bytes pass the limit while being read is refused there, whatever
+    its header declares (zipfile itself stops at the declared size; this stands in for a reader
+    that would not)."""
+    import io
+    import zipfile
+
+    from medtune.data import sources
+    from medtune.infra.errors import MedtuneError
+
+    class Lying:
+        def open(self, info):
+            return io.BytesIO(b" " * (8 << 20))
+
+    info = zipfile.ZipInfo("m.xml")
+    info.file_size = info.compress_size = 100  # declared: 100 bytes, stored as is
+    with pytest.raises(MedtuneError, match="x.zip:m.xml is over 4.0 MB inflated"):
+        list(sources._zip_member_chunks(Lying(), info, "x.zip:m.xml", sources.InputLimits(4, 1e9)))
+    with pytest.raises(MedtuneError, match="inflates 10,486:1"):  # ... or past the ratio, as it streams
+        list(sources._zip_member_chunks(Lying(), info, "x.zip:m.xml", sources.InputLimits(64, 200)))
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".csv", ".tsv", ".jsonl", ".parquet"])
+def test_an_oversized_input_file_is_refused_before_it_is_read(suffix, tmp_path, capsys):
+    """A sparse 3 GiB file: refused by its size (a stat), so the test reads nothing and takes no disk."""
+    big = tmp_path / f"big{suffix}"
+    with open(big, "wb") as fh:
+        fh.truncate(3 * 2**30)
+    line = one_line(*run_cli(["prepare", "--data", big, "--out", tmp_path / "out", "--no-tokenize"], capsys)[::2])
+    assert f"{big} is 3,072.0 MB, above the 512 MB limit" in line and "--max-input-mb" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_raised_limit_lets_a_large_file_through(tmp_path, capsys):
+    rows = [{"question": f"What is topic {i}?", "answer": "x" * 2000} for i in range(600)]  # ~1.2 MB
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    args = ["prepare", "--data", data, "--out", out, "--no-tokenize", "--split", "random"]
+    line = one_line(*run_cli([*args, "--max-input-mb", "1"], capsys)[::2])
+    assert "d.jsonl is 1.2 MB, above the 1 MB limit" in line
+    code, _, err = run_cli([*args, "--max-input-mb", "2"], capsys)
+    assert code == 0, err
+    assert sum(1 for _ in open(out / "train.jsonl")) + sum(1 for _ in open(out / "test.jsonl")) > 500
+
+
+def test_a_parquet_file_that_inflates_past_the_limit_is_refused_from_its_footer(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d.parquet"
+    n = range(300)
+    pq.write_table(
+        pa.table({"question": [f"What is {i}?" for i in n], "answer": [f"{i}" + "y" * 8000 for i in n]}), data
+    )
+    assert data.stat().st_size < 2**20 / 2  # the file is small; its columns are 2.4 MB inflated
+    line = one_line(
+        *run_cli(["prepare", "--data", data, "--out", tmp_path / "o", "--no-tokenize", "--max-input-mb", "1"], capsys)[
+            ::2
+        ]
+    )
+    assert "uncompressed, above the 1 MB limit" in line
+
+
+def test_the_limits_are_checked_in_the_compare_config(tmp_path):
+    from medtune.config.sections import DataConfig
+    from medtune.infra.errors import MedtuneError
+
+    with pytest.raises(MedtuneError, match="data.max_input_mb must be positive"):
+        DataConfig(max_input_mb=0)
+    with pytest.raises(MedtuneError, match="data.max_compression_ratio must be >= 1"):
+        DataConfig(max_compression_ratio=0.5)
+
+
+def test_the_limits_do_not_change_what_identifies_a_comparison():
+    """Raising a limit reads more, computes the same: a rerun must keep its finished stages."""
+    from medtune.config.comparison import CompareConfig
+    from medtune.config.identity import identity_of, prep_key
+    from medtune.config.sections import DataConfig
+
+    a, b = CompareConfig(), CompareConfig(data=DataConfig(max_input_mb=4096, max_compression_ratio=10_000))
+    assert identity_of(a) == identity_of(b) and prep_key(a) == prep_key(b)
