@@ -24,7 +24,9 @@ from medtune.data.clean import clean_records, unique_ids
 from medtune.data.sources import DEFAULT_LIMITS, ColumnMap, InputLimits, Record, load_records
 from medtune.data.split import overlap, split_records
 from medtune.infra.errors import MedtuneError
+from medtune.infra.faults import fault_point
 from medtune.infra.jsonio import write_json
+from medtune.infra.writes import write_failed
 
 SPLITS = ("train", "val", "test")
 
@@ -259,6 +261,7 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
     aside = None
     try:
         for name in SPLITS:
+            fault_point("write.prepared", tmp / f"{name}.jsonl")  # hit per split: the first ones are written
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
                 for r in splits[name]:
                     fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
@@ -274,7 +277,10 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
         if aside is not None and not out.exists() and (aside / out.name).exists():
             os.replace(aside / out.name, out)  # the earlier prepared data back where it was
             shutil.rmtree(aside, ignore_errors=True)
-        if isinstance(e, OSError):  # a full disk, a quota: say so in one line
+        disk = write_failed(out, e, "it is unchanged: free space and rerun")
+        if disk is not None:  # a full disk, a quota: the path and errno in one line
+            raise disk from None
+        if isinstance(e, OSError):
             raise MedtuneError(f"cannot write prepared data to {out}: {e.strerror or e} (it is unchanged)") from None
         raise
     if aside is not None:
