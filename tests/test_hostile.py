@@ -205,3 +205,121 @@ def test_the_limits_do_not_change_what_identifies_a_comparison():
 
     a, b = CompareConfig(), CompareConfig(data=DataConfig(max_input_mb=4096, max_compression_ratio=10_000))
     assert identity_of(a) == identity_of(b) and prep_key(a) == prep_key(b)
+
+
+# --------------------------------------------------------------------------- weights medtune will not load
+
+
+@pytest.mark.parametrize(
+    "files,says",
+    [
+        (["pytorch_model.bin"], "has only pickle weights (pytorch_model.bin); medtune loads safetensors only"),
+        (["model.pt", "extra.ckpt"], "has only pickle weights (extra.ckpt, model.pt)"),
+        ([], "has no weights (no *.safetensors file"),
+        (["model.gguf"], "holds GGUF weights only: give the file"),
+    ],
+    ids=["pickle", "pt-ckpt", "none", "gguf"],
+)
+def test_a_model_folder_without_safetensors_is_one_line_before_anything_loads(
+    files, says, tiny, tmp_path, capsys, monkeypatch
+):
+    """The folder keeps its config and tokenizer; its weights are a pickle (never unpickled:
+    torch.load is made to fail the test), other pickles, GGUF, or nothing."""
+    import shutil
+
+    import torch
+
+    from medtune.models import loading
+
+    folder = tmp_path / "m"
+    shutil.copytree(loading.resolve(TINY).path, folder)
+    (folder / "model.safetensors").unlink()
+    for f in files:
+        (folder / f).write_bytes(b"\x80\x04 not really a pickle")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was loaded"))
+    data = write_records(tmp_path / "prep")
+    for command in (
+        ["train", "--method", "lora", "--model", folder, "--data", data, "--out", tmp_path / "runs"],
+        ["evaluate", "--model", folder, "--data", data],
+    ):
+        line = one_line(*run_cli(command, capsys)[::2])
+        assert f"model folder {folder} {says}" in line, line
+    assert "convert" in line or not files or files == ["model.gguf"]
+    assert not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@pytest.fixture
+def short_context(tiny):
+    """The tiny model with a 48-position context: a cap reached in milliseconds."""
+    from medtune.models import loading
+
+    model, tok, _ = loading.load(TINY)
+    model.config.max_position_embeddings = 48
+    model.config.use_cache = True
+    return model.eval(), tok
+
+
+def test_generation_is_capped_at_the_context_minus_the_prompt_with_one_warning(short_context, capsys):
+    from medtune.config.sections import FormatConfig
+    from medtune.evaluation.generate import generate_answers
+
+    model, tok = short_context
+    model.generation_config.eos_token_id = None  # never stop early: the cap is what ends it
+    questions = ["What is glaucoma?", "What are the symptoms of a very long named disease of the eye?"]
+    run = generate_answers(model, tok, questions, FormatConfig(), max_new_tokens=10**9, batch_size=1)
+    prompts = [len(tok(q + "\n")["input_ids"]) for q in questions]
+    # Each answer is cut at its own prompt's room, never past the context (EOS can stop one earlier).
+    for a, n in zip(run.answers, prompts):
+        assert a.tokens + int(a.stopped) <= 48 - n and (a.stopped or a.tokens == 48 - n), (a.tokens, n)
+    err = capsys.readouterr().err
+    assert err.count("medtune: warning: max_new_tokens 1,000,000,000 does not fit the model's context (48") == 1, err
+
+
+def test_a_limit_that_fits_is_left_alone(short_context, capsys):
+    from medtune.evaluation.generate import capped_new_tokens
+
+    model, _ = short_context
+    assert capped_new_tokens(model, 10, 38, print) == 38 and capped_new_tokens(model, 10, 39) == 38
+    assert capped_new_tokens(model, 60, 5) == 1  # a prompt past the context still ends
+    assert capsys.readouterr().out == ""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny):
+    from medtune.cli.main import main
+
+    root = tmp_path_factory.mktemp("run")
+    data = write_records(root / "prep", n_train=4, n_val=0, n_test=2)
+    args = ["train", "--method", "lora", "--model", TINY, "--data", data, "--out", root, "--name", "r"]
+    assert main([str(a) for a in [*args, "--set", "train.epochs=1", "--set", "format.max_length=32"]]) == 0
+    return root / "r"
+
+
+def test_ask_with_a_runaway_limit_ends_and_says_it_was_capped(tiny_run, capsys, monkeypatch):
+    """The issue's reproduction: --max-new-tokens 1000000000 ran past 300 s. Capped at the
+    model's context (48 positions here: a real 2,048 would be the same cap, only slower)."""
+    from medtune.models import loading
+
+    real = loading.load_model
+
+    def short(resolved, trust_remote_code=False):
+        model = real(resolved, trust_remote_code)
+        model.config.max_position_embeddings = 48
+        return model
+
+    monkeypatch.setattr(loading, "load_model", short)
+    code, out, err = run_cli(["ask", tiny_run, "What is glaucoma?", "--max-new-tokens", "1000000000"], capsys)
+    assert code == 0, err
+    assert "capped at" in err and "Traceback" not in err and out.startswith("[lora] ")
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+def test_an_empty_question_is_refused_before_the_model_loads(question, tiny_run, capsys, monkeypatch):
+    from medtune.models import loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    line = one_line(*run_cli(["ask", tiny_run, question], capsys)[::2])
+    assert "the question is empty" in line

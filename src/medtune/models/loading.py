@@ -81,6 +81,7 @@ def resolve(spec: str) -> ResolvedModel:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MedtuneError(f"model folder {path} has no config.json (is it a Hugging Face model folder?)")
+        check_weight_files(path)
         # absolute: PEFT writes it into adapter_config.json (base_model_name_or_path), env.json
         # records it, and both must name the folder from any directory
         return ResolvedModel(spec, str(path.resolve()), "folder")
@@ -91,6 +92,31 @@ def resolve(spec: str) -> ResolvedModel:
             f"unknown model {spec!r}: not a folder, .gguf file, hub id (owner/name) or alias ({', '.join(ALIASES)})"
         )
     return ResolvedModel(spec, spec, "hub")
+
+
+# Weight files torch.load reads with pickle: loading one can run code, so medtune never does.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(folder: Path) -> None:
+    """A model folder must hold safetensors weights; say what it holds instead, and the fix,
+    before anything loads (transformers would refuse a pickle in a 44-line traceback)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES) and not n.startswith(("training_args", "optimizer"))]
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise MedtuneError(
+            f"model folder {folder} has only pickle weights ({shown}); medtune loads safetensors only (a pickle "
+            'can run code as it loads): convert them once where you trust the file, e.g. python -c "from '
+            f"transformers import AutoModelForCausalLM as M; M.from_pretrained('{folder}', use_safetensors=False)"
+            f".save_pretrained('{folder}-safetensors')\", and give that folder"
+        )
+    gguf = [n for n in names if n.endswith(".gguf")]
+    if gguf:
+        raise MedtuneError(f"model folder {folder} holds GGUF weights only: give the file, --model {folder / gguf[0]}")
+    raise MedtuneError(f"model folder {folder} has no weights (no *.safetensors file beside config.json)")
 
 
 def _gemma3_270m(target: Path) -> Path:
@@ -232,8 +258,8 @@ def load_model(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code
+        model = AutoModelForCausalLM.from_pretrained(  # safetensors only: a hub pickle is refused too
+            resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as e:
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {first_line(e)}") from None
