@@ -323,3 +323,91 @@ def test_an_empty_question_is_refused_before_the_model_loads(question, tiny_run,
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
     line = one_line(*run_cli(["ask", tiny_run, question], capsys)[::2])
     assert "the question is empty" in line
+
+
+# --------------------------------------------------------------------------- the classes that held already
+
+LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+    + ']>\n<Document id="1"><QAPairs><QAPair pid="1"><Question qid="1">What is &lol9;?</Question>'
+    "<Answer>x</Answer></QAPair></QAPairs></Document>\n"
+)
+EXTERNAL = (
+    '<?xml version="1.0"?>\n<!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
+    '<Document id="1"><QAPairs><QAPair pid="1"><Question qid="1">What is &x;?</Question>'
+    "<Answer>x</Answer></QAPair></QAPairs></Document>\n"
+)
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [(LAUGHS, "limit on input amplification factor"), (EXTERNAL, "undefined entity &x;")],
+    ids=["entity-expansion", "external-entity"],
+)
+def test_hostile_xml_is_refused_in_one_line(text, says, tmp_path, capsys):
+    """A billion laughs (expat's amplification limit) and an external entity (never fetched)."""
+    data = tmp_path / "evil.xml"
+    data.write_text(text)
+    line = one_line(*run_cli(["prepare", "--data", data, "--out", tmp_path / "o", "--no-tokenize"], capsys)[::2])
+    assert str(data) in line and says in line and "root:" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_yaml_tag_that_would_run_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f'model: !!python/object/apply:os.system ["touch {marker}"]\n')
+    line = one_line(*run_cli(["train", "--config", cfg, "--method", "lora", "--data", tmp_path], capsys)[::2])
+    assert "is not valid YAML" in line and "python/object/apply" in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs"])
+def test_an_unsafe_run_name_is_refused(name, tmp_path, capsys):
+    data = write_records(tmp_path / "prep")
+    args = ["train", "--method", "lora", "--model", TINY, "--data", data, "--out", tmp_path / "runs", "--name", name]
+    assert "--name must be a folder name, not a path" in one_line(*run_cli(args, capsys)[::2])
+    assert not (tmp_path / "escape").exists()
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "out")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        data = tmp_path / "d.jsonl"
+        data.write_text("".join(json.dumps({"question": f"q {i}?", "answer": f"a {i}."}) + "\n" for i in range(20)))
+        args = ["prepare", "--data", data, "--out", tmp_path / "out", "--no-tokenize", "--split", "random"]
+        line = one_line(*run_cli(args, capsys)[::2])
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert str(holder.pid) in line and not (tmp_path / "out").exists()
+
+
+HOLD = """
+import sys
+from medtune.infra.locking import FolderLock
+with FolderLock(sys.argv[1], "prepared data"):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_corrupt_tuning_database_is_one_line(tmp_path, capsys):
+    db = tmp_path / "trials.db"
+    db.write_bytes(bytes(range(256)) * 16)
+    args = ["tune", "--preset", "tiny-study", "--out", tmp_path / "t", "--storage", f"sqlite:///{db}"]
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\nWhat is x?,It is y.\n")
+    line = one_line(*run_cli([*args, "--data", data], capsys)[::2])
+    assert "cannot open tuning storage" in line and "file is not a database" in line
+
+
+@pytest.mark.parametrize("results", ['{"models": ', '{"models": {"lora": {"metrics": 3}}}', "[1, 2]"])
+def test_a_corrupt_results_json_is_one_line(results, tmp_path, capsys):
+    (tmp_path / "results.json").write_text(results)
+    line = one_line(*run_cli(["report", tmp_path], capsys)[::2])
+    assert str(tmp_path / "results.json") in line
+    assert not (tmp_path / "report.md").exists()
