@@ -411,3 +411,68 @@ def test_a_corrupt_results_json_is_one_line(results, tmp_path, capsys):
     line = one_line(*run_cli(["report", tmp_path], capsys)[::2])
     assert str(tmp_path / "results.json") in line
     assert not (tmp_path / "report.md").exists()
+
+
+# --------------------------------------------------------------------------- workers under faults
+
+
+@pytest.mark.slow  # a PostgreSQL server, two workers and two comparisons: minutes on 2 cores
+def test_kill_9_of_one_of_two_postgres_workers_mid_trial_leaves_every_point_done_once(tiny, tmp_path):
+    """Two `tune --worker`s share a PostgreSQL study; one is SIGKILLed inside its first trial
+    (paused at its 2nd optimizer step, so the kill lands mid-trial, not between trials). The
+    other finds the dead worker's trial (its PID is gone on this host), retries that grid point
+    and finishes the study: every point trained to the end exactly once. A comparison on that
+    storage then reports what a one-worker comparison on its own SQLite study reports."""
+    import os
+    import signal
+
+    from conftest import paused
+    from test_tune import TUNE_ARGS, qa_csv, trials_of
+
+    pgserver = __import__("pgserver") if os.environ.get("MEDTUNE_CI") else pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    try:
+        url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+        data = qa_csv(tmp_path / "qa.csv")
+        worker = [*TUNE_ARGS, "--set", "tune.points=4", "--data", data, "--storage", url, "--worker"]
+        with paused([*worker, "--out", tmp_path / "w0"], "step_end:2", OMP_NUM_THREADS="1") as p0:
+            other = subprocess.Popen(
+                [sys.executable, "-m", "medtune.cli", *map(str, worker), "--out", str(tmp_path / "w1")],
+                env=env(OMP_NUM_THREADS="1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            os.kill(p0.pid, signal.SIGKILL)  # mid-trial: its trial stays RUNNING in the database
+        _, err = other.communicate(timeout=900)
+        assert other.returncode == 0, err[-2000:]
+        trials = trials_of(url)
+        done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(done) == 4 and len({t.params["lr"] for t in done}) == 4, [(t.state, t.params) for t in trials]
+        assert any(t.state.name == "FAIL" and t.user_attrs.get("failure") == "process died" for t in trials)
+        shared, alone = tmp_path / "shared", tmp_path / "alone"
+        args = ["compare", *TUNE_ARGS[1:], "--set", "tune.points=4", "--set", "train.seeds=1", "--data", data]
+        args += ["--set", "quality.enabled=false", "--set", "samples=0"]
+        for out, extra in ((shared, ["--storage", url]), (alone, [])):
+            r = subprocess.run(
+                [sys.executable, "-m", "medtune.cli", *map(str, [*args, "--out", out, *extra])],
+                env=env(OMP_NUM_THREADS="1"),
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert r.returncode == 0, r.stderr[-2000:]
+        a, b = (json.loads((d / "results.json").read_text()) for d in (shared, alone))
+        assert a["models"]["lora"]["lr"] == b["models"]["lora"]["lr"]
+        assert a["study"]["ranking"] == b["study"]["ranking"] or _same_ranking(a, b)
+    finally:
+        server.cleanup()
+
+
+def _same_ranking(a: dict, b: dict) -> bool:
+    """The same order of methods per metric (the values may differ in the last float digits)."""
+
+    def order(r):
+        return {k: [m if isinstance(m, str) else m.get("method") for m in v] for k, v in r["study"]["ranking"].items()}
+
+    return order(a) == order(b)
