@@ -5,7 +5,7 @@ the model's context minus the prompt (SmolLM2: 8,192 positions). Here EOS is swi
 that every answer runs to its limit: the time of a whole `ask` is its new tokens over the rate
 below, plus the load (about a second for the converted folder). Prints a table; writes JSON.
 
-    python benchmarks/bench_ask.py                      (~2 min on 2 cores)
+    python benchmarks/bench_ask.py                      (~2 min on 2 idle cores)
     python benchmarks/bench_ask.py --lengths 32 128 --threads 1
 """
 
@@ -68,6 +68,7 @@ def main() -> None:
         "context": context_window(model),
         "threads": args.threads,
         "load_seconds": round(load_s, 2),
+        "load_average_1min": round(os.getloadavg()[0], 1),  # a shared machine: other work slows decoding
         "rows": rows,
         "command": "python benchmarks/bench_ask.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
     }

@@ -296,3 +296,18 @@ def test_full_training_on_a_real_tiny_tmpfs_fails_in_one_line_and_resumes_once_t
         assert_same_weights(ref / "run", disk / "run")
     finally:
         subprocess.run(["umount", "-l", disk], check=False)
+
+
+def test_a_full_disk_while_building_a_model_in_the_cache_leaves_no_half_model(tmp_path, capsys, disk_full, monkeypatch):
+    """The cache's converted models (GGUF -> safetensors, the tiny model) go through a temporary
+    sibling: a full disk removes it, and the next run builds the model again."""
+    from medtune.models import loading
+
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+    disk_full("write.model_cache")
+    code, _, err = run_cli(["evaluate", "--model", TINY, "--data", write_records(tmp_path / "prep")], capsys)
+    disk_full_line(code, err, "tiny-random-llama")
+    models = tmp_path / "cache" / "models"
+    assert not models.exists() or not list(models.iterdir())
+    disk_full(None)
+    assert (Path(loading.resolve(TINY).path) / "model.safetensors").is_file()

