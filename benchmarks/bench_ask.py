@@ -70,7 +70,8 @@ def main() -> None:
         "load_seconds": round(load_s, 2),
         "load_average_1min": round(os.getloadavg()[0], 1),  # a shared machine: other work slows decoding
         "rows": rows,
-        "command": "python benchmarks/bench_ask.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "command": "python benchmarks/bench_ask.py "
+        + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
     }
     day = datetime.date.today().isoformat()
     path = Path(args.out) / f"{day}-{commit}-cpu-2core-bench-ask.json"
