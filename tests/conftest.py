@@ -88,13 +88,13 @@ import os, sys
 import medtune.infra.faults as faults
 point, _, nth = os.environ.get("PAUSE_AT", "").partition(":")
 real, hits = faults.fault_point, [0]
-def fault_point(name):
+def fault_point(name, *path):
     if name == point:
         hits[0] += 1
         if hits[0] == int(nth or 1):
             print("PAUSED", os.getpid(), flush=True)
             sys.stdin.readline()
-    real(name)
+    real(name, *path)
 faults.fault_point = fault_point  # before medtune.training imports it
 from medtune.cli.main import main
 sys.exit(main(sys.argv[1:]))

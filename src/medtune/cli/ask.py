@@ -13,6 +13,8 @@ def run(args) -> None:
 
     if args.max_new_tokens < 1:
         raise MedtuneError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    if not args.question.strip():  # before the model loads: an empty prompt is the model's babble
+        raise MedtuneError('the question is empty; ask one, e.g. medtune ask RUN "What is glaucoma?"')
     target = Path(args.target)
     if not target.exists():
         raise MedtuneError(f"not found: {target} (give a run folder or a comparison folder)")

@@ -30,6 +30,12 @@ def main(argv=None) -> int:
         if isinstance(e, Interrupted):
             print(f"medtune: {e}", file=sys.stderr)
             return 130
+        from medtune.infra.writes import write_failed
+
+        disk = write_failed(None, e)  # a write no guard named: the path is in the error, if anywhere
+        if disk is not None:
+            print(f"medtune: error: {disk}", file=sys.stderr)
+            return 2
         if _out_of_device_memory(e):
             print(f"medtune: error: {_OOM_ADVICE} ({_first_sentence(e)})", file=sys.stderr)
             return 1

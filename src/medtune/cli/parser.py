@@ -96,6 +96,18 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of --max-examples (0)")
     p.add_argument("--max-examples", type=int, help="keep this many pairs after cleaning, each split in proportion")
     p.add_argument("--max-length", type=int, default=512, help="for the truncation statistics")
+    p.add_argument(
+        "--max-input-mb",
+        type=float,
+        default=512.0,
+        help="refuse an input file, or a zip member once inflated, larger than this (512)",
+    )
+    p.add_argument(
+        "--max-compression-ratio",
+        type=float,
+        default=200.0,
+        help="refuse a zip member that inflates more than this many times its stored size (200)",
+    )
     p.add_argument("--question-column", help="question column of a CSV/JSONL/Parquet/hub source (default: question)")
     p.add_argument("--answer-column", help="answer column (default: answer)")
     p.add_argument("--source-column", help="source column, optional (default: source or document_source, when present)")

@@ -20,6 +20,8 @@ def run(args) -> None:
         val_fraction=args.val_fraction,
         seed=args.seed,
         max_examples=args.max_examples,
+        max_input_mb=args.max_input_mb,
+        max_compression_ratio=args.max_compression_ratio,
     )
     fmt = FormatConfig(max_length=args.max_length, template=args.template)
     from medtune.data.prepare import check_output

@@ -24,6 +24,7 @@ EXECUTION_ONLY = {
         "checkpoint_minutes",
     ),
     "eval": ("batch_tokens",),
+    "data": ("max_input_mb", "max_compression_ratio"),  # what may be read, not what is computed
 }
 
 
@@ -108,7 +109,8 @@ def identity_of(cfg: CompareConfig) -> str:
 
 
 def prep_key(cfg: CompareConfig) -> str:
-    return config_hash({"data": asdict(cfg.data), "format": asdict(cfg.format), "model": cfg.model})
+    data = {k: v for k, v in asdict(cfg.data).items() if k not in EXECUTION_ONLY["data"]}
+    return config_hash({"data": data, "format": asdict(cfg.format), "model": cfg.model})
 
 
 # tune: keys that change nothing a trial computes (whether tuning runs, where trials are stored,

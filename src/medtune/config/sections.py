@@ -31,9 +31,16 @@ class DataConfig:
     val_fraction: float = 0.05  # taken from what is left after the test split; 0 = no validation slice
     seed: int = 0
     max_examples: Optional[int] = None  # subsample after cleaning (per split, proportionally)
+    max_input_mb: float = 512.0  # refuse one input file (or zip member, inflated) larger than this
+    max_compression_ratio: float = 200.0  # refuse a zip member that inflates more than this (a zip bomb)
 
     def __post_init__(self) -> None:
         _one_of("data.split", self.split, ("grouped", "random"))
+        _check(self.max_input_mb > 0, f"data.max_input_mb must be positive; got {self.max_input_mb}")
+        _check(
+            self.max_compression_ratio >= 1,
+            f"data.max_compression_ratio must be >= 1; got {self.max_compression_ratio}",
+        )
         _check(0 < self.test_fraction < 1, f"data.test_fraction must be in (0, 1); got {self.test_fraction}")
         _check(0 <= self.val_fraction < 1, f"data.val_fraction must be in [0, 1); got {self.val_fraction}")
         _check(

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from medtune.config.sections import DataConfig, FormatConfig
 from medtune.data.clean import clean_records, unique_ids
-from medtune.data.sources import ColumnMap, Record, load_records
+from medtune.data.sources import DEFAULT_LIMITS, ColumnMap, InputLimits, Record, load_records
 from medtune.data.split import overlap, split_records
 from medtune.infra.errors import MedtuneError
+from medtune.infra.faults import fault_point
 from medtune.infra.jsonio import write_json
+from medtune.infra.writes import write_failed
 
 SPLITS = ("train", "val", "test")
 
@@ -93,7 +95,9 @@ def length_stats(lengths: list[int], max_length: int) -> dict:
 def _build(data: DataConfig, fmt: FormatConfig, tokenizer, model_spec: str) -> tuple[dict, dict]:
     """Read, clean, split and measure; writes nothing. Returns (splits, stats)."""
     records = load_records(
-        data.source, ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column)
+        data.source,
+        ColumnMap(data.question_column, data.answer_column, data.source_column, data.focus_column),
+        InputLimits(data.max_input_mb, data.max_compression_ratio),
     )
     if not records:
         raise MedtuneError(f"no question-answer pairs found in {data.source}")
@@ -212,19 +216,20 @@ def prepare(
     check_output(out, data.source, replace)
     with FolderLock(out, "prepared data"):
         check_output(out, data.source, replace)  # again, now that no one else can write it
-        read_from = _fingerprint(data.source)  # before reading: an edit during the read is caught later
+        limits = InputLimits(data.max_input_mb, data.max_compression_ratio)
+        read_from = _fingerprint(data.source, limits)  # before reading: an edit during the read is caught later
         splits, stats = _build(data, fmt, tokenizer, model_spec)
-        read_from = read_from or _fingerprint(data.source)  # no --data: the archive exists only now
+        read_from = read_from or _fingerprint(data.source, limits)  # no --data: the archive exists only now
         meta = {"data": asdict(data), "format": asdict(fmt), "model": model_spec, "source_sha256": read_from}
         _write(out, splits, stats, meta)
     return stats
 
 
-def _fingerprint(source: str | None) -> str | None:
+def _fingerprint(source: str | None, limits: InputLimits = DEFAULT_LIMITS) -> str | None:
     from medtune.data.sources import source_fingerprint
 
     try:
-        return source_fingerprint(source)
+        return source_fingerprint(source, limits)
     except OSError:  # an unreadable file: load_records names it in one line
         return None
 
@@ -256,6 +261,7 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
     aside = None
     try:
         for name in SPLITS:
+            fault_point("write.prepared", tmp / f"{name}.jsonl")  # hit per split: the first ones are written
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
                 for r in splits[name]:
                     fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
@@ -271,7 +277,10 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
         if aside is not None and not out.exists() and (aside / out.name).exists():
             os.replace(aside / out.name, out)  # the earlier prepared data back where it was
             shutil.rmtree(aside, ignore_errors=True)
-        if isinstance(e, OSError):  # a full disk, a quota: say so in one line
+        disk = write_failed(out, e, "it is unchanged: free space and rerun")
+        if disk is not None:  # a full disk, a quota: the path and errno in one line
+            raise disk from None
+        if isinstance(e, OSError):
             raise MedtuneError(f"cannot write prepared data to {out}: {e.strerror or e} (it is unchanged)") from None
         raise
     if aside is not None:

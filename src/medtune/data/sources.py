@@ -11,10 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,77 @@ class Record:
         return asdict(self)
 
 
+# --------------------------------------------------------------------------- input limits
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """How much one input may make medtune read, so that a zip bomb or a 50 GB file is refused
+    in one line instead of filling memory. The defaults are far above real data: MedQuAD's
+    largest XML file is under 1 MB and deflates about 5:1; the Kaggle CSV is 22 MB."""
+
+    max_file_mb: float = 512.0  # one file, or one zip member once inflated
+    max_compression_ratio: float = 200.0  # a zip member's inflated size over its stored size
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+
+DEFAULT_LIMITS = InputLimits()
+RAISE_SIZE = "raise it with --max-input-mb N (compare: --set data.max_input_mb=N) if the file is trusted"
+RAISE_RATIO = (
+    "raise it with --max-compression-ratio N (compare: --set data.max_compression_ratio=N) if the file is trusted"
+)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def _too_big(name: str, size: str, limits: InputLimits) -> MedtuneError:
+    return MedtuneError(f"{name} is {size}, above the {limits.max_file_mb:g} MB limit on one input file; {RAISE_SIZE}")
+
+
+def check_file_size(path: Path, limits: InputLimits) -> None:
+    """Refuse a file larger than the limit before reading any of it (a stat, no read)."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise MedtuneError(f"cannot read {path}: {e.strerror or e}") from None
+    if size > limits.max_bytes:
+        raise _too_big(str(path), _mb(size), limits)
+
+
+def _zip_member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, limits: InputLimits):
+    """A member's bytes, 1 MB at a time, refused as soon as its declared or its actual inflated
+    size, or its compression ratio, passes a limit: never held whole before it is checked."""
+    stored = max(info.compress_size, 1)
+    if info.file_size / stored > limits.max_compression_ratio:  # first: it says "zip bomb"
+        raise _ratio(where, info.file_size / stored, limits)
+    if info.file_size > limits.max_bytes:
+        raise _too_big(where, f"{_mb(info.file_size)} inflated", limits)
+    total = 0
+    try:
+        with zf.open(info) as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+                if total > limits.max_bytes:  # the headers lied
+                    raise _too_big(where, f"over {_mb(limits.max_bytes)} inflated", limits)
+                if total / stored > limits.max_compression_ratio:
+                    raise _ratio(where, total / stored, limits)
+                yield chunk
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a bad CRC, a member cut short
+        raise MedtuneError(f"cannot read {where}: {e}") from None
+
+
+def _ratio(where: str, ratio: float, limits: InputLimits) -> MedtuneError:
+    return MedtuneError(
+        f"{where} inflates {ratio:,.0f}:1, above the {limits.max_compression_ratio:g}:1 limit on a zip member's "
+        f"compression ratio (a zip bomb?); {RAISE_RATIO}"
+    )
+
+
 # --------------------------------------------------------------------------- MedQuAD XML
 
 
@@ -53,9 +126,16 @@ def _child(el, *names):
     return None
 
 
-def _parse_medquad_xml(blob: bytes, name: str) -> list[Record]:
+def _parse_medquad_xml(blob: bytes | Iterable[bytes], name: str) -> list[Record]:
+    """`blob`: the file's bytes, or its chunks (a zip member streamed against its limits)."""
     try:
-        root = ET.fromstring(blob)
+        if isinstance(blob, bytes):
+            root = ET.fromstring(blob)
+        else:
+            parser = ET.XMLParser()
+            for chunk in blob:
+                parser.feed(chunk)
+            root = parser.close()
     except ET.ParseError as e:
         raise MedtuneError(f"malformed MedQuAD XML file {name}: {e}") from None
     if root.tag.lower() not in _ROOT_TAGS:
@@ -105,14 +185,19 @@ def medquad_files(folder: Path) -> list[Path]:
     return sorted(f for f in found if not _is_macos_metadata(f.relative_to(folder).as_posix()))
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, limits: InputLimits) -> bytes:
+    check_file_size(path, limits)
     try:
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            blob = fh.read(limits.max_bytes + 1)  # bounded even where stat says 0 (a pipe, /proc)
     except OSError as e:  # a folder named x.xml, a broken link, no permission
         raise MedtuneError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(blob) > limits.max_bytes:
+        raise _too_big(str(path), f"over {_mb(limits.max_bytes)}", limits)
+    return blob
 
 
-def read_medquad_folder(folder: Path) -> list[Record]:
+def read_medquad_folder(folder: Path, limits: InputLimits = DEFAULT_LIMITS) -> list[Record]:
     files = medquad_files(folder)
     if not files:
         raise MedtuneError(
@@ -120,22 +205,26 @@ def read_medquad_folder(folder: Path) -> list[Record]:
         )
     records: list[Record] = []
     for f in _progress(files, "read XML"):
-        records.extend(_parse_medquad_xml(_read_bytes(f), str(f)))
+        records.extend(_parse_medquad_xml(_read_bytes(f, limits), str(f)))
     return records
 
 
-def read_medquad_zip(path: Path) -> list[Record]:
+def read_medquad_zip(path: Path, limits: InputLimits = DEFAULT_LIMITS) -> list[Record]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise MedtuneError(f"cannot open zip {path}: {e}") from None
     with zf:
-        names = sorted(n for n in zf.namelist() if n.endswith(".xml") and not _is_macos_metadata(n))
-        if not names:
+        members = sorted(
+            (i for i in zf.infolist() if i.filename.endswith(".xml") and not _is_macos_metadata(i.filename)),
+            key=lambda i: i.filename,
+        )
+        if not members:
             raise MedtuneError(f"no MedQuAD XML files inside {path}")
         records: list[Record] = []
-        for n in _progress(names, "read XML"):
-            records.extend(_parse_medquad_xml(zf.read(n), f"{path}:{n}"))
+        for info in _progress(members, "read XML"):
+            where = f"{path}:{info.filename}"
+            records.extend(_parse_medquad_xml(_zip_member_chunks(zf, info, where, limits), where))
     return records
 
 
@@ -246,8 +335,9 @@ def _table_rows(path: Path, cmap: ColumnMap, tsv: bool, strict: bool) -> tuple[d
             raise csv.Error(f"line {reader.line_num}: {e}") from None
 
 
-def read_csv(path: Path, cmap: ColumnMap, tsv: bool = False) -> list[Record]:
+def read_csv(path: Path, cmap: ColumnMap, tsv: bool = False, limits: InputLimits = DEFAULT_LIMITS) -> list[Record]:
     kind = "TSV" if tsv else "CSV"
+    check_file_size(path, limits)
     try:
         try:
             chosen, rows = _table_rows(path, cmap, tsv, strict=True)
@@ -266,7 +356,8 @@ def read_csv(path: Path, cmap: ColumnMap, tsv: bool = False) -> list[Record]:
     return _rows_to_records(rows, chosen, path.stem, str(path))
 
 
-def read_jsonl(path: Path, cmap: ColumnMap) -> list[Record]:
+def read_jsonl(path: Path, cmap: ColumnMap, limits: InputLimits = DEFAULT_LIMITS) -> list[Record]:
+    check_file_size(path, limits)
     rows, numbers = [], []
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -291,11 +382,19 @@ def read_jsonl(path: Path, cmap: ColumnMap) -> list[Record]:
     return _rows_to_records(rows, chosen, path.stem, f"{path} line", numbers)
 
 
-def read_parquet(path: Path, cmap: ColumnMap) -> list[Record]:
+def read_parquet(path: Path, cmap: ColumnMap, limits: InputLimits = DEFAULT_LIMITS) -> list[Record]:
+    check_file_size(path, limits)
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise MedtuneError("reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        meta = pq.ParquetFile(path).metadata  # footer only: the columns' inflated size, before reading them
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise MedtuneError(f"malformed Parquet file {path}: {e}") from None
+    inflated = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if inflated > limits.max_bytes:
+        raise _too_big(str(path), f"{_mb(inflated)} uncompressed", limits)
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a bad file
@@ -332,7 +431,7 @@ def download_medquad() -> Path:
     tmp = target.with_suffix(".part")
     try:
         with urllib.request.urlopen(MEDQUAD_URL, timeout=30) as resp, open(tmp, "wb") as fh:
-            fh.write(resp.read())
+            shutil.copyfileobj(resp, fh)  # streamed: the archive is never held whole
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         tmp.unlink(missing_ok=True)
         raise MedtuneError(
@@ -343,28 +442,31 @@ def download_medquad() -> Path:
     return target
 
 
-def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> list[Record]:
-    """Dispatch on what `source` is. Every branch returns the same Record type."""
+def load_records(
+    source: Optional[str], cmap: Optional[ColumnMap] = None, limits: InputLimits = DEFAULT_LIMITS
+) -> list[Record]:
+    """Dispatch on what `source` is. Every branch returns the same Record type; every local
+    file is read within `limits`."""
     cmap = cmap or ColumnMap()
     if source is None:
-        return read_medquad_zip(download_medquad())
+        return read_medquad_zip(download_medquad(), limits)
     path = Path(source).expanduser()
     if path.is_dir():
         if not any(path.iterdir()):
             raise MedtuneError(f"data folder {path} is empty")
-        return read_medquad_folder(path)
+        return read_medquad_folder(path, limits)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".zip":
-            return read_medquad_zip(path)
+            return read_medquad_zip(path, limits)
         if suffix in (".csv", ".tsv"):
-            return read_csv(path, cmap, tsv=suffix == ".tsv")
+            return read_csv(path, cmap, tsv=suffix == ".tsv", limits=limits)
         if suffix in (".jsonl", ".json"):
-            return read_jsonl(path, cmap)
+            return read_jsonl(path, cmap, limits)
         if suffix in (".parquet", ".pq"):
-            return read_parquet(path, cmap)
+            return read_parquet(path, cmap, limits)
         if suffix == ".xml":
-            return _parse_medquad_xml(_read_bytes(path), str(path))
+            return _parse_medquad_xml(_read_bytes(path, limits), str(path))
         raise MedtuneError(
             f"unsupported data file {path} "
             "(use a MedQuAD folder, .zip or .xml, or a .csv, .tsv, .jsonl or .parquet table)"
@@ -375,7 +477,7 @@ def load_records(source: Optional[str], cmap: Optional[ColumnMap] = None) -> lis
     raise MedtuneError(f"data not found: {source}")
 
 
-def source_fingerprint(source: Optional[str]) -> Optional[str]:
+def source_fingerprint(source: Optional[str], limits: InputLimits = DEFAULT_LIMITS) -> Optional[str]:
     """sha256 of what `load_records` reads from `source` (a folder's XML files with their
     relative paths, or the file's bytes); None for a hub dataset or a missing path. A
     comparison rerun checks it: prepared data from a file edited since must not be reused."""
@@ -390,6 +492,7 @@ def source_fingerprint(source: Optional[str]) -> Optional[str]:
         return None
     h = hashlib.sha256()
     for name, f in files:
+        check_file_size(f, limits)  # refused before an hour of hashing, not after
         h.update(f"{name}\0{f.stat().st_size}\0".encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

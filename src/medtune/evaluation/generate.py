@@ -9,6 +9,7 @@ Only token ids are kept, never logits (generation memory in peers grows with the
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -84,6 +85,44 @@ def _generate_batch(model, tok, prompts: list[str], fmt, max_new_tokens: int) ->
     return out[:, enc["input_ids"].shape[1] :].cpu().tolist()  # (B, <= max_new_tokens) new ids
 
 
+def context_window(model) -> int | None:
+    """How many positions the model was built for (its config's name for it varies), or None."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # Gemma 3: the text half's
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(cfg, key, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def capped_new_tokens(model, prompt_tokens: int, max_new_tokens: int, warn=None) -> int:
+    """`max_new_tokens`, at most the model's context minus the prompt: past it a model has no
+    trained positions and decoding only gets slower (a 10^9 limit ran for ever). At least 1.
+    `warn(line)` is told once when the limit was lowered."""
+    ctx = context_window(model)
+    if ctx is None or prompt_tokens + max_new_tokens <= ctx:
+        return max_new_tokens
+    cap = max(1, ctx - prompt_tokens)
+    if warn is not None:
+        warn(
+            f"medtune: warning: max_new_tokens {max_new_tokens:,} does not fit the model's context "
+            f"({ctx:,} positions, {prompt_tokens:,} taken by the longest prompt); capped at {cap:,}"
+        )
+    return cap
+
+
+def _warn_once():
+    said = []
+
+    def warn(line: str) -> None:
+        if not said:
+            said.append(line)
+            print(line, file=sys.stderr, flush=True)
+
+    return warn
+
+
 def generate_answers(
     model, tok, questions: list[str], fmt, max_new_tokens: int = 160, batch_size: int = 16
 ) -> GenerationRun:
@@ -105,12 +144,13 @@ def generate_answers(
     )
     order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     answers: list[Generation | None] = [None] * len(prompts)
-    new_tokens = 0
+    new_tokens, warn = 0, _warn_once()
     t0, c0 = time.perf_counter(), time.process_time()
     with progress.bar(len(prompts), "answers", unit="answer", disable=len(prompts) <= batch_size) as shown:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, max_new_tokens)):
+            limit = capped_new_tokens(model, max(lengths[i] for i in chunk), max_new_tokens, warn)  # left-padded
+            for i, row in zip(chunk, _generate_batch(model, tok, [prompts[i] for i in chunk], fmt, limit)):
                 ids, stopped = _trim(row, stops)
                 answers[i] = Generation(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), stopped, ids)
                 new_tokens += len(ids) + int(stopped)

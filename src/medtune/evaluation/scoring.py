@@ -23,6 +23,7 @@ from medtune.config.sections import SCOPES  # noqa: F401  (re-exported: evaluate
 from medtune.data.batching import auto_batch_tokens, layout_batch, layout_groups, to_device
 from medtune.data.tokenize import Example
 from medtune.infra.progress import bar
+from medtune.infra.writes import write_text
 from medtune.training.forward import fast_path_reason, score_batch
 
 METRICS = {
@@ -120,7 +121,7 @@ def save_scores(scores: Scores, path: Path) -> None:
             "tokens": scores.tokens[s].tolist(),
             "correct": scores.correct[s].tolist(),
         }
-    Path(path).write_text(json.dumps(data))
+    write_text(Path(path), json.dumps(data))  # atomic and guarded: a full disk leaves no half file
 
 
 def load_scores(path: Path) -> Scores:

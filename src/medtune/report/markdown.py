@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from medtune.infra.text import count_of
+from medtune.infra.writes import write_text
 from medtune.report.quality_section import generation_speed, quality_lines, sample_scores
 from medtune.report.tables import FEW_UNITS, span
 
@@ -43,7 +44,7 @@ def write_report(out: Path, results: dict) -> None:
     L.extend(_setup(results))
     L.extend(_paper(results))
     L.extend(_samples(results))
-    (out / "report.md").write_text("\n".join(L))
+    write_text(out / "report.md", "\n".join(L))
     perplexity_figure(results, out / "perplexity.png")
     accuracy_figure(results, out / "accuracy.png")
     loss_figure(results, out / "loss_curves.png")

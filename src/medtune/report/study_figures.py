@@ -12,6 +12,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from medtune.infra.writes import save_figure
 from medtune.report.figures import whiskers  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def tuning_figure(results: dict, path: Path) -> bool:
     sep = "; " if cols > 1 else "\n"
     fig.suptitle(f"Tuning curves (validation split){sep}star: chosen; dotted: default rate", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -175,7 +176,7 @@ def pareto_figure(results: dict, path: Path, key: str = "answer.perplexity") -> 
         fontsize=11,
     )
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 

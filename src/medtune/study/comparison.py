@@ -92,8 +92,15 @@ def opened_folder(cfg: CompareConfig, out: Path, force: bool):
     """open_folder, undone when the command fails before its first stage finished (bad data is
     found by prepare, after compare.json is written): a compare.json alone would make the corrected
     rerun "a comparison with a different config". stages.json appears with the first finished stage."""
+    from medtune.infra.writes import WriteFailed
+
     existed = out.exists()
-    open_folder(cfg, out, force)
+    try:
+        open_folder(cfg, out, force)
+    except WriteFailed:  # a full disk at compare.json: a folder made for it goes (an old one is whole)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     try:
         yield
     except BaseException:
@@ -201,10 +208,13 @@ def run_compare(cfg: CompareConfig, force: bool = False, quiet: bool = False) ->
 def _copy_whole(src: Path, dst: Path) -> None:
     """copytree into a hidden sibling, renamed into place: a kill mid-copy leaves no run folder
     that looks finished (summary.json and adapter/ present, its weights cut short)."""
+    from medtune.infra.writes import guarded
+
     tmp = dst.with_name(f".{dst.name}.copying")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    tmp.rename(dst)
+    with guarded(dst, "write.copy", partial=[tmp]):  # a full disk: no half copy left
+        shutil.copytree(src, tmp)
+        tmp.rename(dst)
 
 
 def _seed_names(cfg: CompareConfig, method: str) -> list:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from medtune.infra.errors import MedtuneError
 from medtune.infra.faults import fault_point
+from medtune.infra.writes import guarded
 
 NAMES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json")
@@ -37,11 +38,26 @@ FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "s
 
 def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict, other_ranks: dict | None = None) -> None:
     """`other_ranks`: {rank: {name: RNG state}} of the processes besides this one (rank 0): each
-    process has its own dropout stream, which a resume must continue, not replace with rank 0's."""
+    process has its own dropout stream, which a resume must continue, not replace with rank 0's.
+    A full disk removes checkpoint.tmp/ and leaves the last complete checkpoint the one --resume uses."""
     final, tmp, old = (run_dir / n for n in NAMES)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    hint = f"the last complete checkpoint is kept: free space, then medtune train --resume {run_dir}"
+    with guarded(tmp, None, partial=[tmp], hint=hint):
+        tmp.mkdir(parents=True)
+        _write_files(tmp, named_params, optimizer, state, other_ranks)
+    fault_point("checkpoint_written")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        fault_point("checkpoint_swap")
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_files(tmp: Path, named_params: list, optimizer, state: dict, other_ranks: dict | None) -> None:
     save_file({n: p.detach().contiguous().cpu() for n, p in named_params}, tmp / "trainable.safetensors")
+    fault_point("write.checkpoint", tmp / "optimizer.safetensors")  # one file written, the rest not yet
     opt = {}
     for n, p in named_params:
         for k, v in optimizer.state.get(p, {}).items():
@@ -55,13 +71,6 @@ def save_checkpoint(run_dir: Path, named_params: list, optimizer, state: dict, o
     state = dict(state, python_rng=[py_state[0], list(py_state[1]), py_state[2]])
     (tmp / "state.json").write_text(json.dumps(state))
     (tmp / "manifest.json").write_text(json.dumps({f: (tmp / f).stat().st_size for f in FILES}))
-    fault_point("checkpoint_written")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        fault_point("checkpoint_swap")
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def checkpoint_step(folder: Path) -> int | None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from medtune.infra.errors import MedtuneError
+from medtune.infra.faults import fault_point
+from medtune.infra.writes import write_failed
 
 CARD = """---
 {base_model}library_name: transformers
@@ -69,6 +71,7 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+        fault_point("write.export", tmp / "model.safetensors")
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -78,6 +81,9 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     except BaseException as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        disk = write_failed(out, e, "nothing was written: free space and rerun")
+        if disk is not None:  # safetensors' own error carries the errno only in its text
+            raise disk from None
         if isinstance(e, OSError):
             raise MedtuneError(f"cannot write {out}: {e.strerror or e} (nothing was written)") from None
         raise

@@ -41,6 +41,7 @@ from medtune.infra.interrupts import Interrupted
 from medtune.infra.jsonio import ensure_writable, write_json
 from medtune.infra.locking import FolderLock
 from medtune.infra.progress import bar
+from medtune.infra.writes import guarded, write_text
 from medtune.methods.params import unique_params
 from medtune.methods.registry import get_method
 from medtune.methods.spec import TrainableReport
@@ -376,13 +377,19 @@ def _optimizer(named: list, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 def _start_run_folder(s: Setup, data_dir: Path) -> None:
+    """A fresh run's folder (nothing of it to keep: a full disk removes it, and the same command reruns)."""
     if s.main:
-        s.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(s.run_dir, s.cfg, str(data_dir))
-        extra = {"world_size": s.world, "seed": s.cfg.train.seed, "model_path": loading.resolve(s.cfg.model.spec).path}
-        write_json(s.run_dir / "env.json", environment(extra))
-        write_json(s.run_dir / "trainable.json", s.report.to_dict())
-        (s.run_dir / "data.fingerprint").write_text(data_fingerprint(data_dir) + "\n")
+        with guarded(s.run_dir, "write.run", partial=[s.run_dir]):
+            s.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(s.run_dir, s.cfg, str(data_dir))
+            extra = {
+                "world_size": s.world,
+                "seed": s.cfg.train.seed,
+                "model_path": loading.resolve(s.cfg.model.spec).path,
+            }
+            write_json(s.run_dir / "env.json", environment(extra))
+            write_json(s.run_dir / "trainable.json", s.report.to_dict())
+            write_text(s.run_dir / "data.fingerprint", data_fingerprint(data_dir) + "\n")
     s.accelerator.wait_for_everyone()
 
 
@@ -667,9 +674,13 @@ def finish(s: Setup, state: TrainState) -> dict:
     }
     if s.main:
         fault_point("save_weights")
-        out = save_weights(s.accelerator.unwrap_model(s.module).model, s.run_dir, s.cfg, s.base_fp)
-        summary["weights_bytes"] = dir_size(out)
-        write_json(s.run_dir / "summary.json", summary)
+        # A full disk: no weights.json (so nothing trusts the run as finished), checkpoints kept.
+        partial = [s.run_dir / n for n in ("weights.json", "adapter", "trained.safetensors.tmp")]
+        hint = f"its checkpoints are kept: free space, then medtune train --resume {s.run_dir}"
+        with guarded(s.run_dir, "write.weights", partial=partial, hint=hint):
+            out = save_weights(s.accelerator.unwrap_model(s.module).model, s.run_dir, s.cfg, s.base_fp)
+            summary["weights_bytes"] = dir_size(out)
+            write_json(s.run_dir / "summary.json", summary)
         remove_checkpoints(s.run_dir)
     s.accelerator.wait_for_everyone()
     loss = f"{state.last_loss:.4f}" if state.last_loss is not None else "-"

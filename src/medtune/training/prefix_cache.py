@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtune.infra.writes import guarded
+
 
 class MemoryBudget:
     """Bytes of cached states held in memory, shared by the caches it is given: the limit is the
@@ -51,8 +53,10 @@ class PrefixCache:
             self.used += h.numel() * 4
             self.budget.used += h.numel() * 4
         else:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-            np.save(self.spill_dir / f"{idx}.npy", h.numpy())
+            path = self.spill_dir / f"{idx}.npy"
+            with guarded(path, "write.cache", partial=[path]):  # a full disk: no half a state left to load
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
+                np.save(path, h.numpy())
             self.disk.add(idx)
 
     def get(self, idx: int) -> torch.Tensor:

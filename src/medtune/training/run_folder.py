@@ -26,6 +26,7 @@ from medtune.config.sections import RunConfig, from_dict
 from medtune.infra.errors import MedtuneError
 from medtune.infra.jsonio import json_text
 from medtune.infra.text import count_of
+from medtune.infra.writes import write_text
 
 
 def git_hash() -> str:
@@ -69,7 +70,7 @@ def save_config(run_dir: Path, cfg: RunConfig, data_dir: str) -> None:
     (or a comparison given a relative --out) must find the same folder."""
     d = cfg.to_dict()
     d["data_dir"] = str(Path(data_dir).expanduser().resolve())
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    write_text(run_dir / "config.yaml", yaml.safe_dump(d, sort_keys=False))
 
 
 def load_config(run_dir: Path) -> tuple[RunConfig, str]:
