@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 from medtune.infra.cache import cache_dir
 from medtune.infra.errors import MedtuneError
@@ -326,9 +326,9 @@ def _table_rows(path: Path, cmap: ColumnMap, tsv: bool, strict: bool) -> tuple[d
     # glue onto the first column name ("\ufeffquestion"); without a BOM it reads as utf-8.
     with open(path, newline="", encoding="utf-8-sig") as fh:
         # TSV has no quoting: a field may start with a quote ("Lupus" is what?)
-        how = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"strict": strict}
+        how: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"strict": strict}
         reader = csv.DictReader(fh, **how)
-        chosen = _resolve_columns(reader.fieldnames or [], cmap, str(path))
+        chosen = _resolve_columns(list(reader.fieldnames or []), cmap, str(path))
         try:
             return chosen, list(reader)
         except csv.Error as e:
@@ -419,7 +419,7 @@ def read_hub(dataset_id: str, cmap: ColumnMap) -> list[Record]:
             "offline, pass a local path to the data instead"
         ) from None
     chosen = _resolve_columns(list(ds.column_names), cmap, dataset_id)
-    return _rows_to_records(ds, chosen, dataset_id.replace("/", "_"), dataset_id)
+    return _rows_to_records(cast(Any, ds), chosen, dataset_id.replace("/", "_"), dataset_id)
 
 
 def download_medquad() -> Path:

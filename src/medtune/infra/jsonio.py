@@ -6,6 +6,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from medtune.infra.errors import MedtuneError
 from medtune.infra.writes import write_text
@@ -39,7 +40,7 @@ def json_text(obj, indent: int | None = 2) -> str:
     `"nonfinite": {"path.to.key": "nan", ...}` naming each one (the "reason" for the null).
     `allow_nan=False` guards the rule: a NaN that slipped through is a bug, not a file."""
     reasons: dict[str, str] = {}
-    clean = finite_json(obj, reasons)
+    clean: Any = finite_json(obj, reasons)
     if reasons and isinstance(clean, dict):
         clean["nonfinite"] = {**dict(clean.get("nonfinite") or {}), **reasons}
     return json.dumps(clean, indent=indent, default=str, allow_nan=False)

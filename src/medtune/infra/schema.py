@@ -70,7 +70,7 @@ def _coerce(tp, value, where):
         tp = next(a for a in get_args(tp) if a is not type(None))
         origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return from_dict(cast(Any, tp), value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -264,7 +264,7 @@ def verdict(pool: Pool, models: list[str], headline: list[tuple[str, bool]]) -> 
 
 def pooled_metrics(pool: Pool, model: str, examples: int) -> dict:
     """models[name]['metrics'] in the per-run shape (point, ci per scope), from seed-pooled values."""
-    out = {"examples": examples}
+    out: dict[str, Any] = {"examples": examples}
     for scope in SCOPES:
         entry: dict[str, Any] = {}
         for metric in ("perplexity", "accuracy"):

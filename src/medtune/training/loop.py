@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -427,7 +427,7 @@ def train_step(s: Setup, gbatch: list[int], state: TrainState) -> float | None:
             s.cache.put_batch(mb, batch, prefix_out)
         nll_total += nll_sum.detach().double().cpu()
     if s.world > 1:
-        nll_total = acc.reduce(nll_total.to(acc.device), "sum").cpu()
+        nll_total = cast(torch.Tensor, acc.reduce(nll_total.to(acc.device), "sum")).cpu()
     params = [q for _, q in s.named]
     # clip_grad_norm_ with an infinite bound only measures: the norm is needed for the check.
     norm = acc.clip_grad_norm_(params, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf)
@@ -565,7 +565,7 @@ def _agreed(s: Setup, *flags: bool) -> list[bool]:
     if s.world == 1:
         return list(flags)
     votes = s.accelerator.reduce(torch.tensor([int(f) for f in flags], device=s.accelerator.device), "sum")
-    return [bool(v) for v in votes.tolist()]
+    return [bool(v) for v in cast(torch.Tensor, votes).tolist()]
 
 
 def _checkpoint_due(s: Setup, state: TrainState, last_save: float) -> bool:

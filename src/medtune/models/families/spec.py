@@ -79,4 +79,4 @@ class Family:
             "attention": heads * head_dim if heads and head_dim else None,
             "intermediate": model_cfg.get("intermediate_size"),
         }
-        return {name: width[rule] for name, rule in self.linears.items()}
+        return {name: width[rule] for name, rule in (self.linears or LLAMA_LINEARS).items()}
