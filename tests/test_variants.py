@@ -238,7 +238,7 @@ def test_default_learning_rates_are_the_ones_the_docs_state_with_a_source():
     text = (ROOT / "docs" / "methods.md").read_text()
     rows = {}
     for line in text.splitlines():
-        m = re.match(r"\|\s*`([a-z_]+)`\s*\|[^|]*\|\s*([0-9.e-]+)\s*\|([^|]+)\|", line)
+        m = re.match(r"\|\s*`([a-z0-9_]+)`\s*\|[^|]*\|\s*([0-9.e-]+)\s*\|([^|]+)\|", line)
         if m:
             rows[m.group(1)] = (float(m.group(2)), m.group(3).strip())
     for name in method_names():
@@ -345,3 +345,56 @@ def test_cpu_variants_compares_the_choices_the_issue_names():
     assert any(c.targets == ["all-linear"] for c in loras)
     assert any(c.use_rslora or c.use_dora or c.init.startswith("pissa") for c in loras)
     assert cfg.tune.enabled and cfg.train.seeds >= 3
+
+
+@pytest.fixture
+def qa(tmp_path, tiny) -> Path:
+    """Synthetic questions in the Kaggle CSV layout: compare runs prepare itself."""
+    import csv
+
+    p = tmp_path / "qa.csv"
+    with open(p, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["question", "answer", "source", "focus_area"])
+        for i in range(60):
+            w.writerow(
+                [f"What are the symptoms of disease {i} ?", f"Disease {i} causes pain in {i % 5 + 1} ways.", "S", i]
+            )
+    return p
+
+
+@pytest.mark.integration
+def test_a_comparison_of_named_variants_tunes_trains_ranks_and_answers_by_name(qa, tmp_path, capsys):
+    """Two variants of one method and a plain entry, tuned with 2 seeds: every folder, the
+    tuning summary, results.json and the report use the entry names; a rerun retrains nothing;
+    `ask --method` answers with a variant's run."""
+    from medtune.study.comparison import run_compare
+
+    out = tmp_path / "cmp"
+    sets = [
+        "quality.enabled=false",
+        "samples=0",
+        "max_new_tokens=4",
+        "tune.points=2",
+        "train.seeds=2",
+        "methods={lora-qv: {method: lora, r: 4}, lora-all: {method: lora, r: 4, targets: all-linear}, "
+        "selective-tied: {method: selective, head: tied}}",
+    ]
+    cfg = load_compare_config("tiny-study", data=str(qa), out=str(out), overrides=sets)
+    results = run_compare(cfg, quiet=True)
+    names = ["lora-qv", "lora-all", "selective-tied"]
+    for n in names:
+        assert (out / "runs" / n / "summary.json").is_file() and (out / "runs" / f"{n}-seed1").is_dir(), n
+        assert (out / "eval" / f"{n}.json").is_file()
+        assert (out / "tuning" / n).is_dir()
+        assert n in results["models"]
+    assert json.loads((out / "runs" / "lora-all" / "trainable.json").read_text())["details"]["targets"] == list(LINEARS)
+    summary = json.loads((out / "tuning" / "summary.json").read_text())["methods"]
+    assert set(summary) == set(names)
+    report = (out / "report.md").read_text()
+    assert all(n in report for n in names)
+    stages = (out / "stages.json").read_text()
+    run_compare(load_compare_config("tiny-study", data=str(qa), out=str(out), overrides=sets), quiet=True)
+    assert (out / "stages.json").read_text() == stages  # nothing retrained or re-evaluated
+    code, printed, err = run_cli(["ask", out, "What is gout?", "--method", "lora-all", "--max-new-tokens", "3"], capsys)
+    assert code == 0 and printed.startswith("[lora-all]"), err

@@ -66,6 +66,7 @@ def _save_as_plain_lora(model, folder: Path, initial: dict) -> None:
     plain base like every other run (tests/test_variants.py checks the logits)."""
     import copy
     import tempfile
+    import warnings
 
     from safetensors.torch import save_file as save_tensors
 
@@ -76,7 +77,9 @@ def _save_as_plain_lora(model, folder: Path, initial: dict) -> None:
         pc.init_lora_weights = True
         pc.save_pretrained(init_dir)
         save_tensors({k: v.contiguous() for k, v in initial.items()}, init_dir / "adapter_model.safetensors")
-        with quiet_peft_deprecations():
+        with quiet_peft_deprecations(), warnings.catch_warnings():
+            # PEFT warns that a PiSSA / OLoRA adapter should be converted: this is the conversion
+            warnings.filterwarnings("ignore", message=".*changes the base weights of the model", category=UserWarning)
             model.save_pretrained(
                 folder, safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir)
             )
