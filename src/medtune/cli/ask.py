@@ -42,7 +42,8 @@ def run(args) -> None:
                 runs = sorted(c.parent.name for c in (target / "runs").glob("*/config.yaml"))
                 has = f"it has: {', '.join(runs)}" if runs else "it has no trained runs yet"
                 raise MedtuneError(f"no {args.method!r} run in {target} ({has})")
-            model, tok, fmt, label = load_for_inference(None, run)
+            model, tok, fmt, _ = load_for_inference(None, run)
+            label = args.method  # the comparison's entry name (a named variant, e.g. lora-all-r16)
         else:
             from medtune.config.sections import FormatConfig
             from medtune.infra.schema import from_dict

@@ -127,7 +127,7 @@ def _prepare_parser(sub) -> None:
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune one method; leaves a run folder")
-    p.add_argument("--method", help="selective, lora, boft, oft, ia3, full")
+    p.add_argument("--method", help="selective, lora, boft, oft, ia3, vera, ln_tuning, miss, hira, full")
     p.add_argument("--data", help="prepared data folder (from medtune prepare)")
     add_model(p, default=None)
     p.add_argument("--out", help="parent folder of run folders (default: runs)")
@@ -199,7 +199,11 @@ def add_comparison(p, preset_help: str, out_what: str, out_note: str = "") -> No
     p.add_argument("--preset", required=True, help=preset_help)
     p.add_argument("--data")
     add_model(p, default=None)
-    p.add_argument("--methods", help="comma-separated methods (default: the preset's)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated entries of the preset's methods, by name (a variant such as lora-all-r16, "
+        "or a method; default: all)",
+    )
     p.add_argument("--out", help=f"{out_what} (default: the preset's){out_note}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -213,7 +217,9 @@ def _ask_parser(sub) -> None:
     p = sub.add_parser("ask", help="answer a question with a trained model (not medical advice)")
     p.add_argument("target", help="a run folder, or a comparison folder with --method")
     p.add_argument("question")
-    p.add_argument("--method", help="which method's run in a comparison folder (default or 'base': the base model)")
+    p.add_argument(
+        "--method", help="which entry's run in a comparison folder, by name (default or 'base': the base model)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit (>= 1; 160)")
 
 

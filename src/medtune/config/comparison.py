@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -116,9 +117,10 @@ class CompareConfig:
     format: FormatConfig = field(default_factory=FormatConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    methods: dict = field(
-        default_factory=lambda: {"selective": {}, "lora": {}, "boft": {}}
-    )  # name -> method_args (+ optional lr)
+    # entry name -> method_args (+ optional lr, + optional method: the entry is then a named
+    # variant, e.g. lora-all-r16: {method: lora, targets: all-linear, r: 16}; without it the
+    # name is the method, as in every earlier release)
+    methods: dict = field(default_factory=lambda: {"selective": {}, "lora": {}, "boft": {}})
     samples: int = 5  # held-out questions answered by every model in the report
     max_new_tokens: int = 160
     quality: QualityConfig = field(default_factory=QualityConfig)  # answer quality (ROUGE-L, similarity, ...)
@@ -135,6 +137,7 @@ class CompareConfig:
                     f"methods.{name} must be a mapping of the method's arguments (e.g. --set methods.{name}.lr=1e-4); "
                     f"got {args!r}"
                 )
+            check_entry_name(name, self.methods)
             self.run_config(name)  # validates the method name and its arguments
         if self.samples < 0:
             raise MedtuneError(f"samples must be >= 0; got {self.samples}")
@@ -157,7 +160,8 @@ class CompareConfig:
         from medtune.methods.registry import get_method
 
         for name in self.tune.grid:
-            get_method(name)  # tune.grid names methods (a typo is an error, an unselected method is fine)
+            if name not in self.methods:  # an entry, or a method (a typo is an error, an unselected one is fine)
+                get_method(name)
         self.validation_for_tuning = self.tune.enabled and self.data.val_fraction == 0
         if self.validation_for_tuning:
             if not self.tune.val_fraction:
@@ -179,8 +183,16 @@ class CompareConfig:
             "validation split that chooses learning rates (tune.val_fraction); every run trains on the rest"
         )
 
+    def method_of(self, name: str) -> str:
+        """The method entry `name` trains: its `method:` key, else the name itself (the plain form)."""
+        return (self.methods.get(name) or {}).get("method", name)
+
     def run_config(self, name: str) -> RunConfig:
         args = dict(self.methods.get(name) or {})
+        # The plain form's runs keep their keys: method = the name, and no `method` in the args.
+        method = args.pop("method", name)
+        if not isinstance(method, str) or not method:
+            raise MedtuneError(f"methods.{name}.method must name a method; got {method!r}")
         lr = args.pop("lr", None)
         if lr is not None:  # named as the user set it, not as the train.lr it becomes
             lr = as_number(lr, f"methods.{name}.lr", "must be a number")
@@ -190,7 +202,7 @@ class CompareConfig:
         return from_dict(
             RunConfig,
             {
-                "method": name,
+                "method": method,
                 "method_args": args,
                 "model": {"spec": self.model},
                 "format": asdict(self.format),
@@ -199,6 +211,26 @@ class CompareConfig:
                 # and its stage key must not change with them (more resamples retrained every run).
                 "eval": {**asdict(self.eval), **{k: getattr(EvalConfig(), k) for k in REPORT_ONLY_EVAL}},
             },
+        )
+
+
+# A variant's name becomes folder names (runs/<name>, eval/<name>.json, tuning/<name>/).
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SEED_RUN = re.compile(r".+-seed\d+")
+
+
+def check_entry_name(name, entries: dict) -> None:
+    """One line for an entry name that cannot be a folder name or would collide with another run."""
+    if not isinstance(name, str) or not ENTRY_NAME.fullmatch(name):
+        raise MedtuneError(
+            f"methods: {name!r} is not a usable name: it names folders, so use letters, digits, '.', '_' "
+            "and '-' (at most 64, starting with a letter or digit), e.g. lora-all-r16"
+        )
+    if name == "base":
+        raise MedtuneError("methods: 'base' names the untrained model in every report: call the entry otherwise")
+    if SEED_RUN.fullmatch(name) and name.rsplit("-seed", 1)[0] in entries:
+        raise MedtuneError(
+            f"methods: {name!r} is the name of a seed run of {name.rsplit('-seed', 1)[0]!r}: call the entry otherwise"
         )
 
 
@@ -213,6 +245,12 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
         if not chosen:
             raise MedtuneError(f"--methods names no method (got {methods!r}); leave it out for the preset's methods")
         given = raw.get("methods") or {}
+        from medtune.methods.registry import method_names
+
+        for m in chosen:  # an entry of the preset by its name, or a method in its plain form
+            if m not in given and m not in method_names():
+                entries = f"the preset's entries: {', '.join(given)}; " if given else ""
+                raise MedtuneError(f"--methods: unknown method {m!r} ({entries}methods: {', '.join(method_names())})")
         raw["methods"] = {m: given.get(m, {}) for m in chosen}
     apply_overrides(raw, list(overrides))
     for args in (raw.get("methods") or {}).values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import sys
 import tempfile
@@ -74,7 +75,28 @@ def _check_targets(targets: list[str], model_cfg: dict, method: str) -> None:
         )
 
 
+ALL_LINEAR = "all-linear"
+
+
+def all_linear(model_cfg: dict, method: str) -> list[str]:
+    """Every adaptable Linear inside a block, by the family's own table (PEFT's `all-linear` is
+    every Linear but the head, found by walking the model: the same modules for the families
+    medtune knows, so they are named here, before weights load, and in the run's record)."""
+    family = family_for(model_cfg.get("model_type"))
+    if family is None:
+        raise MedtuneError(
+            f"{method} targets all-linear: medtune knows no family for model_type {model_cfg.get('model_type')!r}, "
+            "so which Linears that is cannot be checked before weights load; name them with "
+            "--set method_args.targets=MODULE[,MODULE]"
+        )
+    return list(family.linears)
+
+
 def _resolve(targets: Optional[list], model_cfg: dict, method: str) -> list[str]:
+    if targets and ALL_LINEAR in targets:
+        if len(targets) > 1:
+            raise MedtuneError(f"{method} targets: all-linear already names every Linear; give it alone")
+        return all_linear(model_cfg, method)
     return list(targets) if targets else default_targets(model_cfg, method)
 
 
@@ -117,16 +139,37 @@ def _wrap(model, peft_config, method: str, details: dict | None = None):
 # --------------------------------------------------------------------------- LoRA
 
 
+# init_lora_weights values: True (B = 0, A Kaiming: PEFT's default), gaussian (A normal), and
+# the two that rewrite the base weights: pissa (A, B from the top singular vectors of W, which
+# then holds the rest; pissa_niter_N: randomised SVD, N iterations) and olora (QR of W).
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+MUTATING_INITS = ("pissa", "olora")
+
+
+def _is_pissa_niter(init: str) -> bool:
+    return init.startswith("pissa_niter_") and init[len("pissa_niter_") :].isdigit()
+
+
 @dataclass
 class LoraArgs:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    targets: Optional[list[str]] = None  # None: the family's default (q_proj, v_proj; Phi-3: qkv_proj)
+    targets: Optional[list[str]] = None  # None: the family's default (q_proj, v_proj); [all-linear]: every Linear
     use_dora: bool = False
     layers: Optional[list[int]] = None  # blocks to adapt; None = all
+    use_rslora: bool = False  # rsLoRA: scale the update by alpha / sqrt(r), not alpha / r
+    init: str = "default"  # one of LORA_INITS or pissa_niter_N; pissa / olora rewrite the base weights
+    loraplus_ratio: Optional[float] = None  # LoRA+: B's learning rate is this times A's (paper: 16)
 
     def __post_init__(self):
+        if self.init not in LORA_INITS and not _is_pissa_niter(self.init):
+            raise MedtuneError(f"lora init must be one of {', '.join(LORA_INITS)} or pissa_niter_N; got {self.init!r}")
+        if self.loraplus_ratio is not None and not (math.isfinite(self.loraplus_ratio) and self.loraplus_ratio >= 1):
+            # PEFT's own docstring: "Should be >= 1" (B learns faster than A)
+            raise MedtuneError(f"lora loraplus_ratio must be a number >= 1; got {self.loraplus_ratio}")
+        if self.use_dora and self.mutates_base:
+            raise MedtuneError(f"lora init={self.init} with use_dora: PEFT cannot convert that adapter back for reload")
         if self.r < 1:
             raise MedtuneError(f"lora r must be >= 1; got {self.r}")
         if self.alpha <= 0:  # the update is scaled by alpha / r: <= 0 negates or erases it
@@ -136,9 +179,42 @@ class LoraArgs:
         if self.targets is not None and not self.targets:
             raise MedtuneError("lora targets must name at least one module")
 
+    @property
+    def mutates_base(self) -> bool:
+        return self.init in MUTATING_INITS or _is_pissa_niter(self.init)
+
+    @property
+    def starts_as_identity(self) -> bool:
+        """PiSSA / OLoRA move part of W into the adapter: W_res + B A equals W only up to
+        rounding, so the step-0 validation is this model's own, not the base model's."""
+        return not self.mutates_base
+
     def check(self, model_cfg: dict) -> None:
         _check_targets(_resolve(self.targets, model_cfg, "lora"), model_cfg, "lora")
         check_layers(self.layers, model_cfg, "lora")
+
+    def optimizer(self, model, lr: float, weight_decay: float):
+        """LoRA+ through PEFT's create_loraplus_optimizer (AdamW); None: the usual optimizer.
+        Each group records its learning rate as a multiple of lr (lr_scale), which the schedule keeps."""
+        if self.loraplus_ratio is None:
+            return None
+        import torch
+        from peft.optimizers import create_loraplus_optimizer
+
+        opt = create_loraplus_optimizer(
+            model,
+            torch.optim.AdamW,
+            lr=lr,
+            loraplus_lr_ratio=self.loraplus_ratio,
+            loraplus_weight_decay=weight_decay,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            fused=True,
+        )
+        opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+        for g in opt.param_groups:
+            g["lr_scale"] = g["lr"] / lr
+        return opt
 
 
 def apply_lora(model, cfg: LoraArgs):
@@ -151,15 +227,30 @@ def apply_lora(model, cfg: LoraArgs):
         lora_dropout=cfg.dropout,
         target_modules=targets,
         use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights=True if cfg.init == "default" else cfg.init,
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )
-    model, report = _wrap(
-        model, pc, "lora", {"r": cfg.r, "alpha": cfg.alpha, "use_dora": cfg.use_dora, "targets": targets}
-    )
+    details = {"r": cfg.r, "alpha": cfg.alpha, "use_dora": cfg.use_dora, "targets": targets}
+    details.update(use_rslora=cfg.use_rslora, init=cfg.init, loraplus_ratio=cfg.loraplus_ratio)
+    model, report = _wrap(model, pc, "lora", details)
     if cfg.use_dora:
-        report.method = "lora"
         report.notes.append("DoRA: magnitude vectors train beside the low-rank factors")
+    if cfg.use_rslora:
+        report.notes.append(f"rsLoRA: the update is scaled by alpha / sqrt(r) = {cfg.alpha / math.sqrt(cfg.r):.3g}")
+    if cfg.loraplus_ratio is not None:
+        report.notes.append(f"LoRA+: lora_B learns at {cfg.loraplus_ratio:g}x the learning rate of lora_A")
+    if cfg.mutates_base:
+        from peft import get_peft_model_state_dict
+
+        # Kept for the save: the adapter is written as a plain LoRA of the unmodified base
+        # (training/weights.py), which needs the factors it started from.
+        model.medtune_initial_adapter = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        report.notes.append(
+            f"{cfg.init}: the adapted base weights hold W minus the initial adapter; saved as a LoRA of rank "
+            f"{2 * cfg.r} on the unmodified base (PEFT's conversion), so reload and export need no rewritten base"
+        )
     return model, report
 
 

@@ -36,8 +36,8 @@ def method_names() -> list[str]:
 def _load_builtin() -> None:
     if REGISTRY:
         return
-    from medtune.methods import full, peft_methods, selective
+    from medtune.methods import full, hira, ln_tuning, miss, peft_methods, selective, vera
 
-    for module in (selective, full, peft_methods):
+    for module in (selective, full, peft_methods, vera, ln_tuning, miss, hira):
         for spec in module.SPECS:
             register(spec)

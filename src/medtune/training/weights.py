@@ -36,7 +36,11 @@ def save_weights(model, run_dir: Path, cfg, base_fingerprint: dict) -> Path:
             f"refusing to save non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. {bad[0]}: training diverged"
         )
     if spec.uses_peft:
-        model.save_pretrained(run_dir / "adapter", safe_serialization=True)
+        initial = getattr(model, "medtune_initial_adapter", None)
+        if initial is not None:
+            _save_as_plain_lora(model, run_dir / "adapter", initial)
+        else:
+            model.save_pretrained(run_dir / "adapter", safe_serialization=True)
         out = run_dir / "adapter"
     else:
         tensors = {n: p.detach().contiguous().cpu() for n, p in trained.items()}
@@ -53,6 +57,32 @@ def save_weights(model, run_dir: Path, cfg, base_fingerprint: dict) -> Path:
     }
     write_json(run_dir / "weights.json", meta)
     return out
+
+
+def _save_as_plain_lora(model, folder: Path, initial: dict) -> None:
+    """A PiSSA / OLoRA adapter trained on rewritten base weights (W_res = W - B0 A0), saved as
+    PEFT converts it: the LoRA [B | -B0] [A; A0] of rank 2r, which on the unmodified base gives
+    W + B A - B0 A0 = W_res + B A, the trained model. Reload and export then start from the
+    plain base like every other run (tests/test_variants.py checks the logits)."""
+    import copy
+    import tempfile
+    import warnings
+
+    from safetensors.torch import save_file as save_tensors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        init_dir = Path(tmp) / "initial"
+        init_dir.mkdir()
+        pc = copy.deepcopy(model.peft_config["default"])
+        pc.init_lora_weights = True
+        pc.save_pretrained(init_dir)
+        save_tensors({k: v.contiguous() for k, v in initial.items()}, init_dir / "adapter_model.safetensors")
+        with quiet_peft_deprecations(), warnings.catch_warnings():
+            # PEFT warns that a PiSSA / OLoRA adapter should be converted: this is the conversion
+            warnings.filterwarnings("ignore", message=".*changes the base weights of the model", category=UserWarning)
+            model.save_pretrained(
+                folder, safe_serialization=True, path_initial_model_for_weight_conversion=str(init_dir)
+            )
 
 
 def fingerprint(model) -> dict:
