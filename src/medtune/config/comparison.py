@@ -7,9 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from medtune.config.files import EXPONENT_ONLY, apply_overrides
-from medtune.config.identity import (
-    REPORT_ONLY_EVAL,
-)
+from medtune.config.identity import REPORT_ONLY_EVAL
 from medtune.config.presets import read_preset
 from medtune.config.sections import DataConfig, EvalConfig, FormatConfig, RunConfig, TrainConfig, from_dict
 from medtune.infra.errors import MedtuneError
@@ -178,6 +176,10 @@ class CompareConfig:
             f"tuning: data.val_fraction is 0, so {self.tune.val_fraction:g} of the training pairs become the "
             "validation split that chooses learning rates (tune.val_fraction); every run trains on the rest"
         )
+
+    def questions_answered(self) -> int:
+        """Test questions every model answers: answer quality's sample and the report's samples."""
+        return max(self.quality.n if self.quality.enabled else 0, self.samples)
 
     def run_config(self, name: str) -> RunConfig:
         args = dict(self.methods.get(name) or {})
