@@ -179,3 +179,83 @@ def test_every_compat_reader_names_a_later_release_that_removes_it():
     for name, (release, made_by) in compat.READERS.items():
         assert version(release) > version(medtune.__version__), f"compat.{name} is due for removal in {release}"
         assert f"Removed in {release}" in getattr(compat, name).__doc__ and made_by
+
+
+def _as_written_before_0_1_0(out: Path, cfg) -> str:
+    """Turn a finished folder into what a build before 0.1.0 left: compare.json with that build's
+    hash and no tune.train_seed, the run's config.yaml and every key hashed with the comparison's
+    eval.bootstrap, the tuning study under that build's name, and answers whose "stopped" counted
+    EOS first."""
+    import sqlite3
+
+    meta = json.loads((out / "compare.json").read_text())
+    del meta["config"]["tune"]["train_seed"]
+    (out / "compare.json").write_text(json.dumps({**meta, "identity": "0123456789abcdef"}))
+    conf = out / "runs" / "lora" / "config.yaml"
+    conf.write_text(conf.read_text().replace("bootstrap: 1000", f"bootstrap: {cfg.eval.bootstrap}"))
+    stages = json.loads((out / "stages.json").read_text())
+    stages["train:lora"] = "a key of a build before 0.1.0"
+    for name, run_key in (("base", "base"), ("lora", stages["train:lora"])):
+        stages[f"eval:{name}"] = compat.eval_key_with_report_settings(cfg, run_key)
+    (out / "stages.json").write_text(json.dumps(stages))
+    with sqlite3.connect(out / "tuning.db") as db:
+        (study_id, name), *others = db.execute("SELECT study_id, study_name FROM studies").fetchall()
+        stored = db.execute(
+            "SELECT value_json FROM study_user_attributes WHERE study_id = ? AND key = 'identity'", (study_id,)
+        ).fetchone()[0]
+        earlier = compat.study_name_with_report_settings("lora", json.loads(stored), cfg.eval)
+        assert not others and earlier and earlier != name
+        db.execute("UPDATE studies SET study_name = ? WHERE study_id = ?", (earlier, study_id))
+    gen = out / "generations" / "lora.jsonl"
+    rows = [json.loads(line) for line in gen.read_text().splitlines()]
+    rows[0].update(tokens=0, stopped=True, answer="")  # EOS first: counted as a stop then
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return earlier
+
+
+def test_a_folder_in_an_earlier_layout_reopens_and_nothing_is_retrained(tmp_path, tiny, monkeypatch, capsys):
+    """End to end on the tiny model: a tuned comparison with answer quality, rewritten into the
+    layout of a build before 0.1.0, is rerun with the same command. No trial or run trains, no
+    model is scored or answers again; every stage says it was done earlier, and the results
+    are the first run's (but for the answer whose stop compat recounts)."""
+    import csv
+    import sqlite3
+
+    import medtune.training.loop as train_mod
+    from medtune.evaluation import quality, scoring
+    from medtune.study.comparison import run_compare
+
+    data = tmp_path / "qa.csv"
+    with open(data, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["question", "answer", "source", "focus_area"])
+        for i in range(60):
+            w.writerow([f"What are the symptoms of disease {i} ?", f"Disease {i} causes pain in {i % 5 + 1} ways."])
+    sets = ["tune.points=2", "train.seeds=1", "quality.n=2", "samples=1", "max_new_tokens=4"]
+    cfg = load_compare_config("tiny-study", data=str(data), methods="lora", out=str(tmp_path / "cmp"), overrides=sets)
+    first = run_compare(cfg, quiet=True)
+    out = tmp_path / "cmp"
+    study = _as_written_before_0_1_0(out, cfg)
+    weights = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+    def refuse(what):
+        def fail(*a, **k):
+            raise AssertionError(f"{what} again")
+
+        return fail
+
+    monkeypatch.setattr(train_mod, "train", refuse("trained"))
+    monkeypatch.setattr(scoring, "score_examples", refuse("scored"))
+    monkeypatch.setattr(quality, "generate_rows", refuse("answered"))
+    capsys.readouterr()
+    again = run_compare(load_compare_config("tiny-study", data=str(data), methods="lora", out=str(out), overrides=sets))
+    said = capsys.readouterr().out
+    assert said.count("done earlier, skipped") == 4, said  # prepare, evaluate base, train lora, evaluate lora
+    with sqlite3.connect(out / "tuning.db") as db:  # the earlier build's study was reused, none made
+        assert db.execute("SELECT study_name FROM studies").fetchall() == [(study,)]
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == weights
+    assert again["models"]["lora"]["metrics"] == first["models"]["lora"]["metrics"]
+    assert again["study"]["tuning"]["lora"]["chosen_lr"] == first["study"]["tuning"]["lora"]["chosen_lr"]
+    assert json.loads((out / "stages.json").read_text())["train:lora"] == "a key of a build before 0.1.0"
+    stops = [r["stopped"] for r in quality.read_generations(out / "generations" / "lora.jsonl")]
+    assert stops[0] is False  # an empty answer is no stop, whatever the earlier build counted
