@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 from medtune.config.comparison import load_compare_config
-from medtune.config.identity import identity_of
+from medtune.config.identity import comparison_identity
 from medtune.infra.errors import MedtuneError
 from medtune.study.comparison import run_compare
 
@@ -238,7 +238,7 @@ def test_a_folder_is_judged_by_what_it_computed_not_by_an_older_hash(tmp_path):
     with pytest.raises(MedtuneError, match=r"holds a comparison with a different config \(tune.span 32.0 -> 10.0\)"):
         open_folder(other, tmp_path / "cs", force=False)
     seeded = load_compare_config("cpu-study", data=str(data), out="cs", overrides=["tune.train_seed=7"])
-    assert identity_of(seeded) != identity_of(cfg)  # trials on a seed of their own: another study
+    assert comparison_identity(seeded) != comparison_identity(cfg)  # trials on a seed of their own: another study
 
 
 def test_more_seeds_add_runs_and_keep_the_finished_ones(qa, tmp_path):

@@ -200,11 +200,11 @@ def test_the_limits_are_checked_in_the_compare_config(tmp_path):
 def test_the_limits_do_not_change_what_identifies_a_comparison():
     """Raising a limit reads more, computes the same: a rerun must keep its finished stages."""
     from medtune.config.comparison import CompareConfig
-    from medtune.config.identity import identity_of, prep_key
+    from medtune.config.identity import comparison_identity, prepare_key
     from medtune.config.sections import DataConfig
 
     a, b = CompareConfig(), CompareConfig(data=DataConfig(max_input_mb=4096, max_compression_ratio=10_000))
-    assert identity_of(a) == identity_of(b) and prep_key(a) == prep_key(b)
+    assert comparison_identity(a) == comparison_identity(b) and prepare_key(a) == prepare_key(b)
 
 
 # --------------------------------------------------------------------------- weights medtune will not load

@@ -8,9 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from medtune.config.files import EXPONENT_ONLY, apply_overrides
-from medtune.config.identity import (
-    REPORT_ONLY_EVAL,
-)
+from medtune.config.identity import REPORT_ONLY_EVAL
 from medtune.config.presets import read_preset
 from medtune.config.sections import DataConfig, EvalConfig, FormatConfig, RunConfig, TrainConfig, from_dict
 from medtune.infra.errors import MedtuneError
@@ -186,6 +184,10 @@ class CompareConfig:
     def method_of(self, name: str) -> str:
         """The method entry `name` trains: its `method:` key, else the name itself (the plain form)."""
         return (self.methods.get(name) or {}).get("method", name)
+
+    def questions_answered(self) -> int:
+        """Test questions every model answers: answer quality's sample and the report's samples."""
+        return max(self.quality.n if self.quality.enabled else 0, self.samples)
 
     def run_config(self, name: str) -> RunConfig:
         args = dict(self.methods.get(name) or {})

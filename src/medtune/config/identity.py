@@ -1,82 +1,159 @@
-"""What identifies a run, a stage and a comparison: which config keys count, and the hashes."""
+"""The one table of what a run is: every config field declared once, and every stage key from it.
+
+Each field of a comparison's config (CompareConfig) and of a run's (RunConfig) has one row in
+FIELDS: its role, and which stage keys hold its value.
+
+  identity        changes what a stage computes: its value is in that stage's key
+  execution-only  changes how a run executes, at most the order of float sums (micro-batch,
+                  threads, caches, logging, checkpoints): in no key, so a finished stage stays
+  report-only     read by the report's statistics alone, from saved per-example outputs
+  bookkeeping     where things go, whether a stage runs, how many runs there are: in no key
+
+`key_fields(stage, config)` is the one function that reads the table; each stage's key
+(prepare_key, train_key, evaluate_key, quality_fields, tuning_identity, comparison_fields) only
+lays out what it returns as 0.1.0 did, so a folder made by 0.1.0 reopens with nothing redone
+(tests/test_identity.py holds 0.1.0's keys). Adding a config field without a row here fails that
+test, and key_fields refuses the field.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a type only: comparison.py imports this module
     from medtune.config.comparison import CompareConfig
 
-# Settings that change how a run executes, not what it computes (at most the order of float
-# sums): a comparison, a tuning study and a resumed run keep their finished work when only these
-# change, e.g. a smaller micro-batch after running out of GPU memory.
-EXECUTION_ONLY = {
-    "train": (
-        "micro_batch_tokens",
-        "threads",
-        "cache_prefix",
-        "cache_memory_gb",
-        "log_every",
-        "checkpoint_every",
-        "checkpoint_minutes",
-    ),
-    "eval": ("batch_tokens",),
-    "data": ("max_input_mb", "max_compression_ratio"),  # what may be read, not what is computed
+IDENTITY, EXECUTION, REPORT, BOOKKEEPING = "identity", "execution-only", "report-only", "bookkeeping"
+ROLES = (IDENTITY, EXECUTION, REPORT, BOOKKEEPING)
+
+# The keys derived from the table: stages.json's prepare / train:<run> / eval:<run> entries (the
+# answer-quality part of eval), a tuning study's name, compare.json's identity, and the folder
+# where the comparison's base-model states spill (training/shared_work.py).
+PREPARE, TRAIN, EVALUATE, QUALITY, TUNING, COMPARISON, SHARED = (
+    "prepare",
+    "train",
+    "evaluate",
+    "quality",
+    "tuning",
+    "comparison",
+    "shared",
+)
+STAGES = (PREPARE, TRAIN, EVALUATE, QUALITY, TUNING, COMPARISON, SHARED)
+
+
+@dataclass(frozen=True)
+class Field:
+    role: str
+    keys: frozenset = frozenset()  # the stage keys that hold its value
+    pinned: frozenset = frozenset()  # stage keys that hold its default instead: 0.1.0's hashes did
+    unset_left_out: bool = False  # left out while None: added after folders whose keys lack it
+
+
+def _row(role: str, keys: str = "", pinned: str = "", unset_left_out: bool = False) -> Field:
+    return Field(role, frozenset(keys.split()), frozenset(pinned.split()), unset_left_out)
+
+
+_DATA = _row(IDENTITY, "prepare comparison")
+_FORMAT = _row(IDENTITY, "prepare train tuning comparison shared")
+_TRAINING = _row(IDENTITY, "train tuning comparison")  # what a run (and each tuning trial) computes
+_RUN = _row(IDENTITY, "train tuning")  # a run's own fields; a comparison keys them per run
+_RUN_EXECUTION = _row(EXECUTION)
+_TUNING = _row(IDENTITY, "tuning comparison")
+_TUNE_BOOKKEEPING = _row(BOOKKEEPING)
+_ANSWERS = _row(IDENTITY, "quality")  # what the answer-quality part of each evaluation computes
+
+FIELDS: dict[str, Field] = {
+    # CompareConfig's own fields ("model" is its spec; a RunConfig's model is a section)
+    "model": _row(IDENTITY, "prepare comparison shared"),
+    "methods": _row(BOOKKEEPING),  # which runs there are: each run's train key holds its method and args
+    "samples": _ANSWERS,
+    "max_new_tokens": _ANSWERS,
+    "out": _row(BOOKKEEPING),
+    "description": _row(BOOKKEEPING),
+    # RunConfig's own fields
+    "method": _RUN,
+    "method_args": _RUN,
+    "model.spec": _RUN,
+    "model.dtype": _RUN,
+    "model.trust_remote_code": _RUN,
+    **{f"data.{k}": _DATA for k in ("source", "question_column", "answer_column", "source_column")},
+    **{f"data.{k}": _DATA for k in ("focus_column", "split", "test_fraction", "val_fraction", "seed")},
+    "data.max_examples": _DATA,
+    # What may be read (input size, zip inflation), not what is computed: a prepared folder stays.
+    "data.max_input_mb": _row(EXECUTION),
+    "data.max_compression_ratio": _row(EXECUTION),
+    **{f"format.{k}": _FORMAT for k in ("template", "separator", "max_length", "layout", "loss_scope")},
+    **{f"train.{k}": _TRAINING for k in ("epochs", "max_steps", "weight_decay", "schedule", "warmup_ratio")},
+    **{f"train.{k}": _TRAINING for k in ("batch_size", "max_grad_norm", "seed", "eval_every", "skip_nonfinite")},
+    "train.lr": _row(IDENTITY, "train comparison"),  # what a tuning study searches: not in its name
+    **{f"train.{k}": _RUN_EXECUTION for k in ("micro_batch_tokens", "threads", "cache_prefix", "cache_memory_gb")},
+    **{f"train.{k}": _RUN_EXECUTION for k in ("log_every", "checkpoint_every", "checkpoint_minutes")},
+    # More seeds add runs beside the finished ones, fewer report the first ones; each run's key has its seed.
+    "train.seeds": _row(BOOKKEEPING),
+    "eval.batch_tokens": _row(EXECUTION),
+    "eval.bootstrap": _row(REPORT, pinned="train tuning"),
+    # eval.seed also picks the questions answered (quality_fields holds it while any are)
+    "eval.seed": _row(REPORT, "quality", pinned="train tuning"),
+    # Which test examples are scored: the evaluation's key; no training or tuning changes with it.
+    "eval.max_examples": _row(IDENTITY, "evaluate", pinned="train tuning comparison"),
+    **{f"quality.{k}": _ANSWERS for k in ("enabled", "n", "max_new_tokens", "batch_size", "similarity")},
+    **{f"tune.{k}": _TUNING for k in ("sampler", "points", "span", "grid", "n_trials", "prune", "eval_points")},
+    "tune.prune_from": _TUNING,
+    "tune.seed": _TUNING,
+    # Unset, the trials train with train.seed, as before the key existed.
+    "tune.train_seed": _row(IDENTITY, "tuning comparison", unset_left_out=True),
+    # Whether tuning runs, where trials are stored, how dead workers are found; val_fraction acts
+    # through data.val_fraction, which is in the keys itself.
+    **{f"tune.{k}": _TUNE_BOOKKEEPING for k in ("enabled", "storage", "heartbeat_seconds", "max_retry")},
+    "tune.val_fraction": _TUNE_BOOKKEEPING,
 }
+SECTIONS = frozenset(path.partition(".")[0] for path in FIELDS if "." in path)
 
 
-# What only the report's statistics read, from the saved per-example sums and answers: the
-# bootstrap's resamples and seed. A rerun with other values rebuilds the report and keeps every
-# run, evaluation and trial (eval.seed also picks quality's questions: quality.stage_key has it).
-REPORT_ONLY_EVAL = ("bootstrap", "seed")
+def fields_with(role: str, section: str) -> tuple[str, ...]:
+    """The fields of `section` (e.g. "train") that the table gives `role`, without the section."""
+    return tuple(p.partition(".")[2] for p, f in FIELDS.items() if f.role == role and p.startswith(section + "."))
 
 
-def scoring_of(eval_section: dict) -> dict:
-    """An eval section without its REPORT_ONLY_EVAL keys: what scoring computes with."""
-    return {k: v for k, v in eval_section.items() if k not in REPORT_ONLY_EVAL}
+# What a resumed run, a comparison and a tuning study may change without redoing finished work.
+EXECUTION_ONLY = {section: fields_with(EXECUTION, section) for section in ("train", "eval", "data")}
+# What only the report's statistics read: a run carries their defaults (CompareConfig.run_config).
+REPORT_ONLY_EVAL = fields_with(REPORT, "eval")
 
 
-def without_eval_sample(config: dict) -> dict:
-    """A run's or comparison's config dict with eval.max_examples at its default: which test
-    examples are scored changes no training (the evaluation stage keys it), so another eval
-    sample must not retrain runs or retune. Set to None, not dropped: a config that never set it
-    keeps the hash earlier releases gave it."""
-    if not isinstance(config.get("eval"), dict):
-        return config
-    return {**config, "eval": {**config["eval"], "max_examples": None}}
+def _default(path: str) -> Any:
+    from medtune.config import sections
+
+    section, _, name = path.partition(".")
+    cls = {"data": sections.DataConfig, "format": sections.FormatConfig, "train": sections.TrainConfig}
+    cls.update(eval=sections.EvalConfig, model=sections.ModelConfig)
+    return getattr(cls[section](), name)
 
 
-def run_identity(run: dict) -> dict:
-    """What identifies a run's training, from its config dict: no EXECUTION_ONLY keys, no eval
-    sample (without_eval_sample), and not train.seeds (how many seeds its comparison has). The
-    one definition behind a comparison's stage keys, its reuse checks and a tuning study's name."""
-    out = without_eval_sample(experiment_of(run))
-    out["train"] = {k: v for k, v in out["train"].items() if k != "seeds"}
-    return out
-
-
-def experiment_of(config: dict) -> dict:
-    """A run's or a comparison's config dict without its EXECUTION_ONLY keys (what identifies it)."""
-    out = dict(config)
-    for section, keys in EXECUTION_ONLY.items():
-        if isinstance(out.get(section), dict):
-            out[section] = {k: v for k, v in out[section].items() if k not in keys}
-    return out
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (a comparison's identity_fields,
-    a tuning study's identity), as 'key old -> new'."""
-    out = []
-    for k in sorted(set(old) | set(new), key=str):
-        a, b, key = old.get(k), new.get(k), f"{prefix}{k}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_keys(a, b, key + ".")
-        elif a != b:
-            out.append(f"{key} {a!r} -> {b!r}")
+def key_fields(stage: str, config: dict, _prefix: str = "") -> dict:
+    """The part of a config dict (a CompareConfig's or a RunConfig's, as asdict gives it) that
+    `stage`'s key holds, by FIELDS: a field whose row names the stage keeps its value, a pinned
+    one its default, any other is left out, and so is a section left empty."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    out = {}
+    for name, value in config.items():
+        path = _prefix + name
+        if path in SECTIONS and isinstance(value, dict):
+            inner = key_fields(stage, value, path + ".")
+            if inner:
+                out[name] = inner
+            continue
+        row = FIELDS.get(path)
+        if row is None:
+            raise KeyError(f"config field {path} has no row in medtune.config.identity.FIELDS: declare its role")
+        if stage in row.keys and not (row.unset_left_out and value is None):
+            out[name] = value
+        elif stage in row.pinned:
+            out[name] = _default(path)
     return out
 
 
@@ -86,45 +163,74 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# Keys of the config that do not change what a comparison computes (a rerun with other values
-# resumes the folder); in tune:, what tune.tune_identity leaves out (where trials are stored,
-# dead-worker handling, an unset train_seed).
-_NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
+# ---------------------------------------------------------------- the stage keys, laid out as 0.1.0 did
 
 
-def identity_fields(cfg: CompareConfig) -> dict:
-    """The part of the config that decides what the comparison computes."""
-    whole = experiment_of(asdict(cfg))
-    whole["tune"] = tune_identity(whole["tune"])
-    # train.seeds: more seeds add runs beside the finished ones, fewer report the first ones; each
-    # run's own stage key has its seed (train_stage), so no run is mistaken for another.
-    whole["train"] = {k: v for k, v in whole["train"].items() if k != "seeds"}
-    whole["eval"] = scoring_of(whole["eval"])
-    whole = without_eval_sample(whole)
-    return {k: v for k, v in whole.items() if k not in _NOT_IDENTITY}
+def prepare_key(cfg: CompareConfig) -> str:
+    """stages.json's "prepare": what the cleaned, split data depends on."""
+    return config_hash(key_fields(PREPARE, asdict(cfg)))
 
 
-def identity_of(cfg: CompareConfig) -> str:
-    return config_hash(identity_fields(cfg))
+def run_fields(run: dict) -> dict:
+    """What identifies a run's training, from its RunConfig dict: two runs with equal fields train
+    the same weights (a comparison adopts or resumes one only then)."""
+    return key_fields(TRAIN, run)
 
 
-def prep_key(cfg: CompareConfig) -> str:
-    data = {k: v for k, v in asdict(cfg.data).items() if k not in EXECUTION_ONLY["data"]}
-    return config_hash({"data": data, "format": asdict(cfg.format), "model": cfg.model})
+def train_key(prepared: str, run: dict) -> str:
+    """stages.json's "train:<run>" (and "diverged:<run>"): the prepared data's key and the run's fields."""
+    return config_hash({"prep": prepared, "run": run_fields(run)})
 
 
-# tune: keys that change nothing a trial computes (whether tuning runs, where trials are stored,
-# how dead workers are found): left out of the study's name and of the comparison's identity.
-# val_fraction acts through data.val_fraction, which is part of the identity itself.
-TUNE_BOOKKEEPING = ("enabled", "storage", "heartbeat_seconds", "max_retry", "val_fraction")
+def quality_fields(cfg: CompareConfig) -> dict:
+    """What the answer-quality part of an evaluation depends on beyond the model and the test split."""
+    f = key_fields(QUALITY, asdict(cfg))
+    seed = f["eval"]["seed"] if cfg.questions_answered() else None  # it picks the questions answered; none: unused
+    return {"quality": f["quality"], "max_new_tokens": f["max_new_tokens"], "samples": f["samples"], "seed": seed}
 
 
-def tune_identity(tune: dict) -> dict:
-    """The tune: keys that change what the trials compute, for a study's name and a comparison's
-    identity: no TUNE_BOOKKEEPING, and no train_seed while it is unset (the trials then train
-    with train.seed, as before the key existed, so studies and comparison folders made by
-    earlier releases still match)."""
-    t = {k: v for k, v in tune.items() if k not in TUNE_BOOKKEEPING}
-    if t.get("train_seed") is None:
-        t.pop("train_seed", None)
-    return t
+def evaluate_key(cfg: CompareConfig, run_key: str) -> str:
+    """stages.json's "eval:<run>": the data, the run's train key ("base" for the base model), which
+    test examples are scored, and the answer-quality settings."""
+    scored = key_fields(EVALUATE, asdict(cfg))["eval"]
+    k = config_hash({"prep": prepare_key(cfg), "eval": scored, "run": run_key, "quality": quality_fields(cfg)})
+    # A seeded sample of the split, where builds before 0.1.0 scored its first N: another key.
+    return config_hash({"first": k, "subset": "seeded sample"}) if cfg.eval.max_examples else k
+
+
+def tuning_identity(run: dict, tune: dict, data: str, grid: list, lr_range: list) -> dict:
+    """What a method's tuning study computes. Its name hashes it, and the study stores it: as JSON
+    returns it (tuples as lists, others as text), so a worker compares it with the stored one."""
+    ident = {"data": data, "run": key_fields(TUNING, run), "tune": key_fields(TUNING, {"tune": tune})["tune"]}
+    return json.loads(json.dumps({**ident, "grid": grid, "range": lr_range}, default=str))
+
+
+def study_name(method: str, identity: dict) -> str:
+    return f"medtune-{method}-{config_hash(identity)}"
+
+
+def comparison_fields(cfg: CompareConfig) -> dict:
+    """The part of the config that decides what the comparison computes (compare.json's identity)."""
+    return key_fields(COMPARISON, asdict(cfg))
+
+
+def comparison_identity(cfg: CompareConfig) -> str:
+    return config_hash(comparison_fields(cfg))
+
+
+def shared_key(cfg: CompareConfig, fingerprint: str) -> str:
+    """The folder where one comparison's base-model states spill: model, format and the data's fingerprint."""
+    return config_hash({**key_fields(SHARED, asdict(cfg)), "data": fingerprint})
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (a comparison's fields, a tuning
+    study's identity), as 'key old -> new'."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b, key = old.get(k), new.get(k), f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, key + ".")
+        elif a != b:
+            out.append(f"{key} {a!r} -> {b!r}")
+    return out

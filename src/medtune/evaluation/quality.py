@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -251,11 +250,10 @@ def is_stop(ended_at_eos: bool, tokens: int) -> bool:
 
 
 def read_generations(path: Path) -> list[dict]:
+    from medtune import compat
+
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for r in rows:  # answers saved by an earlier release counted EOS first as a stop
-        if "stopped" in r and isinstance(r.get("tokens"), int):
-            r["stopped"] = is_stop(r["stopped"], r["tokens"])
-    return rows
+    return compat.stops_counted_as_now(rows, is_stop)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -314,18 +312,8 @@ def aggregate(
 # ---------------------------------------------------------------- compare stage
 
 
-def stage_key(cfg) -> dict:
-    """What the compare stage's output depends on beyond the model and the test split."""
-    return {
-        "quality": asdict(cfg.quality),
-        "max_new_tokens": cfg.max_new_tokens,
-        "samples": cfg.samples,
-        "seed": cfg.eval.seed if _count(cfg) else None,  # it picks the questions answered; none: unused
-    }
-
-
 def _count(cfg) -> int:
-    return max(cfg.quality.n if cfg.quality.enabled else 0, cfg.samples)
+    return cfg.questions_answered()
 
 
 def artifacts(cfg, out: Path, name: str) -> list[Path]:

@@ -18,13 +18,13 @@ from typing import Optional
 from medtune.config.comparison import CompareConfig
 from medtune.config.identity import (
     changed_keys,
+    comparison_fields,
+    comparison_identity,
     config_hash,
-    experiment_of,
-    identity_fields,
-    identity_of,
-    prep_key,
-    run_identity,
-    scoring_of,
+    evaluate_key,
+    prepare_key,
+    run_fields,
+    train_key,
 )
 from medtune.config.sections import RunConfig, from_dict, run_with
 from medtune.infra import interrupts
@@ -59,13 +59,13 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     from medtune.infra.jsonio import write_json
 
     meta_path = out / "compare.json"
-    identity = identity_of(cfg)
+    identity = comparison_identity(cfg)
     if meta_path.is_file():
         old, why, fields = _folder_identity(meta_path)
         if old != identity:
             if not force:
                 if not why:
-                    diff = changed_keys(fields, identity_fields(cfg)) if fields else []
+                    diff = changed_keys(fields, comparison_fields(cfg)) if fields else []
                     shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
                     why = f"{out} holds a comparison with a different config" + (f" ({shown})" if diff else "")
                 raise MedtuneError(f"{why}; use another --out, or --force to replace it")
@@ -113,7 +113,7 @@ def opened_folder(cfg: CompareConfig, out: Path, force: bool):
 
 
 def _folder_identity(meta_path: Path) -> tuple[Optional[str], str, Optional[dict]]:
-    """(the folder's identity, why it is unknown, its identity_fields when readable).
+    """(the folder's identity, why it is unknown, its comparison_fields when readable).
 
     Recomputed from the config compare.json keeps, under today's rules: a folder made by an
     earlier release is then judged by what it computed, not by that release's hash (a key added
@@ -131,7 +131,7 @@ def _folder_identity(meta_path: Path) -> tuple[Optional[str], str, Optional[dict
     if not isinstance(old, dict):
         return None, "", None
     try:
-        fields = identity_fields(from_dict(CompareConfig, old.get("config"), "compare.json config"))
+        fields = comparison_fields(from_dict(CompareConfig, old.get("config"), "compare.json config"))
         return config_hash(fields), "", fields
     except (MedtuneError, TypeError, ValueError, AttributeError):
         return old.get("identity"), "", None
@@ -142,8 +142,8 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
     from medtune.data.prepare import prepare
     from medtune.models import loading
 
-    stages = stages or Stages(out, False, identity_of(cfg))
-    prep, key = out / "prepared", prep_key(cfg)
+    stages = stages or Stages(out, False, comparison_identity(cfg))
+    prep, key = out / "prepared", prepare_key(cfg)
     if stages.finished("prepare", key, prep / "stats.json"):
         from medtune.data.prepare import source_changed
 
@@ -166,16 +166,12 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
 
 
 def _same_run(run_dir: Path, rc: RunConfig) -> bool:
-    """Was `run_dir` trained (or started) with exactly this run config?"""
+    """Was `run_dir` trained (or started) with exactly this run config (by the identity table:
+    a run of a build that kept the comparison's eval.bootstrap / seed in it is the same run)?"""
     from medtune.training.run_folder import load_config
 
-    def computed(d: dict) -> dict:  # an earlier release's runs carry their eval.bootstrap / seed
-        d = run_identity(d)
-        d["eval"] = scoring_of(d["eval"])
-        return d
-
     try:
-        return computed(load_config(run_dir)[0].to_dict()) == computed(rc.to_dict())
+        return run_fields(load_config(run_dir)[0].to_dict()) == run_fields(rc.to_dict())
     except MedtuneError:
         return False  # an unreadable config.yaml: not a run to build on
 
@@ -231,8 +227,8 @@ class Comparison:
 
         self.cfg, self.out, self.quiet, self.force = cfg, out, quiet, force
         self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
-        self.stages = Stages(out, force, identity_of(cfg))
-        self.prep, self.key = out / "prepared", prep_key(cfg)
+        self.stages = Stages(out, force, comparison_identity(cfg))
+        self.prep, self.key = out / "prepared", prepare_key(cfg)
         loading.read_model_config(cfg.model)  # a model that cannot be found fails here, before any stage
         self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
         self.n, self.t_start = 0, time.perf_counter()
@@ -309,7 +305,7 @@ class Comparison:
         from medtune.training.run_folder import is_complete, recorded_fingerprint
 
         run_dir = self.out / "runs" / name
-        k = config_hash({"prep": self.key, "run": run_identity(rc.to_dict())})
+        k = train_key(self.key, rc.to_dict())
         self.stage(f"train {name}" + (f" (lr {rc.learning_rate():.3g})" if self.cfg.tune.enabled else ""))
         if self.stages.finished(f"train:{name}", k, run_dir / "summary.json") and is_complete(run_dir):
             self.say("  done earlier, skipped")
@@ -320,8 +316,8 @@ class Comparison:
             and _same_run(run_dir, rc)
             and recorded_fingerprint(run_dir) == data_fingerprint(self.prep)
         ):
-            # The same run on the same data under another key (one an earlier release keyed with
-            # its eval.bootstrap / eval.seed), or under none (a torn stages.json). A recorded key
+            # The same run on the same data under another key (a build before 0.1.0 keyed runs
+            # with eval.bootstrap / eval.seed), or under none (a torn stages.json). A recorded key
             # stays: the evaluation's key holds it.
             if f"train:{name}" not in self.stages.done:
                 self.stages.mark(f"train:{name}", k)
@@ -431,6 +427,7 @@ class Comparison:
         return tuned
 
     def evaluate_stage(self, name: str, run_dir: Optional[Path]) -> None:
+        from medtune import compat
         from medtune.data.tokenize import encode_records
         from medtune.evaluation import quality
         from medtune.evaluation.scoring import save_scores, score_examples
@@ -439,18 +436,8 @@ class Comparison:
         cfg, out, stages, say, test = self.cfg, self.out, self.stages, self.say, self.test
         path = out / "eval" / f"{name}.json"
         run_key = stages.done.get(f"train:{name}", "base")
-        scoring = experiment_of({"eval": asdict(cfg.eval)})["eval"]
-        earlier = {**quality.stage_key(cfg), "seed": cfg.eval.seed}  # the quality key before REPORT_ONLY_EVAL
-        keys = [  # the second: how earlier releases keyed it (their evaluations stand)
-            config_hash({"prep": self.key, "eval": e, "run": run_key, "quality": q})
-            for e, q in (
-                (scoring_of(scoring), quality.stage_key(cfg)),
-                (scoring, earlier),
-            )
-        ]
-        if cfg.eval.max_examples:  # earlier releases scored the split's first N, not a seeded sample
-            keys = [config_hash({"first": keys[0], "subset": "seeded sample"})]
-        k = keys[0]
+        k = evaluate_key(cfg, run_key)
+        keys = [k, *filter(None, [compat.eval_key_with_report_settings(cfg, run_key)])]
         self.stage(f"evaluate {name}")
         if any(stages.finished(f"eval:{name}", key, path, *quality.artifacts(cfg, out, name)) for key in keys):
             say("  done earlier, skipped")

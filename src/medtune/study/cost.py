@@ -21,11 +21,12 @@ def aggregate_train(summaries: list[dict]) -> dict:
 
 
 def _rates_tried(t: dict | None) -> int | None:
-    """Learning rates a method's tuning ran (a failed attempt and its retries count once); a
-    summary written before `rates_tried` existed counts its attempts."""
+    """Learning rates a method's tuning ran (a failed attempt and its retries count once)."""
+    from medtune import compat
+
     if not t:
         return None
-    return t.get("rates_tried") or len(t.get("trials") or []) or None
+    return t.get("rates_tried") or compat.rates_tried_by_attempts(t)
 
 
 def trained_runs(model: dict, tuning: dict | None, states: tuple[str, ...] = ("complete",)) -> list[dict]:

@@ -99,25 +99,15 @@ def recorded_fingerprint(run_dir: Path) -> str | None:
 
 
 def data_dir_candidates(run_dir: Path, recorded) -> list[Path]:
-    """Prepared data folders (holding train.jsonl) where the run's recorded data folder may be.
+    """Prepared data folders (holding train.jsonl) where the run's recorded data folder may be:
+    the recorded path itself, or, for a run that recorded it as typed (relative), the places
+    compat.data_dirs_as_typed names."""
+    from medtune import compat
 
-    Runs written before data folders were recorded as absolute paths hold the path as typed,
-    relative to the directory training started in. That directory is not known, so look where it
-    most likely was, in this order: the current directory; for a comparison's run
-    (<comparison>/runs/<name>), the comparison's prepared/ beside runs/; then each folder above
-    the run (`--out runs` from the folder holding the data, or a comparison's relative --out).
-    """
     if not recorded or not isinstance(recorded, str):
         return []
     rel = Path(recorded).expanduser()
-    if rel.is_absolute():
-        candidates = [rel]
-    else:
-        run_dir = Path(run_dir).absolute()
-        candidates = [Path.cwd() / rel]
-        if run_dir.parent.name == "runs" and rel.name == "prepared":
-            candidates.append(run_dir.parent.parent / "prepared")
-        candidates += [folder / rel for folder in run_dir.parents]
+    candidates = [rel] if rel.is_absolute() else compat.data_dirs_as_typed(run_dir, rel)
     return [c for c in dict.fromkeys(c.resolve() for c in candidates) if (c / "train.jsonl").is_file()]
 
 

@@ -20,7 +20,6 @@ a SharedWork must not outlive its comparison (`close()` removes them).
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from pathlib import Path
 
 from medtune.training.prefix_cache import MemoryBudget, PrefixCache
@@ -41,10 +40,10 @@ class SharedWork:
     def for_comparison(cls, cfg, prep: Path, out: Path, tuning: bool = False) -> SharedWork:
         """Keyed on the base model, the prepared train/val splits and the format. `tuning`: for
         trials (medtune tune), which reread the train states whatever the config says."""
-        from medtune.config.identity import config_hash
+        from medtune.config.identity import shared_key
         from medtune.data.prepare import data_fingerprint
 
-        key = config_hash({"model": cfg.model, "data": data_fingerprint(prep), "format": asdict(cfg.format)})
+        key = shared_key(cfg, data_fingerprint(prep))
         reused = tuning or cfg.tune.enabled or cfg.train.seeds > 1
         return cls(Path(out) / ".prefix-cache", key, int(cfg.train.cache_memory_gb * 2**30), reused)
 

@@ -23,7 +23,6 @@ until no work is left) -> worker / command entry points.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from medtune.config.comparison import TuneConfig
-from medtune.config.identity import tune_identity
 from medtune.infra import interrupts
 from medtune.infra.errors import MedtuneError
 from medtune.training.shared_work import SharedWork
@@ -93,25 +91,17 @@ def test_split_guarded():
 
 
 def method_space(ctx: TuneContext, method: str) -> MethodSpace:
-    from medtune.config.identity import REPORT_ONLY_EVAL, config_hash, run_identity
+    from medtune import compat
+    from medtune.config.identity import study_name, tuning_identity
 
     rc = ctx.cfg.run_config(method)
     centre = rc.learning_rate()
     grid = lr_grid(ctx.tune, method, centre) if ctx.tune.sampler == "grid" else []
     low, high = lr_range(ctx.tune, method, centre)
     # A smaller micro-batch (after running out of memory) or another eval sample: the same study.
-    run = run_identity(rc.to_dict())
-    run["train"].pop("lr", None)
-    t = tune_identity(asdict(ctx.tune))
-    identity = _as_json({"data": ctx.data_key, "run": run, "tune": t, "grid": grid, "range": [low, high]})
-    # Earlier releases hashed the comparison's eval.bootstrap / eval.seed in (runs now carry the
-    # defaults: REPORT_ONLY_EVAL); a study they made under other values keeps its trials.
-    earlier = {k: getattr(ctx.cfg.eval, k) for k in REPORT_ONLY_EVAL}
-    named = {**identity, "run": {**identity["run"], "eval": {**identity["run"]["eval"], **earlier}}}
-    earlier_name = f"medtune-{method}-{config_hash(named)}" if named != identity else None
-    return MethodSpace(
-        method, centre, grid, low, high, f"medtune-{method}-{config_hash(identity)}", identity, earlier_name
-    )
+    identity = tuning_identity(rc.to_dict(), asdict(ctx.tune), ctx.data_key, grid, [low, high])
+    earlier_name = compat.study_name_with_report_settings(method, identity, ctx.cfg.eval)
+    return MethodSpace(method, centre, grid, low, high, study_name(method, identity), identity, earlier_name)
 
 
 def open_study(ctx: TuneContext, space: MethodSpace):
@@ -158,15 +148,9 @@ def _tpe_sampler(ctx: TuneContext, trials_so_far: int):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, ctx.tune.n_trials // 3))
 
 
-def _as_json(d: dict) -> dict:
-    """`d` as a study's user attribute stores and returns it (tuples as lists, others as text):
-    the study name hashes the same dict a worker compares with the stored one."""
-    return json.loads(json.dumps(d, default=str))
-
-
 def _as_named_before(names: list[str], space: MethodSpace) -> MethodSpace:
-    """`space` under the name an earlier release gave its study, when only that study exists
-    among `names` (the storage's studies)."""
+    """`space` under the name a build before 0.1.0 gave its study (compat.study_name_with_report_settings),
+    when only that study exists among `names` (the storage's studies)."""
     import dataclasses
 
     if space.earlier_name is None or space.study_name in names or space.earlier_name not in names:
