@@ -267,7 +267,7 @@ def seed(a) -> int:
     comparison would prepare (same data and format settings, same model), so compare skips its
     prepare stage; otherwise leave the folder to compare, which prepares from the data itself."""
     from medtune.config.comparison import load_compare_config
-    from medtune.config.identity import identity_of, prep_key
+    from medtune.config.identity import comparison_identity, prepare_key
     from medtune.study.comparison import open_folder
     from medtune.study.stages import Stages
 
@@ -282,7 +282,7 @@ def seed(a) -> int:
         return 0
     open_folder(cfg, out, False)
     shutil.copytree(kit / "prepared", out / "prepared")
-    Stages(out, False, identity_of(cfg)).mark("prepare", prep_key(cfg))
+    Stages(out, False, comparison_identity(cfg)).mark("prepare", prepare_key(cfg))
     print(f"seed: {out} starts from the bundle's prepared splits")
     return 0
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT, run_cli
 from medtune.config.comparison import CompareConfig, load_compare_config
-from medtune.config.identity import config_hash, run_identity
+from medtune.config.identity import config_hash, run_fields
 from medtune.config.sections import RunConfig, from_dict
 from medtune.infra.errors import MedtuneError
 from medtune.methods.params import unique_params
@@ -278,16 +278,16 @@ def test_the_plain_form_keeps_the_run_keys_of_the_previous_release():
     }
     for preset, keys in golden.items():
         cfg = load_compare_config(preset, data=str(ROOT))
-        assert {m: config_hash(run_identity(cfg.run_config(m).to_dict())) for m in cfg.methods} == keys
+        assert {m: config_hash(run_fields(cfg.run_config(m).to_dict())) for m in cfg.methods} == keys
     # `method:` equal to the name is the plain form too: the same run
     plain = _compare({"lora": {"r": 4}})
     explicit = _compare({"lora": {"method": "lora", "r": 4}})
-    assert run_identity(plain.run_config("lora").to_dict()) == run_identity(explicit.run_config("lora").to_dict())
+    assert run_fields(plain.run_config("lora").to_dict()) == run_fields(explicit.run_config("lora").to_dict())
 
 
 def test_two_variants_of_one_method_are_different_runs():
     cfg = _compare({"lora-r4": {"method": "lora", "r": 4}, "lora-r8": {"method": "lora", "r": 8}})
-    a, b = (run_identity(cfg.run_config(n).to_dict()) for n in cfg.methods)
+    a, b = (run_fields(cfg.run_config(n).to_dict()) for n in cfg.methods)
     assert a != b
 
 
