@@ -488,6 +488,14 @@ def reports(tmp_path_factory, tiny):
     from medtune.config.comparison import load_compare_config
     from medtune.study.comparison import run_compare
 
+    given = os.environ.get("MEDTUNE_HTML_REPORTS")
+    if given:  # folders of earlier runs (<dir>/tiny, <dir>/tiny-study): iterate on the page without rerunning them
+        from medtune.report.html import write_html
+
+        out = {name: Path(given) / name for name in ("tiny", "tiny-study")}
+        for folder in out.values():
+            write_html(folder, json.loads((folder / "results.json").read_text()))
+        return out
     root = tmp_path_factory.mktemp("reports")
     data = _compare_data(root)
     sets = {
@@ -507,8 +515,13 @@ class Opened:
         self.page, self.results, self.problems, self.requests = page, results, problems, requests
 
 
-@pytest.fixture(params=[("tiny", 1280), ("tiny", 390), ("tiny-study", 1280), ("tiny-study", 390)], ids=str)
+PAGES = [("tiny", 1280), ("tiny", 390), ("tiny-study", 1280), ("tiny-study", 390)]
+each_page = pytest.mark.parametrize("opened", PAGES, indirect=True, ids=lambda p: f"{p[0]}-{p[1]}px")
+
+
+@pytest.fixture
 def opened(request, browser, reports, tmp_path):
+    """One report open in a fresh page at one width (request.param: (report, width))."""
     name, width = request.param
     folder = reports[name]
     problems, requests = [], []
@@ -523,7 +536,10 @@ def opened(request, browser, reports, tmp_path):
     page.goto(url)
     page.wait_for_load_state("load")
     yield Opened(page, json.loads((folder / "results.json").read_text()), problems, [u for u in requests if u != url])
-    page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)  # kept as the test's artifact
+    # kept as the test's artifacts: what opens on screen (docs/images/ has tiny-study's) and the whole page
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(tmp_path / f"{name}-{width}-top.png"))
+    page.screenshot(path=str(tmp_path / f"{name}-{width}.png"), full_page=True)
     page.close()
 
 
@@ -547,6 +563,7 @@ WALK = """([marks, pattern]) => {
 
 
 @pytest.mark.browser
+@each_page
 def test_the_page_opens_offline_without_errors(opened):
     assert not opened.problems, opened.problems
     assert not opened.requests, f"the page asked for {opened.requests}"
@@ -556,6 +573,7 @@ def test_the_page_opens_offline_without_errors(opened):
 
 
 @pytest.mark.browser
+@each_page
 def test_every_number_in_the_page_equals_results_json(opened):
     claims, orphans = opened.page.evaluate(WALK, [list(MARKS), NUMBER])
     paths = check_claims(claims, orphans, opened.results)
@@ -568,6 +586,7 @@ def _boxes(page, selector: str) -> list:
 
 
 @pytest.mark.browser
+@each_page
 def test_every_figure_renders(opened):
     """Each figure has a non-empty box once its panel is shown (every tab is clicked in turn)."""
     page = opened.page
@@ -592,6 +611,7 @@ def test_every_figure_renders(opened):
 
 
 @pytest.mark.browser
+@each_page
 def test_sorting_a_column_reorders_the_rows(opened):
     page, models = opened.page, opened.results["models"]
     table = page.locator("table.scope-answer")
@@ -611,10 +631,9 @@ def test_sorting_a_column_reorders_the_rows(opened):
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("opened", [p for p in PAGES if p[1] == 1280], indirect=True, ids=lambda p: p[0])
 def test_the_verdict_is_seen_without_scrolling(opened):
     page = opened.page
-    if page.viewport_size["width"] < 1280:
-        pytest.skip("above the fold is a promise at 1280 px")
     height = page.viewport_size["height"]
     for selector in ("#verdict h2", "#verdict .cards"):
         box = page.locator(selector).bounding_box()
@@ -627,6 +646,7 @@ def test_the_verdict_is_seen_without_scrolling(opened):
 
 
 @pytest.mark.browser
+@each_page
 def test_sample_answers_step_through_the_questions(opened):
     page, models = opened.page, opened.results["models"]
     samples = next(m["samples"] for m in models.values() if m.get("samples"))
@@ -642,6 +662,7 @@ def test_sample_answers_step_through_the_questions(opened):
 
 
 @pytest.mark.browser
+@each_page
 def test_the_per_seed_view_is_one_click_away(opened):
     page, results = opened.page, opened.results
     if results["study"]["seeds"] < 2:

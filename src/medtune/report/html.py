@@ -296,7 +296,7 @@ def _seed_notes(p: Page) -> str:
         "Values are means over seeds (± sd)."
         if S > 1
         else "Values are single runs: the intervals hold the test sample's noise, not the seed's "
-        "(<code>--set train.seeds=3</code> adds two runs per method and keeps this one)."
+        + fixed("(<code>--set train.seeds=3</code> adds two runs per method and keeps this one).")
     )
     tuned = "tuned per method on the validation split" if study.get("tuning") else "as set"
     L = [
