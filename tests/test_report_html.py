@@ -19,7 +19,9 @@ import pytest
 
 from conftest import run_cli
 from medtune.report import svg
-from medtune.report.html import NUMBER, _front, render
+from medtune.report.html import render
+from medtune.report.html_page import NUMBER
+from medtune.report.html_verdict import _front
 
 MARKS = ("data-path", "data-key", "data-count", "data-index", "data-fixed", "data-axis")
 
