@@ -63,8 +63,13 @@ figcaption{font-size:.85rem;color:var(--muted)}
 .setup li{margin:.2rem 0;overflow-wrap:anywhere}
 code{font-size:.88em;background:var(--soft);padding:0 .2em;border-radius:3px;overflow-wrap:anywhere}
 [hidden]{display:none!important}
-@media (max-width:600px){body{padding:8px 10px 30px;
-  font-size:14px}.ci{display:block}.cards{grid-template-columns:1fr}
+[id]{scroll-margin-top:3.5rem}
+@media (max-width:600px){
+  body{padding:8px 10px 30px;font-size:14px}
+  [id]{scroll-margin-top:5rem}
+  .ci{display:block}
+  .cards{grid-template-columns:1fr}
+}
 """
 
 JS = """

@@ -139,4 +139,5 @@ def _label(key: str) -> tuple[str, str]:
 
 
 def _pid(*parts) -> str:
-    return "-".join(str(x) for x in parts).replace(".", "_")
+    """An element id from names (a metric key from an edited results.json cannot break out of it)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(str(x) for x in parts))
