@@ -565,7 +565,7 @@ WALK = """([marks, pattern]) => {
 
 
 @pytest.mark.browser
-@each_page
+@pytest.mark.parametrize("opened", [*PAGES, ("tiny-study", 1440)], indirect=True, ids=lambda p: f"{p[0]}-{p[1]}px")
 def test_the_page_opens_offline_without_errors(opened):
     assert not opened.problems, opened.problems
     assert not opened.requests, f"the page asked for {opened.requests}"
@@ -637,9 +637,11 @@ def test_sorting_a_column_reorders_the_rows(opened):
 def test_the_verdict_is_seen_without_scrolling(opened):
     page = opened.page
     height = page.viewport_size["height"]
-    for selector in ("#verdict h2", "#verdict .cards"):
+    for selector in ("#verdict h2", "#verdict .cards", "#verdict table.cost thead"):
         box = page.locator(selector).bounding_box()
         assert box["y"] >= 0 and box["y"] + box["height"] <= height, (selector, box)
+    first = page.locator("#verdict table.cost tbody tr").nth(0).bounding_box()  # the cost starts on screen too
+    assert first["y"] + first["height"] <= height, first
     ranking = opened.results["study"]["ranking"]
     cards = page.locator("#verdict .card")
     assert cards.count() == len(ranking)

@@ -112,8 +112,8 @@ def verdict(p: Page) -> str:
         + "<b>Clearly better</b>: "
         + fixed("the paired difference's interval excludes 0; a rank alone is not a claim.")
         + "</p>",
+        cost_table(p),  # with the ranking on the first screen: what each method's quality costs
         f'<h3>In short</h3><ul class="short">{"".join(short)}</ul>',
-        cost_table(p),
         _seed_notes(p),
         "<h3>Every pairwise difference</h3>",
     ]
