@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 from medtune.report import svg
@@ -139,13 +140,14 @@ def _seed_notes(p: Page) -> str:
     count = f"{p.n(('study', 'bootstrap', 'count'), ',')} of them; " if b.get("count") else ""
     unit = p.n(("study", "bootstrap", "unit")) if b.get("unit") else "examples"
     resamples = p.n(("study", "bootstrap", "resamples"), ",") if b.get("resamples") is not None else "-"
-    noise = {
+    noises: dict[str, str] = {
         "paired_t": fixed(
             ", each side widened in quadrature by the seeds' t half-width (S - 1 degrees of freedom; "
             "between two methods, of their per-seed differences: seed k gave both the same data order)"
         ),
         "welch_t": ", each side widened in quadrature by the seeds' Welch t half-width",
-    }.get(b.get("seed_noise"), "")
+    }
+    noise = noises.get(str(b.get("seed_noise")), "")
     values = (
         "Values are means over seeds (± sd)."
         if S > 1
@@ -174,7 +176,7 @@ def _difference_table(p: Page, by_pair: dict, keys: list[str]) -> str:
     for (a, b), ds in by_pair.items():
         if not any(k in ds for k in keys):
             continue
-        row = [(f"{p.model(b)} − {p.model(a)}", f"{b} - {a}")]
+        row: list[tuple[str, object]] = [(f"{p.model(b)} − {p.model(a)}", f"{b} - {a}")]
         for k in keys:
             if k not in ds:
                 row.append(("-", None))
@@ -263,8 +265,8 @@ def _front(points: list[dict], lower: bool) -> set[str]:
     return front
 
 
-def _cost_axes(p: Page) -> list[tuple[str, str, callable]]:
-    """(id, axis label, method -> (value, results.json path) or None) of the Pareto view."""
+def _cost_axes(p: Page) -> list[tuple[str, str, Callable, str]]:
+    """(id, axis label, method -> (value, results.json path), format spec) of the Pareto view."""
     cost = p.study.get("cost") or {}
     gpu = any(c.get("peak_gpu_mb") is not None for c in cost.values())
     mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
