@@ -209,7 +209,9 @@ def add_comparison(p, preset_help: str, out_what: str, out_note: str = "") -> No
 
 
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="rebuild report.md and the figures from a comparison folder's results.json")
+    p = sub.add_parser(
+        "report", help="rebuild report.md, report.html and the figures from a comparison folder's results.json"
+    )
     p.add_argument("dir")
 
 

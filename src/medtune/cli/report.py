@@ -1,4 +1,4 @@
-"""`medtune report DIR`: rebuild report.md and the figures from results.json, no training."""
+"""`medtune report DIR`: rebuild report.md, report.html and the figures from results.json, no training."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def rebuild(out: Path) -> None:
         # version): still one line naming the file, never a traceback.
         what = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise MedtuneError(f"{p} is malformed ({what}); rerun medtune compare to rewrite it") from None
-    print(f"report: {out / 'report.md'}")
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
 def run(args) -> None:

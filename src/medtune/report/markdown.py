@@ -25,7 +25,7 @@ def _signed(v, ci, fmt):
 
 
 def write_report(out: Path, results: dict) -> None:
-    """report.md (verdict first) and its figures, from results alone."""
+    """report.md (verdict first), its figures and report.html, from results alone."""
     from medtune.report.figures import accuracy_figure, loss_figure, perplexity_figure
     from medtune.report.study_figures import pareto_figure, tuning_figure
     from medtune.report.verdict import verdict_lines
@@ -50,6 +50,9 @@ def write_report(out: Path, results: dict) -> None:
     loss_figure(results, out / "loss_curves.png")
     tuning_figure(results, out / "tuning_curves.png")
     pareto_figure(results, out / "pareto.png")
+    from medtune.report.html import write_html
+
+    write_html(out, results)  # the same results as one self-contained page
 
 
 def _header(results: dict) -> list[str]:

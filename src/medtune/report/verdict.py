@@ -82,9 +82,7 @@ def verdict_lines(results: dict) -> list[str]:
         )
     L.append("| metric | ranking, best first (mean ± sd over seeds), and whom each is clearly better than |")
     L.append("|---|---|")
-    by_pair: dict = {}
-    for d in study["pairs"]:
-        by_pair.setdefault((d["a"], d["b"]), {})[d["metric"]] = d
+    by_pair = pairs_by_models(study)
     for key, rows in study["ranking"].items():
         label, fmt = _label(key)
         L.append(
@@ -106,10 +104,19 @@ def verdict_lines(results: dict) -> list[str]:
     return L
 
 
-def _bottom_line(study: dict, by_pair: dict) -> list[str]:
-    """Per headline metric, in words: which method clearly beats which, and which differ clearly
-    from the base (the tables below give the numbers)."""
-    L = ["**In short** (clearly: the difference's interval excludes 0):\n"]
+def pairs_by_models(study: dict) -> dict:
+    """{(a, b): {metric: pair}} of study['pairs'] (b minus a)."""
+    by_pair: dict = {}
+    for d in study["pairs"]:
+        by_pair.setdefault((d["a"], d["b"]), {})[d["metric"]] = d
+    return by_pair
+
+
+def bottom_line_facts(study: dict, by_pair: dict) -> list[tuple[str, list, list, list]]:
+    """Per ranked metric: (key, [(winner, loser)] between methods, clearly better than the base,
+    clearly worse than the base); clearly: the difference's interval excludes 0. report.md's
+    bottom line and report.html's read this one rule."""
+    facts = []
     for key, rows in study["ranking"].items():
         order = [r["model"] for r in rows]  # best first
         beats, better, worse = [], [], []
@@ -123,8 +130,18 @@ def _bottom_line(study: dict, by_pair: dict) -> list[str]:
                 elif a == "base":
                     worse.append(b)
                 else:
-                    beats.append(f"{a} beats {b}")
-        methods = [m for m in order if m != "base"]
+                    beats.append((a, b))
+        facts.append((key, beats, better, worse))
+    return facts
+
+
+def _bottom_line(study: dict, by_pair: dict) -> list[str]:
+    """Per headline metric, in words: which method clearly beats which, and which differ clearly
+    from the base (the tables below give the numbers)."""
+    L = ["**In short** (clearly: the difference's interval excludes 0):\n"]
+    for key, beats, better, worse in bottom_line_facts(study, by_pair):
+        methods = [r["model"] for r in study["ranking"][key] if r["model"] != "base"]
+        beats = [f"{a} beats {b}" for a, b in beats]
         parts = ["; ".join(beats) if beats else "no method clearly beats another"] if len(methods) > 1 else []
         parts += [f"clearly better than the base: {', '.join(better)}"] if better else []
         parts += [f"clearly worse than the base: {', '.join(worse)}"] if worse else []
@@ -145,15 +162,21 @@ def _trial_seed(results: dict) -> str:
     return f"; the tuning trials trained with seed {seed}, so no reported run is one a rate was chosen on"
 
 
-def _ranked(r: dict, below: list[dict], by_pair: dict, key: str, fmt: str) -> str:
-    """'lora 8.450 ± 0.240 (> selective, base)': the models ranked below it whose difference from
-    it has an interval excluding 0. Ties in rank are not claims: only these are."""
+def clearly_beaten(r: dict, below: list[dict], by_pair: dict, key: str) -> list[str]:
+    """The models ranked below `r` whose difference from it has an interval excluding 0."""
     beaten = []
     for other in below:
         a, b = r["model"], other["model"]
         d = by_pair.get((a, b), by_pair.get((b, a), {})).get(key)
         if d and d["clear"]:
             beaten.append(b)
+    return beaten
+
+
+def _ranked(r: dict, below: list[dict], by_pair: dict, key: str, fmt: str) -> str:
+    """'lora 8.450 ± 0.240 (> selective, base)': the models ranked below it whose difference from
+    it has an interval excluding 0. Ties in rank are not claims: only these are."""
+    beaten = clearly_beaten(r, below, by_pair, key)
     return f"{r['model']} {_mean_sd(r, fmt)}" + (f" (> {', '.join(beaten)})" if beaten else "")
 
 

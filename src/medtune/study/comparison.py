@@ -292,7 +292,8 @@ class Comparison:
         results = build_results(out)
         write_report(out, read_json(out / "results.json"))  # as `medtune report` reads it: same report.md
         self.stages.redo_finished()
-        self.say(f"\nreport: {out / 'report.md'}  ({time.perf_counter() - self.t_start:.0f}s in all)")
+        took = time.perf_counter() - self.t_start
+        self.say(f"\nreport: {out / 'report.md'} and {out / 'report.html'}  ({took:.0f}s in all)")
         return results
 
     def train_stage(self, name: str, rc: RunConfig, shared, reuse: Optional[Path] = None, method: str = "") -> bool:
