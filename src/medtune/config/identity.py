@@ -89,7 +89,7 @@ def config_hash(obj: Any) -> str:
 # Keys of the config that do not change what a comparison computes (a rerun with other values
 # resumes the folder); in tune:, what tune.tune_identity leaves out (where trials are stored,
 # dead-worker handling, an unset train_seed).
-_NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality")
+_NOT_IDENTITY = ("methods", "out", "description", "samples", "max_new_tokens", "quality", "retention")
 
 
 def identity_fields(cfg: CompareConfig) -> dict:
