@@ -9,6 +9,9 @@ from __future__ import annotations
 from medtune.evaluation import metrics
 from medtune.report.tables import FEW_UNITS, number, span
 
+# key -> (label, number format), from the metric registry (report/html.py reads it too).
+LABELS = {m.key: (m.label, m.fmt) for m in metrics.REGISTRY}
+
 
 def _label(key: str) -> tuple[str, str]:
     return metrics.label(key)
