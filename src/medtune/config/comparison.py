@@ -117,7 +117,7 @@ class RetentionConfig:
     enabled: bool = True
     path: Optional[str] = None  # a UTF-8 text file; None: the shipped excerpt of Austen's Persuasion
     window: int = 0  # tokens per scored window; 0: format.max_length
-    max_windows: int = 64  # windows scored, from the start of the text; 0: all of it
+    max_windows: int = 32  # windows scored, from the start of the text; 0: all of it
 
     def __post_init__(self) -> None:
         _check(self.window == 0 or self.window >= 8, f"retention.window must be 0 or >= 8; got {self.window}")
