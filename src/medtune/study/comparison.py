@@ -493,5 +493,6 @@ class Comparison:
             from medtune.training.inference import load_for_inference
 
             loaded = load_for_inference(self.cfg.model, run_dir)[:2]
-        retention.score_text(*loaded, self.cfg, path, self.say)
+        model, tok = loaded
+        retention.score_text(model, tok, self.cfg, path, self.say)
         self.stages.mark(f"retention:{name}", k)

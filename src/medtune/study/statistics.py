@@ -198,7 +198,7 @@ def pool_quality(
         return []
     ids = [r["id"] for r in gens[names[0]][0]]
     w = bootstrap_weights(len(ids), pool.n_boot, seed, groups)
-    declared = [metrics.metric(f"quality.{m}") for m in quality_metrics]
+    declared = [metrics.BY_KEY[f"quality.{m}"] for m in quality_metrics]
     same_ids = all([r["id"] for r in rows] == ids for runs in gens.values() for rows in runs)
     usable = [
         m.name
