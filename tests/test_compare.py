@@ -245,9 +245,9 @@ def test_tuned_study_end_to_end(tiny_compare, tmp_path):
         per_seed = [x["metrics"]["answer"]["perplexity"] for x in seeds]
         assert saved["models"][method]["metrics"]["answer"]["perplexity"] == pytest.approx(sum(per_seed) / 2)
     # a ranking per headline metric, best first by seed mean; every pair with an interval
-    from medtune.study.statistics import HEADLINE, QUALITY_HEADLINE
+    from medtune.evaluation import metrics
 
-    lower = dict(HEADLINE + QUALITY_HEADLINE)
+    lower = dict(metrics.headline())  # answer, quality and retention metrics
     assert {"quality.stopped", "quality.repetition"} <= set(study["ranking"])  # who stops and who loops
     for key, rows in study["ranking"].items():
         means = [r["mean"] for r in rows]

@@ -109,6 +109,24 @@ class QualityConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """General-text perplexity of every model (evaluation/retention.py): what the fine-tune costs
+    outside the domain."""
+
+    enabled: bool = True
+    path: Optional[str] = None  # a UTF-8 text file; None: the shipped excerpt of Austen's Persuasion
+    window: int = 0  # tokens per scored window; 0: format.max_length
+    max_windows: int = 32  # windows scored, from the start of the text; 0: all of it
+
+    def __post_init__(self) -> None:
+        _check(self.window == 0 or self.window >= 8, f"retention.window must be 0 or >= 8; got {self.window}")
+        _check(
+            self.max_windows == 0 or self.max_windows >= 2,
+            f"retention.max_windows must be 0 or >= 2; got {self.max_windows}",
+        )
+
+
+@dataclass
 class CompareConfig:
     model: str = "smollm2-135m"
     data: DataConfig = field(default_factory=DataConfig)
@@ -122,6 +140,7 @@ class CompareConfig:
     samples: int = 5  # held-out questions answered by every model in the report
     max_new_tokens: int = 160
     quality: QualityConfig = field(default_factory=QualityConfig)  # answer quality (ROUGE-L, similarity, ...)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)  # general-text perplexity vs base
     tune: TuneConfig = field(default_factory=TuneConfig)  # learning-rate tuning on the validation split
     out: str = "compare-out"
     description: str = ""

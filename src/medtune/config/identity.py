@@ -73,6 +73,10 @@ FIELDS: dict[str, Field] = {
     "max_new_tokens": _ANSWERS,
     "out": _row(BOOKKEEPING),
     "description": _row(BOOKKEEPING),
+    # Retention is a stage of its own (retention:<model> in stages.json), outside every other key:
+    # its key (evaluation/retention.stage_key) holds the text's sha256 and the resolved windows.
+    "retention.enabled": _row(BOOKKEEPING),
+    **{f"retention.{k}": _row(REPORT) for k in ("path", "window", "max_windows")},
     # RunConfig's own fields
     "method": _RUN,
     "method_args": _RUN,

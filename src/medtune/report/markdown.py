@@ -13,6 +13,7 @@ from pathlib import Path
 from medtune.infra.text import count_of
 from medtune.infra.writes import write_text
 from medtune.report.quality_section import generation_speed, quality_lines, sample_scores
+from medtune.report.retention_section import retention_lines
 from medtune.report.tables import FEW_UNITS, span
 
 
@@ -40,6 +41,7 @@ def write_report(out: Path, results: dict) -> None:
     L.extend(verdict_lines(results))
     L.extend(_table1(results))
     L.extend(quality_lines(out, results))
+    L.extend(retention_lines(results))
     L.extend(_efficiency(results))
     L.extend(_setup(results))
     L.extend(_paper(results))

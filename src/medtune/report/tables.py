@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from medtune.config.sections import SCOPES
+from medtune.evaluation import metrics
 
 console = Console()
 
@@ -93,13 +94,8 @@ def print_metrics(name: str, summary: dict) -> None:
 # Below this many resampling units (focus groups or examples) a percentile bootstrap says little:
 # the report says so beside intervals that rest on fewer.
 FEW_UNITS = 20
-QUALITY_ROWS = (  # (metric key, label, number format)
-    ("rougeL", "ROUGE-L F1", "{:.3f}"),
-    ("similarity", "semantic similarity", "{:.3f}"),
-    ("stopped", "stop rate (EOS before the limit)", "{:.2f}"),
-    ("repetition", "repeated 4-grams", "{:.3f}"),
-    ("tokens", "answer tokens", "{:.1f}"),
-)
+# The answer-quality table's rows, from the metric registry: (metric name, label, number format).
+QUALITY_ROWS = tuple((m.name, m.table_label, m.table_fmt) for m in metrics.family("quality"))
 
 
 def print_quality(name: str, summary: dict) -> None:

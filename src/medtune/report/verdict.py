@@ -6,22 +6,15 @@ reproduces it without training or scoring.
 
 from __future__ import annotations
 
+from medtune.evaluation import metrics
 from medtune.report.tables import FEW_UNITS, number, span
 
-LABELS = {
-    "answer.perplexity": ("answer perplexity", "{:.3f}"),
-    "answer.accuracy": ("answer next-token accuracy", "{:.4f}"),
-    "all.perplexity": ("all-token perplexity", "{:.3f}"),
-    "all.accuracy": ("all-token accuracy", "{:.4f}"),
-    "quality.rougeL": ("ROUGE-L", "{:.4f}"),
-    "quality.similarity": ("answer similarity", "{:.4f}"),
-    "quality.stopped": ("stop rate", "{:.2f}"),
-    "quality.repetition": ("repeated 4-grams", "{:.3f}"),
-}
+# key -> (label, number format), from the metric registry (report/html.py reads it too).
+LABELS = {m.key: (m.label, m.fmt) for m in metrics.REGISTRY}
 
 
 def _label(key: str) -> tuple[str, str]:
-    return LABELS.get(key, (key, "{:.4f}"))
+    return metrics.label(key)
 
 
 def _mean_sd(entry: dict, fmt: str) -> str:

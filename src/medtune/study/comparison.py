@@ -47,6 +47,10 @@ def check_compare(cfg: CompareConfig) -> None:
         check_run(cfg.run_config(name))
     if cfg.data.source is not None and not Path(cfg.data.source).exists():
         raise MedtuneError(f"data not found: {cfg.data.source}")
+    if cfg.retention.enabled:
+        from medtune.evaluation.retention import text_of
+
+        text_of(cfg.retention.path)  # a missing or unreadable retention text: one line, before any stage
     if cfg.tune.enabled and cfg.tune.storage:
         from medtune.tuning.storage import open_storage
 
@@ -334,7 +338,7 @@ class Comparison:
             and recorded_fingerprint(reuse) == data_fingerprint(self.prep)
         )
         resume = not reusable and self.stages.made_since_redo(run_dir) and _resumable(run_dir, rc)
-        self.stages.forget(f"train:{name}", f"eval:{name}")  # whatever they held is being replaced
+        self.stages.forget(f"train:{name}", f"eval:{name}", f"retention:{name}")  # being replaced
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)
         if reusable:
@@ -443,6 +447,7 @@ class Comparison:
         if any(stages.finished(f"eval:{name}", key, path, *quality.artifacts(cfg, out, name)) for key in keys):
             say("  done earlier, skipped")
             quality.fill_skipped_scores(cfg, out, name, say)  # a scorer installed since
+            self.retention_stage(name, run_dir)  # a folder from before retention: only this is computed
             return
         from medtune.training.inference import autocast_for, load_for_inference
 
@@ -456,5 +461,26 @@ class Comparison:
         save_scores(scores, path)
         timing = {"seconds": time.perf_counter() - t0, "tokens": sum(len(e) for e in examples)}
         write_json(out / "eval" / f"{name}.timing.json", timing)
+        self.retention_stage(name, run_dir, (model, tok))  # before generating, which merges an adapter
         quality.compare_stage(model, tok, test, cfg, out, name, say)  # answers, their scores, samples
         stages.mark(f"eval:{name}", k)
+
+    def retention_stage(self, name: str, run_dir: Optional[Path], loaded: Optional[tuple] = None) -> None:
+        """retention/<name>.json: the model's NLL on general text (evaluation/retention.py), keyed
+        on its own, so a folder evaluated before retention existed scores only this."""
+        from medtune.evaluation import retention
+
+        if not self.cfg.retention.enabled:
+            return
+        path = self.out / "retention" / f"{name}.json"
+        run_key = self.stages.done.get(f"train:{name}", "base")
+        k = config_hash({"prep": self.key, "run": run_key, "retention": retention.stage_key(self.cfg)})
+        if self.stages.finished(f"retention:{name}", k, path):
+            return
+        if loaded is None:
+            from medtune.training.inference import load_for_inference
+
+            loaded = load_for_inference(self.cfg.model, run_dir)[:2]
+        model, tok = loaded
+        retention.score_text(model, tok, self.cfg, path, self.say)
+        self.stages.mark(f"retention:{name}", k)

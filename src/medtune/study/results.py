@@ -7,15 +7,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from medtune.evaluation import quality
+from medtune.evaluation import metrics, quality
 from medtune.evaluation.bootstrap import bootstrap_weights, unit_count
-from medtune.evaluation.scoring import METRICS, SCOPES, Scores
+from medtune.evaluation.scoring import SCOPES, Scores
 from medtune.infra.errors import MedtuneError
 from medtune.infra.jsonio import Number, read_json, write_json
 from medtune.study.cost import _rates_tried, aggregate_train, prefix_cache_cost
+from medtune.study.retention_results import add_retention
 from medtune.study.statistics import (
-    HEADLINE,
-    QUALITY_HEADLINE,
     Pool,
     pool_quality,
     pool_scores,
@@ -163,11 +162,11 @@ def _tuning(out: Path) -> dict | None:
 def add_verdict_and_cost(out: Path, results: dict, pool: Pool) -> None:
     """Adds the verdict (rankings, pairwise differences) and each method's cost to results['study']."""
     study, models = results["study"], results["models"]
-    headline = list(HEADLINE)
     if results.get("quality"):
         _add_pooled_quality(out, results, pool)
-        present = {k for m in models for k in pool.points.get(m, {})}
-        headline += [(k, lower) for k, lower in QUALITY_HEADLINE if k in present]
+    add_retention(out, results, pool)
+    present = {k for m in models for k in pool.points.get(m, {})}
+    headline = [(k, lower) for k, lower in metrics.headline() if k in present]  # the registry's order
     study.update(verdict(pool, list(models), headline))
     study["headline"] = [k for k, _ in headline]
     tuning = study.get("tuning") or {}
@@ -210,7 +209,7 @@ def _add_pooled_quality(out: Path, results: dict, pool: Pool) -> None:
     limit = (cfg.get("quality") or {}).get("max_new_tokens") or cfg.get("max_new_tokens")
     if limit:
         pool.ranges["quality.tokens"] = (0.0, float(limit))  # no answer is longer than the limit
-    usable = pool_quality(pool, gens, list(quality.METRICS), groups, cfg["eval"]["seed"], seeds)
+    usable = pool_quality(pool, gens, [m.name for m in metrics.family("quality")], groups, cfg["eval"]["seed"], seeds)
     if any(len(runs) > 1 for runs in gens.values()):
         _pooled_quality_tables(results, pool, usable, S)
 
@@ -234,7 +233,8 @@ def _pooled_quality_tables(results: dict, pool: Pool, metrics: list[str], seeds:
 
 # 2: answer quality (results['quality'], models[name]['quality']); 3: the study (results['study']: tuning,
 # seeds, bootstrap unit, pairwise differences, verdict, cost; models[method]['seeds'], ['lr']). Added to 3
-# without a bump (optional, readers that skip unknown keys are unaffected): cost[method]['prefix_cache'].
+# without a bump (optional, readers that skip unknown keys are unaffected): cost[method]['prefix_cache'];
+# results['retention'] and models[name]['retention'] (general-text perplexity, study/retention_results.py).
 SCHEMA_VERSION = 3
 
 # The study's Table 1 (Llama-3.2-1B on MedQuAD, all-token scope most likely, random split).
@@ -270,7 +270,7 @@ def build_results(out: Path) -> dict:
         "schema_version": SCHEMA_VERSION,
         "config": cfg,
         "data": stats,
-        "metrics_definition": METRICS,
+        "metrics_definition": metrics.scoring_definitions(),
         "overrides": meta.get("overrides") or [],
         "models": models,
         "study": study,
@@ -340,7 +340,7 @@ def add_answer_quality(out: Path, results: dict) -> None:
         models[name]["quality"] = {**entry, "generation": timings.get(name, {})}
     scoring = timings.get("base", {}).get("scoring", {})
     results["quality"] = {
-        "definition": quality.METRICS,
+        "definition": metrics.quality_definitions(),
         "answers": len(gens["base"]),
         "max_new_tokens": qcfg.get("max_new_tokens") or cfg["max_new_tokens"],
         "similarity": scoring.get("similarity", "unknown"),

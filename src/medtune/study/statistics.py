@@ -30,29 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from medtune.evaluation import metrics
 from medtune.evaluation.bootstrap import _interval, bootstrap_weights, unit_count
 from medtune.evaluation.scoring import SCOPES, Scores
 
-# Headline metrics of the verdict: (key, lower_is_better). Quality metrics join when present.
-HEADLINE = (("answer.perplexity", True), ("answer.accuracy", False))
-QUALITY_HEADLINE = (
-    ("quality.rougeL", False),
-    ("quality.similarity", False),
-    ("quality.stopped", False),  # longer answers raise ROUGE-L against long references: show who stops
-    ("quality.repetition", True),
-)
-
-
-# Where a metric can lie: a seed-widened interval is cut there (a rate of 0 or 1 cannot be passed).
-RANGE = {
-    "perplexity": (1.0, math.inf),
-    "accuracy": (0.0, 1.0),
-    "rougeL": (0.0, 1.0),
-    "similarity": (-1.0, 1.0),
-    "stopped": (0.0, 1.0),
-    "repetition": (0.0, 1.0),
-    "tokens": (0.0, math.inf),
-}
+# Headline metrics of the verdict: (key, lower_is_better), from the metric registry. Quality and
+# retention metrics join when present.
+HEADLINE = tuple(metrics.headline(("answer",)))
+QUALITY_HEADLINE = tuple(metrics.headline(("quality",)))
 
 
 def run_names(method: str, seeds: int, first_seed: int) -> list[tuple[str, int]]:
@@ -60,26 +45,9 @@ def run_names(method: str, seeds: int, first_seed: int) -> list[tuple[str, int]]
     return [(method if k == 0 else f"{method}-seed{first_seed + k}", first_seed + k) for k in range(seeds)]
 
 
-def _ratio(w: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (w @ num.astype(np.float64)) / (w @ den.astype(np.float64))
-
-
 def _score_samples(s: Scores, w: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
-    """metric key -> (point, (B,) bootstrap values) for one scored run."""
-    out = {}
-    for scope in SCOPES:
-        tok = s.tokens[scope]
-        n = max(int(tok.sum()), 1)
-        with np.errstate(over="ignore"):
-            out[f"{scope}.perplexity"] = (math.exp(s.nll[scope].sum() / n), np.exp(_ratio(w, s.nll[scope], tok)))
-        out[f"{scope}.accuracy"] = (float(s.correct[scope].sum() / n), _ratio(w, s.correct[scope], tok))
-    return out
-
-
-def _mean_samples(x: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(x.mean()), (w @ x) / w.sum(1)
+    """metric key -> (point, (B,) bootstrap values) for one scored run: every scope's metrics."""
+    return {m.key: metrics.statistic_samples(m, s, w) for scope in SCOPES for m in metrics.family(scope)}
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -111,7 +79,7 @@ class Pool:
         self.points: dict = {}  # model -> metric -> [per-seed point]
         self.samples: dict = {}  # model -> metric -> (B,) seed mean under each unit resample
         self.seed_values: dict = {}  # model -> metric -> the train seed of each point, in order
-        self.ranges: dict = {}  # metric -> (low, high) this study's values can take, beyond RANGE's
+        self.ranges: dict = {}  # metric -> (low, high) this study's values can take, within the registry's
         self.units: dict = {}  # metric -> how many resampling units (focus groups or examples) it has
 
     def add(self, model: str, per_seed: list[dict[str, tuple[float, np.ndarray]]], seeds=None, units=None) -> None:
@@ -171,7 +139,7 @@ class Pool:
         mean = float(np.mean(pts))
         # the t widening of 2-3 seeds can reach past what is possible (44.6 [0.0, 142.8] answer
         # tokens where at most 64 can be generated): an interval is cut at the metric's range
-        lo, hi = self.ranges.get(key) or RANGE.get(key.rsplit(".", 1)[-1], (-math.inf, math.inf))
+        lo, hi = self.ranges.get(key) or metrics.value_range(key)
         ci = self.interval(mean, self.samples[model][key], (model,), key)
         return {
             "mean": mean,
@@ -217,30 +185,35 @@ def pool_scores(
 def pool_quality(
     pool: Pool,
     gens: dict[str, list[list[dict]]],
-    metrics: list[str],
+    quality_metrics: list[str],
     groups: list | None,
     seed: int,
     seed_values: dict[str, list[int]] | None = None,
 ) -> list[str]:
-    """Adds quality.<metric> (per-answer means, pooled over seeds) to `pool`; returns the metrics
-    every answer of every model has. The answers are resampled with their own weights (same seed).
-    `seed_values`: as for pool_scores."""
+    """Adds quality.<metric> for each metric named in `quality_metrics` (per-answer means, pooled
+    over seeds) to `pool`; returns those every answer of every model has. The answers are
+    resampled with their own weights (same seed). `seed_values`: as for pool_scores."""
     names = list(gens)
     if not names:
         return []
     ids = [r["id"] for r in gens[names[0]][0]]
     w = bootstrap_weights(len(ids), pool.n_boot, seed, groups)
+    declared = [metrics.BY_KEY[f"quality.{m}"] for m in quality_metrics]
+    same_ids = all([r["id"] for r in rows] == ids for runs in gens.values() for rows in runs)
     usable = [
-        m
-        for m in metrics
-        if all(r.get(m) is not None for runs in gens.values() for rows in runs for r in rows)
-        and all([r["id"] for r in rows] == ids for runs in gens.values() for rows in runs)
+        m.name
+        for m in declared
+        if same_ids and all(metrics.row_values(m, rows) is not None for runs in gens.values() for rows in runs)
     ]
     for name, runs in gens.items():
         per_seed = []
         for rows in runs:
             per_seed.append(
-                {f"quality.{m}": _mean_samples(np.asarray([r[m] for r in rows], dtype=np.float64), w) for m in usable}
+                {
+                    m.key: metrics.statistic_samples(m, metrics.row_values(m, rows), w)
+                    for m in declared
+                    if m.name in usable
+                }
             )
         if usable:
             pool.add(name, per_seed, (seed_values or {}).get(name), unit_count(groups, len(ids)))
@@ -267,7 +240,7 @@ def pooled_metrics(pool: Pool, model: str, examples: int) -> dict:
     out: dict[str, Any] = {"examples": examples}
     for scope in SCOPES:
         entry: dict[str, Any] = {}
-        for metric in ("perplexity", "accuracy"):
+        for metric in (m.name for m in metrics.family(scope)):
             s = pool.summary(model, f"{scope}.{metric}")
             entry[metric], entry[f"{metric}_ci"], entry[f"{metric}_sd"] = s["mean"], s["ci"], s["sd"]
             entry[f"{metric}_seeds"] = s["seeds"]
@@ -279,7 +252,7 @@ def pooled_diff_vs_base(pool: Pool, model: str) -> dict:
     out = {}
     for scope in SCOPES:
         entry = {}
-        for metric in ("perplexity", "accuracy"):
+        for metric in (m.name for m in metrics.family(scope)):
             d = pool.difference("base", model, f"{scope}.{metric}")
             entry[metric], entry[f"{metric}_ci"] = d["diff"], d["ci"]
         out[scope] = entry
