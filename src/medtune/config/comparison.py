@@ -192,7 +192,8 @@ class CompareConfig:
             {
                 "method": name,
                 "method_args": args,
-                "model": {"spec": self.model},
+                # --trust-remote-code (compare, tune): set on the config after loading, not a field
+                "model": {"spec": self.model, "trust_remote_code": getattr(self, "trust_remote_code", False)},
                 "format": asdict(self.format),
                 "train": asdict(train),
                 # A run carries the defaults of the report-only settings: train() never reads them,
