@@ -269,3 +269,136 @@ def test_a_link_to_a_fifo_is_refused_and_regular_files_still_read(xml_folder, tm
     code, _, err = run_cli(["prepare", "--data", xml_folder, "--out", tmp_path / "out", "--no-tokenize"], capsys)
     assert code == 0, err
     assert len((tmp_path / "out" / "train.jsonl").read_text().splitlines()) > 10
+
+
+# --------------------------------------------------------------------------- content hashes
+
+
+def _same_size_other_values(path):
+    """The file with its first float32 value changed in place: same size and header, so a size
+    check passes and it parses; only a content hash tells it apart."""
+    import struct
+
+    blob = bytearray(path.read_bytes())
+    start = 8 + struct.unpack("<Q", blob[:8])[0]  # safetensors: u64 header length, JSON header, data
+    (value,) = struct.unpack("<f", blob[start : start + 4])
+    blob[start : start + 4] = struct.pack("<f", value + 1.0)
+    path.write_bytes(bytes(blob))
+
+
+def _edit_json(path, fn):
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+def _run_config(tiny, method, **train):
+    from medtune.config.sections import RunConfig, from_dict
+
+    args = {"targets": ["q_proj", "v_proj"]} if method == "lora" else {"layers": 1}
+    d = {"method": method, "method_args": args, "model": {"spec": tiny}, "format": {"max_length": 64}}
+    d["train"] = {"batch_size": 4, "micro_batch_tokens": 128, "threads": 1, "seed": 1, **train}
+    return from_dict(RunConfig, d)
+
+
+def test_a_checkpoint_changed_on_disk_is_never_resumed_from(tiny, prepared, tmp_path, capsys):
+    """A checkpoint overwritten with other values of the same size resumed silently: the manifest
+    checked sizes only."""
+    from medtune.training.loop import Interrupted, train
+
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(_run_config(tiny, "lora", max_steps=4, checkpoint_every=1), prepared, run, quiet=True, stop_after=2)
+    manifest = json.loads((run / "checkpoint" / "manifest.json").read_text())
+    assert set(manifest["trainable.safetensors"]) == {"size", "sha256"}
+    for name in ("trainable.safetensors", "optimizer.safetensors"):
+        good = (run / "checkpoint" / name).read_bytes()
+        _same_size_other_values(run / "checkpoint" / name)
+        metrics = (run / "metrics.jsonl").read_text()
+        code, _, err = run_cli(["train", "--resume", run], capsys)
+        one_line(code, err, str(run / "checkpoint" / name), "sha256", "--force")
+        assert (run / "metrics.jsonl").read_text() == metrics and not (run / "summary.json").exists()
+        (run / "checkpoint" / name).write_bytes(good)
+    # an earlier release's manifest (sizes only) still resumes
+    (run / "checkpoint" / "manifest.json").write_text(json.dumps({f: v["size"] for f, v in manifest.items()}))
+    code, _, err = run_cli(["train", "--resume", run], capsys)
+    assert code == 0 and json.loads((run / "summary.json").read_text())["steps"] == 4, err
+
+
+@pytest.mark.parametrize(
+    "method,weights", [("lora", "adapter/adapter_model.safetensors"), ("selective", "trained.safetensors")]
+)
+def test_run_weights_changed_on_disk_are_never_loaded(method, weights, tiny, prepared, tmp_path, capsys):
+    from medtune.training.loop import train
+
+    run = tmp_path / "run"
+    train(_run_config(tiny, method, max_steps=1), prepared, run, quiet=True)
+    recorded = json.loads((run / "weights.json").read_text())["sha256"]
+    assert weights in recorded
+    _same_size_other_values(run / weights)
+    for command in (
+        ["evaluate", "--run", run, "--data", prepared, "--bootstrap", "10"],
+        ["ask", run, "What is gout?"],
+        ["export", run, "--out", tmp_path / "hf"],
+    ):
+        code, _, err = run_cli(command, capsys)
+        one_line(code, err, str(run / weights), "sha256", "weights.json")
+    assert not (tmp_path / "hf").exists()
+    if method == "lora":  # the adapter's config is read by PEFT: its bytes count too
+        (run / weights).unlink()
+        train(_run_config(tiny, method, max_steps=1), prepared, run, quiet=True, force=True)
+        config = run / "adapter" / "adapter_config.json"
+        good = config.read_text()
+        config.write_text(good.replace('"r": 8', '"r": 9'))
+        code, _, err = run_cli(["ask", run, "What is gout?"], capsys)
+        one_line(code, err, str(config), "sha256")
+        config.write_text(good)
+    _edit_json(run / "weights.json", lambda d: d.pop("sha256"))  # an earlier release's run: loads as it is
+    code, _, err = run_cli(["ask", run, "What is gout?"], capsys)
+    assert code == 0, err
+
+
+def _qa_csv(path, n=40):
+    path.write_text(
+        "question,answer\n" + "".join(f"What is disease {i} ?,Disease {i} is {i % 7} things.\n" for i in range(n))
+    )
+    return path
+
+
+def test_prepared_data_changed_on_disk_is_never_read(tmp_path, capsys):
+    from medtune.data.prepare import read_split
+    from medtune.infra.errors import MedtuneError
+
+    prep = tmp_path / "prep"
+    code, _, err = run_cli(["prepare", "--data", _qa_csv(tmp_path / "qa.csv"), "--out", prep, "--no-tokenize"], capsys)
+    assert code == 0, err
+    recorded = json.loads((prep / "prepare.json").read_text())["sha256"]
+    assert sorted(recorded) == ["stats.json", "test.jsonl", "train.jsonl", "val.jsonl"]
+    for split in ("train", "val", "test"):
+        read_split(prep, split)  # as written: read
+    path = prep / "test.jsonl"
+    text = path.read_text()
+    path.write_text(text.replace(" things.", " thingz.", 1))  # same size, still valid records
+    assert len(path.read_text()) == len(text) and path.read_text() != text
+    with pytest.raises(MedtuneError, match="test.jsonl does not match the sha256 prepare.json recorded"):
+        read_split(prep, "test")
+    code, _, err = run_cli(["evaluate", "--model", "tiny-random-llama", "--data", prep, "--bootstrap", "10"], capsys)
+    one_line(code, err, str(path), "sha256", "prepare it again")
+    _edit_json(prep / "prepare.json", lambda d: d.pop("sha256"))  # an earlier release's folder: read as it is
+    assert len(read_split(prep, "test")) == len(text.splitlines())
+
+
+def test_a_comparison_reuses_its_prepared_data_only_unchanged(tiny, tmp_path):
+    from medtune.config.comparison import load_compare_config
+    from medtune.infra.errors import MedtuneError
+    from medtune.study.comparison import prepare_stage
+
+    out = tmp_path / "cmp"
+    cfg = load_compare_config("tiny", data=str(_qa_csv(tmp_path / "qa.csv")), model=tiny, out=str(out))
+    out.mkdir()
+    prep = prepare_stage(cfg, out, quiet=True)
+    assert prepare_stage(cfg, out, quiet=True) == prep  # done earlier: reused
+    stats = prep / "stats.json"
+    stats.write_text(stats.read_text().replace('"rows_read": 40', '"rows_read": 41'))
+    with pytest.raises(MedtuneError, match=r"stats.json does not match the sha256"):
+        prepare_stage(cfg, out, quiet=True)

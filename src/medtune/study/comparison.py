@@ -167,7 +167,9 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
     stages = stages or Stages(out, False, identity_of(cfg))
     prep, key = out / "prepared", prep_key(cfg)
     if stages.finished("prepare", key, prep / "stats.json"):
-        from medtune.data.prepare import source_changed
+        from medtune.data.prepare import check_prepared, source_changed
+
+        check_prepared(prep)  # reused only as prepare wrote it: a changed file is one line
 
         if source_changed(prep, cfg.data.source):
             raise MedtuneError(
