@@ -138,6 +138,7 @@ def test_compare_and_tune_pass_the_flag_to_every_run(tmp_path):
         ["evaluate", "--data", "d"],
         ["ask", "run", "q"],
         ["export", "run", "--out", "o"],
+        ["prepare", "--out", "o"],  # its tokenizer may ship code too
     ):
         assert build_parser().parse_args(command).trust_remote_code is False
         assert build_parser().parse_args([*command, "--trust-remote-code"]).trust_remote_code is True

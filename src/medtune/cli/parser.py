@@ -127,6 +127,7 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
     add_model(p)
     p.add_argument("--no-tokenize", action="store_true", help="skip token-length statistics (no model needed)")
+    add_trust(p)
     p.add_argument(
         "--force",
         action="store_true",

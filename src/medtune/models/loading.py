@@ -311,7 +311,7 @@ def load(spec: str, trust_remote_code: bool = False):
     return model, tok, resolved
 
 
-def read_model_config(spec: str) -> dict:
+def read_model_config(spec: str, trust_remote_code: bool = False) -> dict:
     """The config.json of a resolved model, without loading weights (for up-front validation)."""
     resolved = resolve(spec)
     p = Path(resolved.path) / "config.json"
@@ -320,7 +320,7 @@ def read_model_config(spec: str) -> dict:
     _quiet_transformers()
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(resolved.path).to_dict()
-    except OSError as e:
-        raise MedtuneError(f"cannot load model {spec!r}: {first_line(e)}") from None
+    try:  # a bool, never transformers' default None, which asks on a terminal whether to run a hub config's code
+        return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError) as e:
+        raise MedtuneError(f"cannot load model {spec!r}: {_custom_code_hint(e)}") from None

@@ -257,7 +257,8 @@ class Comparison:
         self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
         self.stages = Stages(out, force, identity_of(cfg))
         self.prep, self.key = out / "prepared", prep_key(cfg)
-        loading.read_model_config(cfg.model)  # a model that cannot be found fails here, before any stage
+        # a model that cannot be found fails here, before any stage
+        loading.read_model_config(cfg.model, getattr(cfg, "trust_remote_code", False))
         self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
         self.n, self.t_start = 0, time.perf_counter()
         self.test = None
