@@ -345,6 +345,11 @@ def test_run_weights_changed_on_disk_are_never_loaded(method, weights, tiny, pre
         code, _, err = run_cli(command, capsys)
         one_line(code, err, str(run / weights), "sha256", "weights.json")
     assert not (tmp_path / "hf").exists()
+    from medtune.infra.errors import MedtuneError
+    from medtune.training.weights import load_trained
+
+    with pytest.raises(MedtuneError, match="sha256"):  # the Python API checks the same
+        load_trained(loading.load(tiny)[0], run)
     if method == "lora":  # the adapter's config is read by PEFT: its bytes count too
         (run / weights).unlink()
         train(_run_config(tiny, method, max_steps=1), prepared, run, quiet=True, force=True)

@@ -38,7 +38,7 @@ def load_for_inference(
     if run_dir:
         from medtune.training.weights import load_trained
 
-        model = load_trained(model, Path(run_dir))
+        model = load_trained(model, Path(run_dir), checked=True)  # check_files above
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, tok, fmt, label

@@ -173,14 +173,15 @@ def check_files(run_dir: Path) -> dict:
     return meta
 
 
-def load_trained(base_model, run_dir: Path):
+def load_trained(base_model, run_dir: Path, checked: bool = False):
     """Put a run's trained weights on `base_model` (freshly loaded). Returns the model.
 
     Every missing or corrupt file is a one-line MedtuneError naming it; non-finite weights
     are refused; pickle files (adapter_model.bin) are refused, never torch.load'ed.
+    checked: check_files has just compared the files with their sha256 (not hashed twice).
     """
     run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
+    meta = check_files(run_dir) if not checked else read_meta(run_dir)
     fp = fingerprint(base_model)
     if fp != meta["base_fingerprint"]:
         diff = {k: (meta["base_fingerprint"].get(k), v) for k, v in fp.items() if meta["base_fingerprint"].get(k) != v}
