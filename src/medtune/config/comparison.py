@@ -125,6 +125,9 @@ class CompareConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)  # learning-rate tuning on the validation split
     out: str = "compare-out"
     description: str = ""
+    # Not a field (no annotation): --trust-remote-code of compare / tune, a permission set on the
+    # loaded config, not part of what it computes (asdict, compare.json and the identity omit it)
+    trust_remote_code = False
 
     def __post_init__(self):
         if not self.methods:
