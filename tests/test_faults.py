@@ -492,6 +492,9 @@ def _edit_json(p: Path, fn):
 def test_corrupt_run_files_are_one_line_naming_the_file(case, reference, small, tmp_path, capsys, monkeypatch):
     rel, corrupt, says = WEIGHT_CASES[case]
     run = copy_run(reference, tmp_path)
+    # As an earlier release wrote it (no sha256 in weights.json): each check behind the hash is
+    # reached; with the hash, every changed byte is refused first (tests/test_trust.py)
+    _edit_json(run / "weights.json", lambda d: d.pop("sha256"))
     corrupt(run / rel)
     monkeypatch.setattr(torch, "load", _no_torch_load)  # a .bin is refused, never unpickled
     line = one_line_error(*run_cli(["evaluate", "--run", run, "--data", small, "--bootstrap", "20"], capsys)[::2])
@@ -517,6 +520,7 @@ def test_selective_trained_tensors_corrupt_or_nan(small, tmp_path, capsys, tiny)
     train(from_dict(RunConfig, cfg), small, run, quiet=True)
     path = run / "trained.safetensors"
     good = path.read_bytes()
+    _edit_json(run / "weights.json", lambda d: d.pop("sha256"))  # the checks behind the hash (test_trust.py)
     for corrupt, says in ((_nan_tensor, "non-finite"), (_truncate, "safetensors"), (_random, "safetensors")):
         path.write_bytes(good)
         corrupt(path)

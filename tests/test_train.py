@@ -794,7 +794,9 @@ def test_an_unreadable_model_is_one_line(case, tiny, prepared, tmp_path, capsys)
 
 def test_a_run_trained_with_trust_remote_code_is_loaded_with_it(tiny, prepared, tmp_path, monkeypatch):
     """evaluate / ask loaded every run with trust_remote_code False: a custom-code model trained
-    fine and then could not be scored."""
+    fine and then could not be scored. Now the command's --trust-remote-code decides (a run folder
+    asking for it without the flag is refused: tests/test_trust.py)."""
+    from medtune.infra.errors import MedtuneError
     from medtune.models import loading
     from medtune.training import inference
 
@@ -804,8 +806,10 @@ def test_a_run_trained_with_trust_remote_code_is_loaded_with_it(tiny, prepared, 
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(d))
     asked, real = [], loading.load
     monkeypatch.setattr(loading, "load", lambda spec, trust=False: asked.append(trust) or real(spec, trust))
-    inference.load_for_inference(None, tmp_path / "run")
+    inference.load_for_inference(None, tmp_path / "run", trust_remote_code=True)
     inference.load_for_inference(tiny, None)
+    with pytest.raises(MedtuneError, match="--trust-remote-code"):
+        inference.load_for_inference(None, tmp_path / "run")
     assert asked == [True, False]
 
 

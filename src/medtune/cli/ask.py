@@ -15,7 +15,7 @@ def run(args) -> None:
         raise MedtuneError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
     if not args.question.strip():  # before the model loads: an empty prompt is the model's babble
         raise MedtuneError('the question is empty; ask one, e.g. medtune ask RUN "What is glaucoma?"')
-    target = Path(args.target)
+    target, trust = Path(args.target), args.trust_remote_code
     if not target.exists():
         raise MedtuneError(f"not found: {target} (give a run folder or a comparison folder)")
     if (target / "config.yaml").is_file():
@@ -27,7 +27,7 @@ def run(args) -> None:
                 f"{target} is a run folder: it answers with its own method ({own}); "
                 "drop --method (it picks a run in a comparison folder)"
             )
-        model, tok, fmt, label = load_for_inference(None, target)
+        model, tok, fmt, label = load_for_inference(None, target, trust_remote_code=trust)
     elif (target / "compare.json").is_file():
         from medtune.infra.jsonio import read_json
 
@@ -42,14 +42,14 @@ def run(args) -> None:
                 runs = sorted(c.parent.name for c in (target / "runs").glob("*/config.yaml"))
                 has = f"it has: {', '.join(runs)}" if runs else "it has no trained runs yet"
                 raise MedtuneError(f"no {args.method!r} run in {target} ({has})")
-            model, tok, fmt, _ = load_for_inference(None, run)
+            model, tok, fmt, _ = load_for_inference(None, run, trust_remote_code=trust)
             label = args.method  # the comparison's entry name (a named variant, e.g. lora-all-r16)
         else:
             from medtune.config.sections import FormatConfig
             from medtune.infra.schema import from_dict
 
             fmt = from_dict(FormatConfig, meta.get("format") or {}, "compare.json format")  # before weights load
-            model, tok, _, label = load_for_inference(meta["model"], None)
+            model, tok, _, label = load_for_inference(meta["model"], None, trust_remote_code=trust)
     else:
         raise MedtuneError(f"{target} is neither a run folder nor a comparison folder")
     answer = greedy_answer(model, tok, args.question, fmt, args.max_new_tokens)

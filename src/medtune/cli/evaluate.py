@@ -28,7 +28,7 @@ from medtune.training.run_folder import environment, load_config
 def run(args) -> dict:
     ecfg = _eval_config(args)
     records, other, groups = _check_inputs(args)
-    model, tok, fmt, label = load_for_inference(args.model, args.run)
+    model, tok, fmt, label = load_for_inference(args.model, args.run, trust_remote_code=args.trust_remote_code)
     if args.max_length:
         fmt = replace(fmt, max_length=args.max_length)
     # --per-example is streamed to a temporary sibling while scoring and renamed once the

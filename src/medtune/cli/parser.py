@@ -19,6 +19,15 @@ def add_model(p, default: str | None = "smollm2-135m"):
     )
 
 
+def add_trust(p):
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model run its own Python code (auto_map in its config.json); a config or run "
+        "folder asking for it is refused without this flag",
+    )
+
+
 def add_overrides(p):
     p.add_argument("--config", help="YAML config file")
     p.add_argument(
@@ -118,6 +127,7 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--template", choices=["plain", "chat"], default="plain")
     add_model(p)
     p.add_argument("--no-tokenize", action="store_true", help="skip token-length statistics (no model needed)")
+    add_trust(p)
     p.add_argument(
         "--force",
         action="store_true",
@@ -138,6 +148,7 @@ def _train_parser(sub) -> None:
         help="continue an interrupted run with its own config (add --data DIR if its prepared data moved)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing run folder of the same name")
+    add_trust(p)
     add_overrides(p)
 
 
@@ -172,6 +183,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit for --generate")
     p.add_argument("--generate-batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--generations", help="JSONL of the answers (default: generations/<model or run>.jsonl)")
+    add_trust(p)
 
 
 def _compare_parser(sub) -> None:
@@ -206,6 +218,7 @@ def add_comparison(p, preset_help: str, out_what: str, out_note: str = "") -> No
     )
     p.add_argument("--out", help=f"{out_what} (default: the preset's){out_note}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_trust(p)
 
 
 def _report_parser(sub) -> None:
@@ -223,6 +236,7 @@ def _ask_parser(sub) -> None:
         "--method", help="which entry's run in a comparison folder, by name (default or 'base': the base model)"
     )
     p.add_argument("--max-new-tokens", type=int, default=160, help="answer length limit (>= 1; 160)")
+    add_trust(p)
 
 
 def _export_parser(sub) -> None:
@@ -230,6 +244,7 @@ def _export_parser(sub) -> None:
     p.add_argument("run", help="a finished run folder")
     p.add_argument("--out", required=True, help="the model folder to write (new or empty)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    add_trust(p)
 
 
 def _version() -> str:

@@ -31,7 +31,7 @@ def run(args) -> None:
     if not args.no_tokenize:
         from medtune.models import loading
 
-        tok = loading.load_tokenizer(loading.resolve(args.model))
+        tok = loading.load_tokenizer(loading.resolve(args.model), args.trust_remote_code)
     stats = prepare(data, Path(args.out), fmt, tok, args.model if tok else "", replace=args.force)
     from medtune.report.tables import print_prepare_stats
 

@@ -23,7 +23,13 @@ def _run_config(args):
         data.setdefault("model", {})["spec"] = args.model
     apply_overrides(data, args.overrides)
     cfg = from_dict(RunConfig, data, "config")
-    from medtune.models.loading import ALIASES
+    from medtune.models.loading import ALIASES, check_remote_code
+
+    if cfg.model.trust_remote_code and not args.trust_remote_code:
+        typed = any(o.partition("=")[0].strip() == "model.trust_remote_code" for o in args.overrides)
+        check_remote_code(True, False, "--set model.trust_remote_code" if typed else f"--config {args.config}")
+    if args.trust_remote_code:  # recorded in config.yaml: whatever reloads the run needs the flag again
+        cfg = replace(cfg, model=replace(cfg.model, trust_remote_code=True))
 
     local = Path(cfg.model.spec).expanduser()
     alias = cfg.model.spec in ALIASES  # as resolve() reads it: an alias before a folder of its name
@@ -70,6 +76,9 @@ def _resume_inputs(args):
         if getattr(args, attr):
             raise MedtuneError(f"--resume continues {run} {how}; drop {flag}")
     cfg, recorded = load_config(run)
+    from medtune.models.loading import check_remote_code
+
+    check_remote_code(cfg.model.trust_remote_code, args.trust_remote_code, f"run folder {run}")
     cfg = _resume_overrides(cfg, args.overrides)
     located = locate_model(run, cfg.model.spec)  # a relative --model typed in another directory
     if located != cfg.model.spec:

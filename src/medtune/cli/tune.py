@@ -22,6 +22,7 @@ def run(args) -> None:
     if args.storage:
         overrides.append(f"tune.storage={args.storage}")
     cfg = load_compare_config(args.preset, args.data, args.model, args.methods, args.out, overrides)
+    cfg.trust_remote_code = args.trust_remote_code  # as compare: a permission, not a field
     if args.worker and not cfg.tune.storage:  # before anything is written (run_tuning checks it too, later)
         raise MedtuneError(WORKER_NEEDS_STORAGE)
     out = Path(cfg.out)

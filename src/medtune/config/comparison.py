@@ -144,6 +144,9 @@ class CompareConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)  # learning-rate tuning on the validation split
     out: str = "compare-out"
     description: str = ""
+    # Not a field (no annotation): --trust-remote-code of compare / tune, a permission set on the
+    # loaded config, not part of what it computes (asdict, compare.json and the identity omit it)
+    trust_remote_code = False
 
     def __post_init__(self):
         if not self.methods:
@@ -225,7 +228,8 @@ class CompareConfig:
             {
                 "method": method,
                 "method_args": args,
-                "model": {"spec": self.model},
+                # --trust-remote-code (compare, tune): set on the config after loading, not a field
+                "model": {"spec": self.model, "trust_remote_code": getattr(self, "trust_remote_code", False)},
                 "format": asdict(self.format),
                 "train": asdict(train),
                 # A run carries the defaults of the report-only settings: train() never reads them,

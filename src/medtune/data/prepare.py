@@ -1,7 +1,8 @@
 """`medtune prepare`: source -> clean -> split -> statistics, written atomically.
 
 Output folder: train.jsonl / val.jsonl / test.jsonl (one cleaned Record per line),
-stats.json, and prepare.json (the DataConfig and FormatConfig that made them).
+stats.json, and prepare.json (the DataConfig and FormatConfig that made them, and the sha256 of
+every other file: read_split refuses a split whose bytes changed since).
 Tokenization is cheap (seconds), so splits are stored as text and tokenized by whichever
 model trains on them; stats.json records token lengths for the tokenizer named here.
 """
@@ -25,6 +26,7 @@ from medtune.data.sources import DEFAULT_LIMITS, ColumnMap, InputLimits, Record,
 from medtune.data.split import overlap, split_records
 from medtune.infra.errors import MedtuneError
 from medtune.infra.faults import fault_point
+from medtune.infra.hashing import check_hash, check_hashes, file_hashes, sha256_bytes
 from medtune.infra.jsonio import write_json
 from medtune.infra.writes import write_failed
 
@@ -266,6 +268,7 @@ def _write(out: Path, splits: dict, stats: dict, meta: dict) -> None:
                 for r in splits[name]:
                     fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
         write_json(tmp / "stats.json", stats)
+        meta = {**meta, "sha256": file_hashes(tmp, sorted(MADE_BY_PREPARE - {MARKER}))}
         write_json(tmp / MARKER, meta)  # the marker last: a folder with it is complete
         if out.exists():
             # Checked by check_output: empty, or prepare's own files only.
@@ -316,6 +319,20 @@ def split_kind(folder: Path) -> str | None:
     return kind if kind in ("grouped", "random") else None
 
 
+def recorded_hashes(folder: Path) -> dict:
+    """{file: sha256} from prepare.json; empty for a folder written by hand or by an earlier release."""
+    try:
+        hashes = json.loads((Path(folder) / MARKER).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return hashes if isinstance(hashes, dict) else {}
+
+
+def check_prepared(folder: Path) -> None:
+    """Every file prepare wrote against its recorded sha256: before a comparison reuses the folder."""
+    check_hashes(folder, recorded_hashes(folder), Path(folder) / MARKER, hint="prepare it again")
+
+
 def read_split(folder: Path, split: str) -> list[Record]:
     """Read one split of a prepared folder; every problem is a one-line MedtuneError."""
     if split in FORBIDDEN_SPLITS:
@@ -326,17 +343,22 @@ def read_split(folder: Path, split: str) -> list[Record]:
     path = folder / f"{split}.jsonl"
     if not path.is_file():
         raise MedtuneError(f"{folder} is not a prepared data folder: {path.name} is missing (run 'medtune prepare')")
-    out = []
     try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):  # noqa: B007 (n names the bad line below)
-                if line.strip():
-                    out.append(Record(**json.loads(line)))
-                    bad = [k for k, v in vars(out[-1]).items() if not isinstance(v, str)]  # vars: no asdict copy
-                    if bad:  # a hand-edited file: a number or null here failed later, in tokenization
-                        raise TypeError(f"{', '.join(bad)} must be text")
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
-        raise MedtuneError(f"{path} line {n} is not a medtune record: {e}") from None
+        raw = path.read_bytes()  # once: the bytes hashed are the bytes parsed
     except OSError as e:
         raise MedtuneError(f"cannot read {path}: {e.strerror}") from None
+    expected = recorded_hashes(folder).get(path.name)
+    if expected is not None:
+        check_hash(path, expected, folder / MARKER, actual=sha256_bytes(raw), hint="prepare it again")
+    out = []
+    try:
+        for n, data in enumerate(raw.splitlines(), 1):  # noqa: B007 (n names the bad line below)
+            line = data.decode("utf-8")
+            if line.strip():
+                out.append(Record(**json.loads(line)))
+                bad = [k for k, v in vars(out[-1]).items() if not isinstance(v, str)]  # vars: no asdict copy
+                if bad:  # a hand-edited file: a number or null here failed later, in tokenization
+                    raise TypeError(f"{', '.join(bad)} must be text")
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise MedtuneError(f"{path} line {n} is not a medtune record: {e}") from None
     return out

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import shutil
+import stat
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -182,7 +183,28 @@ def medquad_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         found += [Path(root) / f for f in files if f.endswith(".xml")]
-    return sorted(f for f in found if not _is_macos_metadata(f.relative_to(folder).as_posix()))
+    found = sorted(f for f in found if not _is_macos_metadata(f.relative_to(folder).as_posix()))
+    for f in found:
+        _refuse_special(f)
+    return found
+
+
+# What a path is when it is none of a file, a folder or a link: opening a FIFO blocks until a
+# writer appears (prepare hung, silently), and a device can stream without end.
+_SPECIAL = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device"}
+_SPECIAL[stat.S_ISBLK] = "a block device"
+
+
+def _refuse_special(path: Path) -> None:
+    """One line for a path that is not a regular file or a folder, before anything opens it.
+    A broken link passes: its reader names it ("cannot read")."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a FIFO is a FIFO
+    except OSError:
+        return
+    kind = next((what for test, what in _SPECIAL.items() if test(mode)), None)
+    if kind:
+        raise MedtuneError(f"{path} is {kind}, not a regular file: medtune reads data from files only; move it away")
 
 
 def _read_bytes(path: Path, limits: InputLimits) -> bytes:
@@ -451,6 +473,7 @@ def load_records(
     if source is None:
         return read_medquad_zip(download_medquad(), limits)
     path = Path(source).expanduser()
+    _refuse_special(path)
     if path.is_dir():
         if not any(path.iterdir()):
             raise MedtuneError(f"data folder {path} is empty")
@@ -484,6 +507,7 @@ def source_fingerprint(source: Optional[str], limits: InputLimits = DEFAULT_LIMI
     import hashlib
 
     path = cache_dir() / "data" / "medquad.zip" if source is None else Path(source).expanduser()
+    _refuse_special(path)
     if path.is_dir():
         files = [(f.relative_to(path).as_posix(), f) for f in medquad_files(path)]
     elif path.is_file():

@@ -93,8 +93,9 @@ class Embedder:
         from medtune.models.loading import _quiet_transformers
 
         _quiet_transformers()  # no weight-loading progress bar in the compare log
-        self.tok = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).eval()
+        # never the folder's own code: the flag that allows it (--trust-remote-code) is for the model trained
+        self.tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        self.model = AutoModel.from_pretrained(str(path), trust_remote_code=False).eval()
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(len(texts), 384) unit vectors."""

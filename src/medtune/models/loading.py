@@ -38,6 +38,29 @@ ALIASES = {
 HUB_ALIASES = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B"}  # a subset of ALIASES: names for hub ids
 
 
+# A model's own Python code (auto_map in its config.json) runs only when the command that loads
+# it says --trust-remote-code: a config, preset or run folder, which may come from anyone, cannot
+# turn it on by itself.
+TRUST_FLAG = "--trust-remote-code"
+
+
+def check_remote_code(asked: bool, allowed: bool, where: str) -> None:
+    """One line when `where` (a config file, a run folder) asks for remote code without the flag."""
+    if asked and not allowed:
+        raise MedtuneError(
+            f"{where} asks to run its model's own code (model.trust_remote_code: true); medtune runs it only "
+            f"with {TRUST_FLAG} on the command line: add it if you trust that code (nothing was run)"
+        )
+
+
+def _custom_code_hint(e: BaseException) -> str:
+    """transformers' refusal of a model with its own code, and the flag that allows it."""
+    text = first_line(e)
+    if "custom code" in text or "trust_remote_code" in text:
+        return f"{text.rstrip('. ')} (it ships its own code: add {TRUST_FLAG} if you trust it)"
+    return text
+
+
 @dataclass
 class ResolvedModel:
     spec: str  # what the user wrote
@@ -250,7 +273,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:  # ValueError: no tokenizer files ("Couldn't instantiate the backend")
-        raise MedtuneError(f"cannot load the tokenizer of {resolved.spec!r}: {first_line(e)}") from None
+        raise MedtuneError(f"cannot load the tokenizer of {resolved.spec!r}: {_custom_code_hint(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked by position, so reusing EOS is safe here
     return tok
@@ -267,8 +290,8 @@ def load_model(resolved: ResolvedModel, trust_remote_code: bool = False):
         )
     except OSError as e:
         raise MedtuneError(f"cannot load model {resolved.spec!r}: {first_line(e)}") from None
-    except ValueError as e:
-        raise MedtuneError(f"cannot load model {resolved.spec!r}: {first_line(e)}") from None
+    except ValueError as e:  # also: a model with its own code, loaded without the flag
+        raise MedtuneError(f"cannot load model {resolved.spec!r}: {_custom_code_hint(e)}") from None
     except SafetensorError as e:  # weights cut short or not safetensors
         raise MedtuneError(
             f"cannot load model {resolved.spec!r}: its weights are unreadable ({first_line(e)})"
@@ -288,7 +311,7 @@ def load(spec: str, trust_remote_code: bool = False):
     return model, tok, resolved
 
 
-def read_model_config(spec: str) -> dict:
+def read_model_config(spec: str, trust_remote_code: bool = False) -> dict:
     """The config.json of a resolved model, without loading weights (for up-front validation)."""
     resolved = resolve(spec)
     p = Path(resolved.path) / "config.json"
@@ -297,7 +320,7 @@ def read_model_config(spec: str) -> dict:
     _quiet_transformers()
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(resolved.path).to_dict()
-    except OSError as e:
-        raise MedtuneError(f"cannot load model {spec!r}: {first_line(e)}") from None
+    try:  # a bool, never transformers' default None, which asks on a terminal whether to run a hub config's code
+        return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code).to_dict()
+    except (OSError, ValueError) as e:
+        raise MedtuneError(f"cannot load model {spec!r}: {_custom_code_hint(e)}") from None

@@ -43,6 +43,7 @@ def check_compare(cfg: CompareConfig) -> None:
             "compare and tune run in one process: launch them without torchrun/accelerate (for several "
             "GPUs: one `medtune tune --worker --storage URL` per GPU, or `torchrun ... medtune train` per method)"
         )
+    check_own_folder(Path(cfg.out))
     for name in cfg.methods:
         check_run(cfg.run_config(name))
     if cfg.data.source is not None and not Path(cfg.data.source).exists():
@@ -57,11 +58,32 @@ def check_compare(cfg: CompareConfig) -> None:
         open_storage(cfg.tune.storage, cfg.tune)  # unreachable: one line, before anything is written
 
 
+# The files by which a folder is a comparison's: compare.json is written first, atomically, when
+# compare or tune opens a folder (and by every release since 0.1.0, so the folders it made reopen
+# as they are); stages.json, with the first finished stage. A non-empty folder with neither is
+# the user's: nothing in it is overwritten, and --force never deletes it.
+OWN_FILES = ("compare.json", "stages.json")
+
+
+def check_own_folder(out: Path) -> None:
+    """Refuse a non-empty --out that compare or tune did not make, before anything is written."""
+    if not out.is_dir() or any((out / name).is_file() for name in OWN_FILES):
+        return  # new, or a comparison's (a file here: ensure_writable has said so)
+    entries = sorted(e.name for e in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise MedtuneError(
+            f"--out {out} is not empty and was not made by medtune compare or tune (no compare.json; it holds "
+            f"{shown}): choose a new or empty folder (nothing was changed)"
+        )
+
+
 def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
     """compare.json records the comparison's identity; another config in the folder needs --force.
     Call with the folder's lock held."""
     from medtune.infra.jsonio import write_json
 
+    check_own_folder(out)  # again, now that the lock is held
     meta_path = out / "compare.json"
     identity = comparison_identity(cfg)
     if meta_path.is_file():
@@ -149,7 +171,9 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
     stages = stages or Stages(out, False, comparison_identity(cfg))
     prep, key = out / "prepared", prepare_key(cfg)
     if stages.finished("prepare", key, prep / "stats.json"):
-        from medtune.data.prepare import source_changed
+        from medtune.data.prepare import check_prepared, source_changed
+
+        check_prepared(prep)  # reused only as prepare wrote it: a changed file is one line
 
         if source_changed(prep, cfg.data.source):
             raise MedtuneError(
@@ -159,7 +183,7 @@ def prepare_stage(cfg: CompareConfig, out: Path, quiet: bool = False, stages: Op
         if not quiet:
             print("  done earlier, skipped", flush=True)
         return prep
-    tok = loading.load_tokenizer(loading.resolve(cfg.model))
+    tok = loading.load_tokenizer(loading.resolve(cfg.model), getattr(cfg, "trust_remote_code", False))
     stats = prepare(cfg.data, prep, cfg.format, tok, cfg.model)
     if not quiet:
         from medtune.report.tables import print_prepare_stats
@@ -233,7 +257,8 @@ class Comparison:
         self.say = (lambda *x: None) if quiet else (lambda *x: print(*x, flush=True))
         self.stages = Stages(out, force, comparison_identity(cfg))
         self.prep, self.key = out / "prepared", prepare_key(cfg)
-        loading.read_model_config(cfg.model)  # a model that cannot be found fails here, before any stage
+        # a model that cannot be found fails here, before any stage
+        loading.read_model_config(cfg.model, getattr(cfg, "trust_remote_code", False))
         self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
         self.n, self.t_start = 0, time.perf_counter()
         self.test = None
@@ -420,6 +445,7 @@ class Comparison:
         for method, args in cfg.methods.items():
             try:
                 one = replace(cfg, methods={method: args})
+                one.trust_remote_code = getattr(cfg, "trust_remote_code", False)  # not a field: replace drops it
                 tuned.update(run_tuning(one, self.prep, self.out, quiet=self.quiet, shared=shared, write_summary=False))
             except NoFiniteTrial as e:
                 centre = cfg.run_config(method).learning_rate()
@@ -451,7 +477,8 @@ class Comparison:
             return
         from medtune.training.inference import autocast_for, load_for_inference
 
-        model, tok, _, _ = load_for_inference(cfg.model, run_dir)
+        trust = getattr(cfg, "trust_remote_code", False)  # a run folder asking for it without the flag: one line
+        model, tok, _, _ = load_for_inference(cfg.model, run_dir, trust_remote_code=trust)
         examples = encode_records(tok, test, cfg.format)
         t0 = time.perf_counter()
         scores = score_examples(

@@ -5,8 +5,9 @@ checkpoint/
   optimizer.safetensors   AdamW moments and step per trainable tensor ("<name>::exp_avg", ...)
   rng.safetensors         torch CPU (and CUDA) generator states
   state.json              where in the data order we stopped, counters, python RNG state
-  manifest.json           written last: every file above with its size (a checkpoint without
-                          it, or whose files differ from it, is incomplete and never used)
+  manifest.json           written last: every file above with its size and sha256 (a checkpoint
+                          without it, or whose sizes differ, is incomplete and skipped; one whose
+                          bytes differ from the sha256 is refused on resume, in one line)
 Data order is a pure function of (seed, epoch), so (epoch, batch index) restores it.
 
 Save order (a SIGKILL at any point leaves at least one complete checkpoint):
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from medtune.infra.errors import MedtuneError
 from medtune.infra.faults import fault_point
+from medtune.infra.hashing import check_hash, sha256_file
 from medtune.infra.writes import guarded
 
 NAMES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
@@ -70,18 +72,33 @@ def _write_files(tmp: Path, named_params: list, optimizer, state: dict, other_ra
     py_state = random.getstate()
     state = dict(state, python_rng=[py_state[0], list(py_state[1]), py_state[2]])
     (tmp / "state.json").write_text(json.dumps(state))
-    (tmp / "manifest.json").write_text(json.dumps({f: (tmp / f).stat().st_size for f in FILES}))
+    manifest = {f: {"size": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in FILES}
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
 
 
 def checkpoint_step(folder: Path) -> int | None:
     """The checkpoint's step if every file is there, has its recorded size and parses; else None."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        if set(manifest) != set(FILES) or any((folder / f).stat().st_size != n for f, n in manifest.items()):
+        if set(manifest) != set(FILES) or any((folder / f).stat().st_size != _size(v) for f, v in manifest.items()):
             return None
         return int(json.loads((folder / "state.json").read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _size(entry) -> int:
+    """A manifest entry: {"size", "sha256"}, or the bare size earlier releases wrote."""
+    return entry["size"] if isinstance(entry, dict) else entry
+
+
+def check_contents(folder: Path) -> None:
+    """Every file of a complete checkpoint against the sha256 its manifest recorded (an earlier
+    release's manifest has sizes only: nothing more to check). Before a resume uses any of it."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for f, entry in manifest.items():
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        check_hash(folder / f, expected, folder / "manifest.json", hint="rerun with --force to start over")
 
 
 def find_checkpoint(run_dir: Path) -> Path | None:

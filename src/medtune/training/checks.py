@@ -22,6 +22,6 @@ def check_run(cfg: RunConfig, data_dir: Path | None = None) -> dict:
         from medtune.data.prepare import read_split
 
         read_split(Path(data_dir), "train")
-    model_cfg = loading.read_model_config(cfg.model.spec)
+    model_cfg = loading.read_model_config(cfg.model.spec, cfg.model.trust_remote_code)
     cfg.method_config().check(model_cfg)
     return model_cfg

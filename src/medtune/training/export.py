@@ -41,7 +41,7 @@ base model's license applies to these weights.
 """
 
 
-def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
+def export_run(run_dir: Path, out: Path, force: bool = False, trust_remote_code: bool = False) -> Path:
     """Write `out` (created whole, through a hidden sibling renamed into place). Returns it."""
     from medtune.infra.jsonio import ensure_writable
     from medtune.training.inference import load_for_inference
@@ -53,7 +53,7 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     cfg, _ = load_config(run_dir)  # one line for a folder that is not a run, before weights load
     if not is_complete(run_dir):
         raise MedtuneError(f"run {run_dir} has not finished (no summary.json): resume it, then export it")
-    model, tok, _, _ = load_for_inference(None, run_dir, device="cpu")
+    model, tok, _, _ = load_for_inference(None, run_dir, device="cpu", trust_remote_code=trust_remote_code)
     model = cast(Any, model)  # a PreTrainedModel or a PeftModel
     if hasattr(model, "merge_and_unload"):  # a PeftModel: the adapter folded into its layers
         model = model.merge_and_unload()

@@ -12,8 +12,13 @@ from medtune.infra.errors import MedtuneError
 from medtune.models import loading
 
 
-def load_for_inference(model_spec: str | None, run_dir: str | Path | None, device: str | None = None):
-    """Returns (model, tokenizer, FormatConfig, label). The run's format wins over defaults."""
+def load_for_inference(
+    model_spec: str | None, run_dir: str | Path | None, device: str | None = None, trust_remote_code: bool = False
+):
+    """Returns (model, tokenizer, FormatConfig, label). The run's format wins over defaults.
+
+    trust_remote_code: the command's --trust-remote-code. A run that trained with its model's own
+    code is refused without it: its config.yaml alone never makes code run."""
     fmt = FormatConfig()
     label = "base"
     if run_dir:
@@ -21,13 +26,11 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
         from medtune.training.weights import check_files
 
         cfg, _ = load_config(Path(run_dir))
+        loading.check_remote_code(cfg.model.trust_remote_code, trust_remote_code, f"run folder {run_dir}")
         check_files(Path(run_dir))  # a missing or corrupt weight file fails here, before the model loads
         model_spec = model_spec or locate_model(Path(run_dir), cfg.model.spec)
         fmt = cfg.format
         label = cfg.method
-        trust_remote_code = cfg.model.trust_remote_code  # custom code the run trained with
-    else:
-        trust_remote_code = False
     if not model_spec:
         raise MedtuneError("name a model with --model SPEC (or a trained run with --run DIR)")
     model, tok, _ = loading.load(model_spec, trust_remote_code)
@@ -35,7 +38,7 @@ def load_for_inference(model_spec: str | None, run_dir: str | Path | None, devic
     if run_dir:
         from medtune.training.weights import load_trained
 
-        model = load_trained(model, Path(run_dir))
+        model = load_trained(model, Path(run_dir), checked=True)  # check_files above
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, tok, fmt, label

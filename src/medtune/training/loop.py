@@ -47,6 +47,7 @@ from medtune.methods.registry import get_method
 from medtune.methods.spec import TrainableReport
 from medtune.models import loading
 from medtune.training.checkpoint import (
+    check_contents,
     checkpoint_step,
     find_checkpoint,
     has_checkpoint_files,
@@ -254,6 +255,7 @@ def _check_run_folder(run_dir: Path, resume: bool, force: bool, data_dir: Path) 
             raise MedtuneError(
                 f"run {run_dir} was interrupted before its first checkpoint{broken}; rerun with --force to start over"
             )
+        check_contents(checkpoint)  # before the model loads: a changed file is one line, never resumed from
         recorded = (
             (run_dir / "data.fingerprint").read_text().strip() if (run_dir / "data.fingerprint").is_file() else None
         )

@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from medtune.infra.errors import MedtuneError
+from medtune.infra.hashing import check_hashes, file_hashes
 from medtune.infra.jsonio import write_json
 from medtune.methods.params import unique_params
 from medtune.methods.peft_methods import quiet_peft_deprecations
@@ -54,6 +55,8 @@ def save_weights(model, run_dir: Path, cfg, base_fingerprint: dict) -> Path:
         "base_fingerprint": base_fingerprint,
         "untied_head": cfg.method == "selective" and cfg.method_config().head == "untied",
         "format": "peft-adapter" if spec.uses_peft else "trained-tensors",
+        # what check_files compares before anything is loaded: a same-size overwrite passes every other check
+        "sha256": file_hashes(run_dir, WEIGHT_FILES[meta_format(spec.uses_peft)]),
     }
     write_json(run_dir / "weights.json", meta)
     return out
@@ -100,6 +103,17 @@ def fingerprint(model) -> dict:
 
 
 FORMATS = ("peft-adapter", "trained-tensors")
+# The files of each format whose bytes weights.json records (paths relative to the run folder).
+WEIGHT_FILES = {
+    "peft-adapter": ("adapter/adapter_model.safetensors", "adapter/adapter_config.json"),
+    "trained-tensors": ("trained.safetensors",),
+}
+
+
+def meta_format(uses_peft: bool) -> str:
+    return "peft-adapter" if uses_peft else "trained-tensors"
+
+
 _META_TYPES = {"method": str, "base_model": str, "base_fingerprint": dict, "format": str}
 
 
@@ -136,6 +150,9 @@ def read_meta(run_dir: Path) -> dict:
             raise MedtuneError(f"{path} is corrupt: {key!r} is a {type(meta[key]).__name__}, expected {tp.__name__}")
     if meta["format"] not in FORMATS:
         raise MedtuneError(f"{path} is corrupt: format {meta['format']!r} is not one of {', '.join(FORMATS)}")
+    hashes = meta.get("sha256")  # absent: a run of an earlier release
+    if hashes is not None and not (isinstance(hashes, dict) and all(isinstance(v, str) for v in hashes.values())):
+        raise MedtuneError(f"{path} is corrupt: 'sha256' is not an object of file -> hash")
     return meta
 
 
@@ -182,17 +199,19 @@ def check_files(run_dir: Path) -> dict:
         raise MedtuneError(
             f"{path} is not a readable safetensors file (truncated or corrupt): {_one_line_reason(e)}"
         ) from None
+    check_hashes(run_dir, meta.get("sha256"), run_dir / "weights.json", hint="retrain the run")
     return meta
 
 
-def load_trained(base_model, run_dir: Path):
+def load_trained(base_model, run_dir: Path, checked: bool = False):
     """Put a run's trained weights on `base_model` (freshly loaded). Returns the model.
 
     Every missing or corrupt file is a one-line MedtuneError naming it; non-finite weights
     are refused; pickle files (adapter_model.bin) are refused, never torch.load'ed.
+    checked: check_files has just compared the files with their sha256 (not hashed twice).
     """
     run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
+    meta = check_files(run_dir) if not checked else read_meta(run_dir)
     fp = fingerprint(base_model)
     if fp != meta["base_fingerprint"]:
         diff = {k: (meta["base_fingerprint"].get(k), v) for k, v in fp.items() if meta["base_fingerprint"].get(k) != v}

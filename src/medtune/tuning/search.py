@@ -493,7 +493,7 @@ def run_tuning(
     own = shared is None
     data_key = data_fingerprint(prep)
     shared = shared or SharedWork.for_comparison(cfg, prep, out, tuning=True)
-    loading.read_model_config(cfg.model)  # a model that cannot be found fails here, before any trial
+    loading.read_model_config(cfg.model, getattr(cfg, "trust_remote_code", False))  # before any trial
     ctx = TuneContext(cfg, prep, out, storage, data_key, shared, say)
     results = {}
     try:
