@@ -79,6 +79,8 @@ class ComparisonRuns:
                 if (run_dir / "config.yaml").is_file():
                     child = self.store.run(f"train:{name}", self._run_key(run_dir), f"{method} seed {seed}", run)
                     self._log_run(child, run_dir, final_metrics(by_name[name]) if name in by_name else None)
+                    if name in by_name:
+                        self.store.finish(child)
         if entry is not None:
             self.store.finish(run)
 
@@ -91,7 +93,8 @@ class ComparisonRuns:
         study_key = config_hash({"prep": self.prep, "tune": tune_identity(asdict(self.cfg.tune)), "run": rc})
         study = self.store.run(f"tune:{method}", study_key, f"{method} tuning", self.parent)
         finals = {k: summary[k] for k in ("chosen_lr", "best_val_loss", "seconds") if _finite(summary.get(k))}
-        self.store.log(study, finals=finals, tags={"study_name": summary.get("study_name", "")})
+        params = flat_params(tune_identity(asdict(self.cfg.tune)), "tune.")
+        self.store.log(study, params=params, finals=finals, tags={"study_name": summary.get("study_name", "")})
         rows = {f"trial-{r['number']:03d}": r for r in summary.get("trials") or []}
         for d in trials:
             if (d / "config.yaml").is_file():
