@@ -80,6 +80,11 @@ def _everything(client) -> dict:
     return out
 
 
+def _same_curve(logged: list, points: list) -> None:
+    assert [s for s, _ in logged] == [s for s, _ in points] and len(points) > 1
+    assert [v for _, v in logged] == pytest.approx([v for _, v in points])
+
+
 def _parent(run) -> str | None:
     return run.data.tags.get("mlflow.parentRunId")
 
@@ -123,9 +128,8 @@ def test_each_seed_run_holds_its_full_config_and_its_curves(tracked):
             run.data.params[f"method_args.{k}"] == str(v) for k, v in config["method_args"].items()
         )
         assert run.data.params["format.max_length"] == str(config["format"]["max_length"])
-        assert [s for s, _ in history["train_loss"]] == [s for s, _ in seed["loss_curve"]["train"]]
-        assert [v for _, v in history["train_loss"]] == pytest.approx([v for _, v in seed["loss_curve"]["train"]])
-        assert history["val_loss"] == pytest.approx([tuple(p) for p in seed["loss_curve"]["val"]])
+        _same_curve(history["train_loss"], seed["loss_curve"]["train"])
+        _same_curve(history["val_loss"], seed["loss_curve"]["val"])
 
 
 def test_final_metrics_and_interval_ends_equal_results_json(tracked):
@@ -191,7 +195,8 @@ def test_an_unreachable_server_is_one_line_before_anything_is_written(tmp_path, 
     _client_class()
     out = tmp_path / "cmp"
     url = f"http://127.0.0.1:{_free_port()}"
-    code, _, err = run_cli(["compare", "--preset", "tiny", "--out", out, "--set", f"track.uri={url}"], capsys)
+    args = ["compare", "--preset", "tiny", "--data", _qa_csv(tmp_path), "--out", out, "--set", f"track.uri={url}"]
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and "does not answer" in err and url in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
@@ -276,7 +281,7 @@ def test_a_comparison_logs_to_a_real_mlflow_server(tmp_path, tiny):
         assert lora.data.metrics["test.answer.perplexity"] == pytest.approx(
             results["models"]["lora"]["metrics"]["answer"]["perplexity"]
         )
-        assert history["val_loss"] == pytest.approx([tuple(p) for p in results["models"]["lora"]["loss_curve"]["val"]])
+        _same_curve(history["val_loss"], results["models"]["lora"]["loss_curve"]["val"])
         files = {f.path for f in client.list_artifacts(runs[out.name][0].info.run_id)}
         assert {"report.md", "results.json"} <= files
         assert not (out / "mlflow.db").exists()  # a server holds the runs: nothing local
