@@ -18,6 +18,8 @@ from medtune.config.comparison import load_compare_config
 from medtune.config.identity import identity_of
 from medtune.infra.errors import MedtuneError
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the mlflow server started here sends nothing out either
+
 # A tuned two-seed study of one method, as small as it gets: a study run with its trials, a
 # method run with its seeds, the base model.
 STUDY = ["tune.points=2", "train.seeds=2", "quality.n=4", "samples=1", "max_new_tokens=4", "eval.max_examples=8"]
@@ -256,6 +258,7 @@ def test_a_comparison_logs_to_a_real_mlflow_server(tmp_path, tiny):
     client_class = _client_class()
     port = _free_port()
     store = ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", tmp_path / "art"]
+    store += ["--workers", "1"]  # one worker: a busy CI machine starts and answers sooner
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), *store],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), cwd=tmp_path,

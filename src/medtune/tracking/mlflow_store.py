@@ -30,6 +30,8 @@ def import_mlflow():
     # A server that stops answering mid-comparison costs seconds per log, not MLflow's minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Logging a comparison sends nothing beyond the tracking URI: no usage telemetry unless the user asks for it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         from mlflow.tracking import MlflowClient
     except ImportError:
