@@ -35,7 +35,7 @@ class ComparisonRuns:
         key = config_hash({"identity": identity_of(cfg), "folder": str(self.out.resolve())})
         local = cfg.track.uri is None  # a server keeps its artifacts where it was told to
         self.store = Store(self.uri, cfg.track.experiment, key, self.out / ARTIFACT_DIR if local else None)
-        self.parent = self.store.run("comparison", key, cfg.description or self.out.resolve().name)
+        self.parent = self.store.run("comparison", key, self.out.resolve().name)
         self.store.reopen(self.parent)
         self.prep = prep_key(cfg)
 
@@ -44,6 +44,8 @@ class ComparisonRuns:
         and the report files too."""
         meta = read_json(self.out / "compare.json")
         tags = {"medtune.folder": str(self.out.resolve()), "model": self.cfg.model}
+        if self.cfg.description:
+            tags["mlflow.note.content"] = self.cfg.description  # the run's description in MLflow's UI
         self.store.log(self.parent, params=flat_params(meta["config"]), tags=tags)
         tuning = (read_json(self.out / "tuning" / "summary.json") or {}).get("methods", {}) if self._tuned() else {}
         models = (results or {}).get("models", {})
