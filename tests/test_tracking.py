@@ -203,6 +203,15 @@ def test_an_unreachable_server_is_one_line_before_anything_is_written(tmp_path, 
     assert not out.exists()
 
 
+def test_a_tracking_store_that_cannot_open_is_one_line_and_leaves_no_folder(tmp_path, capsys, tiny):
+    _client_class()
+    out, uri = tmp_path / "cmp", "nosuchscheme://x"  # a scheme MLflow has no store for
+    args = ["compare", "--preset", "tiny", "--data", _qa_csv(tmp_path), "--out", out, "--set", f"track.uri={uri}"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "cannot open MLflow at" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # refused before the first stage: the corrected rerun starts clean
+
+
 def test_tracking_without_mlflow_is_one_line_naming_the_extra(monkeypatch):
     from medtune.tracking.tracker import check_tracking
 

@@ -33,7 +33,9 @@ class ComparisonRuns:
         self.cfg, self.out, self.seed_runs = cfg, Path(out), seed_runs
         self.uri = tracking_uri(cfg.track.uri, self.out)
         key = config_hash({"identity": identity_of(cfg), "folder": str(self.out.resolve())})
-        local = cfg.track.uri is None  # a server keeps its artifacts where it was told to
+        # A server keeps artifacts where it was told to; any other store's default is ./mlruns of
+        # the current directory, so they go in the comparison folder.
+        local = not (cfg.track.uri or "").startswith(("http://", "https://"))
         self.store = Store(self.uri, cfg.track.experiment, key, self.out / ARTIFACT_DIR if local else None)
         self.parent = self.store.run("comparison", key, self.out.resolve().name)
         self.store.reopen(self.parent)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from medtune.infra.errors import MedtuneError
+from medtune.infra.errors import MedtuneError, first_line
 from medtune.infra.text import redact_text
 
 STORE_FILE = "mlflow.db"  # the default store: SQLite in the comparison folder
@@ -75,10 +75,9 @@ class Store:
     """One experiment's runs of one comparison, found by their tags (a rerun reuses them)."""
 
     def __init__(self, uri: str, experiment: str, comparison_key: str, artifacts: Path | None):
-        from mlflow.exceptions import MlflowException
-
-        self.client, self.comparison = import_mlflow()(tracking_uri=uri), comparison_key
+        client_class, self.comparison = import_mlflow(), comparison_key
         try:
+            self.client = client_class(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 location = artifacts.absolute().as_uri() if artifacts is not None else None
@@ -86,8 +85,10 @@ class Store:
             else:
                 self.experiment = found.experiment_id
             self.runs = self._known_runs()
-        except MlflowException as e:
-            raise MedtuneError(f"MLflow at {redact_text(uri)}: {e.message.splitlines()[0]}") from None
+        except Exception as e:  # noqa: BLE001 - MlflowException, a database's or a socket's: before any stage
+            raise MedtuneError(
+                f"cannot open MLflow at {redact_text(uri)}: {first_line(e)}; fix --set track.uri"
+            ) from None
 
     def _known_runs(self) -> dict[tuple[str, str], str]:
         """(stage, stage key) -> run id of every run this comparison made earlier."""
