@@ -183,6 +183,7 @@ def test_report_results_and_generations_are_artifacts_of_the_parent(tracked):
     assert {f"generations/{p.name}" for p in (out / "generations").glob("*.jsonl")} <= gens
     local = client.download_artifacts(parent.info.run_id, "results.json", str(out.parent))
     assert json.loads(open(local).read()) == json.loads((out / "results.json").read_text())
+    assert parent.info.artifact_uri.startswith((out / "mlartifacts").as_uri())  # not ./mlruns of the cwd
     assert parent.data.params["model"] == "tiny-random-llama"
     assert not (out / "runs" / "lora" / "tb").exists()  # TensorBoard is not written (docs/tracking.md)
 
