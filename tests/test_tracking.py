@@ -15,7 +15,7 @@ import yaml
 
 from conftest import run_cli
 from medtune.config.comparison import load_compare_config
-from medtune.config.identity import identity_of
+from medtune.config.identity import comparison_identity as identity_of
 from medtune.infra.errors import MedtuneError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the mlflow server started here sends nothing out either

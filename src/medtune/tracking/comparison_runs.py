@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from medtune.config.comparison import CompareConfig
-from medtune.config.identity import config_hash, identity_of, prep_key, run_identity, tune_identity
+from medtune.config.identity import comparison_identity, config_hash, key_fields, prepare_key, train_key
 from medtune.infra.jsonio import read_json
 from medtune.tracking.mlflow_store import ARTIFACT_DIR, Store, flat_params, tracking_uri
 
@@ -32,14 +32,14 @@ class ComparisonRuns:
         """seed_runs: method -> (run name, seed) of each seed, as the comparison names them."""
         self.cfg, self.out, self.seed_runs = cfg, Path(out), seed_runs
         self.uri = tracking_uri(cfg.track.uri, self.out)
-        key = config_hash({"identity": identity_of(cfg), "folder": str(self.out.resolve())})
+        key = config_hash({"identity": comparison_identity(cfg), "folder": str(self.out.resolve())})
         # A server keeps artifacts where it was told to; any other store's default is ./mlruns of
         # the current directory, so they go in the comparison folder.
         local = not (cfg.track.uri or "").startswith(("http://", "https://"))
         self.store = Store(self.uri, cfg.track.experiment, key, self.out / ARTIFACT_DIR if local else None)
         self.parent = self.store.run("comparison", key, self.out.resolve().name)
         self.store.reopen(self.parent)
-        self.prep = prep_key(cfg)
+        self.prep = prepare_key(cfg)
 
     def sync(self, results: dict | None = None) -> None:
         """Log everything the folder holds now; with results (results.json), the final metrics
@@ -94,10 +94,11 @@ class ComparisonRuns:
         if not trials:
             return
         rc = self.cfg.run_config(method).to_dict()
-        study_key = config_hash({"prep": self.prep, "tune": tune_identity(asdict(self.cfg.tune)), "run": rc})
+        tune = key_fields("tuning", {"tune": asdict(self.cfg.tune)}).get("tune", {})  # what the trials compute
+        study_key = config_hash({"prep": self.prep, "tune": tune, "run": rc})
         study = self.store.run(f"tune:{method}", study_key, f"{method} tuning", self.parent)
         finals = {k: summary[k] for k in ("chosen_lr", "best_val_loss", "seconds") if _finite(summary.get(k))}
-        params = flat_params(tune_identity(asdict(self.cfg.tune)), "tune.")
+        params = flat_params(tune, "tune.")
         self.store.log(study, params=params, finals=finals, tags={"study_name": summary.get("study_name", "")})
         rows = {f"trial-{r['number']:03d}": r for r in summary.get("trials") or []}
         for d in trials:
@@ -126,7 +127,7 @@ class ComparisonRuns:
         """The key compare's train stage gives this run (study/comparison.py): its config on the prepared data."""
         from medtune.training.run_folder import load_config
 
-        return config_hash({"prep": self.prep, "run": run_identity(load_config(run_dir)[0].to_dict())})
+        return train_key(self.prep, load_config(run_dir)[0].to_dict())
 
     def _artifacts(self) -> None:
         out = self.out
