@@ -113,6 +113,7 @@ PIPELINE = (
     "training",
     "evaluation",
     "tuning",
+    "tracking",
     "report",
     "study",
     "cli",

@@ -127,6 +127,27 @@ class RetentionConfig:
 
 
 @dataclass
+class TrackConfig:
+    """The `track:` section: experiment tracking with MLflow (the `track` extra), off unless asked.
+    What is tracked is read from the comparison folder: changing it retrains nothing."""
+
+    mlflow: bool = False  # log the comparison to MLflow; without a uri, to <out>/mlflow.db (SQLite)
+    uri: Optional[str] = None  # a tracking server (http://host:5000) or any MLflow tracking URI; implies mlflow
+    experiment: str = "medtune"  # the MLflow experiment the comparison's runs go in
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.mlflow, bool), f"track.mlflow must be true or false; got {self.mlflow!r}")
+        _check(self.uri is None or (isinstance(self.uri, str) and self.uri.strip() != ""),
+               f"track.uri must be a tracking URI such as http://127.0.0.1:5000; got {self.uri!r}")  # fmt: skip
+        _check(isinstance(self.experiment, str) and self.experiment.strip() != "",
+               f"track.experiment must name an MLflow experiment; got {self.experiment!r}")  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow or bool(self.uri)
+
+
+@dataclass
 class CompareConfig:
     model: str = "smollm2-135m"
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +163,7 @@ class CompareConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)  # answer quality (ROUGE-L, similarity, ...)
     retention: RetentionConfig = field(default_factory=RetentionConfig)  # general-text perplexity vs base
     tune: TuneConfig = field(default_factory=TuneConfig)  # learning-rate tuning on the validation split
+    track: TrackConfig = field(default_factory=TrackConfig)  # MLflow tracking (not part of what is computed)
     out: str = "compare-out"
     description: str = ""
     # Not a field (no annotation): --trust-remote-code of compare / tune, a permission set on the

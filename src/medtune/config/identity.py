@@ -113,6 +113,8 @@ FIELDS: dict[str, Field] = {
     # through data.val_fraction, which is in the keys itself.
     **{f"tune.{k}": _TUNE_BOOKKEEPING for k in ("enabled", "storage", "heartbeat_seconds", "max_retry")},
     "tune.val_fraction": _TUNE_BOOKKEEPING,
+    # Where the comparison is tracked (MLflow): read from the folder's files, changes nothing computed.
+    **{f"track.{k}": _row(BOOKKEEPING) for k in ("mlflow", "uri", "experiment")},
 }
 SECTIONS = frozenset(path.partition(".")[0] for path in FIELDS if "." in path)
 

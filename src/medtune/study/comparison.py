@@ -56,6 +56,9 @@ def check_compare(cfg: CompareConfig) -> None:
         from medtune.tuning.storage import open_storage
 
         open_storage(cfg.tune.storage, cfg.tune)  # unreachable: one line, before anything is written
+    from medtune.tracking.tracker import check_tracking
+
+    check_tracking(cfg)  # MLflow missing or its server unreachable: one line, before anything is written
 
 
 # The files by which a folder is a comparison's: compare.json is written first, atomically, when
@@ -102,6 +105,10 @@ def open_folder(cfg: CompareConfig, out: Path, force: bool) -> None:
         from medtune.tuning.storage import redact_url
 
         whole["tune"]["storage"] = redact_url(cfg.tune.storage)
+    if cfg.track.uri:
+        from medtune.infra.text import redact_text
+
+        whole["track"]["uri"] = redact_text(cfg.track.uri)
     meta = {
         "identity": identity,
         "config": whole,
@@ -271,8 +278,18 @@ class Comparison:
         self.say(f"\n[{self.n}/{self.total}] {label}  (elapsed {time.perf_counter() - self.t_start:.0f}s)")
 
     def run(self) -> dict:
+        from medtune.tracking.tracker import Tracking
+
         with interrupts.deferred(self.say):
-            return self._run()
+            seed_runs = {m: _seed_names(self.cfg, m) for m in self.cfg.methods}
+            self.tracking = Tracking(self.cfg, self.out, seed_runs, self.say)  # a refusal: before any stage
+            try:
+                results = self._run()
+            except BaseException as e:
+                self.tracking.stopped("FAILED" if isinstance(e, MedtuneError) else "KILLED")
+                raise
+            self.tracking.finished(results)
+            return results
 
     def _run(self) -> dict:
         from medtune.data.prepare import read_split
@@ -296,6 +313,7 @@ class Comparison:
             if cfg.tune.enabled:
                 self.stage("tune learning rates on the validation split")
                 tuned = self.tune_stage(shared)
+                self.tracking.stage_done()
             from medtune.data.split import scored_positions
 
             full = read_split(self.prep, "test")
@@ -311,6 +329,7 @@ class Comparison:
                     if not self.train_stage(name, run_with(rc, t.get("chosen_lr"), seed), shared, reuse, method):
                         break  # diverged: the method is marked and not ranked; its other seeds are skipped
                     self.evaluate_stage(name, out / "runs" / name)
+                    self.tracking.stage_done()
                 else:  # every seed trained and evaluated: an earlier divergence (another rate) is history
                     self._clear_diverged(method)
         finally:

@@ -461,7 +461,6 @@ def fit(s: Setup, state: TrainState, stop_after=None, on_validation=None, fresh=
 
 
 def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) -> None:
-    tb = _tensorboard(s.run_dir) if s.main else None
     if s.val_ex and fresh:
         start_validation(s, state, on_validation)  # step 0: the curve's starting point
     progress = bar(s.plan.total_steps, f"train {s.cfg.method}", unit="step", disable=s.quiet)
@@ -474,7 +473,7 @@ def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) ->
             batches = _epoch_batches(s, state.epoch)
             while state.batch < len(batches) and state.step < s.plan.total_steps:
                 _one_step(s, state, batches)
-                _log_step(s, state, tb, progress, state.epoch + state.batch / len(batches))
+                _log_step(s, state, progress, state.epoch + state.batch / len(batches))
                 if _validation_due(s, state):
                     validate(s, state, on_validation)
                 stop = interrupts.requested() is not None or (stop_after is not None and state.step >= stop_after)
@@ -501,8 +500,6 @@ def _fit(s: Setup, state: TrainState, stop_after, on_validation, fresh: bool) ->
             validate(s, state, on_validation)
     finally:
         progress.close()
-        if tb is not None:
-            tb.close()
 
 
 def _epoch_batches(s: Setup, epoch: int) -> list[list[int]]:
@@ -546,7 +543,7 @@ def _diverged(s: Setup, state: TrainState) -> None:
                    "train.skip_nonfinite=N")  # fmt: skip
 
 
-def _log_step(s: Setup, state: TrainState, tb, progress, epoch: float) -> None:
+def _log_step(s: Setup, state: TrainState, progress, epoch: float) -> None:
     lr = s.optimizer.param_groups[0]["lr"]
     tps = state.tokens / max(state.train_seconds, 1e-9)
     loss = f"{state.last_loss:.3f}" if state.last_loss is not None else "-"
@@ -554,11 +551,8 @@ def _log_step(s: Setup, state: TrainState, tb, progress, epoch: float) -> None:
     progress.update(1)
     if s.main and state.step % s.cfg.train.log_every == 0:
         row = {"step": state.step, "epoch": epoch, "loss": state.last_loss, "lr": lr, "tokens": state.tokens}
+        # metrics.jsonl is the one record of the curves; MLflow reads it (tracking/), TensorBoard is not written
         append_metrics(s.run_dir, {**row, "tokens_per_s": tps, "time": state.train_seconds})
-        if tb is not None and state.last_loss is not None:
-            tb.add_scalar("train/loss", state.last_loss, state.step)
-            tb.add_scalar("train/lr", lr, state.step)
-            tb.add_scalar("train/tokens_per_s", tps, state.step)
 
 
 def _validation_due(s: Setup, state: TrainState) -> bool:
@@ -717,12 +711,3 @@ def release(s: Setup) -> None:
     inner = s.accelerator.unwrap_model(s.module)
     for name in ("forward", "_original_forward"):
         vars(inner).pop(name, None)  # the class's own forward is what remains
-
-
-def _tensorboard(run_dir: Path):
-    """TensorBoard event files in <run>/tb when the tensorboard package is installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tb"))

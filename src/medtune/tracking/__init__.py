@@ -1,0 +1,1 @@
+"""Experiment trackers: a comparison folder logged to MLflow (the `track` extra)."""
