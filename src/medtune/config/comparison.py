@@ -315,5 +315,6 @@ def load_compare_config(preset: str, data=None, model=None, methods=None, out=No
     # too) is left out, and any other URL's password masked (tune={storage: ...})
     from medtune.infra.text import redact_text
 
-    cfg.overrides = [redact_text(o) for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
+    # not a field, like trust_remote_code: shown in the report, outside asdict and the identity
+    cfg.__dict__["overrides"] = [redact_text(o) for o in overrides if o.partition("=")[0].strip() != "tune.storage"]
     return cfg

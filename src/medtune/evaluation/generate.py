@@ -88,7 +88,9 @@ def _generate_batch(model, tok, prompts: list[str], fmt, max_new_tokens: int) ->
 def context_window(model) -> int | None:
     """How many positions the model was built for (its config's name for it varies), or None."""
     cfg = getattr(model, "config", None)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # Gemma 3: the text half's
+    cfg = (
+        cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    )  # Gemma 3: the text half's
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         n = getattr(cfg, key, None)
         if isinstance(n, int) and n > 0:

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -265,7 +265,7 @@ def aggregate(
     """
     ids = None
     out = {}
-    W = None
+    W: Any = None  # the bootstrap weights, drawn with the first model's questions
     for name, rows in generations.items():
         these = [r["id"] for r in rows]
         if ids is None:

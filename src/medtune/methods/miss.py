@@ -32,8 +32,9 @@ class MissArgs:
         check_layers(self.layers, model_cfg, "miss")
         widths = linear_in_features(model_cfg) or {}
         for t in targets:
-            if widths.get(t) and widths[t] % self.r:
-                raise MedtuneError(f"miss r={self.r} does not divide the width {widths[t]} of {t}")
+            width = widths.get(t)
+            if width and self.r and width % self.r:
+                raise MedtuneError(f"miss r={self.r} does not divide the width {width} of {t}")
 
 
 def apply_miss(model, cfg: MissArgs):

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, cast
 
 from medtune.infra.errors import MedtuneError
 from medtune.methods.params import check_layers, count_params, module_names
@@ -89,7 +89,7 @@ def all_linear(model_cfg: dict, method: str) -> list[str]:
             "so which Linears that is cannot be checked before weights load; name them with "
             "--set method_args.targets=MODULE[,MODULE]"
         )
-    return list(family.linears)
+    return list(family.linears or {})
 
 
 def _resolve(targets: Optional[list], model_cfg: dict, method: str) -> list[str]:
@@ -228,7 +228,7 @@ def apply_lora(model, cfg: LoraArgs):
         target_modules=targets,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
-        init_lora_weights=True if cfg.init == "default" else cfg.init,
+        init_lora_weights=True if cfg.init == "default" else cast(Any, cfg.init),
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )

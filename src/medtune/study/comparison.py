@@ -268,7 +268,7 @@ class Comparison:
         loading.read_model_config(cfg.model, getattr(cfg, "trust_remote_code", False))
         self.total = 3 + int(cfg.tune.enabled) + 2 * cfg.train.seeds * len(cfg.methods)
         self.n, self.t_start = 0, time.perf_counter()
-        self.test = None
+        self.test: list = []  # the scored test records, once prepare has run
 
     def stage(self, label: str) -> None:
         # Between stages is a safe point: a Ctrl-C during the last one (after a run's final step,
@@ -385,7 +385,7 @@ class Comparison:
         self.stages.forget(f"train:{name}", f"eval:{name}", f"retention:{name}")  # being replaced
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)
-        if reusable:
+        if reusable and reuse is not None:
             self.say(f"  the tuning trial at this rate and seed is this run (not trained again):\n    {reuse}")
             _copy_whole(reuse, run_dir)
         else:  # train() validates before it creates the folder

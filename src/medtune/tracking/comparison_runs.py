@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, cast
 
 from medtune.config.comparison import CompareConfig
 from medtune.config.identity import comparison_identity, config_hash, key_fields, prepare_key, train_key
@@ -162,9 +163,9 @@ def _numbers(d, prefix: str, out: dict) -> None:
             base = prefix if k == "ci" else f"{prefix}.{k[:-3]}"
             for end, x in zip(("ci_low", "ci_high"), v):
                 if _finite(x):
-                    out[f"{base}.{end}"] = float(x)
+                    out[f"{base}.{end}"] = float(cast(Any, x))
         elif _finite(v):
-            out[prefix if k == "mean" else f"{prefix}.{k}"] = float(v)
+            out[prefix if k == "mean" else f"{prefix}.{k}"] = float(cast(Any, v))
 
 
 def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

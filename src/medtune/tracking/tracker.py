@@ -37,24 +37,25 @@ class Tracking:
         self.shown = redact_text(self.runs.uri)
 
     def stage_done(self) -> None:
-        self._logged(lambda: self.runs.sync())
+        self._logged(lambda runs: runs.sync())
 
     def finished(self, results: dict) -> None:
-        if self._logged(lambda: (self.runs.sync(results), self.runs.finish())):
-            if self.runs.cfg.track.uri:
-                self.say(f"tracking: MLflow at {self.shown}, experiment {self.runs.cfg.track.experiment!r}")
+        if self._logged(lambda runs: (runs.sync(results), runs.finish())):
+            track = self.runs.cfg.track if self.runs is not None else None
+            if track is not None and track.uri:
+                self.say(f"tracking: MLflow at {self.shown}, experiment {track.experiment!r}")
             else:
                 self.say(f"tracking: mlflow ui --backend-store-uri {self.shown}")
 
     def stopped(self, status: str) -> None:
         """The comparison ended early (interrupted, failed): the parent run says so."""
-        self._logged(lambda: self.runs.finish(status))
+        self._logged(lambda runs: runs.finish(status))
 
     def _logged(self, log: Callable) -> bool:
         if self.runs is None:
             return False
         try:
-            log()
+            log(self.runs)
             return True
         except Exception as e:  # noqa: BLE001 - MlflowException, requests' errors: a tracker must not stop training
             self.say(f"  tracking: not logged to {self.shown} ({first_line(e)}); the next stage or a rerun logs it")

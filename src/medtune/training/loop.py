@@ -212,8 +212,9 @@ def train(
         checkpoint = _check_run_folder(run_dir, resume, force, data_dir) if rank == 0 else None
         if rank != 0 and resume:
             checkpoint = find_checkpoint(run_dir)
-        if checkpoint is not None and cfg.train.max_steps:  # refused before the model loads
-            _check_resume_steps(run_dir, checkpoint_step(checkpoint), cfg.train.max_steps)
+        step = checkpoint_step(checkpoint) if checkpoint is not None else None
+        if step is not None and cfg.train.max_steps:  # refused before the model loads
+            _check_resume_steps(run_dir, step, cfg.train.max_steps)
         s = setup(cfg, data_dir, run_dir, quiet, shared, eval_points)
         state = TrainState()
         if checkpoint is not None:
