@@ -339,7 +339,10 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     try:
-        tok = loading.load_tokenizer(loading.resolve(a.tokenizer))
+        # a tokenizer-only folder (the bundle's) has no weights for resolve() to check
+        only_tok = Path(a.tokenizer).is_dir()
+        spec = loading.ResolvedModel(a.tokenizer, str(Path(a.tokenizer).resolve()), "folder") if only_tok else None
+        tok = loading.load_tokenizer(spec or loading.resolve(a.tokenizer))
         prepared = Path(a.prepared) if a.prepared else work / "prep"
         if not a.prepared:
             prepare(

@@ -41,6 +41,7 @@ def png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     cfg, out = tiny_compare
     run_compare(cfg, quiet=True)
@@ -90,6 +91,7 @@ def test_compare_end_to_end_and_rerun(tiny_compare, capsys):
     assert code == 0 and "Not medical advice" in stdout and stdout.startswith("[lora]")
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_samples_0_on_a_rerun_drops_the_sample_answers(tiny_compare):
     """samples/<model>.json of the first run stayed and was reported beside config.samples 0."""
     from dataclasses import replace

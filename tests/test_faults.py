@@ -164,6 +164,7 @@ def test_sigterm_checkpoints_exits_130_and_resumes_exactly(small, reference, tmp
 # --------------------------------------------------------------------------- one writer per folder
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_two_trainings_into_one_folder(small, tmp_path):
     with paused(train_args(small, tmp_path, "same"), "step_end:1") as first:
         second = medtune(train_args(small, tmp_path, "same"))

@@ -245,7 +245,12 @@ def test_a_folder_in_an_earlier_layout_reopens_and_nothing_is_retrained(tmp_path
         return fail
 
     monkeypatch.setattr(train_mod, "train", refuse("trained"))
-    monkeypatch.setattr(scoring, "score_examples", refuse("scored"))
+    scored = scoring.score_examples
+
+    def score_retention_only(*a, **k):  # the older layout has no retention: only it is computed
+        return scored(*a, **k) if k.get("desc") == "retention" else refuse("scored")()
+
+    monkeypatch.setattr(scoring, "score_examples", score_retention_only)
     monkeypatch.setattr(quality, "generate_rows", refuse("answered"))
     capsys.readouterr()
     again = run_compare(load_compare_config("tiny-study", data=str(data), methods="lora", out=str(out), overrides=sets))

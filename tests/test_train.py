@@ -309,6 +309,7 @@ def test_train_unreadable_data(tiny, tmp_path, capsys):
     assert not (tmp_path / "runs" / "lora").exists()
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_two_processes_match_one(tiny, tmp_path):
     """torchrun --nproc_per_node 2 (MULTI_CPU over gloo) == one process, same global batch. 25
     examples in batches of 4: the last batch has 1, fewer than the processes; it was skipped
@@ -403,6 +404,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_two_processes_stop_together_and_resume_to_the_same_weights(tiny, prepared, tmp_path):
     """torchrun, 2 processes, dropout on. A SIGTERM that reaches rank 0 alone sent rank 0 to the
     checkpoint's barrier while rank 1 went on to the next step (a deadlock), and a resume gave

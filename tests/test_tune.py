@@ -662,6 +662,7 @@ def stop_line(code: int, err: str) -> str:
 TUNE_ARGS = ["tune", "--preset", "tiny-study", "--methods", "lora", "--set", "tune.points=3"]
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 @pytest.mark.parametrize("how", ["kill_9", "ctrl_c"])
 def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(how, tiny, tmp_path):
     data = qa_csv(tmp_path / "qa.csv")
@@ -695,6 +696,7 @@ def test_stopped_compare_during_tuning_rerun_finishes_without_repeating_trials(h
     assert (out / "report.md").is_file() and (out / "runs" / "lora" / "summary.json").is_file()
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_ctrl_c_after_a_trials_last_step_stops_between_trials_and_keeps_it(tiny, tmp_path):
     """A Ctrl-C that lands after a trial's last step (here: while its weights are saved) used to
     be lost (the comparison ran on to the end) or to raise inside Optuna's record of the trial (a
@@ -718,6 +720,7 @@ def test_ctrl_c_after_a_trials_last_step_stops_between_trials_and_keeps_it(tiny,
     assert len([t for t in trials_of(url) if t.state.name == "COMPLETE"]) == 3
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny, tmp_path):
     """compare's rerun continues an interrupted run from the checkpoint Ctrl-C saved (not from
     step 0, and not through the `train --resume` the message used to suggest, whose finished run
@@ -750,6 +753,7 @@ def test_ctrl_c_during_a_seed_run_and_rerun_resumes_it_from_its_checkpoint(tiny,
     assert "resuming" not in medtune([*args, "--out", out]).stdout  # and a third run has nothing left to do
 
 
+@pytest.mark.slow  # one of the suite's longest (a whole comparison or two processes)
 def test_two_workers_share_a_postgres_study(tiny, tmp_path):
     # .ci/run sets MEDTUNE_CI: there a missing pgserver fails this test instead of skipping it
     pgserver = __import__("pgserver") if os.environ.get("MEDTUNE_CI") else pytest.importorskip("pgserver")

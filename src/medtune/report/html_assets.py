@@ -26,7 +26,7 @@ nav a{color:#0b57d0;text-decoration:none;font-size:.92rem}
 .card h3{margin:0 0 .2rem;font-size:.95rem}
 .card small{font-weight:normal;color:var(--muted)}
 .card ol{margin:0;padding-left:1.3rem}
-.card li{margin:.1rem 0;font-size:.9rem}
+.card li{margin:0;font-size:.9rem;line-height:1.35}
 .call{font-size:.82rem;color:var(--muted)}
 .call.clear{color:var(--clear);font-weight:600}
 .sw{display:inline-block;width:.7em;height:.7em;border-radius:2px;margin-right:.3em;vertical-align:baseline}
