@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train's FLOP c
 
 import torch  # noqa: E402
 
-from bench_train import attention_flops, matmul_rate, model_flops_per_token  # noqa: E402
+from bench_train import QUIET_TRAINER_ARGS, attention_flops, matmul_rate, model_flops_per_token  # noqa: E402
 
 # Llama configs of the shapes compared (vocab grows to the tokenizer's when it is larger).
 SHAPES = {
@@ -196,14 +196,8 @@ def trl_side(folder, records, method, max_length, batch_size, mean_len, work) ->
         bf16=bf16_ok(),
         gradient_checkpointing=False,
         use_liger_kernel=liger,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=0,
         warmup_steps=0,
+        **QUIET_TRAINER_ARGS,
     )
     model, trainable = apply_method(load_model(folder), method)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -220,30 +214,11 @@ def trl_side(folder, records, method, max_length, batch_size, mean_len, work) ->
 
 
 def hf_side(folder, records, method, max_length, batch_size, work) -> dict:
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-    from bench_train import padded_dataset
+    from bench_train import padded_dataset, study_trainer
 
     tok, ds, _ = padded_dataset(str(folder), records, max_length)
-    args = TrainingArguments(
-        output_dir=str(work),
-        per_device_train_batch_size=batch_size,
-        num_train_epochs=1,
-        learning_rate=LR[method],
-        optim="adamw_torch",
-        bf16=bf16_ok(),
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=0,
-    )
     model, trainable = apply_method(load_model(folder), method)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False)
-    )
+    trainer = study_trainer(model, tok, ds, work, batch_size, 1, LR[method], bf16=bf16_ok())
     reset_memory()
     t = time.perf_counter()
     trainer.train()

@@ -79,9 +79,40 @@ def padded_dataset(model_path, records, max_length):
     return tok, ds, sum(sum(m) for m in enc["attention_mask"])
 
 
+# What every HF-side trainer in the benchmarks shares: no logging, saving or progress bar, the
+# process's own device, seed 0 (bench_peers' TRL side uses these too).
+QUIET_TRAINER_ARGS = dict(
+    report_to=[],
+    save_strategy="no",
+    logging_strategy="no",
+    disable_tqdm=True,
+    use_cpu=not torch.cuda.is_available(),
+    dataloader_num_workers=0,
+    seed=0,
+)
+
+
+def study_trainer(model, tok, ds, work, batch_size, epochs, lr, bf16: bool = False):
+    """The study's HF Trainer over padded rows: AdamW, the collator masks the pad id."""
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        optim="adamw_torch",
+        bf16=bf16,
+        **QUIET_TRAINER_ARGS,
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False)
+    )
+
+
 def hf_baseline(model_path, records, method, method_args, max_length, epochs, batch_size, lr, work):
     """HF Trainer + PEFT as the study ran it: pad/truncate to max_length, collator masks pad id."""
-    from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM
 
     from medtune.methods.registry import get_method
 
@@ -91,23 +122,7 @@ def hf_baseline(model_path, records, method, method_args, max_length, epochs, ba
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     spec = get_method(method)
     model, _ = spec.apply(model, spec.make_config(method_args))
-    args = TrainingArguments(
-        output_dir=str(work),
-        per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        optim="adamw_torch",
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=ds, data_collator=DataCollatorForLanguageModeling(tok, mlm=False)
-    )
+    trainer = study_trainer(model, tok, ds, work, batch_size, epochs, lr)
     t = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t
