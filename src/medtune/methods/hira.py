@@ -8,7 +8,7 @@ from typing import Optional
 
 from medtune.infra.errors import MedtuneError
 from medtune.methods.params import check_layers
-from medtune.methods.peft_methods import _check_targets, _model_cfg, _resolve, _wrap
+from medtune.methods.peft_methods import check_targets, model_config_of, resolve_targets, wrap_peft
 from medtune.methods.spec import MethodSpec
 
 
@@ -26,18 +26,18 @@ class HiraArgs:
             raise MedtuneError(f"hira dropout must be in [0, 1); got {self.dropout}")
 
     def check(self, model_cfg: dict) -> None:
-        _check_targets(_resolve(self.targets, model_cfg, "hira"), model_cfg, "hira")
+        check_targets(resolve_targets(self.targets, model_cfg, "hira"), model_cfg, "hira")
         check_layers(self.layers, model_cfg, "hira")
 
 
 def apply_hira(model, cfg: HiraArgs):
     from peft import HiraConfig
 
-    targets = _resolve(cfg.targets, _model_cfg(model), "hira")
+    targets = resolve_targets(cfg.targets, model_config_of(model), "hira")
     pc = HiraConfig(
         r=cfg.r, hira_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers, task_type="CAUSAL_LM"
     )
-    return _wrap(model, pc, "hira", {"r": cfg.r, "targets": targets})
+    return wrap_peft(model, pc, "hira", {"r": cfg.r, "targets": targets})
 
 
 # Learning rate: PEFT's method_comparison runs HiRA at 4.5e-3 (experiments/hira/llama-3.2-3B-rank32-lr4.5e-3).

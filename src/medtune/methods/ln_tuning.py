@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from medtune.infra.errors import MedtuneError
-from medtune.methods.peft_methods import _model_cfg, _wrap
+from medtune.methods.peft_methods import model_config_of, wrap_peft
 from medtune.methods.spec import MethodSpec
 
 
@@ -39,9 +39,9 @@ class LnTuningArgs:
 def apply_ln_tuning(model, cfg: LnTuningArgs):
     from peft import LNTuningConfig
 
-    targets = list(cfg.targets) if cfg.targets else default_norms(_model_cfg(model))
+    targets = list(cfg.targets) if cfg.targets else default_norms(model_config_of(model))
     pc = LNTuningConfig(target_modules=targets, task_type="CAUSAL_LM")
-    return _wrap(model, pc, "ln_tuning", {"targets": targets})
+    return wrap_peft(model, pc, "ln_tuning", {"targets": targets})
 
 
 # Learning rate: PEFT's method_comparison (experiments/ln_tuning/llama-3.2-3B-default) runs at its

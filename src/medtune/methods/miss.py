@@ -9,7 +9,7 @@ from typing import Optional
 
 from medtune.infra.errors import MedtuneError
 from medtune.methods.params import check_layers
-from medtune.methods.peft_methods import _check_targets, _model_cfg, _resolve, _wrap, linear_in_features
+from medtune.methods.peft_methods import check_targets, linear_in_features, model_config_of, resolve_targets, wrap_peft
 from medtune.methods.spec import MethodSpec
 
 
@@ -27,8 +27,8 @@ class MissArgs:
             raise MedtuneError(f"miss dropout must be in [0, 1); got {self.dropout}")
 
     def check(self, model_cfg: dict) -> None:
-        targets = _resolve(self.targets, model_cfg, "miss")
-        _check_targets(targets, model_cfg, "miss")
+        targets = resolve_targets(self.targets, model_cfg, "miss")
+        check_targets(targets, model_cfg, "miss")
         check_layers(self.layers, model_cfg, "miss")
         widths = linear_in_features(model_cfg) or {}
         for t in targets:
@@ -40,11 +40,11 @@ class MissArgs:
 def apply_miss(model, cfg: MissArgs):
     from peft import MissConfig
 
-    targets = _resolve(cfg.targets, _model_cfg(model), "miss")
+    targets = resolve_targets(cfg.targets, model_config_of(model), "miss")
     pc = MissConfig(
         r=cfg.r, miss_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers, task_type="CAUSAL_LM"
     )
-    return _wrap(model, pc, "miss", {"r": cfg.r, "targets": targets})
+    return wrap_peft(model, pc, "miss", {"r": cfg.r, "targets": targets})
 
 
 # Learning rate: PEFT's method_comparison (experiments/miss/llama-3.2-3B-default, r 64) runs at its

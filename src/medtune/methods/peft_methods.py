@@ -62,7 +62,7 @@ def linear_in_features(model_cfg: dict) -> dict[str, int | None] | None:
     return family.linear_widths(model_cfg) if family is not None else None
 
 
-def _check_targets(targets: list[str], model_cfg: dict, method: str) -> None:
+def check_targets(targets: list[str], model_cfg: dict, method: str) -> None:
     known = linear_in_features(model_cfg)
     if known is None:
         return  # other architectures: PEFT names missing modules when it wraps the model
@@ -92,7 +92,7 @@ def all_linear(model_cfg: dict, method: str) -> list[str]:
     return list(family.linears or {})
 
 
-def _resolve(targets: Optional[list], model_cfg: dict, method: str) -> list[str]:
+def resolve_targets(targets: Optional[list], model_cfg: dict, method: str) -> list[str]:
     if targets and ALL_LINEAR in targets:
         if len(targets) > 1:
             raise MedtuneError(f"{method} targets: all-linear already names every Linear; give it alone")
@@ -100,7 +100,7 @@ def _resolve(targets: Optional[list], model_cfg: dict, method: str) -> list[str]
     return list(targets) if targets else default_targets(model_cfg, method)
 
 
-def _model_cfg(model) -> dict:
+def model_config_of(model) -> dict:
     from medtune.models.families.registry import base_model
 
     return base_model(model).config.to_dict()
@@ -115,7 +115,7 @@ def quiet_peft_deprecations():
         yield
 
 
-def _wrap(model, peft_config, method: str, details: dict | None = None):
+def wrap_peft(model, peft_config, method: str, details: dict | None = None):
     from peft import get_peft_model
 
     base_total = count_params(model)
@@ -190,7 +190,7 @@ class LoraArgs:
         return not self.mutates_base
 
     def check(self, model_cfg: dict) -> None:
-        _check_targets(_resolve(self.targets, model_cfg, "lora"), model_cfg, "lora")
+        check_targets(resolve_targets(self.targets, model_cfg, "lora"), model_cfg, "lora")
         check_layers(self.layers, model_cfg, "lora")
 
     def optimizer(self, model, lr: float, weight_decay: float):
@@ -220,7 +220,7 @@ class LoraArgs:
 def apply_lora(model, cfg: LoraArgs):
     from peft import LoraConfig
 
-    targets = _resolve(cfg.targets, _model_cfg(model), "lora")
+    targets = resolve_targets(cfg.targets, model_config_of(model), "lora")
     pc = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -234,7 +234,7 @@ def apply_lora(model, cfg: LoraArgs):
     )
     details = {"r": cfg.r, "alpha": cfg.alpha, "use_dora": cfg.use_dora, "targets": targets}
     details.update(use_rslora=cfg.use_rslora, init=cfg.init, loraplus_ratio=cfg.loraplus_ratio)
-    model, report = _wrap(model, pc, "lora", details)
+    model, report = wrap_peft(model, pc, "lora", details)
     if cfg.use_dora:
         report.notes.append("DoRA: magnitude vectors train beside the low-rank factors")
     if cfg.use_rslora:
@@ -278,8 +278,8 @@ class BoftArgs:
             raise MedtuneError(f"boft dropout must be in [0, 1); got {self.dropout}")
 
     def check(self, model_cfg: dict) -> None:
-        targets = _resolve(self.targets, model_cfg, "boft")
-        _check_targets(targets, model_cfg, "boft")
+        targets = resolve_targets(self.targets, model_cfg, "boft")
+        check_targets(targets, model_cfg, "boft")
         check_layers(self.layers, model_cfg, "boft")
         widths = linear_in_features(model_cfg) or {}
         f = 2 ** (self.butterfly_factor - 1)
@@ -310,7 +310,7 @@ def apply_boft(model, cfg: BoftArgs):
 
     from peft import BOFTConfig
 
-    targets = _resolve(cfg.targets, _model_cfg(model), "boft")
+    targets = resolve_targets(cfg.targets, model_config_of(model), "boft")
     pc = BOFTConfig(
         boft_block_size=cfg.block_size,
         boft_block_num=cfg.block_num,
@@ -322,7 +322,7 @@ def apply_boft(model, cfg: BoftArgs):
     )
     with warnings.catch_warnings(record=True) as caught, build_output_captured() as build:
         warnings.simplefilter("always")
-        model, report = _wrap(model, pc, "boft")
+        model, report = wrap_peft(model, pc, "boft")
     # PEFT falls back to butterfly factor 1 when its CUDA extension cannot build, and only warns:
     # read the factor from the parameter shapes, (factor, block_num, block_size, block_size).
     shapes = {tuple(p.shape) for n, p in model.named_parameters() if "boft_R" in n}
@@ -409,8 +409,8 @@ class OftArgs:
             raise MedtuneError(f"oft block_size must be >= 1; got {self.block_size}")
 
     def check(self, model_cfg: dict) -> None:
-        targets = _resolve(self.targets, model_cfg, "oft")
-        _check_targets(targets, model_cfg, "oft")
+        targets = resolve_targets(self.targets, model_cfg, "oft")
+        check_targets(targets, model_cfg, "oft")
         check_layers(self.layers, model_cfg, "oft")
         widths = linear_in_features(model_cfg) or {}
         for t in targets:
@@ -422,7 +422,7 @@ class OftArgs:
 def apply_oft(model, cfg: OftArgs):
     from peft import OFTConfig
 
-    targets = _resolve(cfg.targets, _model_cfg(model), "oft")
+    targets = resolve_targets(cfg.targets, model_config_of(model), "oft")
     pc = OFTConfig(
         r=0,
         oft_block_size=cfg.block_size,
@@ -431,7 +431,7 @@ def apply_oft(model, cfg: OftArgs):
         layers_to_transform=cfg.layers,
         task_type="CAUSAL_LM",
     )
-    return _wrap(model, pc, "oft", {"block_size": cfg.block_size, "targets": targets})
+    return wrap_peft(model, pc, "oft", {"block_size": cfg.block_size, "targets": targets})
 
 
 @dataclass
@@ -444,7 +444,7 @@ class Ia3Args:
             _check_feedforward(self.targets, self.feedforward)
 
     def resolved(self, model_cfg: dict) -> tuple[list[str], list[str]]:
-        targets = _resolve(self.targets, model_cfg, "ia3")
+        targets = resolve_targets(self.targets, model_cfg, "ia3")
         if self.feedforward is not None:
             ff = list(self.feedforward)
         else:  # the family's feed-forward modules that are adapted at all
@@ -454,7 +454,7 @@ class Ia3Args:
 
     def check(self, model_cfg: dict) -> None:
         targets, _ = self.resolved(model_cfg)
-        _check_targets(targets, model_cfg, "ia3")
+        check_targets(targets, model_cfg, "ia3")
 
 
 def _check_feedforward(targets: list, feedforward: list) -> None:
@@ -466,9 +466,9 @@ def _check_feedforward(targets: list, feedforward: list) -> None:
 def apply_ia3(model, cfg: Ia3Args):
     from peft import IA3Config
 
-    targets, ff = cfg.resolved(_model_cfg(model))
+    targets, ff = cfg.resolved(model_config_of(model))
     pc = IA3Config(target_modules=targets, feedforward_modules=ff, task_type="CAUSAL_LM")
-    return _wrap(model, pc, "ia3", {"targets": targets, "feedforward": ff})
+    return wrap_peft(model, pc, "ia3", {"targets": targets, "feedforward": ff})
 
 
 SPECS = (

@@ -8,7 +8,7 @@ from typing import Optional
 
 from medtune.infra.errors import MedtuneError
 from medtune.methods.params import check_layers
-from medtune.methods.peft_methods import _check_targets, _model_cfg, _resolve, _wrap
+from medtune.methods.peft_methods import check_targets, model_config_of, resolve_targets, wrap_peft
 from medtune.methods.spec import MethodSpec
 
 
@@ -27,14 +27,14 @@ class VeraArgs:
             raise MedtuneError(f"vera dropout must be in [0, 1); got {self.dropout}")
 
     def check(self, model_cfg: dict) -> None:
-        _check_targets(_resolve(self.targets, model_cfg, "vera"), model_cfg, "vera")
+        check_targets(resolve_targets(self.targets, model_cfg, "vera"), model_cfg, "vera")
         check_layers(self.layers, model_cfg, "vera")
 
 
 def apply_vera(model, cfg: VeraArgs):
     from peft import VeraConfig
 
-    targets = _resolve(cfg.targets, _model_cfg(model), "vera")
+    targets = resolve_targets(cfg.targets, model_config_of(model), "vera")
     pc = VeraConfig(
         r=cfg.r,
         d_initial=cfg.d_initial,
@@ -44,7 +44,7 @@ def apply_vera(model, cfg: VeraArgs):
         save_projection=True,  # the projections travel with the adapter: a reload needs no PRNG agreement
         task_type="CAUSAL_LM",
     )
-    model, report = _wrap(model, pc, "vera", {"r": cfg.r, "targets": targets})
+    model, report = wrap_peft(model, pc, "vera", {"r": cfg.r, "targets": targets})
     report.notes.append("VeRA: the random projections vera_A / vera_B are frozen and shared; d and b train")
     return model, report
 
