@@ -140,3 +140,21 @@ def interrupt_at(args, at: str, sig=signal.SIGINT, **extra) -> tuple[int, str]:
         p.stdin.flush()
         _, err = p.communicate(timeout=300)
     return p.returncode, err
+
+
+def run_weights(run: Path) -> dict:
+    """A run folder's trained tensors: the adapter's, else the full or selective weights."""
+    from safetensors.torch import load_file
+
+    f = run / "adapter" / "adapter_model.safetensors"
+    return load_file(f if f.exists() else run / "trained.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path, tol: float = 1e-6) -> dict:
+    """Runs a and b hold the same tensors to within tol (a resumed run against an uninterrupted
+    one); returns a's."""
+    wa, wb = run_weights(a), run_weights(b)
+    assert set(wa) == set(wb) and wa
+    worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+    assert worst <= tol, f"resumed weights differ from the uninterrupted run by {worst:.3g}"
+    return wa

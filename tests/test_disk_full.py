@@ -17,11 +17,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 import medtune.infra.faults as faults
-from conftest import TINY, run_cli, write_records
+from conftest import TINY, assert_same_weights, run_cli, write_records
 
 TRAIN_SETS = [
     "format.max_length=64",
@@ -73,18 +71,6 @@ def leftovers(root: Path) -> list[str]:
         for p in root.rglob("*")
         if ".tmp" in p.name or p.name.startswith(".") and "-tmp" in p.name or ".export-" in p.name
     )
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    f = run / "adapter" / "adapter_model.safetensors"
-    return load_file(f if f.exists() else run / "trained.safetensors")
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert set(wa) == set(wb) and wa
-    worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-    assert worst <= 1e-6, f"resumed weights differ from the uninterrupted run by {worst:.3g}"
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import MEDQUAD, TINY, env, interrupt_at, paused, run_cli, write_records
+from conftest import assert_same_weights as same_weights
 from medtune.infra.errors import MedtuneError
 from medtune.infra.locking import FolderLock, lock_path
 
@@ -73,10 +74,7 @@ def adapter(run: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_weights(a: Path, b: Path, tol=1e-6):
-    wa, wb = adapter(a), adapter(b)
-    assert set(wa) == set(wb) and wa
-    worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-    assert worst <= tol, f"resumed weights differ from the uninterrupted run by {worst:.3g}"
+    wa = same_weights(a, b, tol)
     # and training did move them: the comparison is not between two untouched initialisations
     assert any(float(wa[k].abs().max()) > 0 for k in wa if "lora_B" in k)
 
